@@ -1,0 +1,131 @@
+"""The occsynth data contract: what a dataset directory holds and what each sample carries.
+
+Everything downstream (verify, preview, benchmarks, occsynth_train) reads datasets through the
+names defined here, so a change of layout is a change of this one file.
+
+A dataset directory::
+
+    00000.tar            WebDataset-style shard; members per sample:
+                           <key>.png        aligned RGB image (or <key>.jpg when JPEG was asked for)
+                           <key>.mask.png   uint8 L, 255 = occluded, 0 = visible (all 0 when clean)
+                           <key>.json       sample metadata (see SAMPLE_REQUIRED_FIELDS)
+                           <key>.clean.png  optional: the same face before occlusion
+    00000.stats.json     per-shard record written after the shard (sha256, samples, failures);
+                         a shard counts as finished only when both files exist (resume)
+    manifest.json        tool version, command, config, seed, template, shards, totals, stats
+    index.jsonl          one line of metadata per written sample, in key order
+    failures.jsonl       one line per input that produced no sample: key, source, stage, reason
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+SHARD_PATTERN = "{:05d}.tar"
+SHARD_STATS_PATTERN = "{:05d}.stats.json"
+MANIFEST = "manifest.json"
+INDEX = "index.jsonl"
+FAILURES = "failures.jsonl"
+
+EXT_IMAGE_PNG = "png"
+EXT_IMAGE_JPG = "jpg"
+EXT_MASK = "mask.png"
+EXT_META = "json"
+EXT_CLEAN = "clean.png"
+
+MASK_OCCLUDED = 255
+MASK_VISIBLE = 0
+# The image is RGB; PNG/JPEG members hold it in that order once decoded by PIL/webdataset.
+
+SAMPLE_REQUIRED_FIELDS = (
+    "key",            # the member prefix in the shard, unique within the dataset
+    "sample_id",      # logical id the seed is derived from (stable across builds)
+    "identity",       # identity name (folder name in identity-folder datasets)
+    "source",         # source image path relative to the source root
+    "template",       # alignment template name, e.g. "arcface-112x112"
+    "image_size",     # [width, height] of the written image
+    "landmarks",      # 5x[x, y] in the written image (eye L, eye R, nose, mouth L, mouth R)
+    "seed",           # per-sample seed, derived from (global seed, sample_id)
+    "occluders",      # list of {"family", "name", "params", ...}; [] when clean
+    "occlusion_ratio",  # occluded pixels / all pixels of the written image
+)
+
+FAILURE_FIELDS = ("key", "sample_id", "source", "stage", "reason")
+FAILURE_STAGES = ("read", "decode", "detect", "align", "occlude", "encode", "protocol")
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index)
+
+
+def shard_stats_name(index: int) -> str:
+    return SHARD_STATS_PATTERN.format(index)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Numpy scalars/arrays to plain Python; NaN/inf refused (they are not JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {value!r} cannot be written to JSON")
+        return value
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, so equal metadata gives equal bytes."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_lines(rows: Iterable[Any]) -> str:
+    return "".join(dumps(r) + "\n" for r in rows)
+
+
+def occlusion_ratio(mask: np.ndarray) -> float:
+    """Fraction of occluded pixels of a contract mask (uint8, 255 = occluded)."""
+    if mask.size == 0:
+        return 0.0
+    return float(np.count_nonzero(mask >= 128)) / float(mask.size)
+
+
+def round_points(points: np.ndarray | list, decimals: int = 3) -> np.ndarray:
+    """Landmarks are rounded before use so that the stored value IS the value used:
+    a rebuild from stored landmarks then reproduces the detected build byte for byte."""
+    return np.round(np.asarray(points, dtype=np.float64), decimals)
+
+
+def validate_sample_meta(meta: dict) -> list[str]:
+    """Return a list of contract violations of one sample's metadata ([] when valid)."""
+    problems = [f"missing field {name!r}" for name in SAMPLE_REQUIRED_FIELDS if name not in meta]
+    if problems:
+        return problems
+    size = meta["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        problems.append(f"image_size must be [width, height] of positive ints, got {size!r}")
+    lm = np.asarray(meta["landmarks"], dtype=float)
+    if lm.shape != (5, 2):
+        problems.append(f"landmarks must be 5x2, got shape {lm.shape}")
+    ratio = meta["occlusion_ratio"]
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
+        problems.append(f"occlusion_ratio must be in [0, 1], got {ratio!r}")
+    if not isinstance(meta["occluders"], list):
+        problems.append("occluders must be a list")
+    else:
+        for i, occ in enumerate(meta["occluders"]):
+            for field in ("family", "name", "params"):
+                if field not in occ:
+                    problems.append(f"occluders[{i}] lacks {field!r}")
+    return problems

@@ -1,0 +1,110 @@
+"""Deterministic tar shards (WebDataset layout) with atomic publication.
+
+Determinism: members are written in the order given with fixed metadata (mtime 0, uid/gid 0,
+no user names, mode 0644), so equal samples give byte-identical shards on any machine.
+Atomicity: a shard is written to `<name>.tmp`, fsynced, then renamed; a reader never sees a
+half-written shard under its final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """'000123.mask.png' -> ('000123', 'mask.png'): the WebDataset key/extension rule
+    (the key is the basename up to its first dot)."""
+    directory, _, base = name.rpartition("/")
+    key, dot, ext = base.partition(".")
+    if not dot or not key:
+        raise ValueError(f"tar member {name!r} does not follow the <key>.<ext> layout")
+    return (f"{directory}/{key}" if directory else key), ext
+
+
+class ShardWriter:
+    """Write one shard: `write(key, {ext: bytes})` per sample, then `commit()`.
+
+    Used as a context manager, an exception discards the temporary file instead of
+    publishing a partial shard.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.tmp_path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._keys: set[str] = set()
+        self.num_samples = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if "." in key.rpartition("/")[2]:
+            raise ValueError(f"sample key {key!r} must not contain a dot (WebDataset splits at the first dot)")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.path.name}")
+        self._keys.add(key)
+        for ext in sorted(members):
+            data = members[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.num_samples += 1
+
+    def commit(self) -> str:
+        """Publish the shard under its final name; returns its sha256."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = sha256_file(self.tmp_path)
+        os.replace(self.tmp_path, self.path)
+        return digest
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        finally:
+            self._file.close()
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._file.closed:
+            self.abort()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {ext: bytes}) per sample, in shard order (members of a sample are adjacent)."""
+    current_key, members = None, {}
+    with tarfile.open(path, mode="r") as tar:
+        for info in tar:
+            if not info.isfile():
+                raise ValueError(f"{path}: unexpected non-file member {info.name!r}")
+            key, ext = split_member(info.name)
+            if key != current_key:
+                if current_key is not None:
+                    yield current_key, members
+                current_key, members = key, {}
+            if ext in members:
+                raise ValueError(f"{path}: member {info.name!r} appears twice")
+            members[ext] = tar.extractfile(info).read()
+    if current_key is not None:
+        yield current_key, members

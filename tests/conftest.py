@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the project root; tests that need
+it skip with a clear message when it is absent (a user's machine will not have it)."""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("OCCSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
+LFW_TGZ = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
+LFW_PAIRS = SHARED_DATA / "lfw" / "pairs.txt"
+THIRD_PARTY = SHARED_DATA / "third_party"
+
+# Identities with several images, used by tests that need a small real LFW folder.
+LFW_TEST_IDENTITIES = (
+    "Aaron_Peirsol", "Abdullah_Gul", "Alejandro_Toledo", "Ana_Palacio", "Bill_Gates",
+    "Angelina_Jolie", "Laura_Bush", "Serena_Williams",
+)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (../shared/data is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_tgz() -> Path:
+    return _need(LFW_TGZ)
+
+
+@pytest.fixture(scope="session")
+def lfw_pairs() -> Path:
+    return _need(LFW_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def third_party() -> Path:
+    return _need(THIRD_PARTY)
+
+
+@pytest.fixture(scope="session")
+def lfw_subset_dir(tmp_path_factory) -> Path:
+    """A real LFW identity folder (<identity>/<image>.jpg) with the LFW_TEST_IDENTITIES."""
+    tgz = _need(LFW_TGZ)
+    out = tmp_path_factory.mktemp("lfw_subset")
+    wanted = {f"lfw-deepfunneled/{name}/" for name in LFW_TEST_IDENTITIES}
+    with tarfile.open(tgz) as archive:
+        for member in archive:
+            if member.isfile() and any(member.name.startswith(w) for w in wanted):
+                rel = Path(member.name).relative_to("lfw-deepfunneled")
+                target = out / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.extractfile(member).read())
+    return out
