@@ -1,0 +1,308 @@
+"""The `occsynth` command line. Each command is a thin layer over a module of the same idea:
+align/demo -> pipeline, verify -> verify, preview -> preview, occluders -> occluders."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .templates import DEFAULT_TEMPLATE, TEMPLATES
+
+DEMO_SPEC = "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["occsynth", *sys.argv[1:]])
+
+
+def build_options(f, on_no_face: str = "skip"):
+    """Options shared by every command that builds a dataset."""
+    options = [
+        click.option("--template", type=click.Choice(sorted(TEMPLATES)), default=DEFAULT_TEMPLATE, show_default=True,
+                     help="Alignment template (output size and 5 reference points)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Global seed; each sample's seed derives from it and the sample's id."),
+        click.option("--workers", type=int, default=2, show_default=True, help="Parallel worker processes."),
+        click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process",
+                     show_default=True, help="Where shard tasks run (ray: pip install 'occsynth[ray]')."),
+        click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard."),
+        click.option("--on-no-face", type=click.Choice(["skip", "center-crop", "fail"]), default=on_no_face,
+                     show_default=True,
+                     help="No face found: skip (recorded in failures.jsonl), center-crop, or fail the run."),
+        click.option("--multi-face", type=click.Choice(["center", "largest"]), default="center", show_default=True,
+                     help="Several faces found: keep the one closest to the centre, or the largest."),
+        click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+                     help="Image encoding inside the shards (masks are always PNG)."),
+        click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(exists=True),
+                     help="Reuse detections from a landmarks.jsonl (or a dataset dir holding one). Repeatable."),
+        click.option("--no-cache", is_flag=True,
+                     help="Do not read or update the detection cache ($OCCSYNTH_CACHE or ~/.cache/occsynth)."),
+        click.option("--device", default="cpu", show_default=True, help="Torch device for detection (cpu, cuda)."),
+        click.option("--min-face-size", type=int, default=20, show_default=True, help="MTCNN minimum face size (px)."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="occsynth")
+def main() -> None:
+    """occsynth: occluded-face datasets with exact pixel masks.
+
+    \b
+    Typical flow:
+      occsynth align lfw-deepfunneled.tgz --out lfw-aligned     # detect + align once
+      occsynth build lfw-occ --lfw lfw-deepfunneled.tgz --ratio 0.43 --out lfw-occ-2.0
+      occsynth verify lfw-occ-2.0 && occsynth preview lfw-occ-2.0 --out sheet.png
+    Start with `occsynth demo`, which runs offline on photos shipped with the dependencies.
+    """
+
+
+def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep_clean: bool = False):
+    """A BuildConfig from the shared build options (plus the detection cache unless --no-cache)."""
+    from .pipeline import BuildConfig
+
+    landmark_files = list(opts["landmark_files"])
+    if not opts["no_cache"] and not aligned:
+        from .landmark_cache import LandmarkCache
+
+        cache = LandmarkCache()
+        if cache.path.exists():
+            landmark_files.append(str(cache.path))
+    return BuildConfig(
+        name=name, template=opts["template"], seed=opts["seed"], specs={"": spec},
+        on_no_face=opts["on_no_face"], multi_face=opts["multi_face"], aligned_input=aligned,
+        image_format=opts["image_format"], keep_clean=keep_clean, shard_size=opts["shard_size"],
+        min_face_size=opts["min_face_size"], device=opts["device"], landmark_files=tuple(landmark_files),
+    )
+
+
+def run_job(config, plan, source, out: Path, opts: dict) -> dict:
+    """Build (or resume) one dataset, then remember its detections in the cache."""
+    from .pipeline import build
+
+    manifest = build(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
+                     command=_command_line(), progress=not opts["quiet"])
+    if not opts["no_cache"] and not config.aligned_input:
+        from .landmark_cache import LandmarkCache
+
+        LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
+    return manifest
+
+
+def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool,
+              name: str, opts: dict) -> dict:
+    from .pipeline import plan_align
+    from .sources import open_source
+
+    source = open_source(source_spec)
+    config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
+    return run_job(config, plan_align(source.items(), spec="", variants=variants), source, Path(out), opts)
+
+
+def _report(manifest: dict, out: str) -> None:
+    totals, stats = manifest["totals"], manifest["stats"]
+    click.echo(f"wrote {totals['samples']} samples in {totals['shards']} shard(s) to {out}")
+    click.echo(f"  identities: {stats['identities']}, mean occlusion ratio: "
+               f"{100 * stats['occlusion_ratio']['mean']:.2f}% ({stats['occluded_samples']} occluded)")
+    if totals["failures"]:
+        click.echo(f"  {totals['failures']} input(s) gave no sample, see {Path(out) / 'failures.jsonl'}: "
+                   + ", ".join(f"{k}: {v}" for k, v in stats["failure_reasons"].items()))
+
+
+@main.command()
+@click.argument("src")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset directory.")
+@click.option("--aligned", is_flag=True, help="Inputs are already aligned crops: skip detection.")
+@click.option("--occlude", "spec", default=None,
+              help='Occlusion spec: a CLI string such as "block(ratio=0.3) | ellipse", a preset, or a .yaml/.json file.')
+@click.option("--variants", type=int, default=1, show_default=True, help="Samples per source image (own seeds).")
+@click.option("--keep-clean", is_flag=True, help="Also store the unoccluded face as <key>.clean.png.")
+@build_options
+def align(src, out, aligned, spec, variants, keep_clean, **opts):
+    """Align the faces of SRC and write them as shards.
+
+    SRC is a folder of <identity>/<image> files, a .tar/.tgz of one (LFW's
+    lfw-deepfunneled.tgz works as is), or `embedded`. Detections are stored in
+    DIR/landmarks.jsonl and in the cache, so later builds of the same images skip detection.
+    """
+    manifest = run_build(src, out, spec=spec, variants=variants, keep_clean=keep_clean, aligned=aligned,
+                         name="align", opts=opts)
+    _report(manifest, out)
+
+
+@main.command()
+@click.option("--out", default="occsynth-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--variants", type=int, default=6, show_default=True, help="Occluded variants per photo.")
+@build_options
+def demo(out, variants, **opts):
+    """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
+    with several families, write shards, verify them and draw a preview sheet."""
+    from .preview import write_preview
+    from .verify import verify_dataset
+
+    manifest = run_build("embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False,
+                         name="demo", opts=opts)
+    _report(manifest, out)
+    problems = verify_dataset(out)
+    if problems:
+        raise click.ClickException("demo output failed verification:\n" + "\n".join(problems))
+    sheet = write_preview(out, Path(out) / "preview.png", limit=4 * variants, columns=variants)
+    click.echo(f"verified; preview: {sheet}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-decode", is_flag=True, help="Only check hashes and members, do not decode images.")
+def verify(directory, no_decode):
+    """Re-hash the shards of DIRECTORY and check every sample against the data contract."""
+    from .verify import verify_dataset
+
+    problems = verify_dataset(directory, decode=not no_decode)
+    if problems:
+        for p in problems:
+            click.echo(f"FAIL {p}", err=True)
+        raise SystemExit(1)
+    manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    click.echo(f"OK {directory}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--limit", type=int, default=32, show_default=True, help="Number of samples shown.")
+@click.option("--columns", type=int, default=8, show_default=True)
+@click.option("--every", type=int, default=1, show_default=True, help="Show every N-th sample.")
+def preview(directory, out, limit, columns, every):
+    """Contact sheet of DIRECTORY's samples: image, and image with the occlusion mask overlaid."""
+    from .preview import write_preview
+
+    click.echo(f"wrote {write_preview(directory, out, limit=limit, columns=columns, every=every)}")
+
+
+class _BuildGroup(click.Group):
+    """Subcommands come from the builder registry (occsynth/builders)."""
+
+    def list_commands(self, ctx):
+        from .builders import list_builders
+
+        return list(list_builders())
+
+    def get_command(self, ctx, name):
+        from .builders import list_builders
+
+        builder = list_builders().get(name)
+        return None if builder is None else _builder_command(builder)
+
+
+def _builder_command(builder):
+    def run(**opts):
+        from .card import write_card
+        from .locks import compare_lock, make_lock
+
+        out = Path(opts.pop("out"))
+        check, write_lock = opts.pop("check"), opts.pop("write_lock")
+        build_keys = {p.name for p in build_options(lambda: None).__click_params__}
+        shared = {k: opts.pop(k) for k in list(opts) if k in build_keys}
+        config = make_config(shared, name=builder.name)
+        jobs = builder.jobs(config, **opts)
+        for job in jobs:
+            target = out / job.subdir
+            manifest = run_job(job.config, job.plan, job.source, target, shared)
+            achieved = job.finish(target, manifest)
+            facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
+            (target / "build_facts.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+            write_card(target, facts)
+            click.echo(f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
+                       f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
+                       + ", ".join(f"{k}={v}" for k, v in achieved.items()))
+        lock = make_lock(builder.name, {**opts, **shared}, out, [job.subdir for job in jobs])
+        if write_lock:
+            Path(write_lock).write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+            click.echo(f"lock written to {write_lock}")
+        if check:
+            problems = compare_lock(json.loads(Path(check).read_text()), lock)
+            if problems:
+                raise click.ClickException(f"build differs from {check}:\n" + "\n".join(problems[:50]))
+            click.echo(f"identical to {check}")
+
+    command = click.Command(builder.name, callback=run, help=builder.help + "\n\n" + builder.definition.get("reproduces", ""))
+    params = [
+        click.Option(["--out"], required=True, type=click.Path(file_okay=False), help="Output directory."),
+        click.Option(["--check"], type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Compare the build's checksums with a lock file; exit 1 on any difference."),
+        click.Option(["--write-lock"], type=click.Path(dir_okay=False), default=None,
+                     help="Write the build's checksums to this lock file."),
+    ]
+    own = lambda: None  # noqa: E731  (a carrier for click's option decorators)
+    for option in reversed(builder.options):
+        own = option(own)
+    shared = build_options(lambda: None, on_no_face=builder.on_no_face)
+    command.params = params + own.__click_params__[::-1] + shared.__click_params__[::-1]
+    return command
+
+
+@main.group(cls=_BuildGroup)
+def build():
+    """Build a named benchmark or training set (see `occsynth build NAME --help`).
+
+    Each definition, with the facts it reproduces and its source paper, is data in
+    benchmarks/definitions/NAME.yaml. Every build writes shards, pairs.jsonl or protocol.json,
+    card.md with plots, and can be checked against a committed lock (--check).
+    """
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["lfw"]))
+@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False), help="Download directory.")
+@click.option("--base-url", default=None, help="Mirror to download from instead of the official addresses.")
+def fetch(name, to_dir, base_url):
+    """Download a public dataset's official archives with checksum verification and resume."""
+    from .fetch import fetch_dataset
+
+    for file_name, path in fetch_dataset(name, to_dir, base_url=base_url).items():
+        click.echo(f"{file_name}: {path}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Output file (insightface-bin, parquet) or folder.")
+@click.option("--format", "fmt", type=click.Choice(["insightface-bin", "folder", "parquet"]), required=True)
+def export(directory, out, fmt):
+    """Export a dataset for other tools: arcface_torch's .bin, plain folders, or parquet."""
+    from .export import export as run_export
+
+    summary = run_export(directory, out, fmt)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def card(directory):
+    """(Re)write DIRECTORY/card.md and its plots from the manifest, index and shards."""
+    from .card import write_card
+
+    facts_path = Path(directory) / "build_facts.json"
+    facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
+    click.echo(f"wrote {write_card(directory, facts)}")
+
+
+@main.command("occluders")
+@click.option("--family", default=None, help="Only this family.")
+def list_occluders_cmd(family):
+    """List the registered occluders with their parameters and defaults."""
+    from .occluders import list_occluders
+
+    for name, cls in list_occluders(family).items():
+        params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items())
+        click.echo(f"{cls.family:10s} {name:16s} {params}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
