@@ -172,6 +172,10 @@ def open_source(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     if stat.S_ISDIR(st.st_mode):
         return FolderSource(path)
     if stat.S_ISREG(st.st_mode):
+        if path.suffix == ".rec":  # insightface train.rec (+ train.idx beside it)
+            from .recordio import RecordIOSource
+
+            return RecordIOSource(path)
         return TarSource(path, cache_dir=cache_dir)
     raise SourceError(f"{spec}: neither a folder nor a regular file")
 
@@ -521,3 +525,24 @@ def _resolve_link(path, files, links, folders, archive) -> tuple[int, int, str]:
         seen.append(target)
         target = links[target]
     raise SourceError(f"{archive}: link chain too long from {path}")
+
+
+class CombinedSource(Source):
+    """Several sources under name prefixes ("probes/...", "distractors/..."), read as one:
+    builders whose protocol spans two folders (MF1_occ) still run a single pipeline."""
+
+    kind = "combined"
+
+    def __init__(self, parts: dict[str, Source]):
+        self.parts = dict(sorted(parts.items()))
+        items = [
+            SourceItem(f"{prefix}/{item.sample_id}", item.identity, item.member, item.size, item.offset, item.problem)
+            for prefix, source in self.parts.items() for item in source.items()
+        ]
+        description = "; ".join(f"{prefix}: {source.description}" for prefix, source in self.parts.items())
+        super().__init__("+".join(source.root for source in self.parts.values()), description, items)
+
+    def _read(self, item: SourceItem) -> bytes:
+        prefix, _, rest = item.sample_id.partition("/")
+        source = self.parts[prefix]
+        return source.read(source._by_id[rest])
