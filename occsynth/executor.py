@@ -7,6 +7,7 @@ does not survive fork reliably.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 Task = Any
@@ -15,12 +16,16 @@ Result = Any
 
 def _init_worker() -> None:
     # One thread per worker process: N workers use N cores, and results do not depend on
-    # how many threads a kernel happened to get.
-    import cv2
-    import torch
+    # how many threads a kernel happened to get. torch is only configured if already loaded
+    # (OMP_NUM_THREADS covers a later import): builds from stored landmarks never import it,
+    # which saves seconds of start-up per worker.
+    import sys
 
-    torch.set_num_threads(1)
+    import cv2
+
     cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 class SerialExecutor:
@@ -35,6 +40,7 @@ class SerialExecutor:
         import cv2
         import torch
 
+        # torch is imported here so serial runs detect with one thread, like the workers.
         threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
         _init_worker()
         try:
@@ -60,7 +66,16 @@ class ProcessExecutor:
         if not tasks:
             return
         ctx = mp.get_context("spawn")
-        with ctx.Pool(min(self.workers, len(tasks)), initializer=_init_worker) as pool:
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers
+        try:
+            pool = ctx.Pool(min(self.workers, len(tasks)), initializer=_init_worker)
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+        with pool:
             yield from pool.imap_unordered(fn, tasks, chunksize=1)
 
 

@@ -1,0 +1,135 @@
+"""Similarity alignment of a face onto a 5-point template (occsynth.templates).
+
+The warp follows the insightface convention: least-squares similarity from the 5 detected
+landmarks to the template points, cv2.warpAffine with bilinear sampling and a black border.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .contract import round_points
+from .templates import AlignTemplate
+
+# Where the subject's face sits in LFW deep-funneled (250x250), measured on MTCNN detections
+# ("center" policy) in 400 LFW images (every 33rd of the archive), fitting the ArcFace
+# 112x112 template to each face's landmarks: the template's canvas covers a median square of
+# side 0.519 * 250 = 130 px (5-95%: 0.477-0.579) centred (+0.004, -0.029) * 250 = (+1, -7) px
+# from the image centre (5-95% in y: -0.040 to -0.013): LFW faces sit slightly high. With
+# these numbers the guessed landmarks are a median 3.7 px (90th percentile 6.8 px) from the
+# detected ones, against 7.7 px for a plain half-size central crop.
+LFW_CROP_FRACTION = 0.519
+LFW_CROP_OFFSET = (0.004, -0.029)
+
+
+def _points(name: str, value) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be an (N, 2) array of points, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates")
+    return arr
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; never a reflection)
+    mapping ``src`` onto ``dst``, as a float64 (2, 3) matrix for cv2.warpAffine.
+
+    In 2-D, Umeyama's solution has a closed form: with points as complex numbers z, the
+    optimum of sum |a*z_src + b - z_dst|^2 is a = sum(conj(zs) * zd) / sum(|zs|^2) over the
+    centred points, a = scale * exp(i * angle). No SVD, so no sign ambiguity: deterministic.
+    """
+    src = _points("src", src)
+    dst = _points("dst", dst)
+    if src.shape != dst.shape:
+        raise ValueError(f"src and dst must have the same shape, got {src.shape} and {dst.shape}")
+    if len(src) < 2:
+        raise ValueError(f"a similarity needs at least 2 point pairs, got {len(src)}")
+    zs = src[:, 0] + 1j * src[:, 1]
+    zd = dst[:, 0] + 1j * dst[:, 1]
+    zs_c = zs - zs.mean()
+    zd_c = zd - zd.mean()
+    spread_src = float(np.sum(np.abs(zs_c) ** 2))
+    # Relative test: coordinates of any magnitude, coincidence up to float noise.
+    if spread_src <= 1e-18 * max(1.0, float(np.max(np.abs(zs))) ** 2) * len(zs):
+        raise ValueError("src points coincide: a similarity is not defined")
+    if float(np.sum(np.abs(zd_c) ** 2)) <= 1e-18 * max(1.0, float(np.max(np.abs(zd))) ** 2) * len(zd):
+        raise ValueError("dst points coincide: the similarity would collapse to a point")
+    a = np.sum(np.conj(zs_c) * zd_c) / spread_src
+    if abs(a) == 0.0:
+        raise ValueError("src and dst are uncorrelated: the least-squares similarity has zero scale")
+    b = zd.mean() - a * zs.mean()
+    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], dtype=np.float64)
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine matrix to (N, 2) points."""
+    pts = _points("points", points)
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (2, 3):
+        raise ValueError(f"matrix must be 2x3, got shape {m.shape}")
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Warp ``image`` by the (2, 3) ``matrix`` into a ``size`` = (width, height) canvas;
+    bilinear, black outside the source (insightface's convention)."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"image must be a non-empty HxW or HxWxC array, got {getattr(image, 'shape', type(image))}")
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (2, 3) or not np.isfinite(m).all():
+        raise ValueError(f"matrix must be a finite 2x3 array, got shape {m.shape}")
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
+        raise ValueError(f"size must be (width, height) of positive ints, got {size!r}")
+    return cv2.warpAffine(
+        image,
+        m,
+        (int(size[0]), int(size[1])),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
+def align_face(
+    image: np.ndarray, landmarks: np.ndarray, template: AlignTemplate
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned image, the (2, 3) source->aligned matrix, and the landmarks in the aligned
+    image (rounded with contract.round_points, so the stored values are the used ones)."""
+    src = round_points(_points("landmarks", landmarks))
+    if src.shape != (5, 2):
+        raise ValueError(f"landmarks must be 5x2, got shape {src.shape}")
+    matrix = estimate_similarity(src, template.points)
+    aligned = warp(image, matrix, template.size)
+    return aligned, matrix, round_points(transform_points(src, matrix))
+
+
+def center_crop_landmarks(
+    width: int,
+    height: int,
+    template: AlignTemplate,
+    *,
+    crop_fraction: float = LFW_CROP_FRACTION,
+    crop_offset: tuple[float, float] = LFW_CROP_OFFSET,
+) -> np.ndarray:
+    """Plausible source landmarks of a centred face, for images where detection found none.
+
+    The template's canvas, centred in a square of side max(template width, height) so that
+    every template places the face alike, is mapped onto a square crop of side
+    ``crop_fraction * min(width, height)`` centred ``crop_offset * min(width, height)`` from
+    the image centre. The defaults are measured on LFW deep-funneled (see LFW_CROP_FRACTION).
+    """
+    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))) or width <= 0 or height <= 0:
+        raise ValueError(f"width and height must be positive ints, got {width!r} x {height!r}")
+    if not 0.0 < crop_fraction:
+        raise ValueError(f"crop_fraction must be positive, got {crop_fraction}")
+    side_t = float(max(template.width, template.height))
+    pad = np.array([(side_t - template.width) / 2.0, (side_t - template.height) / 2.0])
+    short = float(min(width, height))
+    side = crop_fraction * short
+    centre = np.array([width / 2.0, height / 2.0]) + np.asarray(crop_offset, dtype=np.float64) * short
+    origin = centre - side / 2.0
+    # Plain scaling, the convention the templates themselves are scaled by (templates.py), so
+    # that every template yields the same source points.
+    points = origin + (template.points + pad) * (side / side_t)
+    return round_points(points)
