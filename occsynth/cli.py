@@ -293,6 +293,34 @@ def card(directory):
     click.echo(f"wrote {write_card(directory, facts)}")
 
 
+@main.command("make-templates")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Bank directory (default: the project's assets/templates).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--variants", type=int, default=10, show_default=True, help="Templates per category.")
+def make_templates(out, seed, variants):
+    """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
+    gives the same files byte for byte."""
+    from .bank import build_template_bank
+
+    index = build_template_bank(out, seed=seed, variants=variants)
+    click.echo(f"wrote {len(index['templates'])} templates")
+
+
+@main.command("render-masks")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Pose bank directory (default: the project's assets/mask3d).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=float, default=56.0, show_default=True, help="Inter-ocular distance of the renders (px).")
+def render_masks(out, seed, size):
+    """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
+    the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
+    from .occluders.mask3d import render_mask_bank
+
+    index = render_mask_bank(out, seed=seed, size=size)
+    click.echo(f"wrote {len(index['renders'])} renders")
+
+
 @main.command("occluders")
 @click.option("--family", default=None, help="Only this family.")
 def list_occluders_cmd(family):

@@ -1,0 +1,26 @@
+"""Occluder families with exact pixel masks, one registry, composable specs.
+
+Families (each a module registering its occluders): geometric (block, rectangle, ellipse,
+polygon, blob, pieces, grid_cell), object templates (object + one name per category),
+importers of third-party template sets, 3D face masks (mask3d), and fit_area, which sizes any
+of them to a target area. `TorchOccluder` (torch_ops) applies the same specs to GPU batches.
+"""
+from .base import Occluder, Occlusion, create_occluder, list_occluders, register_occluder, sample_value
+from .compose import Composer, load_spec, occlude, parse_cli_spec, replay
+from .presets import get_preset, list_presets
+
+__all__ = [
+    "Composer",
+    "Occluder",
+    "Occlusion",
+    "create_occluder",
+    "get_preset",
+    "list_occluders",
+    "list_presets",
+    "load_spec",
+    "occlude",
+    "parse_cli_spec",
+    "register_occluder",
+    "replay",
+    "sample_value",
+]

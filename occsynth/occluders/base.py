@@ -1,0 +1,135 @@
+"""The occluder interface and the one registry of occluder families.
+
+An occluder takes an aligned face and returns the occluded image AND its exact occlusion mask
+together (the albumentations image+mask convention). The mask comes from the occluder's own
+geometry or alpha, never from diffing pixels. Inputs are never modified in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from ..contract import MASK_OCCLUDED
+
+
+@dataclass
+class Occlusion:
+    """An occluded face: RGB uint8 image, uint8 mask (255 = occluded), one record per occluder."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        from ..contract import occlusion_ratio
+
+        return occlusion_ratio(self.mask)
+
+
+class Occluder:
+    """Base class. Subclasses set `family` and implement `apply`.
+
+    `params` are the user-facing parameters (scalars, [lo, hi] ranges or {"choice": [...]});
+    `apply` samples concrete values with the given rng and returns them in the record, so a
+    sample can be re-created from its JSON (the record also holds the occluder's own seed).
+    """
+
+    family: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"occluder {self.name!r} got unknown parameter(s) {unknown}; "
+                f"known: {sorted(self.defaults)}"
+            )
+        self.params = {**self.defaults, **params}
+
+    def apply(
+        self, image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Return (occluded image, this occluder's own binary mask as bool HxW, concrete params)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        landmarks: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Apply on top of an existing mask; the new mask is the union of both."""
+        seed = int(rng.integers(0, 2**63 - 1))
+        out, own, concrete = self.apply(image, np.asarray(landmarks, dtype=np.float64), np.random.Generator(np.random.PCG64(seed)))
+        if own.shape != image.shape[:2] or own.dtype != np.bool_:
+            raise TypeError(f"{self.name}: apply() must return a bool mask of shape {image.shape[:2]}")
+        new_mask = np.where(own, np.uint8(MASK_OCCLUDED), mask)  # one pass, no copy + scatter
+        record = {
+            "family": self.family,
+            "name": self.name,
+            "params": concrete,
+            "seed": seed,
+            "area": np.count_nonzero(own) / own.size,
+        }
+        return out, new_mask, record
+
+
+_REGISTRY: dict[str, type[Occluder]] = {}
+
+
+def register_occluder(cls: type[Occluder]) -> type[Occluder]:
+    """Class decorator: make an occluder creatable by its `name`."""
+    if not cls.name or not cls.family:
+        raise ValueError(f"{cls.__name__} must set both `name` and `family`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"occluder name {cls.name!r} already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def create_occluder(name: str, **params: Any) -> Occluder:
+    """Build a registered occluder by name, e.g. create_occluder("block", ratio=0.3)."""
+    _load_builtin_families()
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown occluder {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    return cls(**params)
+
+
+def list_occluders(family: str | None = None) -> dict[str, type[Occluder]]:
+    _load_builtin_families()
+    return {n: c for n, c in sorted(_REGISTRY.items()) if family is None or c.family == family}
+
+
+_BUILTIN_MODULES: list[str] = ["geometric", "objects", "importers", "mask3d", "fitting", "grid"]
+
+
+def _load_builtin_families() -> None:
+    # Families register on import; importing lazily keeps `import occsynth` light
+    # (the 3D family pulls in pyrender).
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def sample_value(value: Any, rng: np.random.Generator) -> Any:
+    """A concrete value from a parameter spec: [lo, hi] -> uniform, {"choice": [...]} -> one of."""
+    if isinstance(value, dict) and "choice" in value:
+        options = value["choice"]
+        weights = value.get("p")
+        index = int(rng.choice(len(options), p=None if weights is None else np.asarray(weights) / np.sum(weights)))
+        return options[index]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        lo, hi = float(value[0]), float(value[1])
+        return float(rng.uniform(lo, hi)) if hi > lo else lo
+    return value
+
+
+OccluderFactory = Callable[..., Occluder]

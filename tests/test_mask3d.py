@@ -1,0 +1,179 @@
+"""3D face masks: pose from 5 landmarks, the pose bank, exact masks, placement.
+
+The real face is skimage's astronaut aligned to ArcFace 112x112 with landmarks measured once
+by MTCNN (see test_objects.py); turned faces are the mean 3D face model projected at known
+poses (landmarks only: placement is checked on the landmarks, pixels on the real face)."""
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from occsynth.bank import asset_dir
+from occsynth.occluders import create_occluder
+from occsynth.occluders import mask3d as m3d
+from occsynth.occluders.objects import ALPHA_HALF, full_alpha, similarity_lstsq
+from occsynth.seeding import make_rng
+from occsynth.templates import get_template
+
+ASTRONAUT_LANDMARKS = np.array(
+    [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
+)
+
+
+def _aligned():
+    from skimage import data
+
+    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
+    face = cv2.warpAffine(data.astronaut(), m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
+
+
+FACE, LANDMARKS = _aligned()
+
+
+def covered(mask, point) -> bool:
+    x, y = (int(round(v)) for v in point)
+    return bool(mask[y, x])
+
+
+def turned(yaw, pitch=0.0, roll=0.0, scale=0.56, centre=(56.0, 51.6)):
+    return m3d.project(m3d.MODEL_POINTS, m3d.pose_matrix(yaw, pitch, roll), scale, centre)
+
+
+POSES = [(0, 0, 0), (30, 0, 0), (-45, 10, 0), (20, -15, 10), (-10, 25, -20), (55, 5, 30)]
+
+
+@pytest.mark.parametrize("pose", POSES)
+def test_pose_matrix_round_trip(pose):
+    assert np.allclose(m3d.pose_angles(m3d.pose_matrix(*pose)), pose, atol=1e-9)
+
+
+@pytest.mark.parametrize("pose", POSES)
+def test_pose_recovered_from_weak_perspective_landmarks(pose):
+    est = m3d.estimate_pose(turned(*pose, scale=0.7, centre=(60, 40)))
+    assert np.allclose([est["yaw"], est["pitch"], est["roll"]], pose, atol=1e-6)
+    assert math.isclose(est["scale"], 0.7, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("pose", POSES)
+def test_pose_recovered_from_perspective_landmarks(pose):
+    """A real camera is perspective: a face 1 m away (the weak-perspective estimate is biased
+    by the nose's nearness: about 2 degrees of pitch here, more closer up)."""
+    r = m3d.pose_matrix(*pose)
+    cam = m3d.MODEL_POINTS @ r.T + [0, 0, 1000.0]
+    lm = 600.0 * cam[:, :2] / cam[:, 2:] + [56, 52]
+    est = m3d.estimate_pose(lm)
+    assert np.allclose([est["yaw"], est["pitch"], est["roll"]], pose, atol=3.5)
+
+
+def test_arcface_reference_is_frontal():
+    est = m3d.estimate_pose(get_template("arcface").points)
+    assert max(abs(est["yaw"]), abs(est["pitch"]), abs(est["roll"])) < 1.0
+    assert math.isclose(est["scale"], 35.24 / 63.0, rel_tol=0.01)
+
+
+def test_sign_conventions():
+    nose_right = turned(20)[2, 0] > turned(0)[2, 0]
+    nose_up = turned(0, 20)[2, 1] < turned(0)[2, 1]
+    right_eye_down = turned(0, 0, 20)[1, 1] > turned(0)[1, 1]
+    assert nose_right and nose_up and right_eye_down
+
+
+def test_committed_pose_bank_is_consistent():
+    root = asset_dir("mask3d")
+    index = json.loads((root / m3d.BANK_INDEX).read_text())
+    assert {r["kind"] for r in index["renders"]} == set(m3d.KINDS)
+    for r in index["renders"]:
+        assert (root / r["file"]).is_file()
+        # the stored anchors are the model projected at the stored pose
+        est = m3d.estimate_pose(np.asarray(r["anchors"]))
+        assert np.allclose([est["yaw"], est["pitch"], est["roll"]], [r["yaw"], r["pitch"], r["roll"]], atol=0.05)
+    assert sum(f.stat().st_size for f in root.iterdir()) < 8 * 2**20
+
+
+def test_bank_lookup_picks_the_nearest_pose():
+    bank = m3d.load_pose_bank()
+    cands = bank.candidates("surgical", None)
+    assert len(cands) > 0
+    for yaw, pitch in [(33, -8), (-52, 14), (2, 3), (-90, -40)]:
+        best = bank.nearest(cands, yaw, pitch)
+        d = np.hypot(bank.poses[cands, 0] - yaw, bank.poses[cands, 1] - pitch)
+        assert math.isclose(math.hypot(bank.poses[best, 0] - yaw, bank.poses[best, 1] - pitch), d.min())
+    # through the occluder: a face turned by 33 degrees gets the 40-degree render
+    occ = create_occluder("mask3d", kind="kn95", color="white")
+    params = occ.apply(FACE, turned(33, -4), make_rng(0))[2]
+    entry = next(r for r in bank.renders if r["file"] == params["render"])
+    assert (entry["yaw"], entry["pitch"]) == (40.0, 0.0)
+
+
+def _check(occ, face, lm, seed=0):
+    out, mask, params, warped = occ.render(face, lm, make_rng(seed))
+    assert np.array_equal(mask, full_alpha(warped, face.shape[:2]) >= ALPHA_HALF)
+    changed = np.any(out != face, axis=-1)
+    r = int(math.ceil(params["feather"]))
+    allowed = cv2.dilate(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    assert not np.any(changed & ~allowed)
+    return out, mask, params
+
+
+@pytest.mark.parametrize("kind", m3d.KINDS)
+def test_bank_mode_covers_nose_and_mouth_not_eyes(kind):
+    occ = create_occluder("mask3d", kind=kind)
+    for lm in [LANDMARKS, turned(25), turned(-40, 10), turned(10, -15, 15)]:
+        for seed in range(2):
+            _, mask, params = _check(occ, FACE, lm, seed)
+            le, re, nose, ml, mr = lm
+            assert covered(mask, nose) and covered(mask, ml) and covered(mask, mr), params
+            assert not covered(mask, le) and not covered(mask, re), params
+
+
+def test_same_seed_same_mask():
+    occ = create_occluder("mask3d")
+    a, b = (occ(FACE, np.zeros((112, 112), np.uint8), LANDMARKS, make_rng(4)) for _ in range(2))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_unknown_kind_or_mode_is_refused():
+    with pytest.raises(ValueError):
+        create_occluder("mask3d", mode="raytrace")
+    with pytest.raises(ValueError):
+        create_occluder("mask3d", kind="gas").apply(FACE, LANDMARKS, make_rng(0))
+
+
+@pytest.fixture(scope="module")
+def egl():
+    from occsynth.render import render_available
+
+    if not render_available():
+        pytest.skip("no EGL offscreen rendering here")
+
+
+@pytest.mark.parametrize("kind", m3d.KINDS)
+def test_direct_mode_renders_an_exact_mask(egl, kind):
+    occ = create_occluder("mask3d", kind=kind, mode="direct", color="white" if kind != "cloth" else "print1")
+    for lm in [LANDMARKS, turned(35, 5)]:
+        _, mask, params = _check(occ, FACE, lm)
+        le, re, nose, ml, mr = lm
+        assert covered(mask, nose) and covered(mask, ml) and covered(mask, mr)
+        assert not covered(mask, le) and not covered(mask, re)
+
+
+def test_far_ear_loop_is_hidden_behind_the_head(egl):
+    parts, _ = m3d.face_mask_parts("surgical", make_rng(0), "black")
+    loops_only = parts[1:]
+    r = m3d.pose_matrix(60, 0, 0)  # nose to the image right: the right loop is behind the head
+    rgba = m3d.render_posed(loops_only, r, 1.0, (100, 20), (200, 200), supersample=1)
+    nose_x = m3d.project(m3d.MODEL_POINTS, r, 1.0, (100, 20))[2, 0]
+    ys, xs = np.nonzero(rgba[..., 3])
+    assert xs.size and xs.max() < nose_x  # only the near (left) loop shows
+
+
+def test_pose_bank_rendering_is_reproducible(egl, tmp_path):
+    args = dict(kinds=["kn95"], yaws=[20.0], pitches=[0.0], colors={"kn95": ["black"]}, seed=0)
+    index = m3d.render_mask_bank(tmp_path, **args)
+    name = index["renders"][0]["file"]
+    assert (tmp_path / name).read_bytes() == (asset_dir("mask3d") / name).read_bytes()

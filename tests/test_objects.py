@@ -1,0 +1,253 @@
+"""Object occluders from the project's own template bank: exact masks, placement, splits.
+
+Real face: skimage's astronaut photo aligned to the ArcFace 112x112 template with the five
+landmarks that facenet-pytorch's MTCNN (the project's detector) found on it once:
+ASTRONAUT_LANDMARKS below, in the original 512x512 image.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from occsynth import bank
+from occsynth.occluders import create_occluder, list_occluders
+from occsynth.occluders.objects import ALPHA_HALF, full_alpha, load_bank, similarity_lstsq, warp_roi
+from occsynth.seeding import make_rng
+from occsynth.templates import get_template
+
+ASTRONAUT_LANDMARKS = np.array(
+    [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
+)
+
+
+def aligned_astronaut(roll_deg: float = 0.0):
+    """(112x112 RGB face, its 5 landmarks); roll_deg turns the face about the image centre."""
+    from skimage import data
+
+    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
+    if roll_deg:
+        r = cv2.getRotationMatrix2D((55.5, 55.5), roll_deg, 1.0)
+        m = np.vstack([r, [0, 0, 1]]) @ np.vstack([m, [0, 0, 1]])
+        m = m[:2]
+    face = cv2.warpAffine(data.astronaut(), m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
+
+
+FACE, LANDMARKS = aligned_astronaut()
+IOD = float(np.hypot(*(LANDMARKS[1] - LANDMARKS[0])))
+STILL = dict(scale=1.0, rotation=0.0, jitter=0.0)
+
+
+def covered(mask: np.ndarray, point) -> bool:
+    x, y = (int(round(v)) for v in point)
+    return bool(mask[y, x])
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def check_exact(occluder, face, landmarks, seed):
+    """mask == warped alpha >= 0.5, and nothing changes beyond the feather band."""
+    out, mask, params, warped = occluder.render(face, landmarks, make_rng(seed))
+    alpha = full_alpha(warped, face.shape[:2])
+    assert np.array_equal(mask, alpha >= ALPHA_HALF)
+    changed = np.any(out != face, axis=-1)
+    radius = int(math.ceil(params["feather"]))
+    if radius:
+        kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)  # chessboard distance
+        allowed = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    else:
+        allowed = mask
+    assert not np.any(changed & ~allowed)
+    return out, mask, params
+
+
+def test_registry_has_object_family_and_aliases():
+    names = set(list_occluders())
+    assert {"object", *bank.CATEGORIES} <= names
+    for category in bank.CATEGORIES:
+        occ = create_occluder(category)
+        assert occ.params["category"] == category and occ.family == "object"
+
+
+def test_committed_bank_index_is_complete():
+    root = bank.default_bank_dir()
+    index = json.loads((root / bank.BANK_FILE).read_text())
+    by_cat: dict[str, list] = {}
+    for t in index["templates"]:
+        by_cat.setdefault(t["category"], []).append(t)
+        assert (root / t["file"]).is_file()
+        assert t["region"] in bank.REGIONS and t["split"] in ("train", "eval")
+        assert max(t["size"]) <= 256
+        pts, faces = np.asarray(t["anchor"]["points"]), np.asarray(t["anchor"]["face_points"])
+        assert pts.shape == faces.shape and pts.shape[0] >= 2 and np.isfinite(pts).all()
+    assert set(by_cat) == set(bank.CATEGORIES)
+    for cat, items in by_cat.items():
+        n_eval = sum(t["split"] == "eval" for t in items)
+        assert len(items) >= 8 and 0 < n_eval < len(items), cat
+        assert n_eval == round(len(items) * bank.EVAL_FRACTION)
+    total = sum(f.stat().st_size for f in root.iterdir())
+    assert total < 8 * 2**20
+
+
+@pytest.mark.parametrize("category", bank.CATEGORIES)
+@pytest.mark.parametrize("feather", [0.0, 1.5])
+def test_mask_is_exactly_the_warped_alpha(category, feather):
+    occ = create_occluder(category, feather=feather)
+    for seed in range(3):
+        out, mask, params = check_exact(occ, FACE, LANDMARKS, seed)
+        assert mask.any()
+        # the recorded params re-create the same warp
+        template = next(t for t in load_bank().templates if t.name == params["template"])
+        again = warp_roi(template.rgba, np.reshape(params["matrix"], (2, 3)), FACE.shape[:2], margin=2)
+        assert np.array_equal(full_alpha(again, FACE.shape[:2]) >= ALPHA_HALF, mask)
+
+
+def _each_template(category):
+    return [t.name for t in load_bank().templates if t.meta["category"] == category]
+
+
+LE, RE, NOSE, ML, MR = LANDMARKS
+MOUTH = (ML + MR) / 2
+
+
+def _mask_of(category, name, **params):
+    occ = create_occluder(category, template=name, **{**STILL, **params})
+    return occ(FACE, np.zeros((112, 112), np.uint8), LANDMARKS, make_rng(0))[1] > 0
+
+
+def test_sunglasses_sit_on_the_eyes():
+    for name in _each_template("sunglasses"):
+        mask = _mask_of("sunglasses", name)
+        assert covered(mask, LE) and covered(mask, RE), name
+        assert abs(centroid(mask)[1] - LE[1]) < 0.3 * IOD, name
+        assert not covered(mask, MOUTH), name
+
+
+def test_clear_eyeglasses_leave_the_eyes_visible():
+    for name in _each_template("eyeglasses"):
+        mask = _mask_of("eyeglasses", name)
+        ys, xs = np.nonzero(mask)
+        near = np.hypot(xs - LE[0], ys - LE[1]).min(), np.hypot(xs - RE[0], ys - RE[1]).min()
+        assert max(near) < 0.7 * IOD, name  # the frame surrounds both eyes
+        assert not covered(mask, LE) and not covered(mask, RE), name  # the lenses are not occlusion
+
+
+def test_eye_masks_cover_the_eye_area_with_holes():
+    for name in _each_template("eye_mask"):
+        mask = _mask_of("eye_mask", name)
+        bridge = (LE + RE) / 2 + [0, -0.1 * IOD]
+        assert covered(mask, bridge), name
+        assert not covered(mask, LE) and not covered(mask, RE), name  # eye holes
+        assert not covered(mask, MOUTH), name
+
+
+@pytest.mark.parametrize("category", ["scarf", "surgical_mask"])
+def test_face_coverings_cover_mouth_not_eyes(category):
+    for name in _each_template(category):
+        mask = _mask_of(category, name)
+        assert covered(mask, ML) and covered(mask, MR) and covered(mask, MOUTH), name
+        assert not covered(mask, LE) and not covered(mask, RE), name
+    if category == "surgical_mask":
+        assert all(covered(_mask_of(category, n), NOSE) for n in _each_template(category))
+
+
+def test_hats_sit_above_the_eyes():
+    for name in _each_template("hat"):
+        mask = _mask_of("hat", name)
+        assert centroid(mask)[1] < LE[1] - 0.6 * IOD, name
+        assert not covered(mask, LE) and not covered(mask, RE), name
+        assert covered(mask, (LE + RE) / 2 - [0, 1.0 * IOD]), name  # the forehead
+
+
+@pytest.mark.parametrize("category", ["cup", "phone", "book", "microphone", "hand"])
+def test_held_objects_land_in_their_region(category):
+    for name in _each_template(category):
+        meta = next(t.meta for t in load_bank().templates if t.name == name)
+        mask = _mask_of(category, name)
+        c = centroid(mask)
+        if meta["region"] == "eyes":
+            assert covered(mask, LE) or covered(mask, RE), name
+        else:
+            assert c[1] > NOSE[1] - 0.2 * IOD, name
+            assert not (covered(mask, LE) and covered(mask, RE)), name
+        assert abs(c[0] - NOSE[0]) < 1.2 * IOD, name
+
+
+def test_region_override_moves_the_object():
+    name = _each_template("sunglasses")[0]
+    mask = _mask_of("sunglasses", name, region="mouth")
+    assert abs(centroid(mask)[1] - MOUTH[1]) < 0.3 * IOD
+    assert not covered(mask, LE)
+
+
+def test_placement_follows_face_roll():
+    face, lm = aligned_astronaut(roll_deg=25)
+    for name in _each_template("sunglasses")[:3]:
+        occ = create_occluder("sunglasses", template=name, **STILL)
+        mask = occ(face, np.zeros((112, 112), np.uint8), lm, make_rng(0))[1] > 0
+        assert covered(mask, lm[0]) and covered(mask, lm[1])
+
+
+def test_same_seed_same_output_and_record():
+    occ = create_occluder("object", category={"choice": ["cup", "hat", "hand"]}, split="train")
+    a = occ(FACE, np.zeros((112, 112), np.uint8), LANDMARKS, make_rng(7))
+    b = occ(FACE, np.zeros((112, 112), np.uint8), LANDMARKS, make_rng(7))
+    c = occ(FACE, np.zeros((112, 112), np.uint8), LANDMARKS, make_rng(8))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[0], c[0])
+    json.dumps(a[2])  # the record is plain JSON
+    # and the record re-creates the sample
+    p = a[2]["params"]
+    again = create_occluder("object", template=p["template"], region=p["region"], scale=p["scale"],
+                            rotation=p["rotation"], jitter=0.0, feather=p["feather"])
+    _, mask2, rec2 = again.apply(FACE, LANDMARKS, make_rng(0))
+    shifted = np.reshape(rec2["matrix"], (2, 3))
+    shifted[:, 2] += p["shift"]
+    assert np.allclose(shifted.ravel(), p["matrix"])
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_split_filters_templates(split):
+    occ = create_occluder("object", split=split)
+    seen = {occ.apply(FACE, LANDMARKS, make_rng(s))[2]["template"] for s in range(60)}
+    metas = {t.name: t.meta for t in load_bank().templates}
+    assert seen and all(metas[n]["split"] == split for n in seen)
+
+
+def test_splits_are_disjoint_per_category():
+    for category in bank.CATEGORIES:
+        train = set(load_bank().select((category,), "train"))
+        evals = set(load_bank().select((category,), "eval"))
+        assert train and evals and not train & evals
+
+
+def test_unknown_category_and_split_are_refused():
+    with pytest.raises(ValueError):
+        create_occluder("object", split="test")
+    with pytest.raises(ValueError):
+        create_occluder("object", category="umbrella").apply(FACE, LANDMARKS, make_rng(0))
+
+
+def test_bank_regeneration_is_byte_identical(tmp_path):
+    from occsynth.render import render_available
+
+    if not render_available():
+        pytest.skip("no EGL offscreen rendering here")
+    cats = ["eyeglasses", "cup"]
+    index = bank.build_template_bank(tmp_path, seed=0, variants=1, categories=cats)
+    committed = {t["file"]: t for t in json.loads((bank.default_bank_dir() / bank.BANK_FILE).read_text())["templates"]}
+    for t in index["templates"]:
+        assert (tmp_path / t["file"]).read_bytes() == (bank.default_bank_dir() / t["file"]).read_bytes()
+        assert t["anchor"] == committed[t["file"]]["anchor"]
+
+
+def test_default_bank_dir_is_the_repo_assets():
+    assert bank.default_bank_dir() == Path(__file__).resolve().parents[1] / "assets" / "templates"
