@@ -1,0 +1,127 @@
+"""occsynth-train: `occsynth-train <method> --config cfg.yaml`, `occsynth-train eval ...`.
+
+Every registered method (occsynth_train.methods) is a subcommand with the same options;
+the config's `method` key is set to the subcommand's name.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+
+FIXED = ("eval", "lfw-mini-split", "methods")
+
+
+def _method_command(name: str) -> click.Command:
+    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).")
+    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
+                  help="YAML training config (see configs/).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a config value, e.g. --set optim.lr=0.05 (repeatable).")
+    @click.option("--output", default=None, help="Run directory (overrides the config's `output`).")
+    @click.option("--stop-after", type=int, default=None,
+                  help="Stop after this many steps in this invocation (checkpointed; rerun to resume).")
+    def command(config_path, overrides, output, stop_after):
+        from .config import load_config
+        from .trainer import NonFiniteLossError, train
+
+        overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
+        try:
+            cfg = load_config(config_path, overrides)
+            run_dir = train(cfg, stop_after=stop_after)
+        except NonFiniteLossError as exc:
+            click.echo(f"occsynth-train: {exc}", err=True)
+            sys.exit(3)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"run: {run_dir}")
+
+    return command
+
+
+class MethodGroup(click.Group):
+    def list_commands(self, ctx):
+        from .methods import list_methods
+
+        return sorted(set(super().list_commands(ctx)) | set(list_methods()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        from .methods import list_methods
+
+        return _method_command(name) if name in list_methods() else None
+
+
+@click.group(cls=MethodGroup)
+@click.version_option(__version__, prog_name="occsynth-train")
+def main() -> None:
+    """Train and evaluate occluded-face recognition methods on occsynth shards."""
+
+
+@main.command("methods")
+def methods_cmd() -> None:
+    """List the registered methods, backbones and heads."""
+    from .backbones import list_backbones
+    from .heads import list_heads
+    from .methods import list_methods
+
+    click.echo("methods:   " + ", ".join(list_methods()))
+    click.echo("backbones: " + ", ".join(list_backbones()))
+    click.echo("heads:     " + ", ".join(list_heads()))
+
+
+@main.command("eval")
+@click.option("--model", "run_dir", type=click.Path(exists=True, file_okay=False), required=True, help="Run directory.")
+@click.option("--benchmark", "benchmarks", type=click.Path(exists=True, file_okay=False), multiple=True, required=True,
+              help="Benchmark dataset directory (repeatable).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON report (default RUN/eval_report.json).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: the newest.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
+def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
+    """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
+    from .evaluate import evaluate_run
+
+    try:
+        report = evaluate_run(run_dir, list(benchmarks), out=out, checkpoint=checkpoint, device=device,
+                              batch_size=batch_size, num_workers=workers, flip=not no_flip)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name, result in report["benchmarks"].items():
+        parts = [name]
+        if "verification" in result:
+            v = result["verification"]
+            tar = v["tar_at_far"]
+            parts.append(f"acc {v['accuracy']:.4f}+-{v['accuracy_std']:.4f}  "
+                         + "  ".join(f"TAR@FAR={k} {t['tar']:.4f}" for k, t in tar.items()))
+        if "identification" in result:
+            parts.append(f"rank-1 {result['identification']['rank1']:.4f}")
+        if "segmentation" in result and result["segmentation"]["miou"] is not None:
+            parts.append(f"mIoU {result['segmentation']['miou']:.4f}")
+        click.echo("  ".join(parts))
+
+
+@main.command("lfw-mini-split")
+@click.option("--pairs", "pairs_path", type=click.Path(exists=True, dir_okay=False), required=True, help="LFW pairs.txt")
+@click.option("--lfw", "lfw_path", type=click.Path(exists=True), required=True,
+              help="lfw-deepfunneled.tgz or an extracted identity folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--test-fold", type=int, default=1, show_default=True, help="1-based fold of pairs.txt held out.")
+@click.option("--extract/--no-extract", default=True, show_default=True,
+              help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).")
+def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
+    """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
+    from .lfw_protocol import write_split
+
+    summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
+    click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""`occsynth-train eval --model RUN --benchmark DIR [--out report.json]`.
+
+A benchmark is an occsynth dataset directory with, beside its shards:
+  * pairs.jsonl (verification): {"pair", "fold", "issame", "a": key, "b": key, "flagged"} per
+    pair; without it, pairs are rebuilt from the samples' extra {pair, fold, side, issame};
+  * protocol.json (identification, occsynth/protocols/identification.py): {"gallery": [keys],
+    "probes": {subset: [keys]}, "distractors": [keys], "identity": {key: identity}, "info":
+    {"gallery_mode": ...}}; rank-1 per probe subset against gallery + distractors, or MegaFace's
+    rotating gallery when info.gallery_mode is "rotate" (metrics.rank1_rotate).
+Embeddings are flip-summed: embed(x) + embed(flip(x)), then L2-normalised. Verification
+reports 10-fold accuracy over the pairs' fold ids (a single-fold benchmark, e.g. LFW fold 1
+alone, is split into 10 folds by pair index modulo 10, which keeps matched/mismatched
+balanced), AUC and TAR@FAR=1e-3/1e-4 (metrics.py explains the convention); flagged pairs are
+also reported left out ("unflagged"). Methods with a segmentation branch get mask IoU against the
+benchmark's true masks. A ROC plot (PNG) is written beside the JSON report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import config_from_dict, load_config
+from .data import KeyedDataset, normalize
+from .losses import occlusion_probability
+from .methods import create_method
+from .metrics import MaskIoU, rank1, rank1_rotate, roc_curve, verification_report
+
+FARS = (1e-3, 1e-4)
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    """(method in eval mode on `device`, config, checkpoint path, step) of a training run."""
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else config_from_dict(state["config"])
+    method = create_method(cfg.method, cfg, num_classes=state["num_classes"])
+    method.load_state_dict(state["model"])
+    return method.to(device).eval(), cfg, path, int(state["step"])
+
+
+@torch.no_grad()
+def embed_dataset(method, ds: KeyedDataset, device: torch.device, batch_size: int = 256, num_workers: int = 2,
+                  flip: bool = True, iou: MaskIoU | None = None) -> np.ndarray:
+    """L2-normalised (flip-summed) embeddings of every sample of `ds`, in ds order; updates
+    `iou` with predicted vs true masks when given and the method segments."""
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    size = method.input_size
+    out = []
+    for batch in loader:
+        x = batch["image"].to(device).float().div_(255.0)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = normalize(x)
+        e = method.embed(x).float()
+        if flip:
+            e = e + method.embed(torch.flip(x, dims=[3])).float()
+        out.append(F.normalize(e, dim=1).cpu())
+        if iou is not None and method.has_segmentation:
+            logits = method.predict_mask(x)
+            true = batch["mask"].bool()
+            prob = occlusion_probability(logits)
+            if prob.shape[-2:] != true.shape[-2:]:
+                prob = F.interpolate(prob, size=true.shape[-2:], mode="bilinear", align_corners=False)
+            iou.update((prob > 0.5).cpu().numpy(), true.numpy())
+    return torch.cat(out).numpy()
+
+
+def load_pairs(root: Path, ds: KeyedDataset) -> list[dict]:
+    path = root / "pairs.jsonl"
+    if path.exists():
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    pairs: dict[int, dict] = {}
+    for meta in ds.metas:
+        extra = meta.get("extra") or {}
+        if "pair" in extra and extra.get("side") in ("a", "b"):
+            row = pairs.setdefault(int(extra["pair"]), {"pair": int(extra["pair"]), "flagged": False})
+            row[extra["side"]] = meta["key"]
+            row["fold"] = extra.get("fold", 0)
+            if "issame" in extra:
+                row["issame"] = bool(extra["issame"])
+    return [pairs[p] for p in sorted(pairs)]
+
+
+def _verification(pairs: list[dict], ds: KeyedDataset, emb: np.ndarray) -> tuple[dict, tuple]:
+    complete = [p for p in pairs if p.get("a") in ds.position and p.get("b") in ds.position and "issame" in p]
+    if not complete:
+        raise ValueError("no complete pairs (both keys present, issame known)")
+    a = np.array([ds.position[p["a"]] for p in complete])
+    b = np.array([ds.position[p["b"]] for p in complete])
+    scores = np.einsum("ij,ij->i", emb[a], emb[b])
+    issame = np.array([bool(p["issame"]) for p in complete])
+    folds = np.array([p.get("fold", 0) for p in complete])
+    flagged = np.array([bool(p.get("flagged", False)) for p in complete])
+    note = None
+    if len(set(folds.tolist())) < 2:
+        folds = np.arange(len(complete)) % 10
+        note = "single fold id: pairs split into 10 folds by pair index modulo 10"
+    report = verification_report(scores, issame, folds, FARS)
+    report["missing_pairs"] = len(pairs) - len(complete)
+    if note:
+        report["fold_note"] = note
+    if flagged.any() and (~flagged).sum() > 0:
+        keep = ~flagged
+        report["flagged_pairs"] = int(flagged.sum())
+        report["unflagged"] = verification_report(scores[keep], issame[keep], folds[keep], FARS)
+    return report, (scores, issame)
+
+
+def _identification(protocol: dict, ds: KeyedDataset, emb: np.ndarray) -> dict:
+    """Rank-1 per probe subset (closed set: nearest of gallery + distractors), or MegaFace's
+    rotating gallery when the protocol says gallery_mode "rotate"."""
+    present = lambda keys: [k for k in keys if k in ds.position]  # noqa: E731
+    identity = protocol.get("identity") or {}
+    ident = lambda k: identity.get(k) or ds.metas[ds.position[k]]["identity"]  # noqa: E731
+    rows = lambda keys: emb[np.array([ds.position[k] for k in keys], dtype=int)].reshape(len(keys), emb.shape[1])  # noqa: E731
+    probes = protocol.get("probes", protocol.get("probe", []))
+    subsets = probes if isinstance(probes, dict) else {"probe": probes}
+    distractors = present(protocol.get("distractors", []))
+    gallery = present(protocol.get("gallery", []))
+    listed = len(protocol.get("gallery", [])) + len(protocol.get("distractors", [])) + sum(map(len, subsets.values()))
+    out: dict = {"gallery": len(gallery), "distractors": len(distractors)}
+    rotate = (protocol.get("info") or {}).get("gallery_mode") == "rotate"
+    found = len(gallery) + len(distractors)
+    for name, keys in subsets.items():
+        keys = present(keys)
+        found += len(keys)
+        if rotate:
+            out[name] = rank1_rotate(rows(keys), [ident(k) for k in keys], rows(distractors))
+        else:
+            out[name] = rank1(rows(gallery + distractors), [ident(k) for k in gallery + distractors],
+                              rows(keys), [ident(k) for k in keys])
+    scored = [v for v in out.values() if isinstance(v, dict) and np.isfinite(v["rank1"])]
+    weights = [v.get("tests", v.get("probes", 0)) for v in scored]
+    out["rank1"] = float(np.average([v["rank1"] for v in scored], weights=weights)) if sum(weights) else float("nan")
+    out["gallery_mode"] = "rotate" if rotate else "closed-set"
+    out["missing_keys"] = listed - found
+    return out
+
+
+def evaluate_benchmark(method, root: str | Path, device: torch.device, batch_size: int = 256,
+                       num_workers: int = 2, flip: bool = True) -> tuple[dict, tuple | None]:
+    """Report of one benchmark directory, and (scores, issame) for the ROC plot when it has pairs."""
+    root = Path(root)
+    ds = KeyedDataset(root)
+    iou = MaskIoU() if method.has_segmentation else None
+    emb = embed_dataset(method, ds, device, batch_size, num_workers, flip, iou)
+    report: dict = {"benchmark": str(root), "samples": len(ds), "embedding_dim": int(emb.shape[1]), "flip": flip}
+    roc_data = None
+    pairs = load_pairs(root, ds)
+    if pairs:
+        report["verification"], roc_data = _verification(pairs, ds, emb)
+    if (root / "protocol.json").exists():
+        report["identification"] = _identification(json.loads((root / "protocol.json").read_text()), ds, emb)
+    if iou is not None:
+        report["segmentation"] = iou.result()
+    if not pairs and "identification" not in report:
+        raise ValueError(f"{root} has neither pairs (pairs.jsonl / extra.pair) nor protocol.json")
+    return report, roc_data
+
+
+def plot_roc(curves: dict[str, tuple], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, (scores, issame) in curves.items():
+        fpr, tpr, _ = roc_curve(scores, issame, drop_intermediate=False)
+        ax.plot(np.maximum(fpr, 1e-5), tpr, lw=1.2, label=name)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.grid(True, which="both", ls=":", lw=0.5)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_run(run_dir: str | Path, benchmarks: list[str | Path], out: str | Path | None = None,
+                 checkpoint: str | Path | None = None, device: str | torch.device = "auto",
+                 batch_size: int = 256, num_workers: int = 2, flip: bool = True) -> dict:
+    """Evaluate a run on benchmark directories; writes the JSON report (+ ROC PNG) to `out`
+    (default RUN/eval_report.json) and returns it."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    method, cfg, ckpt, step = load_run(run_dir, checkpoint, device)
+    report = {"model": str(run_dir), "checkpoint": str(ckpt), "step": step, "method": cfg.method,
+              "backbone": cfg.model.backbone, "benchmarks": {}}
+    curves = {}
+    for bench in benchmarks:
+        name = Path(bench).name
+        if name in report["benchmarks"]:  # e.g. two builders' level-30: qualify with the parent
+            name = f"{Path(bench).parent.name}/{name}"
+        result, roc_data = evaluate_benchmark(method, bench, device, batch_size, num_workers, flip)
+        report["benchmarks"][name] = result
+        if roc_data is not None:
+            curves[name] = roc_data
+    out = Path(out) if out else Path(run_dir) / "eval_report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if curves:
+        png = out.with_suffix(".roc.png")
+        plot_roc(curves, png)
+        report["roc_png"] = str(png)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
