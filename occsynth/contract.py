@@ -85,9 +85,30 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def dumps(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, so equal metadata gives equal bytes."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Canonical JSON: sorted keys, no spaces, so equal metadata gives equal bytes.
+
+    numpy values are converted by json's C encoder hook (no Python pre-walk: this runs for
+    every sample); NaN/inf are refused."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_default)
+    except ValueError as exc:
+        raise ValueError(f"non-finite number cannot be written to JSON ({exc})") from None
 
 
 def dumps_lines(rows: Iterable[Any]) -> str:

@@ -50,7 +50,8 @@ class BuildConfig:
     jpeg_quality: int = 95
     keep_clean: bool = False
     shard_size: int = 1000
-    min_face_size: int = 20
+    min_face_size: int = 40  # detect.DEFAULT_MIN_FACE_SIZE: right for LFW-like crops
+    detect_batch: int = 1
     device: str = "cpu"
     max_pixels: int = 64_000_000
     landmark_files: tuple[str, ...] = ()  # landmarks.jsonl files to reuse detections from
@@ -76,7 +77,7 @@ class BuildConfig:
         return data
 
     def detector_settings(self) -> dict:
-        return {"min_face_size": self.min_face_size, "max_pixels": self.max_pixels}
+        return {"min_face_size": self.min_face_size, "max_pixels": self.max_pixels, "batch": self.detect_batch}
 
 
 class NoFaceError(RuntimeError):
@@ -99,11 +100,14 @@ _STORES: dict[tuple[str, ...], dict] = {}
 
 
 def _detector(config: BuildConfig):
-    key = (config.device, config.min_face_size)
+    key = (config.device, config.min_face_size, config.detect_batch)
     if key not in _DETECTORS:
         from .detect import FaceDetector
 
-        _DETECTORS[key] = FaceDetector(device=config.device, min_face_size=config.min_face_size)
+        # Batch 1 by default: MTCNN's last landmark digit depends on which images share a
+        # batch, and a fresh build must match a lock made from another build's detections.
+        _DETECTORS[key] = FaceDetector(device=config.device, min_face_size=config.min_face_size,
+                                       batch_size=config.detect_batch)
     return _DETECTORS[key]
 
 

@@ -10,7 +10,7 @@ import pytest
 from occsynth import contract
 from occsynth.occluders import Composer, list_occluders, load_spec, occlude, parse_cli_spec
 from occsynth.occluders.compose import replay
-from occsynth.occluders.presets import FROM_SIZE_FACTORS, get_preset, list_presets
+from occsynth.occluders.presets import FROM_BASE_SCALE, FROM_SIZE_FACTORS, get_preset, list_presets
 from occsynth.seeding import make_rng
 
 LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
@@ -133,7 +133,9 @@ def test_from_train_reads_1_0p5_5_as_nine_factors():
     assert FROM_SIZE_FACTORS == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
     spec = get_preset("from-train")
     assert [b["p"] for b in spec["mix"]] == [1.0, 2.0] and spec["mix"][0]["spec"] is None
-    assert spec["mix"][1]["spec"]["params"]["scale"] == {"choice": FROM_SIZE_FACTORS}
+    scales = spec["mix"][1]["spec"]["params"]["scale"]["choice"]
+    assert scales == [round(FROM_BASE_SCALE * f, 3) for f in FROM_SIZE_FACTORS]  # 1:0.5:5 on a smaller base
+    assert get_preset("from-occluder") == spec["mix"][1]["spec"]
 
 
 # ------------------------------------------------------------------ composition

@@ -20,9 +20,9 @@ names occluders not registered (yet) fails when compiled, with the registry's Ke
 
 How from-train reads "1:0.5:5": MATLAB start:step:stop, i.e. the nine factors 1, 1.5, ..., 5
 (FROM's code draws np.linspace(1, 5, 9)); each is equally likely and multiplies the template's
-natural, landmark-anchored size (the object occluder's `scale`; FROM multiplies its occluder
-images' pixel size, so its factor 1 is smaller than ours and large factors fill the face in
-both). The place is the object occluder's region "random": a uniform centre over the face, from
+natural, landmark-anchored size times FROM_BASE_SCALE (0.3): FROM multiplies its occluder
+images' small pixel size, so its factor 1 is a small object; ours starts at 0.3x a face-sized
+template and ends at 1.5x. The place is the object occluder's region "random": a uniform centre over the face, from
 forehead to chin and cheek to cheek (FROM draws the centre over the whole image), the template
 cut by the border where it overhangs.
 """
@@ -58,18 +58,20 @@ MSML_TRAIN = {
     ]
 }
 
-FROM_TRAIN = {
-    "mix": [
-        {"p": 1.0, "spec": None},
-        {"p": 2.0, "spec": _one("object", region="random", split="train", scale={"choice": FROM_SIZE_FACTORS})},
-    ]
-}
+# FROM's factor 1 is a small occluder; ours is a face-sized template. Scaling the factors by
+# FROM_BASE_SCALE keeps factor 1 at ~a third of the natural size and factor 5 at 1.5x, instead
+# of burying the face (measured: with the raw factors 1 in 5 samples were fully covered).
+FROM_BASE_SCALE = 0.3
+FROM_OCCLUDER = _one("object", region="random", split="train",
+                     scale={"choice": [round(FROM_BASE_SCALE * f, 3) for f in FROM_SIZE_FACTORS]})
+FROM_TRAIN = {"mix": [{"p": 1.0, "spec": None}, {"p": 2.0, "spec": FROM_OCCLUDER}]}
 
 PRESETS: dict[str, Any] = {
     "block-0.3": _one("block", ratio=0.3, fill="black"),
     "shapes": SHAPES,
     "msml-train": MSML_TRAIN,
     "from-train": FROM_TRAIN,
+    "from-occluder": FROM_OCCLUDER,  # the occluded branch alone (occ-train sets the 1:2 itself)
     # the usual LFW_block levels, listed; any other level resolves through the pattern below
     **{f"lfw-block-{p}": _one("block", ratio=p / 100.0, fill="black") for p in (10, 20, 30, 40, 50)},
 }
