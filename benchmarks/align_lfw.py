@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--keep", default=None, help="keep the detected build's landmarks.jsonl here")
     args = parser.parse_args()
 
     tgz = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
@@ -55,6 +56,8 @@ def main() -> int:
         rebuilt = build(stored, plan, source, work / "stored", workers=args.workers, command="benchmark")
         stored_s = time.perf_counter() - t0
         identical = all(a["sha256"] == b["sha256"] for a, b in zip(detected["shards"], rebuilt["shards"]))
+        if args.keep:
+            shutil.copy(work / "detected" / "landmarks.jsonl", args.keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -141,6 +141,35 @@ def load_spec(value: Spec) -> Spec:
     return value
 
 
+def compile_tree(spec: Spec, leaf) -> tuple:
+    """The spec as a tree of nodes: ("clean",), ("all", [nodes]), ("mix", probabilities,
+    [nodes]), and whatever `leaf(name, params)` makes of each occluder. Shared by the CPU
+    Composer and the batched torch path, so both read specs identically."""
+    if spec is None or spec == "clean":
+        return ("clean",)
+    if isinstance(spec, list):
+        return ("all", [compile_tree(s, leaf) for s in spec])
+    if isinstance(spec, str):
+        return compile_tree(load_spec(spec), leaf)
+    if not isinstance(spec, dict):
+        raise TypeError(f"occlusion spec must be None, str, list or dict, got {type(spec).__name__}")
+    if "all" in spec:
+        return ("all", [compile_tree(s, leaf) for s in spec["all"]])
+    if "mix" in spec:
+        branches = spec["mix"]
+        weights = np.array([float(b.get("p", 1.0)) for b in branches])
+        if len(branches) == 0 or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
+        return ("mix", weights / weights.sum(), [compile_tree(b.get("spec"), leaf) for b in branches])
+    if "preset" in spec:
+        from .presets import get_preset
+
+        return compile_tree(get_preset(spec["preset"]), leaf)
+    if "name" in spec:
+        return leaf(spec["name"], spec.get("params") or {})
+    raise ValueError(f"occlusion spec needs one of 'name', 'all', 'mix', 'preset': {spec!r}")
+
+
 class Composer:
     """A compiled spec: call with (image, landmarks, rng) to get an Occlusion."""
 
@@ -149,30 +178,11 @@ class Composer:
         self._root = self._compile(self.spec)
 
     def _compile(self, spec: Spec):
-        if spec is None or spec == "clean":
-            return ("clean",)
-        if isinstance(spec, list):
-            return ("all", [self._compile(s) for s in spec])
-        if isinstance(spec, str):
-            return self._compile(load_spec(spec))
-        if not isinstance(spec, dict):
-            raise TypeError(f"occlusion spec must be None, str, list or dict, got {type(spec).__name__}")
-        if "all" in spec:
-            return ("all", [self._compile(s) for s in spec["all"]])
-        if "mix" in spec:
-            branches = spec["mix"]
-            weights = np.array([float(b.get("p", 1.0)) for b in branches])
-            if len(branches) == 0 or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
-            return ("mix", weights / weights.sum(), [self._compile(b.get("spec")) for b in branches])
-        if "preset" in spec:
-            from .presets import get_preset
-
-            return self._compile(get_preset(spec["preset"]))
-        if "name" in spec:
-            occluder = create_occluder(spec["name"], **(spec.get("params") or {}))
+        def leaf(name: str, params: dict):
+            occluder = create_occluder(name, **params)
             return ("one", occluder, _spec_params_json(occluder.params))
-        raise ValueError(f"occlusion spec needs one of 'name', 'all', 'mix', 'preset': {spec!r}")
+
+        return compile_tree(spec, leaf)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> Occlusion:
         mask = np.full(image.shape[:2], MASK_VISIBLE, dtype=np.uint8)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import geometric as G
-from .compose import load_spec
+from .compose import compile_tree, load_spec
 
 Tensor = torch.Tensor
 
@@ -766,6 +766,15 @@ _OPS = {op.name: op for op in (_BlockOp, _RectangleOp, _EllipseOp, _PolygonOp, _
 # ----------------------------------------------------------------------------- the occluder
 
 
+def _cumulative(node):
+    """Mix nodes carry cumulative probabilities here (one uniform draw per image picks a branch)."""
+    if node[0] == "mix":
+        return ("mix", np.cumsum(node[1]), [_cumulative(child) for child in node[2]])
+    if node[0] == "all":
+        return ("all", [_cumulative(child) for child in node[1]])
+    return node
+
+
 class TorchOccluder:
     """A compiled spec applied to whole batches with torch ops.
 
@@ -788,31 +797,13 @@ class TorchOccluder:
             bank.on(self.device)
 
     def _compile(self, spec):
-        if spec is None or spec == "clean":
-            return ("clean",)
-        if isinstance(spec, list):
-            return ("all", [self._compile(s) for s in spec])
-        if isinstance(spec, str):
-            return self._compile(load_spec(spec))
-        if not isinstance(spec, dict):
-            raise TypeError(f"occlusion spec must be None, str, list or dict, got {type(spec).__name__}")
-        if "all" in spec:
-            return ("all", [self._compile(s) for s in spec["all"]])
-        if "mix" in spec:
-            branches = spec["mix"]
-            weights = np.array([float(br.get("p", 1.0)) for br in branches])
-            if len(branches) == 0 or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
-            return ("mix", np.cumsum(weights) / weights.sum(), [self._compile(br.get("spec")) for br in branches])
-        if "preset" in spec:
-            return self._compile(load_spec("preset:" + spec["preset"]))
-        if "name" in spec:
-            name = spec["name"]
+        def leaf(name: str, params: dict):
             if name not in _OPS:
                 raise KeyError(f"occluder {name!r} has no torch implementation; supported: {', '.join(SUPPORTED)} "
                                f"(load object templates into a TemplateBank and use 'bank')")
-            return ("one", _OPS[name](spec.get("params") or {}))
-        raise ValueError(f"occlusion spec needs one of 'name', 'all', 'mix', 'preset': {spec!r}")
+            return ("one", _OPS[name](params))
+
+        return _cumulative(compile_tree(spec, leaf))
 
     def __call__(self, images: Tensor, landmarks: Tensor | None, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:

@@ -26,6 +26,7 @@ from typing import Iterable
 
 from . import lfw
 from .pairs import Pair
+from .lfw import _check_name, _number  # the same image-number and name rules as LFW
 
 __all__ = ["read_mfr2_pairs", "MFR2_EXT"]
 
@@ -98,14 +99,3 @@ def _resolver(available_ids: Iterable[str] | None, ext: str):
         return found[0] if found else sid
 
     return resolve
-
-
-def _number(where: str, text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{where}: image number must be a positive integer (1-based), got {text!r}")
-    return int(text)
-
-
-def _check_name(where: str, name: str) -> None:
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(f"{where}: {name!r} is not a valid person name")
