@@ -9,10 +9,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-
 from .contract import round_points
-from ._torchvision_compat import load_mtcnn_class
 
 POLICIES = ("center", "largest")
 
@@ -91,7 +88,7 @@ class FaceDetector:
 
     def __init__(
         self,
-        device: str | torch.device = "cpu",
+        device: "str | torch.device" = "cpu",
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
@@ -108,6 +105,12 @@ class FaceDetector:
             raise ValueError(f"max_side ({max_side}) must be >= min_face_size ({min_face_size})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # torch is imported here, not at module level: builds from stored landmarks use Face and
+        # select_face only, and their workers then start without importing torch (~4 s each).
+        import torch
+
+        from ._torchvision_compat import load_mtcnn_class
+
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available")

@@ -362,6 +362,8 @@ def build(
     missing = sorted({s.spec for s in plan} - set(config.specs))
     if missing:
         raise ValueError(f"plan names occlusion specs not in the config: {missing}")
+    for spec in config.specs.values():
+        _composer(spec)  # a bad spec is the user's error, not 13,000 per-sample failures
 
     identity = {"config": config.content(), "plan": plan_fingerprint(plan), "version": __version__}
     build_file = out_dir / BUILD_FILE

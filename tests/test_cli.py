@@ -1,0 +1,31 @@
+"""The command line lists what the registries hold (help text a newcomer reads first)."""
+from click.testing import CliRunner
+
+from occsynth.builders import list_builders
+from occsynth.cli import main
+from occsynth.occluders import list_occluders
+
+
+def test_occluders_command_lists_every_registered_occluder():
+    result = CliRunner().invoke(main, ["occluders"])
+    assert result.exit_code == 0
+    listed = {line.split()[1] for line in result.output.splitlines() if line.strip()}
+    assert listed == set(list_occluders())
+    assert {"block", "polygon", "sunglasses", "mask3d", "maskthefaces", "fit_area", "grid_cell"} <= listed
+
+
+def test_build_group_offers_every_builder_with_its_definition():
+    result = CliRunner().invoke(main, ["build", "--help"])
+    assert result.exit_code == 0
+    for name in list_builders():
+        assert name in result.output
+    help_text = CliRunner().invoke(main, ["build", "lfw-occ", "--help"]).output
+    assert "43.09%" in help_text and "--ratio" in help_text and "--check" in help_text
+
+
+def test_unknown_build_and_bad_spec_fail_clearly(tmp_path):
+    result = CliRunner().invoke(main, ["build", "lfw-nope"])
+    assert result.exit_code != 0 and "No such command" in result.output
+    result = CliRunner().invoke(main, ["align", "embedded", "--out", str(tmp_path / "o"), "--occlude", "nosuch(ratio=1)",
+                                       "--workers", "1", "--no-cache", "--quiet"])
+    assert result.exit_code != 0 and "unknown occluder 'nosuch'" in str(result.exception)
