@@ -15,25 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .pairs import (  # noqa: F401  (re-exported: the LFW builders import them from here)
-    PAIRS_FILE,
-    MissingImage,
-    Pair,
-    check_pairs_against,
-    read_pairs_jsonl,
-    write_pairs_jsonl,
-    write_pairs_txt,
-)
+from .pairs import Pair, write_pairs_txt  # noqa: F401  (write_pairs_txt: LFW's own format)
 
 __all__ = [
-    "PAIRS_FILE",
-    "Pair",
-    "MissingImage",
-    "check_pairs_against",
     "lfw_sample_id",
     "read_lfw_pairs",
-    "read_pairs_jsonl",
-    "write_pairs_jsonl",
     "write_pairs_txt",
     "VIEW1_TRAIN",
     "VIEW1_TEST",
