@@ -18,32 +18,17 @@ from occsynth.occluders.importers import (
     load_ocfr,
     maskthefaces_face_points,
 )
-from occsynth.occluders.objects import ALPHA_HALF, full_alpha, similarity_lstsq
+from occsynth.occluders.objects import ALPHA_HALF, full_alpha
 from occsynth.seeding import make_rng
 from occsynth.templates import get_template
 
-ASTRONAUT_LANDMARKS = np.array(
-    [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
-)
+from astronaut_face import aligned_astronaut, covered
 
-
-def _aligned():
-    from skimage import data
-
-    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
-    face = cv2.warpAffine(data.astronaut(), m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
-
-
-FACE, LANDMARKS = _aligned()
+FACE, LANDMARKS = aligned_astronaut()
 LE, RE, NOSE, ML, MR = LANDMARKS
 IOD = float(np.hypot(*(RE - LE)))
 EMPTY = np.zeros((112, 112), np.uint8)
 
-
-def covered(mask, point) -> bool:
-    x, y = (int(round(v)) for v in point)
-    return bool(mask[y, x])
 
 
 def centroid(mask):

@@ -16,36 +16,14 @@ import pytest
 
 from occsynth import bank
 from occsynth.occluders import create_occluder, list_occluders
-from occsynth.occluders.objects import ALPHA_HALF, full_alpha, load_bank, similarity_lstsq, warp_roi
+from occsynth.occluders.objects import ALPHA_HALF, full_alpha, load_bank, warp_roi
 from occsynth.seeding import make_rng
-from occsynth.templates import get_template
 
-ASTRONAUT_LANDMARKS = np.array(
-    [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
-)
-
-
-def aligned_astronaut(roll_deg: float = 0.0):
-    """(112x112 RGB face, its 5 landmarks); roll_deg turns the face about the image centre."""
-    from skimage import data
-
-    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
-    if roll_deg:
-        r = cv2.getRotationMatrix2D((55.5, 55.5), roll_deg, 1.0)
-        m = np.vstack([r, [0, 0, 1]]) @ np.vstack([m, [0, 0, 1]])
-        m = m[:2]
-    face = cv2.warpAffine(data.astronaut(), m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
-
+from astronaut_face import aligned_astronaut, covered
 
 FACE, LANDMARKS = aligned_astronaut()
 IOD = float(np.hypot(*(LANDMARKS[1] - LANDMARKS[0])))
 STILL = dict(scale=1.0, rotation=0.0, jitter=0.0)
-
-
-def covered(mask: np.ndarray, point) -> bool:
-    x, y = (int(round(v)) for v in point)
-    return bool(mask[y, x])
 
 
 def centroid(mask: np.ndarray) -> np.ndarray:

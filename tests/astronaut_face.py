@@ -1,0 +1,32 @@
+"""A real aligned face for occluder tests: skimage's astronaut photo aligned to the ArcFace
+112x112 template with the five landmarks facenet-pytorch's MTCNN (the project's detector)
+found on it once (ASTRONAUT_LANDMARKS, in the original 512x512 image)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from occsynth.occluders.objects import similarity_lstsq
+from occsynth.templates import get_template
+
+ASTRONAUT_LANDMARKS = np.array(
+    [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
+)
+
+
+def aligned_astronaut(roll_deg: float = 0.0):
+    """(112x112 RGB face, its 5 landmarks); roll_deg turns the face about the image centre."""
+    from skimage import data
+
+    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
+    if roll_deg:
+        r = cv2.getRotationMatrix2D((55.5, 55.5), roll_deg, 1.0)
+        m = (np.vstack([r, [0, 0, 1]]) @ np.vstack([m, [0, 0, 1]]))[:2]
+    face = cv2.warpAffine(data.astronaut(), m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
+
+
+def covered(mask: np.ndarray, point) -> bool:
+    """Whether the mask covers the pixel nearest to a landmark."""
+    x, y = (int(round(v)) for v in point)
+    return bool(mask[y, x])
