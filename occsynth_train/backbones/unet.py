@@ -56,19 +56,26 @@ class ResNet18UNet(nn.Module):
     encoder_channels = [64, 64, 128, 256, 512]
     decoder_channels = [256, 128, 64, 64, 32]
 
-    def __init__(self, out_channels: int = 1, in_channels: int = 3, input_size: int | tuple[int, int] = 112):
+    def __init__(self, out_channels: int = 1, in_channels: int = 3, input_size: int | tuple[int, int] = 112,
+                 width: int = 64):
+        """`width` is the stem width (64 = the standard ResNet-18); every channel count scales
+        with it, which keeps CPU tests of the methods that embed this net fast."""
         super().__init__()
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         self.out_channels = out_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        s = lambda c: max(1, c * width // 64)  # noqa: E731
+        self.encoder_channels = [s(c) for c in ResNet18UNet.encoder_channels]
+        self.decoder_channels = [s(c) for c in ResNet18UNet.decoder_channels]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, s(64), 7, 2, 3, bias=False), nn.BatchNorm2d(s(64)),
+                                  nn.ReLU(inplace=True))
         self.pool = nn.MaxPool2d(3, 2, 1)
-        widths, cin, layers = [64, 128, 256, 512], 64, []
+        widths, cin, layers = [s(64), s(128), s(256), s(512)], s(64), []
         for i, w in enumerate(widths):
             layers.append(nn.Sequential(BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)))
             cin = w
         self.layers = nn.ModuleList(layers)
-        skips = [256, 128, 64, 64, in_channels]
-        ups, cin = [], 512
+        skips = [s(256), s(128), s(64), s(64), in_channels]
+        ups = []
         for cskip, cout in zip(skips, self.decoder_channels):
             ups.append(Up(cin, cskip, cout))
             cin = cout

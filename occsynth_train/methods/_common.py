@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import create_backbone
+
 
 def opt(cfg, key: str, default):
     """cfg.method_kw[key] or `default` (cfg may be None in unit tests that build modules directly)."""
@@ -53,32 +55,6 @@ def seg_targets(masks: torch.Tensor, size) -> torch.Tensor:
 
 
 def scaled_unet(width: int = 64, out_channels: int = 1, input_size=112):
-    """The core ResNet-18 U-Net (backbones/unet.py) with every width scaled by width/64 (64 = the
-    registered net, same modules and parameter count): narrow segmentation branches keep the CPU
-    tests fast. Forward methods are the core net's own."""
-    from ..backbones import create_backbone
-    from ..backbones.base import init_weights
-    from ..backbones.unet import BasicBlock, ResNet18UNet, Up
-
-    net = create_backbone("resnet18_unet", out_channels=out_channels, input_size=input_size)
-    if width == 64:
-        return net
-    s = lambda c: max(1, c * width // 64)  # noqa: E731
-    in_channels = net.stem[0].in_channels
-    net.encoder_channels = [s(c) for c in ResNet18UNet.encoder_channels]
-    net.decoder_channels = [s(c) for c in ResNet18UNet.decoder_channels]
-    net.stem = nn.Sequential(nn.Conv2d(in_channels, s(64), 7, 2, 3, bias=False), nn.BatchNorm2d(s(64)), nn.ReLU(inplace=True))
-    layers, cin = [], s(64)
-    for i, w in enumerate([s(64), s(128), s(256), s(512)]):
-        layers.append(nn.Sequential(BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)))
-        cin = w
-    net.layers = nn.ModuleList(layers)
-    skips = [s(256), s(128), s(64), s(64), in_channels]
-    ups = []
-    for cskip, cout in zip(skips, net.decoder_channels):
-        ups.append(Up(cin, cskip, cout))
-        cin = cout
-    net.ups = nn.ModuleList(ups)
-    net.classifier = nn.Conv2d(cin, out_channels, 1)
-    init_weights(net)
-    return net
+    """The core ResNet-18 U-Net (backbones/unet.py) at a stem width (64 = the standard net):
+    narrow segmentation branches keep the CPU tests fast."""
+    return create_backbone("resnet18_unet", out_channels=out_channels, input_size=input_size, width=width)
