@@ -64,6 +64,8 @@ class OptimConfig:
     power: float = 2.0             # poly schedule exponent (arcface_torch uses 2)
     min_lr: float = 0.0            # floor of cosine / poly, as a fraction of lr
     clip_grad: float | None = 5.0  # max global grad norm; null disables
+    by_type: dict = field(default_factory=dict)  # per-optimiser-type overrides for param groups that
+                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see optim.py)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class TrainConfig:
     nan_guard: bool = True
     deterministic: bool = False    # torch.use_deterministic_algorithms (slower on GPU)
     progress: bool = True          # tqdm bar on rank 0
+    init_from: str | None = None   # checkpoint (or state dict) loaded non-strictly into a fresh run's
+                                   # model: a previous stage / pretrained trunk; ignored on resume
 
 
 @dataclass
@@ -111,6 +115,9 @@ class Config:
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.train.precision!r}")
         if self.optim.name not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optim.name must be sgd, adam or adamw, got {self.optim.name!r}")
+        bad = sorted(set(self.optim.by_type or {}) - {"sgd", "adam", "adamw"})
+        if bad:
+            raise ValueError(f"optim.by_type keys must be sgd, adam or adamw, got {bad}")
         if self.optim.schedule not in ("cosine", "step", "poly", "constant"):
             raise ValueError(f"optim.schedule must be cosine, step, poly or constant, got {self.optim.schedule!r}")
         if not 0.0 <= self.optim.warmup < 1.0:

@@ -1,4 +1,4 @@
-"""The shared training loop (arcface_torch-lean): one method, one optimiser, endless shard stream.
+"""The shared training loop (arcface_torch-lean): one method, its optimiser(s), an endless shard stream.
 
     occsynth-train baseline --config configs/tiny_cpu.yaml
     torchrun --nproc_per_node 8 -m occsynth_train.cli baseline --config configs/baseline_r50.yaml
@@ -12,6 +12,7 @@ per rank when the world size is unchanged, otherwise re-derived from (seed, step
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -77,6 +78,22 @@ def check_finite(terms: dict[str, torch.Tensor], loss: torch.Tensor, step: int, 
                              "check the data, or use bf16/fp32.")
 
 
+def init_weights(method: torch.nn.Module, path: str | Path) -> dict:
+    """Load a checkpoint (ours: its "model") or a bare state dict into `method`, non-strictly:
+    tensors whose name and shape match are loaded, the rest reported (not silently dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: no such checkpoint {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = method.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    method.load_state_dict(fits, strict=False)
+    return {"path": str(path), "loaded": sorted(fits),
+            "missing": sorted(set(own) - set(state)), "unexpected": sorted(set(state) - set(own)),
+            "skipped_shape": sorted(k for k in state if k in own and k not in fits)}
+
+
 def train(cfg: Config, *, stop_after: int | None = None) -> Path:
     """Train (or resume) the run in cfg.output. `stop_after` ends this invocation after that many
     steps (a time-sliced job), leaving a checkpoint to resume from."""
@@ -114,6 +131,9 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method.param_groups(), cfg.optim)
+    if not optimizer.optimizers and info.world_size > 1:
+        raise ValueError(f"{cfg.method}: nothing to train in this configuration (a statistics-only stage); "
+                         "run it in one process, not under torchrun, so its statistics are not split over ranks")
     use_scaler = cfg.train.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     if cfg.train.precision == "fp16" and device.type == "cpu":
@@ -136,6 +156,12 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             print(f"occsynth-train: resuming {run_dir} from {ckpt.name} (step {step}, {samples_seen} samples seen"
                   f"{'' if len(rngs) == info.world_size else f', world size {len(rngs)} -> {info.world_size}'})")
     else:
+        if cfg.train.init_from:
+            report = init_weights(method, cfg.train.init_from)
+            if info.is_main:
+                (run_dir / "init_from.json").write_text(json.dumps(report, indent=2) + "\n")
+                print(f"occsynth-train: initialised from {cfg.train.init_from}: {len(report['loaded'])} tensors loaded, "
+                      f"{len(report['missing'])} missing, {len(report['skipped_shape'])} skipped (shape)")
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
         seed_everything(_derive(cfg.seed, "rank", info.rank, "step", 0))
@@ -189,8 +215,9 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             if step >= end:
                 break
             method.on_step_start(step, total)
-            lr = cfg.optim.lr * lr_factor(step, total, cfg.optim)
-            set_lr(optimizer, lr)
+            factor = lr_factor(step, total, cfg.optim)
+            set_lr(optimizer, factor)
+            lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
             if occluder is not None:
                 generator = torch.Generator(device=device).manual_seed(_derive(cfg.seed, "occlude", step, info.rank))
@@ -198,16 +225,22 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                                   generator=generator, channels_last=cfg.train.channels_last)
             with autocast_context(device, cfg.train.precision):
                 terms = model(batch, step)
-            loss = sum(v.float() for k, v in terms.items() if not k.startswith("log/"))
+            loss = sum((v.float() for k, v in terms.items() if not k.startswith("log/")), torch.zeros((), device=device))
             if cfg.train.nan_guard:
                 check_finite(terms, loss, step, info)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            if loss.requires_grad:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.clip_grad:
+                    for o in optimizer.optimizers:
+                        scaler.unscale_(o)
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
+                for o in optimizer.optimizers:
+                    scaler.step(o)
+                scaler.update()
+            elif optimizer.optimizers:
+                raise RuntimeError(f"step {step}: the loss of {cfg.method!r} has no gradient although the method has "
+                                   "trainable parameters (a method must return loss terms built from them)")
             step += 1
             samples_seen += global_batch
 

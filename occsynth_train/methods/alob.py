@@ -16,10 +16,11 @@ fusion: project (default) | none (-F: f alone) | sum (f + f_m) | concat ([f, f_m
 Other method_kw: grl_scale C = 1.0, m_weight lambda = 1.0, trimmer_lr_scale, identifier_lr_scale,
 trimmer_head_kw (CosFace s, m).
 
-Optimisers: the paper uses SGD for the Trimmer and Adam for the Identifier. The shared trainer
-builds one optimiser (cfg.optim.name) for all groups, so here both branches use that optimiser,
-with separate LR scales; each param group is tagged "optimizer": "sgd" / "adam" (torch keeps
-unknown group keys), for a trainer that honours per-group optimiser types.
+Optimisers: the paper trains the Trimmer with SGD and the Identifier with Adam. The param groups
+say so ("optimizer" key, method_kw identifier_optimizer / trimmer_optimizer, defaults adam / sgd)
+and the trainer builds one torch optimiser per type; each type's hyper-parameters come from
+optim.by_type (e.g. {adam: {lr: 1.0e-3}}), so an Adam group never silently inherits an SGD LR:
+a type other than optim.name without an optim.by_type entry is refused.
 """
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ class ALOB(Method):
         self.grl = bool(opt(cfg, "grl", True))
         self.grl_scale = float(opt(cfg, "grl_scale", 1.0))
         self.m_weight = float(opt(cfg, "m_weight", 1.0))
+        self.optimizers = {"identifier": str(opt(cfg, "identifier_optimizer", "adam")),
+                           "trimmer": str(opt(cfg, "trimmer_optimizer", "sgd"))}
+        for part, kind in self.optimizers.items():
+            if kind != cfg.optim.name and kind not in (cfg.optim.by_type or {}):
+                raise ValueError(f"alob trains its {part} with {kind}, but optim.name is {cfg.optim.name!r} and "
+                                 f"optim.by_type has no {kind!r} entry: set e.g. optim.by_type.{kind}.lr, or "
+                                 f"method_kw.{part}_optimizer={cfg.optim.name}")
 
     def _fuse(self, f: torch.Tensor, fm: torch.Tensor) -> torch.Tensor:
         if self.fusion == "project":
@@ -98,7 +106,7 @@ class ALOB(Method):
         trim = list(self.trimmer.parameters()) + list(self.trimmer_head.parameters())
         ids = {id(p) for p in trim}
         ident = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": [p for p in ident if p.requires_grad], "name": "identifier", "optimizer": "adam",
+        return [{"params": [p for p in ident if p.requires_grad], "name": "identifier", "optimizer": self.optimizers["identifier"],
                  "lr_scale": float(opt(self.cfg, "identifier_lr_scale", 1.0))},
-                {"params": [p for p in trim if p.requires_grad], "name": "trimmer", "optimizer": "sgd",
+                {"params": [p for p in trim if p.requires_grad], "name": "trimmer", "optimizer": self.optimizers["trimmer"],
                  "lr_scale": float(opt(self.cfg, "trimmer_lr_scale", 1.0))}]

@@ -25,7 +25,11 @@ Images in `batch` and given to `embed`/`predict_mask` are normalised RGB in [-1,
 view's embedding and L2-normalises).
 
 Param groups: dicts of torch.optim param-group keys; "lr_scale" (default 1) multiplies the
-scheduled learning rate for that group, e.g. a 10x head LR or a frozen-then-thawed branch.
+scheduled learning rate for that group, e.g. a 10x head LR or a frozen-then-thawed branch;
+"optimizer" ("sgd" | "adam" | "adamw", default cfg.optim.name) picks the group's optimiser type,
+with that type's hyper-parameters from cfg.optim.by_type (optim.py). A configuration with nothing
+to train (a statistics pass) returns loss terms without gradient; the trainer then only counts
+the step.
 """
 from __future__ import annotations
 

@@ -30,13 +30,12 @@ The paper applies the probe's FDM to both faces of a pair; the evaluator embeds 
 one, so embed() uses each image's own FDM and embed_pair() gives the paper's pairwise version.
 
 method_kw: stage, grid 5, blocks central|all, l1_weight 10, tau 0.25, iou_threshold 0.5,
-block_score iou|coverage, occlusion_source segmentation|gt, seg_width 64, init_from (checkpoint
-of the previous stage, loaded non-strictly).
+block_score iou|coverage, occlusion_source segmentation|gt, seg_width 64. Each stage starts from
+the previous stage's checkpoint with `train.init_from` (loaded non-strictly by the trainer).
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -132,12 +131,9 @@ class PDSN(Method):
         fh, fw = self._feature_size()
         self.register_buffer("dict_sum", torch.zeros(len(self.blocks), c, fh, fw))
         self.register_buffer("dict_count", torch.zeros(len(self.blocks)))
-        self._anchor = nn.Parameter(torch.zeros(1))  # keeps the optimiser non-empty in the dictionary stage
         self._set_trainable()
-        init_from = opt(cfg, "init_from", None)
-        if init_from:
-            state = torch.load(Path(init_from), map_location="cpu", weights_only=False)
-            self.load_state_dict(state.get("model", state), strict=False)
+        if "init_from" in (cfg.method_kw or {}):
+            raise ValueError("pdsn: method_kw.init_from moved to train.init_from (the previous stage's checkpoint)")
 
     def _feature_size(self) -> tuple[int, int]:
         """Top feature map size: four stride-2 stages (IResNet, LightCNN)."""
@@ -229,15 +225,15 @@ class PDSN(Method):
             ce = ce + F.cross_entropy(self.head(emb, batch.labels[sel]), batch.labels[sel], reduction="sum")
             l1 = l1 + (m * f_occ[sel] - m * f_clean[sel]).abs().flatten(1).mean(1).sum()
             n += sel.numel()
-        if self.stage == "dictionary":
-            terms["dict"] = self._anchor.sum() * 0.0
+        if self.stage == "dictionary":  # nothing to train: loss terms without gradient (trainer counts the step)
             terms["log/pairs"] = self.dict_count.sum().detach()
             return terms
+        if n == 0:  # no pair on a generator block: a zero loss that still reaches the generators (DDP)
+            ce = l1 = sum(p.flatten()[0] for p in self.generators.parameters()) * 0.0
         n = max(n, 1)
         terms["mask_ce"] = ce / n
         terms["mask_l1"] = self.l1_weight * l1 / n
         terms["log/pairs"] = torch.tensor(float(n))
-        terms["anchor"] = self._anchor.sum() * 0.0  # a graph even when no pair had a generator block
         return terms
 
     # ------------------------------------------------------------ evaluation
