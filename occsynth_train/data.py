@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -301,13 +301,15 @@ class ShardStream(IterableDataset):
         clean = None if clean_bytes is None else image if clean_bytes is data else _decode_rgb(clean_bytes)
         landmarks = np.asarray(meta.get("landmarks", np.zeros((5, 2))), dtype=np.float32).reshape(5, 2)
         # per-sample flip decision from a hash: independent of how far a resumed stream skipped
-        if self.flip and derive_seed(self.seed, "flip", epoch, raw["__key__"]) & 1:
+        flipped = bool(self.flip and derive_seed(self.seed, "flip", epoch, raw["__key__"]) & 1)
+        if flipped:
             image, mask = image[:, ::-1], mask[:, ::-1]
             clean = None if clean is None else clean[:, ::-1]
             landmarks = landmarks[FLIP_LANDMARKS].copy()
             landmarks[:, 0] = image.shape[1] - 1 - landmarks[:, 0]
         return {"key": raw["__key__"], "image": image, "mask": mask, "clean": clean,
-                "label": self.labels[meta["identity"]], "landmarks": landmarks}
+                "label": self.labels[meta["identity"]], "landmarks": landmarks,
+                "meta": {"occluders": meta.get("occluders") or [], "extra": meta.get("extra") or {}, "flipped": flipped}}
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -340,6 +342,7 @@ def collate(samples: list[dict]) -> dict:
         "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "landmarks": torch.from_numpy(np.stack([s["landmarks"] for s in samples])),
         "keys": [s["key"] for s in samples],
+        "meta": [s.get("meta") or {} for s in samples],
     }
 
 
@@ -368,6 +371,8 @@ class Batch:
     clean     float like images: the same face unoccluded where has_clean, else the image itself
     has_clean bool  [B]
     keys      sample keys (for debugging / logging)
+    meta      per sample {"occluders": the shard's occluder records, "extra": its extra dict,
+              "flipped": whether the loader mirrored it (records keep the unflipped geometry)}
     """
 
     images: torch.Tensor
@@ -377,6 +382,7 @@ class Batch:
     clean: torch.Tensor
     has_clean: torch.Tensor
     keys: list[str]
+    meta: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -431,7 +437,8 @@ def prepare_batch(raw: dict, device: torch.device, *, input_size: tuple[int, int
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
         clean = clean.contiguous(memory_format=torch.channels_last)
-    return Batch(images, masks, labels, landmarks, clean, has_clean, list(raw["keys"]))
+    meta = list(raw.get("meta") or [{} for _ in raw["keys"]])
+    return Batch(images, masks, labels, landmarks, clean, has_clean, list(raw["keys"]), meta)
 
 
 # ---------------------------------------------------------------- evaluation data

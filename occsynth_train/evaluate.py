@@ -13,6 +13,10 @@ alone, is split into 10 folds by pair index modulo 10, which keeps matched/misma
 balanced), AUC and TAR@FAR=1e-3/1e-4 (metrics.py explains the convention); flagged pairs are
 also reported left out ("unflagged"). Methods with a segmentation branch get mask IoU against the
 benchmark's true masks. A ROC plot (PNG) is written beside the JSON report.
+Methods that declare `uses_gt_masks` get the benchmark's true masks with the images (PDSN with
+ground-truth occlusion), and `pairwise` methods score each verification pair with
+embed_pair(a, b, masks_a, masks_b) instead of independent embeddings (PDSN's FDM of a
+comparison); identification always uses per-image embeddings.
 """
 from __future__ import annotations
 
@@ -47,6 +51,24 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     return method.to(device).eval(), cfg, path, int(state["step"])
 
 
+def _images(batch_images: torch.Tensor, size, device: torch.device) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> the model's normalised input at `size`."""
+    x = batch_images.to(device).float().div_(255.0)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return normalize(x)
+
+
+def _masks(batch_masks: torch.Tensor, size, device: torch.device) -> torch.Tensor:
+    """uint8 [B, 1, H, W] (1 = occluded) -> float {0, 1} at `size` (nearest, as in training)."""
+    m = batch_masks.to(device).float()
+    return F.interpolate(m, size=size, mode="nearest") if tuple(m.shape[-2:]) != tuple(size) else m
+
+
+def _flip(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else torch.flip(t, dims=[3])
+
+
 @torch.no_grad()
 def embed_dataset(method, ds: KeyedDataset, device: torch.device, batch_size: int = 256, num_workers: int = 2,
                   flip: bool = True, iou: MaskIoU | None = None) -> np.ndarray:
@@ -56,13 +78,16 @@ def embed_dataset(method, ds: KeyedDataset, device: torch.device, batch_size: in
     size = method.input_size
     out = []
     for batch in loader:
-        x = batch["image"].to(device).float().div_(255.0)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x = normalize(x)
-        e = method.embed(x).float()
-        if flip:
-            e = e + method.embed(torch.flip(x, dims=[3])).float()
+        x = _images(batch["image"], size, device)
+        if method.uses_gt_masks:
+            m = _masks(batch["mask"], size, device)
+            e = method.embed(x, m).float()
+            if flip:
+                e = e + method.embed(_flip(x), _flip(m)).float()
+        else:
+            e = method.embed(x).float()
+            if flip:
+                e = e + method.embed(_flip(x)).float()
         out.append(F.normalize(e, dim=1).cpu())
         if iou is not None and method.has_segmentation:
             logits = method.predict_mask(x)
@@ -72,6 +97,39 @@ def embed_dataset(method, ds: KeyedDataset, device: torch.device, batch_size: in
                 prob = F.interpolate(prob, size=true.shape[-2:], mode="bilinear", align_corners=False)
             iou.update((prob > 0.5).cpu().numpy(), true.numpy())
     return torch.cat(out).numpy()
+
+
+class _PairData(torch.utils.data.Dataset):
+    """Both samples of each listed pair (positions into a KeyedDataset)."""
+
+    def __init__(self, ds: KeyedDataset, a: np.ndarray, b: np.ndarray):
+        self.ds, self.a, self.b = ds, a, b
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"a": self.ds[int(self.a[i])], "b": self.ds[int(self.b[i])]}
+
+
+@torch.no_grad()
+def pair_scores(method, ds: KeyedDataset, a: np.ndarray, b: np.ndarray, device: torch.device,
+                batch_size: int = 256, num_workers: int = 2, flip: bool = True) -> np.ndarray:
+    """Cosine similarity of each pair from method.embed_pair (flip-summed like embed_dataset)."""
+    loader = DataLoader(_PairData(ds, a, b), batch_size=max(1, batch_size // 2), num_workers=num_workers, shuffle=False)
+    size = method.input_size
+    out = []
+    for batch in loader:
+        xa, xb = _images(batch["a"]["image"], size, device), _images(batch["b"]["image"], size, device)
+        ma = mb = None
+        if method.uses_gt_masks:
+            ma, mb = _masks(batch["a"]["mask"], size, device), _masks(batch["b"]["mask"], size, device)
+        ea, eb = (e.float() for e in method.embed_pair(xa, xb, ma, mb))
+        if flip:
+            fa, fb = method.embed_pair(_flip(xa), _flip(xb), _flip(ma), _flip(mb))
+            ea, eb = ea + fa.float(), eb + fb.float()
+        out.append((F.normalize(ea, dim=1) * F.normalize(eb, dim=1)).sum(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def load_pairs(root: Path, ds: KeyedDataset) -> list[dict]:
@@ -90,13 +148,15 @@ def load_pairs(root: Path, ds: KeyedDataset) -> list[dict]:
     return [pairs[p] for p in sorted(pairs)]
 
 
-def _verification(pairs: list[dict], ds: KeyedDataset, emb: np.ndarray) -> tuple[dict, tuple]:
+def _verification(pairs: list[dict], ds: KeyedDataset, emb: np.ndarray, scorer=None) -> tuple[dict, tuple]:
+    """Verification report over the complete pairs; scores are embedding dot products, or
+    `scorer(a_positions, b_positions)` for pairwise methods."""
     complete = [p for p in pairs if p.get("a") in ds.position and p.get("b") in ds.position and "issame" in p]
     if not complete:
         raise ValueError("no complete pairs (both keys present, issame known)")
     a = np.array([ds.position[p["a"]] for p in complete])
     b = np.array([ds.position[p["b"]] for p in complete])
-    scores = np.einsum("ij,ij->i", emb[a], emb[b])
+    scores = scorer(a, b) if scorer is not None else np.einsum("ij,ij->i", emb[a], emb[b])
     issame = np.array([bool(p["issame"]) for p in complete])
     folds = np.array([p.get("fold", 0) for p in complete])
     flagged = np.array([bool(p.get("flagged", False)) for p in complete])
@@ -154,10 +214,16 @@ def evaluate_benchmark(method, root: str | Path, device: torch.device, batch_siz
     iou = MaskIoU() if method.has_segmentation else None
     emb = embed_dataset(method, ds, device, batch_size, num_workers, flip, iou)
     report: dict = {"benchmark": str(root), "samples": len(ds), "embedding_dim": int(emb.shape[1]), "flip": flip}
+    if method.uses_gt_masks:
+        report["test_masks"] = "ground truth"
     roc_data = None
     pairs = load_pairs(root, ds)
     if pairs:
-        report["verification"], roc_data = _verification(pairs, ds, emb)
+        scorer = None
+        if method.pairwise:
+            scorer = lambda a, b: pair_scores(method, ds, a, b, device, batch_size, num_workers, flip)  # noqa: E731
+        report["verification"], roc_data = _verification(pairs, ds, emb, scorer)
+        report["verification"]["scoring"] = "pairwise" if method.pairwise else "embeddings"
     if (root / "protocol.json").exists():
         report["identification"] = _identification(json.loads((root / "protocol.json").read_text()), ds, emb)
     if iou is not None:

@@ -108,3 +108,81 @@ def test_four_stages_train_through_the_trainer(tiny_train, tiny_pairs, tmp_path)
     ident, report, method = train_and_evaluate("pdsn", tiny_train, tiny_pairs, tmp_path / "ft", "method_kw.stage=finetune",
                                                "train.steps=6", f"train.init_from={prev}", term="id")
     assert method.dict_count.sum() > 0 and report["segmentation"]["miou"] is not None
+
+
+def test_block_comes_from_the_grid_cell_record_mirrored_when_flipped():
+    m = _method("method_kw.stage=masks")
+    masks = torch.zeros(4, 1, 25, 25)
+    # cell 13 with its 4-neighbours (8, 12, 14, 18): every cell is fully occluded, so the mask alone
+    # cannot tell the centre (argmax picks the first, 8)
+    for c in (8, 12, 13, 14, 18):
+        r, q = divmod(c, 5)
+        masks[:, 0, r * 5:(r + 1) * 5, q * 5:(q + 1) * 5] = 1
+    rec = {"family": "geometric", "name": "grid_cell", "params": {"cell": 13, "cells": [8, 12, 13, 14, 18], "grid": 5}}
+    metas = [{"occluders": [rec], "flipped": False},
+             {"occluders": [rec], "flipped": True},                     # column 3 -> 1: cell 11
+             {"occluders": [{"name": "block", "params": {}}]},           # no grid record: from the mask
+             {"occluders": [{**rec, "params": {**rec["params"], "grid": 3}}]}]  # other grid: ignored
+    got = m._block_of(masks, metas).tolist()
+    assert got == [m.blocks.index(13), m.blocks.index(11), m.blocks.index(8), m.blocks.index(8)]
+    assert m._block_of(masks).tolist() == [m.blocks.index(8)] * 4
+    corner = [{"occluders": [{**rec, "params": {**rec["params"], "cell": 0}}]}]
+    assert m._block_of(masks[:1], corner).tolist() == [-1]              # no generator for a corner cell
+    assert m._block_of(torch.zeros(1, 1, 25, 25)).tolist() == [-1]      # nothing occluded
+
+
+def _finetuned(*overrides):
+    m = _method("method_kw.stage=finetune", *overrides).eval()
+    with torch.no_grad():  # a dictionary with distinct entries
+        m.dict_sum.copy_(torch.rand_like(m.dict_sum))
+        m.dict_count.fill_(1)
+    return m
+
+
+def test_pairwise_fdm_is_the_and_of_both_faces_and_the_probes_for_a_clean_face():
+    m = _finetuned("method_kw.occlusion_source=gt")
+    assert m.pairwise and m.uses_gt_masks and not m.has_segmentation
+    a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    ma, mb = torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    ma[:, 0, 13:19, 13:19] = 1          # cell 12 on both probes
+    mb[1, 0, 7:13, 7:13] = 1            # cell 6 on the second gallery face only
+    with torch.no_grad():
+        ea, eb = m.embed_pair(a, b, ma, mb)
+        fa, fb = m.backbone.forward_features(a)[-1], m.backbone.forward_features(b)[-1]
+        fdm = m.fdm(ma) * m.fdm(mb)
+        assert torch.allclose(ea, m.backbone.forward_head(fa * fdm)) and torch.allclose(eb, m.backbone.forward_head(fb * fdm))
+        # clean gallery face: exactly the probe's FDM on both (the paper's protocol)
+        assert torch.allclose(eb[0], m.backbone.forward_head(fb[:1] * m.fdm(ma[:1]))[0])
+        assert not torch.allclose(eb[1], m.backbone.forward_head(fb[1:] * m.fdm(ma[1:]))[0])
+        assert torch.allclose(m.embed(a, ma), m.backbone.forward_head(fa * m.fdm(ma)))
+    assert not _finetuned("method_kw.pairwise_fdm=false").pairwise and not _method().pairwise
+    import pytest
+
+    with pytest.raises(ValueError, match="needs the true masks"):
+        m.embed(a)
+    with pytest.raises(ValueError, match="occlusion_source"):
+        _method("method_kw.occlusion_source=oracle")
+
+
+def test_evaluator_scores_pairs_pairwise_with_true_masks(tiny_pairs):
+    from occsynth_train.data import KeyedDataset
+    from occsynth_train.evaluate import _images, _masks, evaluate_benchmark, load_pairs
+
+    m = _finetuned("method_kw.occlusion_source=gt")
+    report, (scores, issame) = evaluate_benchmark(m, tiny_pairs, torch.device("cpu"), 16, 0, flip=False)
+    assert report["test_masks"] == "ground truth" and report["verification"]["scoring"] == "pairwise"
+    ds = KeyedDataset(tiny_pairs)
+    pairs = [p for p in load_pairs(tiny_pairs, ds) if "issame" in p]
+    assert len(scores) == len(pairs) == 40
+    p = pairs[3]
+    sa, sb = ds[ds.position[p["a"]]], ds[ds.position[p["b"]]]
+    with torch.no_grad():
+        ea, eb = m.embed_pair(_images(sa["image"][None], (32, 32), torch.device("cpu")),
+                              _images(sb["image"][None], (32, 32), torch.device("cpu")),
+                              _masks(sa["mask"][None], (32, 32), torch.device("cpu")),
+                              _masks(sb["mask"][None], (32, 32), torch.device("cpu")))
+    expect = torch.nn.functional.cosine_similarity(ea, eb).item()
+    assert abs(scores[3] - expect) < 1e-5
+    single, _ = evaluate_benchmark(_finetuned("method_kw.occlusion_source=gt", "method_kw.pairwise_fdm=false"),
+                                   tiny_pairs, torch.device("cpu"), 16, 0, flip=False)
+    assert single["verification"]["scoring"] == "embeddings"

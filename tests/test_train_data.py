@@ -44,11 +44,19 @@ def test_flip_moves_image_mask_and_landmarks_together(tiny_train):
              for k, im, m in zip(b["keys"], b["images"], b["masks"])}
     flipped = next(iter(_stream(tiny_train, batch_size=50, flip=True)[0]))
     n_flipped = 0
-    for key, image, mask, lm in zip(flipped["keys"], flipped["images"], flipped["masks"], flipped["landmarks"]):
-        if not torch.equal(image, plain[key][0]):
+    metas = _metas(tiny_train)
+    for key, image, mask, lm, meta in zip(flipped["keys"], flipped["images"], flipped["masks"], flipped["landmarks"],
+                                          flipped["meta"]):
+        # the sample's records travel with it, unflipped, with the loader's flip decision beside them
+        assert meta["occluders"] == metas[key]["occluders"] and meta["extra"] == (metas[key].get("extra") or {})
+        assert meta["flipped"] == (not torch.equal(image, plain[key][0]))
+        if meta["flipped"]:
             n_flipped += 1
             assert torch.equal(image, plain[key][0].flip(-1)) and torch.equal(mask, plain[key][1].flip(-1))
             assert lm[0, 0] < lm[1, 0]  # still left eye first, in image order
+            for rec in meta["occluders"]:  # the recorded block, mirrored, is where the mask is
+                x, y, side = rec["params"]["x"], rec["params"]["y"], rec["params"]["width"]
+                assert mask[0, y:y + side, 112 - x - side:112 - x].all()
     assert 10 < n_flipped < 40  # about half
 
 

@@ -6,10 +6,15 @@ logging and the NaN guard; a method owns its models and losses:
     class MyMethod(Method):
         requires_clean = True                  # needs batch.clean (a real clean counterpart)
         has_segmentation = True                # implements predict_mask (IoU is evaluated)
+        uses_gt_masks = False                  # True: the evaluator passes the benchmark's true
+                                               # masks, embed(images, masks) / embed_pair(..)
+        pairwise = False                       # True: verification scores pairs with embed_pair
+                                               # (a comparison-dependent embedding, PDSN's FDM)
 
         def __init__(self, cfg, num_classes):  # build modules from cfg.model / cfg.method_kw
         def forward(self, batch, step) -> dict[str, Tensor]   # loss terms, see below
         def embed(self, images) -> Tensor                      # [B, D] for evaluation
+        def embed_pair(self, a, b, masks_a, masks_b)           # ([B, D], [B, D]) of both faces
         def predict_mask(self, images) -> Tensor | None        # occlusion logits [B, 1, H, W]
         def param_groups(self) -> list[dict]                   # optimiser groups
         def on_step_start(self, step, total_steps)             # stage switches, freezing
@@ -47,6 +52,8 @@ class Method(nn.Module):
     requires_clean: ClassVar[bool] = False
     has_segmentation: ClassVar[bool] = False
     find_unused_parameters: ClassVar[bool] = False
+    uses_gt_masks: bool = False
+    pairwise: bool = False
 
     def __init__(self, cfg, num_classes: int):
         super().__init__()
@@ -66,6 +73,13 @@ class Method(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def embed_pair(self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None,
+                   masks_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of the two faces of each comparison; default: independent of each other."""
+        if self.uses_gt_masks:
+            return self.embed(a, masks_a), self.embed(b, masks_b)
+        return self.embed(a), self.embed(b)
 
     def predict_mask(self, images: torch.Tensor) -> torch.Tensor | None:
         return None

@@ -18,19 +18,23 @@ corrupts a fixed set of elements of the trunk's top conv feature map, and PDSN l
                      whose IoU with the occlusion mask is >= 0.5 multiplies the top feature map
                      before the FC; the trunk's FC + head are fine-tuned on occluded images.
 
-Which block a pair's occluder sits on is read from the batch mask (the grid cell with the most
-occluded pixels): the trainer's Batch carries masks but not sample metadata, so the shards'
-`params.cell` record cannot reach the method; for `occsynth build pdsn-pairs` shards (one
-occluder per cell) both give the same cell.
+Which block a pair's occluder sits on comes from the sample's `grid_cell` occluder record
+(`params.cell`, mirrored when the loader flipped the image): `occsynth build pdsn-pairs
+--with-neighbours` occludes a cell and its 4-neighbours, where only the record names the centre.
+Samples without such a record (other occluders) fall back to the grid cell with the most
+occluded pixels in the mask.
 
 Occlusion detector at test time (occlusion_source): "segmentation" (a ResNet-18 U-Net trained in
-the masks and finetune stages on the shards' masks) or "gt" (masks passed to embed(images,
-masks); the shared evaluator passes images only, so "gt" evaluates without FDM there).
-The paper applies the probe's FDM to both faces of a pair; the evaluator embeds images one by
-one, so embed() uses each image's own FDM and embed_pair() gives the paper's pairwise version.
+the masks and finetune stages on the shards' masks) or "gt" (the benchmark's true masks, which
+the evaluator passes to embed / embed_pair because `uses_gt_masks` is set).
+Pairwise test protocol (pairwise_fdm, default true in the finetune stage): the paper applies the
+probe's FDM to both faces of a comparison; the evaluator then scores each pair with
+embed_pair(), which applies the AND of both faces' FDMs to both. With a clean gallery face (no
+block chosen, FDM all ones) that is exactly the probe's FDM, and it stays symmetric when both
+faces are occluded (LFW_block). pairwise_fdm: false scores per-image embeddings (own FDM each).
 
 method_kw: stage, grid 5, blocks central|all, l1_weight 10, tau 0.25, iou_threshold 0.5,
-block_score iou|coverage, occlusion_source segmentation|gt, seg_width 64. Each stage starts from
+block_score iou|coverage, occlusion_source segmentation|gt, pairwise_fdm true, seg_width 64. Each stage starts from
 the previous stage's checkpoint with `train.init_from` (loaded non-strictly by the trainer).
 """
 from __future__ import annotations
@@ -126,7 +130,11 @@ class PDSN(Method):
         self.iou_threshold = float(opt(cfg, "iou_threshold", 0.5))
         self.block_score = str(opt(cfg, "block_score", "iou"))
         self.source = str(opt(cfg, "occlusion_source", "segmentation"))
+        if self.source not in ("segmentation", "gt"):
+            raise ValueError(f"pdsn occlusion_source must be segmentation or gt, got {self.source!r}")
         self.has_segmentation = self.source == "segmentation"
+        self.uses_gt_masks = self.source == "gt"
+        self.pairwise = self.stage == "finetune" and bool(opt(cfg, "pairwise_fdm", True))
         self.seg = scaled_unet(int(opt(cfg, "seg_width", 64)), 1, tuple(self.input_size)) if self.has_segmentation else None
         fh, fw = self._feature_size()
         self.register_buffer("dict_sum", torch.zeros(len(self.blocks), c, fh, fw))
@@ -182,14 +190,29 @@ class PDSN(Method):
         return (torch.sigmoid(self.seg(images)) > 0.5).float()
 
     # ------------------------------------------------------------ training
-    def _block_of(self, masks: torch.Tensor) -> torch.Tensor:
-        """The generator index (into self.blocks) of each sample's occluded cell, -1 if none."""
+    def _recorded_cell(self, meta: dict) -> int | None:
+        """The grid cell named by a sample's grid_cell occluder record (as the model sees it)."""
+        for rec in meta.get("occluders") or []:
+            params = rec.get("params") or {}
+            if rec.get("name") == "grid_cell" and "cell" in params and int(params.get("grid", 5)) == self.grid:
+                row, col = divmod(int(params["cell"]), self.grid)
+                if meta.get("flipped"):
+                    col = self.grid - 1 - col
+                return row * self.grid + col
+        return None
+
+    def _block_of(self, masks: torch.Tensor, metas: list[dict] | None = None) -> torch.Tensor:
+        """The generator index (into self.blocks) of each sample's occluded cell, -1 if none:
+        the recorded grid cell when the sample has one, else the cell with most occluded pixels."""
         frac = cell_fractions(masks, self.grid)
-        best = frac.argmax(1)
-        lookup = torch.full((self.grid * self.grid,), -1, dtype=torch.long, device=masks.device)
-        lookup[self.blocks] = torch.arange(len(self.blocks), device=masks.device)
-        idx = lookup[best]
-        return torch.where(frac.amax(1) > 0, idx, torch.full_like(idx, -1))
+        best = torch.where(frac.amax(1) > 0, frac.argmax(1), torch.full_like(frac[:, 0], -1, dtype=torch.long))
+        if metas:
+            recorded = [self._recorded_cell(m) for m in metas]
+            best = torch.tensor([int(b) if r is None else r for b, r in zip(best.tolist(), recorded)],
+                                dtype=torch.long, device=masks.device)
+        lookup = torch.full((self.grid * self.grid + 1,), -1, dtype=torch.long, device=masks.device)
+        lookup[torch.tensor(self.blocks, device=masks.device)] = torch.arange(len(self.blocks), device=masks.device)
+        return lookup[best]  # best == -1 reads the extra last entry: -1
 
     def forward(self, batch, step: int) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
@@ -207,7 +230,7 @@ class PDSN(Method):
         with torch.no_grad():
             f_occ = self.backbone.forward_features(batch.images)[-1]
             f_clean = self.backbone.forward_features(batch.clean)[-1] if self.stage == "masks" else None
-        block = self._block_of(batch.masks)
+        block = self._block_of(batch.masks, getattr(batch, "meta", None))
         if self.stage == "masks":
             block = torch.where(batch.has_clean, block, torch.full_like(block, -1))
         ce, l1, n = f_occ.new_zeros(()), f_occ.new_zeros(()), 0
@@ -237,20 +260,30 @@ class PDSN(Method):
         return terms
 
     # ------------------------------------------------------------ evaluation
+    def _image_fdm(self, images: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor | None:
+        """FDM of each image from its given mask or the segmentation branch; None before finetune."""
+        if self.stage != "finetune":
+            return None
+        if masks is None:
+            if self.seg is None:
+                raise ValueError("pdsn with occlusion_source=gt needs the true masks at test time")
+            masks = self.occlusion(images)
+        return self.fdm(masks)
+
     def embed(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         top = self.backbone.forward_features(images)[-1]
-        if self.stage == "finetune":
-            if masks is None and self.seg is not None:
-                masks = self.occlusion(images)
-            if masks is not None:
-                top = top * self.fdm(masks)
-        return self.backbone.forward_head(top)
+        fdm = self._image_fdm(images, masks)
+        return self.backbone.forward_head(top if fdm is None else top * fdm)
 
-    def embed_pair(self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The paper's test protocol: the probe's (a's) FDM applied to both faces."""
-        fdm = self.fdm(masks_a)
+    def embed_pair(self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None,
+                   masks_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's test protocol: one FDM (AND of both faces' FDMs) applied to both faces."""
         fa = self.backbone.forward_features(a)[-1]
         fb = self.backbone.forward_features(b)[-1]
+        fdm_a, fdm_b = self._image_fdm(a, masks_a), self._image_fdm(b, masks_b)
+        if fdm_a is None:
+            return self.backbone.forward_head(fa), self.backbone.forward_head(fb)
+        fdm = fdm_a * fdm_b
         return self.backbone.forward_head(fa * fdm), self.backbone.forward_head(fb * fdm)
 
     def predict_mask(self, images: torch.Tensor) -> torch.Tensor | None:
