@@ -1,11 +1,16 @@
-"""MSML: FM bridging, the stop-gradient into the segmentation branch, param groups, smoke run."""
+"""MSML: FM bridging, the stop-gradient into the segmentation branch, param groups, the FM
+design switches (fm_kernel, res_blocks, res_block, fm_activation, fm_combine, fm_layers, variant),
+smoke run."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
-from occsynth_train.methods.msml import FeatureMasking
+from occsynth_train.methods.msml import BottleneckBlock, FeatureMasking, ResBlock, fm_settings, parse_fm_layers
 from methods_helpers import CONFIGS, falls, train_and_evaluate
 from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
@@ -65,3 +70,172 @@ def test_msml_trains_and_evaluates(tiny_train, tiny_pairs, tmp_path):
     assert falls(occ)  # the segmentation branch learns the blocks
     seg = report["segmentation"]
     assert seg["miou"] is not None and 0.0 <= seg["miou"] <= 1.0
+
+
+# ---- FM design switches -------------------------------------------------------------------------
+
+# The tiny config lists fm_kernel/res_blocks/fm_activation explicitly; a `variant` test nulls them.
+NO_EXPLICIT = ("method_kw.fm_kernel=null", "method_kw.res_blocks=null", "method_kw.fm_activation=null")
+
+
+def _kw(**method_kw):
+    return SimpleNamespace(method_kw=method_kw)
+
+
+def _blocks(fm: FeatureMasking) -> list:
+    return [b for b in fm.body if isinstance(b, (ResBlock, BottleneckBlock))]
+
+
+def test_default_fm_is_the_original_operator():
+    assert fm_settings(None) == fm_settings(_kw()) == {"res_blocks": 2, "kernel": 3, "res_block": "basic",
+                                                       "activation": "sigmoid", "combine": "multiply"}
+    fm = FeatureMasking(8, 4)
+    # 3x3 conv (12->4) + BN + 2 basic blocks (2 x (2 3x3 convs + 2 BNs)) + 1x1 conv with bias
+    assert sum(p.numel() for p in fm.parameters()) == 12 * 4 * 9 + 8 + 2 * (2 * 4 * 4 * 9 + 2 * 8) + 4 * 4 + 4
+    assert [k for k in fm.state_dict() if k.endswith("weight")][:2] == ["body.0.weight", "body.1.weight"]
+    m = _method()  # tiny config: the defaults with res_blocks 1
+    for fm in m.fm.values():
+        assert fm.body[0].kernel_size == (3, 3) and fm.body[0].padding == (1, 1)
+        assert [type(b) for b in _blocks(fm)] == [ResBlock]
+        assert (fm.activation, fm.combine) == ("sigmoid", "multiply")
+
+
+def test_fm_kernel_switch_sets_the_first_conv():
+    m = _method("method_kw.fm_kernel=1")
+    for fm in m.fm.values():
+        assert fm.body[0].kernel_size == (1, 1) and fm.body[0].padding == (0, 0)
+    _, _, masks = m._forward_all(torch.randn(2, 3, 32, 32))
+    assert masks[3].shape == (2, 64, 4, 4)
+
+
+def test_res_blocks_count_and_bottleneck_type():
+    assert _blocks(_method("method_kw.res_blocks=0").fm["1"]) == []
+    m = _method("method_kw.res_blocks=3", "method_kw.res_block=bottleneck")
+    for i, fm in m.fm.items():
+        c = m.backbone.stage_channels[int(i) - 1]
+        blocks = _blocks(fm)
+        assert [type(b) for b in blocks] == [BottleneckBlock] * 3
+        assert blocks[0].body[0].out_channels == c // 2 and blocks[0].body[-2].out_channels == c
+        assert isinstance(blocks[0].act, torch.nn.PReLU)
+    assert _blocks(FeatureMasking(8, 256, 1, res_block="bottleneck"))[0].body[0].out_channels == 128  # capped
+    # a bottleneck block is residual: with its last BN scaled to 0 it is PReLU(x), i.e. x for x >= 0
+    b = BottleneckBlock(16).eval()
+    torch.nn.init.zeros_(b.body[-1].weight)
+    x = torch.rand(1, 16, 5, 5)
+    assert torch.allclose(b(x), x)
+    _, _, masks = m._forward_all(torch.randn(2, 3, 32, 32))
+    assert masks[1].shape == (2, 16, 16, 16)
+
+
+def test_activation_ranges_sigmoid_in_0_1_tanh_in_minus1_1():
+    torch.manual_seed(0)
+    ys, yf = torch.randn(2, 8, 6, 6) * 3, torch.randn(2, 4, 6, 6) * 3
+    _, m_sig = FeatureMasking(8, 4, 1, activation="sigmoid").eval()(ys, yf)
+    _, m_tanh = FeatureMasking(8, 4, 1, activation="tanh").eval()(ys, yf)
+    assert 0 < m_sig.min() and m_sig.max() < 1
+    assert -1 < m_tanh.min() < 0 < m_tanh.max() < 1  # a tanh mask does take negative values
+    masks = _method("method_kw.fm_activation=tanh")._forward_all(torch.randn(2, 3, 32, 32))[2]
+    assert all(-1 < v.min() and v.max() < 1 for v in masks.values())
+    assert any(v.min() < 0 for v in masks.values())
+
+
+@pytest.mark.parametrize("activation,combine,expect", [
+    ("sigmoid", "multiply", lambda yf: 0.5 * yf), ("sigmoid", "residual", lambda yf: 0.5 + yf),
+    ("tanh", "multiply", lambda yf: torch.zeros_like(yf)), ("tanh", "residual", lambda yf: yf)])
+def test_combine_on_a_zeroed_last_conv(activation, combine, expect):
+    fm = FeatureMasking(8, 4, 1, activation=activation, combine=combine).eval()
+    torch.nn.init.zeros_(fm.body[-1].weight)
+    torch.nn.init.zeros_(fm.body[-1].bias)  # x = 0: M = act(0) = 0.5 (sigmoid) / 0 (tanh)
+    ys, yf = torch.randn(1, 8, 5, 5), torch.randn(1, 4, 5, 5)
+    z, mask = fm(ys, yf)
+    assert torch.allclose(mask, torch.full_like(yf, 0.5 if activation == "sigmoid" else 0.0))
+    assert torch.allclose(z, expect(yf))
+
+
+def test_residual_combine_is_act_of_body_plus_face_feature():
+    fm = FeatureMasking(8, 4, 2, activation="tanh", combine="residual").eval()
+    ys, yf = torch.randn(1, 8, 5, 5), torch.randn(1, 4, 5, 5)
+    z, mask = fm(ys, yf)
+    want = torch.tanh(fm.body(torch.cat([ys, yf], 1)))
+    assert torch.allclose(mask, want) and torch.allclose(z, want + yf)
+    assert not torch.allclose(z, mask * yf)
+
+
+@pytest.mark.parametrize("variant,kernel,res_blocks,activation", [
+    ("FRS", 3, 2, "sigmoid"), ("FRT", 3, 2, "tanh"), ("FS", 3, 0, "sigmoid"), ("RS", 1, 2, "sigmoid"),
+    ("S", 1, 0, "sigmoid"), ("T", 1, 0, "tanh"), ("tfr", 3, 2, "tanh")])
+def test_variant_letters_map_to_switches(variant, kernel, res_blocks, activation):
+    s = fm_settings(_kw(variant=variant))
+    assert (s["kernel"], s["res_blocks"], s["activation"]) == (kernel, res_blocks, activation)
+    assert (s["res_block"], s["combine"]) == ("basic", "multiply")  # a variant leaves these alone
+    # agreeing explicit switches are fine; R takes its count from res_blocks
+    assert fm_settings(_kw(variant=variant, fm_kernel=kernel, fm_activation=activation)) == s
+    if res_blocks:
+        assert fm_settings(_kw(variant=variant, res_blocks=4))["res_blocks"] == 4
+
+
+def test_variant_builds_the_model():
+    m = _method("method_kw.variant=RT", "method_kw.res_block=bottleneck", "method_kw.fm_combine=residual",
+                *NO_EXPLICIT)
+    for fm in m.fm.values():
+        assert fm.body[0].kernel_size == (1, 1)
+        assert [type(b) for b in _blocks(fm)] == [BottleneckBlock] * 2
+        assert (fm.activation, fm.combine) == ("tanh", "residual")
+    # the tiny config's explicit fm_kernel=3 contradicts a variant without F
+    with pytest.raises(ValueError, match=r"variant 'RT'.*fm_kernel"):
+        _method("method_kw.variant=RT")
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"variant": "FS", "res_blocks": 1}, r"variant 'FS' sets res_blocks=0, contradicting res_blocks=1"),
+    ({"variant": "RS", "res_blocks": 0}, r"variant 'RS'.*contradicts res_blocks=0"),
+    ({"variant": "FRS", "fm_kernel": 1}, r"variant 'FRS' sets fm_kernel=3, contradicting fm_kernel=1"),
+    ({"variant": "FRS", "fm_activation": "tanh"}, r"variant 'FRS' sets fm_activation='sigmoid'.*'tanh'"),
+    ({"variant": "FR"}, r"exactly one of S/T"), ({"variant": "FRST"}, r"exactly one of S/T"),
+    ({"variant": "FFS"}, r"each once"), ({"variant": "XS"}, r"letters from F, R"), ({"variant": ""}, r"variant"),
+    ({"fm_kernel": 5}, r"fm_kernel must be 3 or 1"), ({"res_blocks": -1}, r"res_blocks must be an integer >= 0"),
+    ({"res_blocks": 1.5}, r"res_blocks must be"), ({"res_block": "wide"}, r"res_block must be one of"),
+    ({"fm_activation": "relu"}, r"fm_activation must be one of"), ({"fm_activation": ["tanh"]}, r"fm_activation"),
+    ({"fm_combine": "add"}, r"fm_combine must be one of")])
+def test_contradictions_and_bad_switch_values_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        fm_settings(_kw(**kw))
+
+
+def test_fm_layers_mask_string_equals_stage_list():
+    assert parse_fm_layers("0111") == [2, 3, 4] and parse_fm_layers("1001") == [1, 4]
+    assert parse_fm_layers("0000") == [] and parse_fm_layers([4, 2]) == [2, 4]
+    a, b = _method("method_kw.fm_layers='0111'"), _method("method_kw.fm_layers=[2,3,4]")
+    assert a.fm_layers == b.fm_layers == [2, 3, 4] and sorted(a.fm.keys()) == ["2", "3", "4"]
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    a.load_state_dict(b.state_dict())
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.allclose(a.embed(x), b.embed(x))
+    assert _method("method_kw.fm_layers='0000'").fm_layers == []
+
+
+@pytest.mark.parametrize("value,match", [
+    ("011", r"4 characters of 0/1"), ("0121", r"4 characters of 0/1"), ("abcd", r"4 characters"),
+    (111, r"quoted 0/1 string"), ({"1": 1}, r"list of stage indices"), ([0], r"in 1\.\.4"), ([5], r"in 1\.\.4"),
+    ([1, 1], r"repeated"), ([True], r"stage indices"), (["1"], r"stage indices")])
+def test_bad_fm_layers_raise(value, match):
+    with pytest.raises(ValueError, match=match):
+        parse_fm_layers(value, 4)
+
+
+@pytest.mark.parametrize("overrides", [
+    (), ("method_kw.fm_kernel=1",), ("method_kw.res_blocks=0",), ("method_kw.res_block=bottleneck",),
+    ("method_kw.fm_activation=tanh",), ("method_kw.fm_combine=residual",),
+    ("method_kw.variant=FRT", *NO_EXPLICIT), ("method_kw.variant=S", "method_kw.fm_combine=residual", *NO_EXPLICIT),
+    ("method_kw.variant=RS", "method_kw.res_block=bottleneck", "method_kw.fm_layers='0110'", *NO_EXPLICIT)])
+def test_no_face_gradient_into_segmentation_for_every_variant(overrides):
+    m = _method(*overrides)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    emb, _, _ = m._forward_all(x)
+    torch.nn.functional.cross_entropy(m.head(emb, labels), labels).backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in m.seg.parameters())
+    fm_grads = [p.grad for p in m.fm.parameters()]
+    assert fm_grads and all(g is not None for g in fm_grads)
+    assert any(g.abs().max() > 0 for g in fm_grads)

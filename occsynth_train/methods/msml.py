@@ -5,20 +5,46 @@ Two branches on the same (occluded) image:
   * segmentation branch: the ResNet-18 U-Net (5 transposed-conv decoder stages with skips),
     supervised by the shards' exact occlusion masks with pixel-wise CE (2 classes).
 Feature-masking (FM) operators bridge them: for face stage i (1-based, k = 4 stages) the decoder
-map of scale j = k + 1 - i (same spatial size) is detached, concatenated with the face map Y_f,
-then 3x3 conv -> R residual blocks -> 1x1 conv -> sigmoid gives a mask M and the next face stage
-sees Z = M * Y_f. Detaching Y_s keeps the segmentation branch trained by L_occ only, so the
-face loss cannot bend it into an identity feature extractor.
+map Y_s of scale j = k + 1 - i (same spatial size) is detached, concatenated with the face map
+Y_f, and the FM operator
+    x = filter(concat[Y_s, Y_f]) -> BN-ReLU -> R residual blocks -> 1x1 conv;  M = act(x)
+gives the map the next face stage sees:
+    Z = M * Y_f   (fm_combine "multiply", the paper's text, default)
+    Z = M + Y_f   (fm_combine "residual", the form of the authors' released code).
+Detaching Y_s keeps the segmentation branch trained by L_occ only, so the face loss cannot bend
+it into an identity feature extractor.
 Loss: L_cls + lambda * L_occ (lambda = 1).
 
 method_kw (the Table-4-style ablation grid is expressed with these switches):
-  fm_layers: [1, 2, 3, 4]   face stages that carry an FM (empty = plain two-task baseline)
-  res_blocks: 2             R, residual blocks inside each FM
+  fm_layers: [1, 2, 3, 4]   face stages that carry an FM (empty = plain two-task baseline), or a
+                            quoted string of four 0/1 characters, "0111" == [2, 3, 4] (stage i
+                            carries an FM iff character i is "1"; quote it: YAML reads 0111 as a number)
+  fm_kernel: 3              the FM's first ("2D filter") conv: 3 (3x3) or 1 (1x1)
+  res_blocks: 2             R, residual blocks inside each FM (0 = none)
+  res_block: basic          "basic": two 3x3 conv-BN, ReLU(x + body(x));
+                            "bottleneck": 1x1 to b = c//2 (c <= 128) or 128 -> BN-PReLU -> 3x3 ->
+                            BN-PReLU -> 1x1 back to c -> BN, PReLU(x + body(x))
+  fm_activation: sigmoid    "sigmoid" (M in (0, 1)) or "tanh" (M in (-1, 1); with "multiply" such a
+                            mask can be negative, i.e. it can flip the sign of face features)
+  fm_combine: multiply      "multiply" (Z = M * Y_f) or "residual" (Z = M + Y_f)
+  variant: null             shorthand letters for the grid, see below
   detach_seg: true          stop-gradient on Y_s (false = the face loss also trains the decoder)
   seg_weight: 1.0           lambda
   seg_lr_scale / face_lr_scale: 1.0 / 1.0   separate LRs of the two branches
   seg_classes: 2            2 = softmax CE over [visible, occluded]; 1 = binary CE
   seg_width: 64             U-Net width (64 = the paper's ResNet-18; smaller only for CPU tests)
+
+variant letters (any order, each at most once):
+  F      3x3 "2D filter" (fm_kernel 3); without F: fm_kernel 1
+  R      residual blocks present (res_blocks, default 2, must then be >= 1); without R: res_blocks 0
+  S / T  fm_activation sigmoid / tanh; exactly one of the two
+  e.g. "FRS" (= the defaults), "FRT", "FS", "RS", "S". The variant sets no res_block type and no
+  fm_combine. Explicit fm_kernel / res_blocks / fm_activation given alongside a variant must agree
+  with it (null counts as not given), otherwise a ValueError names both.
+  CAVEAT: this letter mapping follows the three components of the authors' released FM operator
+  (github ygtxr1997/MSML: "2D filter", "ResBlock", "activation function"), because the paper's
+  Table 4 could not be consulted when this was written. Check it against the paper before quoting
+  results as Table-4 entries.
 """
 from __future__ import annotations
 
@@ -29,6 +55,11 @@ from . import register_method
 from ..losses import pixel_cross_entropy
 from ._common import id_terms, opt, resize_to, run_stages, scaled_unet
 from .base import Method, build_backbone, build_head
+
+FM_KERNELS = (3, 1)
+RES_BLOCKS = ("basic", "bottleneck")
+FM_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+FM_COMBINES = ("multiply", "residual")
 
 
 class ResBlock(nn.Module):
@@ -41,22 +72,104 @@ class ResBlock(nn.Module):
         return torch.relu(x + self.body(x))
 
 
-class FeatureMasking(nn.Module):
-    """concat[Y_s, Y_f] -> 3x3 conv -> R res blocks -> 1x1 conv -> sigmoid = M; returns (M * Y_f, M)."""
+class BottleneckBlock(nn.Module):
+    """1x1 to b channels (c // 2 for c <= 128, else 128) -> BN-PReLU -> 3x3 -> BN-PReLU -> 1x1 back
+    to c -> BN, then PReLU(x + body(x))."""
 
-    def __init__(self, c_seg: int, c_face: int, res_blocks: int = 2, detach: bool = True):
+    def __init__(self, c: int):
         super().__init__()
-        self.detach = detach
-        self.body = nn.Sequential(nn.Conv2d(c_seg + c_face, c_face, 3, 1, 1, bias=False), nn.BatchNorm2d(c_face),
-                                  nn.ReLU(inplace=True), *[ResBlock(c_face) for _ in range(res_blocks)],
-                                  nn.Conv2d(c_face, c_face, 1))
+        b = max(1, c // 2) if c <= 128 else 128
+        self.body = nn.Sequential(nn.Conv2d(c, b, 1, bias=False), nn.BatchNorm2d(b), nn.PReLU(b),
+                                  nn.Conv2d(b, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.PReLU(b),
+                                  nn.Conv2d(b, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.act = nn.PReLU(c)
+
+    def forward(self, x):
+        return self.act(x + self.body(x))
+
+
+class FeatureMasking(nn.Module):
+    """concat[Y_s, Y_f] -> kxk conv -> BN-ReLU -> R res blocks -> 1x1 conv -> act = M;
+    returns (Z, M) with Z = M * Y_f ("multiply") or M + Y_f ("residual")."""
+
+    def __init__(self, c_seg: int, c_face: int, res_blocks: int = 2, detach: bool = True, *, kernel: int = 3,
+                 res_block: str = "basic", activation: str = "sigmoid", combine: str = "multiply"):
+        super().__init__()
+        if kernel not in FM_KERNELS or res_block not in RES_BLOCKS or activation not in FM_ACTIVATIONS \
+                or combine not in FM_COMBINES or res_blocks < 0:
+            raise ValueError(f"bad FeatureMasking settings: kernel={kernel!r} res_blocks={res_blocks!r} "
+                             f"res_block={res_block!r} activation={activation!r} combine={combine!r}")
+        self.detach, self.activation, self.combine = detach, activation, combine
+        block = ResBlock if res_block == "basic" else BottleneckBlock
+        self.body = nn.Sequential(nn.Conv2d(c_seg + c_face, c_face, kernel, 1, kernel // 2, bias=False),
+                                  nn.BatchNorm2d(c_face), nn.ReLU(inplace=True),
+                                  *[block(c_face) for _ in range(res_blocks)], nn.Conv2d(c_face, c_face, 1))
 
     def forward(self, y_seg: torch.Tensor, y_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.detach:
             y_seg = y_seg.detach()
         y_seg = resize_to(y_seg, y_face.shape[-2:])
-        mask = torch.sigmoid(self.body(torch.cat([y_seg, y_face], 1)))
-        return mask * y_face, mask
+        mask = FM_ACTIVATIONS[self.activation](self.body(torch.cat([y_seg, y_face], 1)))
+        return (mask * y_face if self.combine == "multiply" else mask + y_face), mask
+
+
+def parse_fm_layers(value, k: int = 4) -> list[int]:
+    """fm_layers as a list of 1-based stage indices, or a string of k 0/1 characters ("0111")."""
+    if isinstance(value, str):
+        if len(value) != k or set(value) - {"0", "1"}:
+            raise ValueError(f"msml fm_layers string must be {k} characters of 0/1 like '0111', got {value!r}")
+        return [i + 1 for i, ch in enumerate(value) if ch == "1"]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"msml fm_layers must be a list of stage indices in 1..{k} or a quoted 0/1 string "
+                         f"like '0111' (YAML reads an unquoted 0111 as a number), got {value!r}")
+    for i in value:
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= k:
+            raise ValueError(f"msml fm_layers entries must be stage indices in 1..{k}, got {i!r} in {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"msml fm_layers has repeated stages: {value!r}")
+    return sorted(value)
+
+
+def _parse_variant(variant: str) -> dict:
+    """Variant letters -> the switches they fix (res_blocks: None = 'present, count from res_blocks')."""
+    letters = str(variant).upper()
+    if set(letters) - set("FRST") or len(set(letters)) != len(letters) or ("S" in letters) == ("T" in letters):
+        raise ValueError(f"msml variant must be letters from F, R and exactly one of S/T, each once "
+                         f"(e.g. 'FRS', 'FRT', 'FS', 'RS', 'S'), got {variant!r}")
+    return {"fm_kernel": 3 if "F" in letters else 1, "res_blocks": None if "R" in letters else 0,
+            "fm_activation": "sigmoid" if "S" in letters else "tanh"}
+
+
+def fm_settings(cfg) -> dict:
+    """The FM switches from method_kw (explicit keys + optional `variant`), validated.
+    Returns the FeatureMasking keyword arguments: res_blocks, kernel, res_block, activation, combine."""
+    given = {key: opt(cfg, key, None) for key in ("fm_kernel", "res_blocks", "fm_activation")}
+    s = {"fm_kernel": 3, "res_blocks": 2, "fm_activation": "sigmoid"}
+    s.update({k: v for k, v in given.items() if v is not None})
+    variant = opt(cfg, "variant", None)
+    if variant is not None:
+        for key, want in _parse_variant(variant).items():
+            have = given[key]
+            if key == "res_blocks" and want is None:  # R: blocks present, count from res_blocks
+                if have == 0:
+                    raise ValueError(f"msml variant {variant!r} (R: residual blocks present) contradicts res_blocks=0")
+                continue
+            if have is not None and have != want:
+                raise ValueError(f"msml variant {variant!r} sets {key}={want!r}, contradicting {key}={have!r}")
+            s[key] = want
+    res_block, combine = opt(cfg, "res_block", "basic"), opt(cfg, "fm_combine", "multiply")
+    if s["fm_kernel"] not in FM_KERNELS or isinstance(s["fm_kernel"], bool):
+        raise ValueError(f"msml fm_kernel must be 3 or 1, got {s['fm_kernel']!r}")
+    if isinstance(s["res_blocks"], bool) or not isinstance(s["res_blocks"], int) or s["res_blocks"] < 0:
+        raise ValueError(f"msml res_blocks must be an integer >= 0, got {s['res_blocks']!r}")
+    if not isinstance(res_block, str) or res_block not in RES_BLOCKS:
+        raise ValueError(f"msml res_block must be one of {RES_BLOCKS}, got {res_block!r}")
+    if not isinstance(s["fm_activation"], str) or s["fm_activation"] not in FM_ACTIVATIONS:
+        raise ValueError(f"msml fm_activation must be one of {tuple(FM_ACTIVATIONS)}, got {s['fm_activation']!r}")
+    if not isinstance(combine, str) or combine not in FM_COMBINES:
+        raise ValueError(f"msml fm_combine must be one of {FM_COMBINES}, got {combine!r}")
+    return {"res_blocks": s["res_blocks"], "kernel": s["fm_kernel"], "res_block": res_block,
+            "activation": s["fm_activation"], "combine": combine}
 
 
 @register_method("msml")
@@ -70,16 +183,15 @@ class MSML(Method):
         self.head = build_head(cfg, self.backbone.embedding_size, num_classes)
         self.seg = scaled_unet(int(opt(cfg, "seg_width", 64)), int(opt(cfg, "seg_classes", 2)), tuple(self.input_size))
         self.seg_weight = float(opt(cfg, "seg_weight", 1.0))
-        self.fm_layers = [int(i) for i in opt(cfg, "fm_layers", [1, 2, 3, 4])]
         k = len(self.backbone.stage_channels)
+        self.fm_layers = parse_fm_layers(opt(cfg, "fm_layers", [1, 2, 3, 4]), k)
+        self.fm_settings = fm_settings(cfg)
         dec = self.seg.decoder_channels
         fms = {}
         for i in self.fm_layers:
-            if not 1 <= i <= k:
-                raise ValueError(f"msml fm_layers must be in 1..{k}, got {i}")
             j = k + 1 - i  # decoder scale (1 = coarsest) of the same resolution as face stage i
             fms[str(i)] = FeatureMasking(dec[j - 1], self.backbone.stage_channels[i - 1],
-                                         int(opt(cfg, "res_blocks", 2)), bool(opt(cfg, "detach_seg", True)))
+                                         detach=bool(opt(cfg, "detach_seg", True)), **self.fm_settings)
         self.fm = nn.ModuleDict(fms)
 
     def _forward_all(self, images: torch.Tensor):
