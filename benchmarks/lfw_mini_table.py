@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import RESULTS, machine_info  # noqa: E402
+from machine import write_result  # noqa: E402
 from occsynth_train.checkpoint import list_checkpoints  # noqa: E402
 from occsynth_train.config import load_config  # noqa: E402
 from occsynth_train.trainer import train  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
     if missing:
         parser.error(f"missing {missing}: build them with the commands in occsynth_train/PROTOCOL.md")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"benchmark": "lfw_mini_table", "machine": machine_info(), "device_name":
+    result = {"device_name":
               torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "config": str(args.config),
               "overrides": args.overrides, "rows": {}}
     for name in [r for r in ROWS if r in names]:
@@ -144,11 +144,8 @@ def main() -> None:
         report = json.loads((run / "eval_report.json").read_text())
         result["rows"][name] = {"label": ROWS[name][0], "run": str(run), "summary": summarise(report), "report": report}
         print(name, json.dumps(result["rows"][name]["summary"]), flush=True)
-    slug = result["device_name"].lower().replace(" ", "-")
-    out = args.out or RESULTS / f"lfw_mini-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    out = write_result("lfw_mini", result, args.out, slug=result["device_name"].lower().replace(" ", "-"),
+                       markdown=markdown(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

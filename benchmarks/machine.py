@@ -60,8 +60,13 @@ def machine_info() -> dict:
     return info
 
 
-def write_result(name: str, result: dict, out: str | Path | None = None) -> Path:
-    path = Path(out) if out else RESULTS / f"{name}-{platform.node() or 'host'}.json"
+def write_result(name: str, result: dict, out: str | Path | None = None, *, slug: str | None = None,
+                 markdown: str | None = None) -> Path:
+    """RESULTS/<name>-<slug>.json (slug: the host name by default) with the machine facts, and
+    beside it the same stem as .md when a markdown table is given."""
+    path = Path(out) if out else RESULTS / f"{name}-{slug or platform.node() or 'host'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **result}, indent=2) + "\n")
+    if markdown is not None:
+        path.with_suffix(".md").write_text(markdown)
     return path

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import RESULTS, machine_info  # noqa: E402
+from machine import write_result  # noqa: E402
 from occsynth_train.config import load_config  # noqa: E402
 from occsynth_train.data import Batch  # noqa: E402
 from occsynth_train.methods import create_method  # noqa: E402
@@ -180,7 +180,7 @@ def main() -> None:
         results.append(measure(label, config, overrides, args, device))
         print(json.dumps(results[-1]), flush=True)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    report = {"benchmark": "method_throughput", "machine": machine_info(), "device": str(device),
+    report = {"device": str(device),
               "device_name": name, "gpu_measured": device.type == "cuda",
               "settings": {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                            "repeats": args.repeats, "precision": args.precision, "channels_last": args.channels_last,
@@ -189,11 +189,8 @@ def main() -> None:
     if cpu:
         report["note"] = ("CPU run (no GPU was lent): relative costs on this CPU only; GPU ratios differ "
                           "(different kernels, bf16, larger batches) and were not measured.")
-    slug = name.lower().replace(" ", "-")
-    out = args.out or RESULTS / f"method_throughput-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    out = write_result("method_throughput", report, args.out, slug=name.lower().replace(" ", "-"),
+                       markdown=markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
