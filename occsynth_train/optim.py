@@ -8,7 +8,9 @@ the trainer. Hyper-parameters per type come from `optim.by_type`, e.g.
 
     optim: {name: sgd, lr: 0.1, by_type: {adam: {lr: 1.0e-3, weight_decay: 0.0}}}
 
-Every group's LR is base_lr * schedule factor, where base_lr = (its type's lr) * lr_scale.
+Every group's LR is base_lr * schedule factor, where base_lr = (its type's lr) * lr_scale. A group
+naming a type other than optim.name needs an optim.by_type entry (its LR would otherwise be an
+SGD-sized LR for Adam, or the reverse).
 """
 from __future__ import annotations
 
@@ -95,6 +97,9 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> OptimizerSet:
         kind = g.setdefault("optimizer", cfg.name)
         if kind not in OPTIMIZERS:
             raise ValueError(f"param group {g.get('name', '?')!r}: unknown optimiser {kind!r}; known: {OPTIMIZERS}")
+        if kind != cfg.name and kind not in (cfg.by_type or {}):  # never inherit another type's LR silently
+            raise ValueError(f"param group {g.get('name', '?')!r} trains with {kind}, but optim.name is {cfg.name!r} "
+                             f"and optim.by_type has no {kind!r} entry: set e.g. optim.by_type.{kind}.lr")
         h = _hyper(cfg, kind)
         g.setdefault("lr_scale", 1.0)
         g["base_lr"] = h["lr"] * g["lr_scale"]

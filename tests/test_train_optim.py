@@ -90,11 +90,14 @@ def test_lr_schedules():
 
 
 def test_alob_refuses_an_adam_group_without_adam_settings():
-    with pytest.raises(ValueError, match="optim.by_type has no 'adam' entry"):
-        from occsynth_train.methods import create_method
+    from occsynth_train.methods import create_method
 
-        cfg = load_config(CONFIGS / "alob_tiny_cpu.yaml", ["data.train=[x]", "optim.by_type={}"])
-        create_method("alob", cfg, 5)
+    cfg = load_config(CONFIGS / "alob_tiny_cpu.yaml", ["data.train=[x]", "optim.by_type={}"])
+    method = create_method("alob", cfg, 5)
+    with pytest.raises(ValueError, match="optim.by_type has no 'adam' entry"):
+        build_optimizer(method.param_groups(), cfg.optim)
+    with pytest.raises(ValueError, match="group 'a' trains with adam.*no 'adam' entry"):
+        build_optimizer(_groups()[3], OptimConfig(name="sgd"))
 
 
 def test_alob_run_keeps_adam_and_sgd_state(tiny_train, tmp_path):

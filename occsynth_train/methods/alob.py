@@ -19,8 +19,8 @@ trimmer_head_kw (CosFace s, m).
 Optimisers: the paper trains the Trimmer with SGD and the Identifier with Adam. The param groups
 say so ("optimizer" key, method_kw identifier_optimizer / trimmer_optimizer, defaults adam / sgd)
 and the trainer builds one torch optimiser per type; each type's hyper-parameters come from
-optim.by_type (e.g. {adam: {lr: 1.0e-3}}), so an Adam group never silently inherits an SGD LR:
-a type other than optim.name without an optim.by_type entry is refused.
+optim.by_type (e.g. {adam: {lr: 1.0e-3}}); build_optimizer refuses a type other than optim.name
+without an optim.by_type entry, so the Adam group never silently inherits an SGD LR.
 """
 from __future__ import annotations
 
@@ -74,11 +74,6 @@ class ALOB(Method):
         self.m_weight = float(opt(cfg, "m_weight", 1.0))
         self.optimizers = {"identifier": str(opt(cfg, "identifier_optimizer", "adam")),
                            "trimmer": str(opt(cfg, "trimmer_optimizer", "sgd"))}
-        for part, kind in self.optimizers.items():
-            if kind != cfg.optim.name and kind not in (cfg.optim.by_type or {}):
-                raise ValueError(f"alob trains its {part} with {kind}, but optim.name is {cfg.optim.name!r} and "
-                                 f"optim.by_type has no {kind!r} entry: set e.g. optim.by_type.{kind}.lr, or "
-                                 f"method_kw.{part}_optimizer={cfg.optim.name}")
 
     def _fuse(self, f: torch.Tensor, fm: torch.Tensor) -> torch.Tensor:
         if self.fusion == "project":
