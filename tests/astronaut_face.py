@@ -3,6 +3,8 @@
 found on it once (ASTRONAUT_LANDMARKS, in the original 512x512 image)."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -26,7 +28,29 @@ def aligned_astronaut(roll_deg: float = 0.0):
     return face, ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
 
 
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """(x, y) mean of the mask's pixels."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
 def covered(mask: np.ndarray, point) -> bool:
     """Whether the mask covers the pixel nearest to a landmark."""
     x, y = (int(round(v)) for v in point)
     return bool(mask[y, x])
+
+
+def render_checked(occluder, face: np.ndarray, landmarks: np.ndarray, seed: int = 0):
+    """occluder.render(...) for a template occluder, checked: the mask is exactly the warped
+    alpha >= one half, and no pixel changed outside the mask grown by the feather radius.
+    Returns (image, mask, params)."""
+    from occsynth.occluders.objects import ALPHA_HALF, full_alpha
+    from occsynth.seeding import make_rng
+
+    out, mask, params, warped = occluder.render(face, landmarks, make_rng(seed))
+    assert np.array_equal(mask, full_alpha(warped, face.shape[:2]) >= ALPHA_HALF)
+    changed = np.any(out != face, axis=-1)
+    r = int(math.ceil(params["feather"]))
+    allowed = cv2.dilate(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    assert not np.any(changed & ~allowed)
+    return out, mask, params
