@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import SHARED_DATA, write_result  # noqa: E402
+from machine import LFW_TGZ, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="keep the detected build's landmarks.jsonl here")
     args = parser.parse_args()
 
-    tgz = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
+    tgz = LFW_TGZ
     if not tgz.exists():
         print(f"SKIP: {tgz} not found (real LFW needed for this benchmark)")
         return 0

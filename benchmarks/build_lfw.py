@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import SHARED_DATA, write_result  # noqa: E402
+from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
 
 BUILDS = [  # (lock name, build, extra args)
     ("lfw-occ-0.52", "lfw-occ", ["--ratio", "0.52"]),
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated lock names from the list (default: all)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    tgz = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
+    tgz = LFW_TGZ
     if not tgz.exists():
         print(f"SKIP: {tgz} not found (real LFW needed)")
         return 0

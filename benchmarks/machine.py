@@ -12,6 +12,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(os.environ.get("OCCSYNTH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+LFW_TGZ = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
 
 
 def _cpu_model() -> str:

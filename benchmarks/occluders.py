@@ -25,11 +25,6 @@ scikit-image astronaut's face crop is used. The JSON says which.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import socket
-import subprocess
 import sys
 import tarfile
 import time
@@ -41,14 +36,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
 from occsynth.occluders import Composer, list_occluders  # noqa: E402
 from occsynth.seeding import make_rng  # noqa: E402
 from occsynth.templates import get_template  # noqa: E402
 
-SHARED = Path(os.environ.get("OCCSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
-LFW_TGZ = SHARED / "lfw" / "lfw-deepfunneled.tgz"
-THIRD_PARTY = SHARED / "third_party"
+THIRD_PARTY = SHARED_DATA / "third_party"
 # Importers need a template set: the third-party copies in ../shared/data, when present.
 IMPORTER_PARAMS = {
     "ocfr2022": {"path": THIRD_PARTY / "ocfr2022"},
@@ -225,37 +220,6 @@ def synthetic_bank(TemplateBank, count: int = 32, size: int = 96):
     return TemplateBank.from_arrays(arrays)
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        commit = commit.stdout.strip() if commit.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    info = {
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "opencv": cv2.__version__,
-        "git_commit": commit,
-        "threads": {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads()},
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy figures)")
@@ -268,10 +232,8 @@ def main(argv=None) -> int:
     faces, face_source = load_faces()
     landmarks = get_template("arcface-112x112").points.copy()
     report = {
-        "benchmark": "occluders",
         "quick": args.quick,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        "threads": {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads()},
         "faces": face_source,
         "targets": {"cpu_shapes_and_templates": {"value": CPU_TARGET, "unit": "images/s/core"},
                     "torch_gpu_h100": {"value": GPU_TARGET, "unit": "images/s"}},
@@ -284,9 +246,7 @@ def main(argv=None) -> int:
     else:
         report["torch_cuda"] = "not measured: no GPU"
 
-    out = args.out or ROOT / "benchmarks" / "results" / f"occluders-{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    out = write_result("occluders", report, args.out)
     for name, r in report["occluders"].items():
         print(f"{name:>12}  {r['rate']['value']:>9.0f} {r['rate']['unit']}  ratio {r['mean_ratio']:.3f}")
     for name, reason in report["skipped"].items():
