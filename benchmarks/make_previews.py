@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from occsynth.bank import CATEGORIES  # noqa: E402
+from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
 from occsynth.occluders.objects import similarity_lstsq  # noqa: E402
 from occsynth.preview import overlay_mask  # noqa: E402
@@ -39,13 +39,12 @@ def lfw_faces(tgz: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(aligned 112x112 RGB, landmarks) for the first image of `count` of PEOPLE."""
     wanted = {f"lfw-deepfunneled/{p}/{p}_0001.jpg": p for p in PEOPLE[:count]}
     raw = {}
-    with tarfile.open(tgz) as archive:
-        for member in archive:
-            if member.name in wanted:
-                data = np.frombuffer(archive.extractfile(member).read(), np.uint8)
-                raw[wanted[member.name]] = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                if len(raw) == len(wanted):
-                    break
+    for path, member, archive in iter_files(tgz):
+        if str(path) in wanted:
+            data = np.frombuffer(archive.extractfile(member).read(), np.uint8)
+            raw[wanted[str(path)]] = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            if len(raw) == len(wanted):
+                break
     images = [raw[p] for p in PEOPLE[:count] if p in raw]
     ref = get_template("arcface").points
     try:

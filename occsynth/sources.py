@@ -49,6 +49,7 @@ from typing import Iterable
 
 from . import cache as _cache
 from .image_io import ImageLoadError
+from .io.archive import UnsafeArchiveError, member_path
 
 __all__ = [
     "FolderSource",
@@ -501,10 +502,13 @@ def _index_tar(tar_path: Path, archive: Path) -> list[list]:
 
 
 def _member_path(name: str, archive: Path) -> str:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise SourceError(f"{archive}: unsafe member name {name!r} (contains '..')")
-    return "/".join(parts)
+    # the project's one member-name check (occsynth.io.archive); members are read in place, so
+    # links are resolved inside the archive below instead of being refused
+    try:
+        path = member_path(name, archive)
+    except UnsafeArchiveError as exc:
+        raise SourceError(str(exc)) from None
+    return "" if str(path) == "." else str(path)
 
 
 def _resolve_link(path, files, links, folders, archive) -> tuple[int, int, str]:

@@ -119,7 +119,10 @@ def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> Non
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
     from .lfw_protocol import write_split
 
-    summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
+    try:
+        summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
+    except (ValueError, OSError) as exc:  # UnsafeArchiveError is a ValueError
+        raise click.ClickException(str(exc)) from exc
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_latest_intact
 from .config import config_from_dict, load_config
 from .data import KeyedDataset, normalize
 from .losses import occlusion_probability
@@ -41,10 +41,15 @@ FARS = (1e-3, 1e-4)
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
     """(method in eval mode on `device`, config, checkpoint path, step) of a training run."""
     run_dir = Path(run_dir)
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
-    state = load_checkpoint(path, map_location="cpu")
+    if checkpoint:
+        path, state = Path(checkpoint), load_checkpoint(checkpoint, map_location="cpu")
+    else:
+        path, state, skipped = load_latest_intact(run_dir, map_location="cpu")
+        if path is None:
+            raise CheckpointError(f"{run_dir}: no usable checkpoint in checkpoints/"
+                                  + (f" ({len(skipped)} damaged; newest: {skipped[0][1]})" if skipped else ""))
+    if not isinstance(state, dict) or "model" not in state or "num_classes" not in state:
+        raise CheckpointError(f"{path}: not an occsynth-train checkpoint (no model / num_classes)")
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else config_from_dict(state["config"])
     method = create_method(cfg.method, cfg, num_classes=state["num_classes"])
     method.load_state_dict(state["model"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from occsynth.io.archive import iter_files, safe_extract
 from occsynth.protocols.lfw import read_lfw_pairs, write_pairs_txt
 
 
@@ -20,11 +20,10 @@ def lfw_images(lfw: str | Path) -> dict[str, list[str]]:
         for p in lfw.glob("*/*.jpg"):
             found[p.parent.name].append(f"{p.parent.name}/{p.name}")
     else:
-        with tarfile.open(lfw) as archive:
-            for member in archive:
-                parts = member.name.split("/")
-                if member.isfile() and member.name.endswith(".jpg") and len(parts) == 3:
-                    found[parts[1]].append(f"{parts[1]}/{parts[2]}")
+        for path, _, _ in iter_files(lfw):
+            parts = path.parts
+            if path.suffix == ".jpg" and len(parts) == 3:
+                found[parts[1]].append(f"{parts[1]}/{parts[2]}")
     return {k: sorted(v) for k, v in found.items()}
 
 
@@ -61,10 +60,8 @@ def _extract(lfw: Path, wanted: set[str], target: Path) -> None:
             if not dst.exists():
                 shutil.copyfile(lfw / rel, dst)
         return
-    with tarfile.open(lfw) as archive:
-        for member in archive:
-            rel = "/".join(member.name.split("/")[1:])
-            if member.isfile() and rel in wanted:
-                dst = target / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(archive.extractfile(member).read())
+    def select(path: PurePosixPath) -> PurePosixPath | None:
+        rel = PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else None  # drop the wrapper folder
+        return rel if rel is not None and str(rel) in wanted else None
+
+    safe_extract(lfw, target, select)

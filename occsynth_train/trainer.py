@@ -22,7 +22,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact,
+                         rng_state, save_checkpoint, set_rng_state)
 from .config import Config, dump_config
 from .data import LABELS_FILE, LabelMap, ShardStream, load_online_occluder, make_train_loader, prepare_batch
 from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
@@ -84,7 +85,9 @@ def init_weights(method: torch.nn.Module, path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"train.init_from: no such checkpoint {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"train.init_from: {path} holds a {type(state).__name__}, not a state dict")
     state = state.get("model", state) if isinstance(state, dict) else state
     own = method.state_dict()
     fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
@@ -140,9 +143,17 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         print("occsynth-train: fp16 autocast on CPU is slow and poorly supported; consider bf16 or fp32")
 
     step, samples_seen = 0, 0
-    ckpt = latest_checkpoint(run_dir)
+    ckpt, state, skipped = load_latest_intact(run_dir, map_location=device)
+    if ckpt is None and skipped:
+        raise CheckpointError(f"{run_dir}: none of its {len(skipped)} checkpoint(s) can be resumed "
+                              f"(newest: {skipped[0][1]}); move them away to start over")
+    barrier(info)  # every rank has looked before the main one moves damaged files aside
+    if info.is_main:
+        for bad, why in skipped:
+            # moved aside so it neither shadows the resumed run's next save nor counts in keep=
+            bad.replace(bad.with_name(bad.name + ".damaged"))
+            print(f"occsynth-train: skipped damaged checkpoint {bad.name} (kept as {bad.name}.damaged): {why}")
     if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location=device)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

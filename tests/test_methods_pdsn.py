@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from occsynth_train.checkpoint import list_checkpoints
+from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
 from occsynth_train.methods.pdsn import binarise, block_ids, block_iou, cell_fractions, min_max
@@ -100,7 +100,7 @@ def test_four_stages_train_through_the_trainer(tiny_train, tiny_pairs, tmp_path)
     prev = list_checkpoints(masks_run)[-1]
     dict_run = train(tiny_cfg("pdsn", tiny_train, tmp_path / "dict", "method_kw.stage=dictionary", "train.steps=4",
                               f"train.init_from={prev}"))
-    state = torch.load(list_checkpoints(dict_run)[-1], weights_only=False)["model"]
+    state = load_checkpoint(list_checkpoints(dict_run)[-1])["model"]
     assert state["dict_count"].sum() > 0
     gen_before = torch.load(prev, weights_only=False)["model"]
     assert torch.equal(state["generators.7.body.3.bias"], gen_before["generators.7.body.3.bias"])  # untouched

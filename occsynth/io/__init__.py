@@ -1,0 +1,1 @@
+"""Bytes in and out: archives, images, shards and the dataset folder that holds them."""
