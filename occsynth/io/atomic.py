@@ -1,0 +1,68 @@
+"""The one "write to a temporary name, fsync, rename" helper.
+
+A reader (or a resumed run) never sees a half-written file under its final name, and a power
+loss cannot leave a renamed but empty file: the data is fsynced before the rename and the folder
+after it. The temporary name carries the PID so concurrent writers never share one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+__all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "fsync_dir", "temp_path"]
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every file system lets a folder be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
+    """`with atomic_write(p, "w") as f: ...` — p appears complete or not at all."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode, encoding=encoding if "b" not in mode else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
+    return write_text(path, text + "\n")
