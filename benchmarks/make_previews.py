@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 from occsynth.bank import CATEGORIES  # noqa: E402
 from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
-from occsynth.occluders.objects import similarity_lstsq  # noqa: E402
+from occsynth.faces.geometry import similarity_matrix  # noqa: E402
 from occsynth.preview import overlay_mask  # noqa: E402
 from occsynth.seeding import derive_seed, make_rng  # noqa: E402
-from occsynth.templates import get_template  # noqa: E402
+from occsynth.faces.templates import get_template  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 PEOPLE = ("Aaron_Peirsol", "Abdullah_Gul", "Alejandro_Toledo", "Ana_Palacio", "Bill_Gates",
@@ -50,7 +50,7 @@ def lfw_faces(tgz: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     try:
         import torch
 
-        from occsynth.detect import FaceDetector
+        from occsynth.faces.detect import FaceDetector
 
         torch.set_num_threads(1)
         found = FaceDetector().detect(images)
@@ -62,7 +62,7 @@ def lfw_faces(tgz: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     for image, lm in zip(images, points):
         if lm is None:
             lm = (ref - 56.0) * (100.0 / 112.0) * 1.05 + 125.0  # crude: the funneled face centre
-        m = similarity_lstsq(lm, ref)
+        m = similarity_matrix(lm, ref)
         face = cv2.warpAffine(image, m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         faces.append((face, np.asarray(lm, float) @ m[:, :2].T + m[:, 2]))
     return faces

@@ -41,7 +41,7 @@ from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
 from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import Composer, list_occluders  # noqa: E402
 from occsynth.seeding import make_rng  # noqa: E402
-from occsynth.templates import get_template  # noqa: E402
+from occsynth.faces.templates import get_template  # noqa: E402
 
 THIRD_PARTY = SHARED_DATA / "third_party"
 # Importers need a template set: the third-party copies in ../shared/data, when present.

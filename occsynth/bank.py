@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .seeding import derive_seed, make_rng
+from occsynth.seeding import derive_seed, make_rng
 
 CATEGORIES = (
     "sunglasses", "eyeglasses", "scarf", "surgical_mask", "cup", "hand",
@@ -403,7 +403,7 @@ def _face_points(points: np.ndarray) -> np.ndarray:
 
 def _worn(parts, anchors, rng, region, landmarks, yaw=12.0, pitch=6.0, roll=4.0, style=""):
     """Pose a worn object with the head (about HEAD_PIVOT); anchors follow the object."""
-    from .render import Part  # light import: Part is a plain dataclass
+    from occsynth.render import Part  # light import: Part is a plain dataclass
 
     angles = (float(rng.uniform(-yaw, yaw)), float(rng.uniform(-pitch, pitch)), float(rng.uniform(-roll, roll)))
     m = rigid(euler_matrix(*angles), HEAD_PIVOT)
@@ -447,7 +447,7 @@ def _lens_outline(rng: np.random.Generator, shape: str, w: float, h: float) -> n
 
 def build_glasses(rng: np.random.Generator, dark: bool):
     """Two lenses (slabs), rims swept around them, a bridge and temples; wrapped slightly."""
-    from .render import Part
+    from occsynth.render import Part
 
     shape = _pick(rng, ["round", "rect", "wayfarer", "aviator", "cateye"] if dark else ["round", "rect", "wayfarer", "cateye", "round"])
     w = float(rng.uniform(4.7, 5.6))
@@ -533,7 +533,7 @@ def _fabric_texture(rng, size=256):
 
 def _model_scarf(rng):
     """A cloth sheet wrapped around the lower face on a cylinder, with drape folds."""
-    from .render import Part
+    from occsynth.render import Part
 
     top = -float(rng.uniform(2.0, 4.0))  # top edge between the nose bridge and just under the nose tip
     depth = 16.0
@@ -565,7 +565,7 @@ def _model_scarf(rng):
 
 
 def _model_surgical_mask(rng):
-    from .occluders.mask3d import face_mask_parts, model_to_face_cm
+    from occsynth.occluders.mask3d import face_mask_parts, model_to_face_cm
 
     kind = _pick(rng, ["surgical", "surgical", "kn95", "n95", "cloth"])
     parts, anchors = face_mask_parts(kind, rng, straps="front")  # no head here to hide the rest
@@ -577,7 +577,7 @@ def _model_surgical_mask(rng):
 
 def _model_cup(rng):
     """A mug: a revolved profile (wall, rim, base) with a swept handle and a drink inside."""
-    from .render import Part
+    from occsynth.render import Part
 
     r0, r1, height, wall = float(rng.uniform(3.6, 4.0)), float(rng.uniform(3.9, 4.4)), float(rng.uniform(8.5, 10.5)), 0.35
     ys = np.linspace(0.3, height, 48)
@@ -619,7 +619,7 @@ def _model_cup(rng):
 def _model_hand(rng):
     """A hand seen from its back: an ellipsoid palm, finger capsules (two segments, curled
     away from the viewer) and a thumb."""
-    from .render import Part
+    from occsynth.render import Part
 
     skin = _jitter_color(rng, _pick(rng, SKIN), 0.03)
     side = 1 if rng.random() < 0.5 else -1  # which hand: the thumb's side
@@ -676,7 +676,7 @@ def _screen_texture(rng, w=96, h=200) -> np.ndarray:
 
 def _model_phone(rng):
     """A rounded slab body with an inset screen (front) or camera bump (back)."""
-    from .render import Part
+    from occsynth.render import Part
 
     w, h, d = float(rng.uniform(6.8, 7.8)), float(rng.uniform(14.0, 16.0)), float(rng.uniform(0.75, 0.95))
     body_color = _jitter_color(rng, _pick(rng, [(0.05, 0.05, 0.06), (0.75, 0.75, 0.78), (0.15, 0.25, 0.45), (0.85, 0.7, 0.65), (0.9, 0.9, 0.9), (0.2, 0.35, 0.25)]), 0.03)
@@ -718,7 +718,7 @@ def _cover_texture(rng, size=256) -> np.ndarray:
 
 def _model_book(rng):
     """Covers and a page block as textured quads/slabs; held up in front of the lower face."""
-    from .render import Part
+    from occsynth.render import Part
 
     w, h, d = float(rng.uniform(13, 16)), float(rng.uniform(19, 23)), float(rng.uniform(1.5, 3.5))
     cover = _cover_texture(rng)
@@ -785,7 +785,7 @@ def _cap_brim(rx, rz, cz, base_y, length, curve, droop, thickness=0.3, n_phi=41,
 
 def _model_hat(rng):
     """A cap (crown dome + curved brim + button) or a beanie (dome + cuff + pom-pom)."""
-    from .render import Part
+    from occsynth.render import Part
 
     kind = _pick(rng, ["cap", "cap", "cap", "beanie"])
     color = _jitter_color(rng, _pick(rng, FABRIC), 0.04)
@@ -872,7 +872,7 @@ def _model_eye_mask(rng):
     """A carnival mask: a cut sheet bent around the face, with a trim along its edge."""
     from scipy import ndimage
 
-    from .render import Part
+    from occsynth.render import Part
 
     shape, (X, Y), style = _eye_mask_shape(rng)
     h, w = shape.shape
@@ -901,7 +901,7 @@ def _model_eye_mask(rng):
 
 def _model_microphone(rng):
     """A handheld microphone: tapered handle, metal band, a mesh grille ball."""
-    from .render import Part
+    from occsynth.render import Part
 
     handle_color = _pick(rng, [(0.04, 0.04, 0.045), (0.05, 0.05, 0.05), (0.7, 0.7, 0.72), (0.75, 0.6, 0.3)])
     grille_color = _pick(rng, [(0.75, 0.75, 0.78), (0.2, 0.2, 0.22), (0.8, 0.65, 0.35)])
@@ -948,7 +948,7 @@ TEMPLATE_PX = {  # long side of each category's template, in pixels
 # ----------------------------------------------------------------------------- rendering
 
 def _random_light(rng: np.random.Generator):
-    from .render import Light
+    from occsynth.render import Light
 
     sx, sy = float(rng.uniform(-0.7, 0.7)), float(rng.uniform(0.2, 0.8))
     return Light(direction=(sx, -sy, -1.0), intensity=float(rng.uniform(2.6, 4.0)), ambient=float(rng.uniform(0.3, 0.45)))
@@ -957,7 +957,7 @@ def _random_light(rng: np.random.Generator):
 def render_model(model: Model, long_side: int, light, supersample: int = 3):
     """Render a posed model orthographically so its long side spans `long_side` pixels.
     Returns (cropped RGBA, anchor points in its pixels, face points, pixels per cm)."""
-    from .render import render_rgba
+    from occsynth.render import render_rgba
 
     verts = np.concatenate([np.asarray(p.mesh.vertices) for p in model.parts])
     lo, hi = verts[:, :2].min(0), verts[:, :2].max(0)
@@ -996,7 +996,7 @@ def render_model(model: Model, long_side: int, light, supersample: int = 3):
 
 def _composite_clear(rgba, depth, clear_parts, size, common):
     """Lay see-through parts (clear lenses) over or under the opaque render by depth."""
-    from .render import render_rgba
+    from occsynth.render import render_rgba
 
     g_rgba, g_depth = render_rgba(clear_parts, size, **common)
     opacity = np.zeros(g_rgba.shape[:2])

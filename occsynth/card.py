@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, contract
-from .protocols.identification import PROTOCOL_FILE
-from .protocols.pairs import PAIRS_FILE, read_pairs_jsonl
+from occsynth import __version__, contract
+from occsynth.protocols.identification import PROTOCOL_FILE
+from occsynth.protocols.pairs import PAIRS_FILE, read_pairs_jsonl
 
 __all__ = ["CARD", "MEASURES", "OcclusionMaps", "measure", "occlusion_frequency", "write_card"]
 
@@ -73,8 +73,8 @@ class OcclusionMaps:
 
 def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     """Mean mask and mean image over every sample of the most common image size."""
-    from .export import iter_samples
-    from .image_io import decode_image, decode_mask
+    from occsynth.io.export import iter_samples
+    from occsynth.io.images import decode_image, decode_mask
 
     sizes: Counter = Counter()
     for meta in _index(Path(dataset_dir)):

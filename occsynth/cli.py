@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .templates import DEFAULT_TEMPLATE, TEMPLATES
+from occsynth import __version__
+from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 DEMO_SPEC = "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"
 
@@ -70,11 +70,11 @@ def main() -> None:
 
 def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep_clean: bool = False):
     """A BuildConfig from the shared build options (plus the detection cache unless --no-cache)."""
-    from .pipeline import BuildConfig
+    from occsynth.pipeline import BuildConfig
 
     landmark_files = list(opts["landmark_files"])
     if not opts["no_cache"] and not aligned:
-        from .landmark_cache import LandmarkCache
+        from occsynth.faces.landmarks import LandmarkCache
 
         cache = LandmarkCache()
         if cache.path.exists():
@@ -89,12 +89,12 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
 
 def run_job(config, plan, source, out: Path, opts: dict) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
-    from .pipeline import build
+    from occsynth.pipeline import build
 
     manifest = build(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
                      command=_command_line(), progress=not opts["quiet"])
     if not opts["no_cache"] and not config.aligned_input:
-        from .landmark_cache import LandmarkCache
+        from occsynth.faces.landmarks import LandmarkCache
 
         LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
     return manifest
@@ -102,8 +102,8 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
 
 def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool,
               name: str, opts: dict) -> dict:
-    from .pipeline import plan_align
-    from .sources import open_source
+    from occsynth.pipeline import plan_align
+    from occsynth.sources import open_source
 
     source = open_source(source_spec)
     config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
@@ -148,8 +148,8 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
 def demo(out, variants, **opts):
     """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
     with several families, write shards, verify them and draw a preview sheet."""
-    from .preview import write_preview
-    from .verify import verify_dataset
+    from occsynth.preview import write_preview
+    from occsynth.verify import verify_dataset
 
     manifest = run_build("embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False,
                          name="demo", opts=opts)
@@ -166,7 +166,7 @@ def demo(out, variants, **opts):
 @click.option("--no-decode", is_flag=True, help="Only check hashes and members, do not decode images.")
 def verify(directory, no_decode):
     """Re-hash the shards of DIRECTORY and check every sample against the data contract."""
-    from .verify import verify_dataset
+    from occsynth.verify import verify_dataset
 
     problems = verify_dataset(directory, decode=not no_decode)
     if problems:
@@ -185,7 +185,7 @@ def verify(directory, no_decode):
 @click.option("--every", type=int, default=1, show_default=True, help="Show every N-th sample.")
 def preview(directory, out, limit, columns, every):
     """Contact sheet of DIRECTORY's samples: image, and image with the occlusion mask overlaid."""
-    from .preview import write_preview
+    from occsynth.preview import write_preview
 
     click.echo(f"wrote {write_preview(directory, out, limit=limit, columns=columns, every=every)}")
 
@@ -194,12 +194,12 @@ class _BuildGroup(click.Group):
     """Subcommands come from the builder registry (occsynth/builders)."""
 
     def list_commands(self, ctx):
-        from .builders import list_builders
+        from occsynth.builders import list_builders
 
         return list(list_builders())
 
     def get_command(self, ctx, name):
-        from .builders import list_builders
+        from occsynth.builders import list_builders
 
         builder = list_builders().get(name)
         return None if builder is None else _builder_command(builder)
@@ -207,8 +207,8 @@ class _BuildGroup(click.Group):
 
 def _builder_command(builder):
     def run(**opts):
-        from .card import write_card
-        from .locks import compare_lock, make_lock
+        from occsynth.card import write_card
+        from occsynth.locks import compare_lock, make_lock
 
         out = Path(opts.pop("out"))
         check, write_lock = opts.pop("check"), opts.pop("write_lock")
@@ -268,7 +268,7 @@ def build():
 @click.option("--base-url", default=None, help="Mirror to download from instead of the official addresses.")
 def fetch(name, to_dir, base_url):
     """Download a public dataset's official archives with checksum verification and resume."""
-    from .fetch import fetch_dataset
+    from occsynth.sources.fetch import fetch_dataset
 
     for file_name, path in fetch_dataset(name, to_dir, base_url=base_url).items():
         click.echo(f"{file_name}: {path}")
@@ -280,7 +280,7 @@ def fetch(name, to_dir, base_url):
 @click.option("--format", "fmt", type=click.Choice(["insightface-bin", "folder", "parquet"]), required=True)
 def export(directory, out, fmt):
     """Export a dataset for other tools: arcface_torch's .bin, plain folders, or parquet."""
-    from .export import export as run_export
+    from occsynth.io.export import export as run_export
 
     summary = run_export(directory, out, fmt)
     click.echo(json.dumps(summary, indent=2, default=str))
@@ -290,7 +290,7 @@ def export(directory, out, fmt):
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def card(directory):
     """(Re)write DIRECTORY/card.md and its plots from the manifest, index and shards."""
-    from .card import write_card
+    from occsynth.card import write_card
 
     facts_path = Path(directory) / "build_facts.json"
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
@@ -305,7 +305,7 @@ def card(directory):
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""
-    from .bank import build_template_bank
+    from occsynth.bank import build_template_bank
 
     index = build_template_bank(out, seed=seed, variants=variants)
     click.echo(f"wrote {len(index['templates'])} templates")
@@ -319,7 +319,7 @@ def make_templates(out, seed, variants):
 def render_masks(out, seed, size):
     """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
     the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
-    from .occluders.mask3d import render_mask_bank
+    from occsynth.occluders.mask3d import render_mask_bank
 
     index = render_mask_bank(out, seed=seed, size=size)
     click.echo(f"wrote {len(index['renders'])} renders")
@@ -329,7 +329,7 @@ def render_masks(out, seed, size):
 @click.option("--family", default=None, help="Only this family.")
 def list_occluders_cmd(family):
     """List the registered occluders with their parameters and defaults."""
-    from .occluders import list_occluders
+    from occsynth.occluders import list_occluders
 
     for name, cls in list_occluders(family).items():
         params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .contract import FAILURE_STAGES
+from occsynth.contract import FAILURE_STAGES
 
 
 @dataclass(frozen=True)

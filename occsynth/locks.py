@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import __version__
+from occsynth import __version__
 
 CHECKED_FILES = ("index.jsonl", "failures.jsonl", "pairs.jsonl", "protocol.json")
 

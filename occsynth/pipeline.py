@@ -16,14 +16,15 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from . import __version__, contract
-from .failures import Failure, SampleError
-from .shards import ShardWriter, sha256_file
-from .templates import DEFAULT_TEMPLATE, get_template
+from occsynth import __version__, contract
+from occsynth.failures import Failure, SampleError
+from occsynth.faces.landmarks import load_landmarks
+from occsynth.io.tar import ShardWriter, sha256_file
+from occsynth.faces.templates import DEFAULT_TEMPLATE, get_template
 
 ON_NO_FACE = ("skip", "center-crop", "fail")
 
@@ -60,7 +61,7 @@ class BuildConfig:
         get_template(self.template)
         if self.on_no_face not in ON_NO_FACE:
             raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, got {self.on_no_face!r}")
-        from .detect import POLICIES
+        from occsynth.faces.detect import POLICIES
 
         if self.multi_face not in POLICIES:
             raise ValueError(f"multi_face must be one of {POLICIES}, got {self.multi_face!r}")
@@ -102,7 +103,7 @@ _STORES: dict[tuple[str, ...], dict] = {}
 def _detector(config: BuildConfig):
     key = (config.device, config.min_face_size, config.detect_batch)
     if key not in _DETECTORS:
-        from .detect import FaceDetector
+        from occsynth.faces.detect import FaceDetector
 
         # Batch 1 by default: MTCNN's last landmark digit depends on which images share a
         # batch, and a fresh build must match a lock made from another build's detections.
@@ -114,7 +115,7 @@ def _detector(config: BuildConfig):
 def _composer(spec: Any):
     key = contract.dumps(spec)
     if key not in _COMPOSERS:
-        from .occluders import Composer
+        from occsynth.occluders import Composer
 
         _COMPOSERS[key] = Composer(spec)
     return _COMPOSERS[key]
@@ -126,37 +127,13 @@ def _stored_detections(files: tuple[str, ...]) -> dict:
     return _STORES[files]
 
 
-# ---------------------------------------------------------------- landmarks store
-def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
-    """sha256 of the source file -> detection record, from landmarks.jsonl files.
-
-    Keyed by content, so detections made on a folder are reused for the same images in an
-    archive, and a renamed file keeps its landmarks."""
-    store: dict[str, dict] = {}
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "landmarks.jsonl"
-        if not path.exists():
-            raise FileNotFoundError(f"landmarks file not found: {path}")
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                        store[record["sha256"]] = record
-                    except (ValueError, KeyError) as exc:
-                        raise ValueError(f"{path}:{line_no}: not a landmarks record ({exc})") from None
-    return store
-
-
 # ---------------------------------------------------------------- one shard
 def run_shard(task: ShardTask) -> dict:
     """Build one shard; returns (and writes) its stats record."""
-    from .align import align_face, center_crop_landmarks, warp
-    from .detect import Face, select_face
-    from .image_io import ImageLoadError, decode_image, encode_image, encode_mask
-    from .seeding import derive_seed, make_rng
+    from occsynth.faces.align import align_face, center_crop_landmarks, warp
+    from occsynth.faces.detect import Face, select_face
+    from occsynth.io.images import ImageLoadError, decode_image, encode_image, encode_mask
+    from occsynth.seeding import derive_seed, make_rng
 
     config = task.config
     template = get_template(config.template)
@@ -350,7 +327,7 @@ def build(
     extra_manifest: dict | None = None,
 ) -> dict:
     """Run a build (resuming a killed one) and return its manifest."""
-    from .executor import create_executor
+    from occsynth.executor import create_executor
 
     config.validate()
     out_dir = Path(out_dir)

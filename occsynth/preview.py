@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import contract
-from .shards import iter_shard
+from occsynth import contract
+from occsynth.io.tar import iter_shard
 
 OVERLAY_COLOUR = np.array([255, 0, 64], dtype=np.float32)  # RGB; occluded pixels tinted
 
@@ -25,7 +25,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np
 
 
 def read_samples(out_dir: str | Path, limit: int, every: int = 1) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    from .image_io import decode_image, decode_mask
+    from occsynth.io.images import decode_image, decode_mask
 
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / contract.MANIFEST).read_text())

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract
-from .shards import iter_shard, sha256_file
+from occsynth import contract
+from occsynth.io.tar import iter_shard, sha256_file
 
 
 def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: int = 50) -> list[str]:
     """Return a list of problems ([] = the dataset is intact and follows the contract)."""
-    from .image_io import decode_image, decode_mask
+    from occsynth.io.images import decode_image, decode_mask
 
     out_dir = Path(out_dir)
     problems: list[str] = []

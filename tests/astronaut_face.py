@@ -8,8 +8,8 @@ import math
 import cv2
 import numpy as np
 
-from occsynth.occluders.objects import similarity_lstsq
-from occsynth.templates import get_template
+from occsynth.faces.geometry import similarity_matrix
+from occsynth.faces.templates import get_template
 
 ASTRONAUT_LANDMARKS = np.array(
     [[205.011, 101.727], [246.763, 103.714], [224.671, 128.965], [201.716, 139.246], [245.265, 141.857]]
@@ -20,7 +20,7 @@ def aligned_astronaut(roll_deg: float = 0.0):
     """(112x112 RGB face, its 5 landmarks); roll_deg turns the face about the image centre."""
     from skimage import data
 
-    m = similarity_lstsq(ASTRONAUT_LANDMARKS, get_template("arcface").points)
+    m = similarity_matrix(ASTRONAUT_LANDMARKS, get_template("arcface").points)
     if roll_deg:
         r = cv2.getRotationMatrix2D((55.5, 55.5), roll_deg, 1.0)
         m = (np.vstack([r, [0, 0, 1]]) @ np.vstack([m, [0, 0, 1]]))[:2]

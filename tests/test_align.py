@@ -1,5 +1,5 @@
 """Similarity estimation, warping and alignment, checked by re-detecting faces on the aligned
-crops; plus the batched MTCNN detector (occsynth.detect) those checks rely on."""
+crops; plus the batched MTCNN detector (occsynth.faces.detect) those checks rely on."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from skimage.transform import SimilarityTransform
 
-from occsynth.align import (
+from occsynth.faces.align import (
     LFW_CROP_FRACTION,
     align_face,
     center_crop_landmarks,
@@ -22,8 +22,8 @@ from occsynth.align import (
     warp,
 )
 from occsynth.contract import round_points
-from occsynth.detect import POLICIES, Face, FaceDetector, select_face
-from occsynth.templates import TEMPLATES
+from occsynth.faces.detect import POLICIES, Face, FaceDetector, select_face
+from occsynth.faces.templates import TEMPLATES
 
 IMAGES_PER_IDENTITY = 3
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from occsynth.export import BIN_PICKLE_PROTOCOL, export, iter_samples
-from occsynth.image_io import decode_image, decode_mask
+from occsynth.io.export import BIN_PICKLE_PROTOCOL, export, iter_samples
+from occsynth.io.images import decode_image, decode_mask
 
 from tiny_dataset import SAMPLES, build_tiny_dataset, sample_id
 

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from occsynth import fetch as fetch_mod
-from occsynth.fetch import KNOWN_DATASETS, FetchError, RemoteFile, fetch, fetch_dataset
+from occsynth.sources import fetch as fetch_mod
+from occsynth.sources.fetch import KNOWN_DATASETS, FetchError, RemoteFile, fetch, fetch_dataset
 
 PAYLOAD = bytes(range(256)) * 2000 + b"tail"  # 512,004 bytes: several chunks
 

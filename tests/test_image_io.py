@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from occsynth.failures import SampleError
-from occsynth.image_io import (
+from occsynth.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     apply_orientation,

@@ -19,7 +19,7 @@ from occsynth.occluders.importers import (
 )
 from occsynth.occluders.objects import ALPHA_HALF, full_alpha
 from occsynth.seeding import make_rng
-from occsynth.templates import get_template
+from occsynth.faces.templates import get_template
 
 from astronaut_face import aligned_astronaut, centroid, covered, render_checked
 

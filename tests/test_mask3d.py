@@ -15,7 +15,7 @@ from occsynth.bank import asset_dir
 from occsynth.occluders import create_occluder
 from occsynth.occluders import mask3d as m3d
 from occsynth.seeding import make_rng
-from occsynth.templates import get_template
+from occsynth.faces.templates import get_template
 
 from astronaut_face import aligned_astronaut, covered, render_checked
 

@@ -21,7 +21,7 @@ from occsynth.protocols.pairs import (
     write_pairs_jsonl,
     write_pairs_txt,
 )
-from occsynth.sources import FolderSource
+from occsynth.sources.folder import FolderSource
 
 
 # ------------------------------------------------------------------ LFW, real files

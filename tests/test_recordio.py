@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occsynth.image_io import ImageLoadError, decode_image
-from occsynth.recordio import MAGIC, RecordIOError, RecordIOReader, RecordIOSource, unpack
+from occsynth.io.images import ImageLoadError, decode_image
+from occsynth.sources.recordio import MAGIC, RecordIOError, RecordIOReader, RecordIOSource, unpack
 from occsynth.sources import SourceError
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)

@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from occsynth.shards import ShardWriter, iter_shard, sha256_file, split_member
+from occsynth.io.tar import ShardWriter, iter_shard, sha256_file, split_member
 
 
 def _write(path, samples):

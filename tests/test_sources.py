@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occsynth import cache as cache_mod
-from occsynth import sources as sources_mod
-from occsynth.embedded import EMBEDDED_IMAGES, EmbeddedSource
-from occsynth.image_io import ImageLoadError, decode_image
-from occsynth.sources import FolderSource, SourceError, SourceItem, TarSource, open_source
+from occsynth.io import cache as cache_mod
+from occsynth.sources import tar as sources_mod
+from occsynth.sources.embedded import EMBEDDED_IMAGES, EmbeddedSource
+from occsynth.io.images import ImageLoadError, decode_image
+from occsynth.sources import SourceError, SourceItem, open_source
+from occsynth.sources.folder import FolderSource
+from occsynth.sources.tar import TarSource
 
 
 @pytest.fixture(autouse=True)
@@ -427,7 +429,7 @@ def test_embedded_source_holds_four_real_photos():
 
 
 def test_embedded_missing_file_names_the_package(monkeypatch, tmp_path):
-    import occsynth.embedded as embedded
+    import occsynth.sources.embedded as embedded
 
     monkeypatch.setattr(embedded, "_package_dir", lambda package: tmp_path)
     with pytest.raises(SourceError, match="scikit-image"):

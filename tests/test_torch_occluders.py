@@ -13,7 +13,7 @@ from occsynth.occluders import Composer
 from occsynth.occluders import geometric as G
 from occsynth.occluders.torch_ops import TemplateBank, TorchOccluder, kth_smallest
 from occsynth.seeding import make_rng
-from occsynth.templates import get_template
+from occsynth.faces.templates import get_template
 
 FAMILIES = ("block", "rectangle", "ellipse", "polygon", "blob", "pieces")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from occsynth import _torchvision_compat as compat
+from occsynth.faces import _torchvision_compat as compat
 
 
 def _is_tv(name: str) -> bool:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from occsynth import __version__, contract
-from occsynth.image_io import encode_image, encode_mask
+from occsynth.io.images import encode_image, encode_mask
 from occsynth.pipeline import dataset_stats
 from occsynth.protocols.pairs import Pair, write_pairs_jsonl
-from occsynth.shards import ShardWriter
-from occsynth.templates import get_template
+from occsynth.io.tar import ShardWriter
+from occsynth.faces.templates import get_template
 
 TEMPLATE = get_template("arcface-112x112")
 W, H = TEMPLATE.width, TEMPLATE.height

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from occsynth import contract
-from occsynth.templates import get_template
+from occsynth.faces.templates import get_template
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import click
 
-from .. import contract
-from ..pipeline import BuildConfig, PlannedSample
-from ..protocols.ar import ar_protocol
-from ..protocols.identification import write_protocol_json
-from ..protocols.mf1 import GALLERY_MODES, mf1_protocol
-from ..protocols.mfr2 import read_mfr2_pairs
-from ..protocols.pairs import check_pairs_against, write_pairs_jsonl
-from ..sources import CombinedSource, open_source
-from .registry import Builder, BuildJob, register_builder
+from occsynth import contract
+from occsynth.pipeline import BuildConfig, PlannedSample
+from occsynth.protocols.ar import ar_protocol
+from occsynth.protocols.identification import write_protocol_json
+from occsynth.protocols.mf1 import GALLERY_MODES, mf1_protocol
+from occsynth.protocols.mfr2 import read_mfr2_pairs
+from occsynth.protocols.pairs import check_pairs_against, write_pairs_jsonl
+from occsynth.sources import open_source
+from occsynth.sources.combined import CombinedSource
+from occsynth.builders.registry import Builder, BuildJob, register_builder
 
 
 def one_sample_per_image(items, specs_of, tag: str) -> list[PlannedSample]:

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from .. import contract
-from ..pipeline import BuildConfig, PlannedSample
-from ..protocols.lfw import read_lfw_pairs
-from ..sources import open_source
-from .registry import Builder, BuildJob, register_builder
+from occsynth import contract
+from occsynth.pipeline import BuildConfig, PlannedSample
+from occsynth.protocols.lfw import read_lfw_pairs
+from occsynth.sources import open_source
+from occsynth.builders.registry import Builder, BuildJob, register_builder
 
 PAIRS_FILE = "pairs.jsonl"
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from ..pipeline import BuildConfig, PlannedSample
+from occsynth.pipeline import BuildConfig, PlannedSample
 
 DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "definitions"
 
@@ -63,7 +63,7 @@ def register_builder(cls: type[Builder]) -> type[Builder]:
 
 
 def list_builders() -> dict[str, Builder]:
-    from . import identification, lfw, training  # noqa: F401  (they register on import)
+    from occsynth.builders import identification, lfw, training  # noqa: F401  (they register on import)
 
     return dict(sorted(_BUILDERS.items()))
 

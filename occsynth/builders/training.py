@@ -6,9 +6,9 @@ import dataclasses
 
 import click
 
-from ..pipeline import BuildConfig, PlannedSample
-from ..sources import open_source
-from .registry import Builder, BuildJob, register_builder
+from occsynth.pipeline import BuildConfig, PlannedSample
+from occsynth.sources import open_source
+from occsynth.builders.registry import Builder, BuildJob, register_builder
 
 SRC_OPTIONS = [
     click.option("--src", required=True, type=click.Path(exists=True),
@@ -58,7 +58,7 @@ class OccTrain(Builder):
 
     def jobs(self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str,
              spec: str | None) -> list[BuildJob]:
-        from ..occluders import load_spec
+        from occsynth.occluders import load_spec
 
         clean, occluded = parse_ratio(clean_occluded)
         source = open_source(src)

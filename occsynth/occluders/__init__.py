@@ -5,9 +5,9 @@ polygon, blob, pieces, grid_cell), object templates (object + one name per categ
 importers of third-party template sets, 3D face masks (mask3d), and fit_area, which sizes any
 of them to a target area. `TorchOccluder` (torch_ops) applies the same specs to GPU batches.
 """
-from .base import Occluder, Occlusion, create_occluder, list_occluders, register_occluder, sample_value
-from .compose import Composer, load_spec, occlude, parse_cli_spec, replay
-from .presets import get_preset, list_presets
+from occsynth.occluders.base import Occluder, Occlusion, create_occluder, list_occluders, register_occluder, sample_value
+from occsynth.occluders.compose import Composer, load_spec, occlude, parse_cli_spec, replay
+from occsynth.occluders.presets import get_preset, list_presets
 
 __all__ = [
     "Composer",

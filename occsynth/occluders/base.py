@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from ..contract import MASK_OCCLUDED
+from occsynth.contract import MASK_OCCLUDED
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Occlusion:
 
     @property
     def ratio(self) -> float:
-        from ..contract import occlusion_ratio
+        from occsynth.contract import occlusion_ratio
 
         return occlusion_ratio(self.mask)
 

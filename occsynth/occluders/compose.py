@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import MASK_VISIBLE
-from .base import Occlusion, create_occluder
+from occsynth.contract import MASK_VISIBLE
+from occsynth.occluders.base import Occlusion, create_occluder
 
 Spec = Any
 
@@ -89,7 +89,7 @@ _ATOM = re.compile(r"^([A-Za-z_][\w\-]*)\s*(?:\((.*)\))?$", re.S)
 
 
 def _parse_atom(text: str) -> Spec:
-    from .presets import get_preset, is_preset
+    from occsynth.occluders.presets import get_preset, is_preset
 
     if is_preset(text):
         return get_preset(text)
@@ -133,7 +133,7 @@ def load_spec(value: Spec) -> Spec:
 
         return yaml.safe_load(text)
     if isinstance(value, str):
-        from .presets import get_preset, is_preset
+        from occsynth.occluders.presets import get_preset, is_preset
 
         if is_preset(value):
             return get_preset(value)
@@ -162,7 +162,7 @@ def compile_tree(spec: Spec, leaf) -> tuple:
             raise ValueError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
         return ("mix", weights / weights.sum(), [compile_tree(b.get("spec"), leaf) for b in branches])
     if "preset" in spec:
-        from .presets import get_preset
+        from occsynth.occluders.presets import get_preset
 
         return compile_tree(get_preset(spec["preset"]), leaf)
     if "name" in spec:
@@ -209,14 +209,14 @@ class Composer:
 def _spec_params_json(params: dict) -> str:
     """An occluder's parameters as JSON, so records stay JSON (a Path given as a parameter is
     recorded as its string, which rebuilds the same occluder)."""
-    from ..contract import _jsonable
+    from occsynth.contract import _jsonable
 
     return json.dumps(_jsonable(params), default=str, sort_keys=True)
 
 
 def occlude(image: np.ndarray, landmarks: np.ndarray, spec: Spec, seed: int) -> Occlusion:
     """Occlude one aligned face. The same (image, landmarks, spec, seed) gives the same output."""
-    from ..seeding import make_rng
+    from occsynth.seeding import make_rng
 
     return Composer(spec)(image, np.asarray(landmarks, dtype=np.float64), make_rng(seed))
 
@@ -229,8 +229,8 @@ def replay(image: np.ndarray, landmarks: np.ndarray, records: list[dict]) -> Occ
     whose sampling draws as much for a scalar as for a range, e.g. all geometric ones but block)
     and run with its "seed", in order. Raises ValueError when a replayed occluder's concrete
     parameters differ from its record, i.e. the replay would not be the original."""
-    from ..contract import MASK_OCCLUDED, dumps
-    from ..seeding import make_rng
+    from occsynth.contract import MASK_OCCLUDED, dumps
+    from occsynth.seeding import make_rng
 
     lm = np.asarray(landmarks, dtype=np.float64)
     result = Occlusion(image=image, mask=np.full(image.shape[:2], MASK_VISIBLE, dtype=np.uint8), records=[])
@@ -250,7 +250,7 @@ def replay(image: np.ndarray, landmarks: np.ndarray, records: list[dict]) -> Occ
 
 
 def _rebuild(record: dict):
-    from .base import list_occluders
+    from occsynth.occluders.base import list_occluders
 
     if "spec_params" in record:
         return create_occluder(record["name"], **record["spec_params"])

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .base import Occluder, register_occluder, sample_value
+from occsynth.occluders.base import Occluder, register_occluder, sample_value
 
 FILLS = ("black", "white", "noise", "mean", "texture")
 OVERFLOW = ("clip", "shrink")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Occluder, register_occluder, sample_value
-from .geometric import fill_pixels
+from occsynth.occluders.base import Occluder, register_occluder, sample_value
+from occsynth.occluders.geometric import fill_pixels
 
 CENTRAL_CELLS_5x5 = (6, 7, 8, 11, 12, 13, 16, 17, 18)
 

@@ -27,19 +27,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import register_occluder, sample_value
-from .objects import (
+from occsynth.occluders.base import register_occluder, sample_value
+from occsynth.faces.geometry import compose_about, face_axes, face_point, inter_ocular, similarity_matrix
+from occsynth.occluders.objects import (
     Template,
     TemplateOccluder,
     _choose,
-    compose_about,
-    face_axes,
-    face_point,
-    inter_ocular,
     load_rgba,
     make_template,
     region_centre,
-    similarity_lstsq,
 )
 
 FACE_WIDTH_IOD = 2.2  # face width (cheek to cheek) in inter-ocular distances, for size factors
@@ -209,7 +205,7 @@ class Ocfr2022(TemplateOccluder):
             span = float(np.ptp(src[:, 0])) or float(entry.template.size[0])
             src[:, 0] += rng.normal(0.0, jitter * span, size=len(src))
         dst = np.asarray(landmarks, dtype=np.float64)[indices]
-        matrix = similarity_lstsq(src, dst)
+        matrix = similarity_matrix(src, dst)
         return entry.template, matrix, {"template": entry.file, "region": entry.region,
                                         "anchor_jitter": jitter, "anchors": src.tolist()}
 
@@ -286,7 +282,7 @@ def maskthefaces_face_points(landmarks: np.ndarray) -> np.ndarray:
 
 
 def _yaw(landmarks: np.ndarray) -> float:
-    from .mask3d import estimate_pose
+    from occsynth.occluders.mask3d import estimate_pose
 
     return float(estimate_pose(landmarks)["yaw"])
 

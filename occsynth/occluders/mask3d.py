@@ -33,10 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..bank import asset_dir, shape_sheet, tube
-from ..seeding import derive_seed, make_rng
-from .base import Occluder, register_occluder, sample_value
-from .objects import _compose_fast, _pad, _similarity_fast, load_rgba, make_template, paste, warp_roi
+from occsynth.bank import asset_dir, shape_sheet, tube
+from occsynth.seeding import derive_seed, make_rng
+from occsynth.occluders.base import Occluder, register_occluder, sample_value
+from occsynth.faces.geometry import compose_fast, similarity
+from occsynth.occluders.objects import _pad, load_rgba, make_template, paste, warp_roi
 
 MODEL_POINTS = np.array(
     [
@@ -189,7 +190,7 @@ def _texture(kind: str, style: str, rng: np.random.Generator) -> tuple[np.ndarra
     """Texture over the outline raster (rows = y down) and the loop colour."""
     from scipy import ndimage
 
-    from ..bank import _fabric_texture, tex_noise
+    from occsynth.bank import _fabric_texture, tex_noise
 
     outline = _outline(kind)
     h, w = outline.shape
@@ -259,7 +260,7 @@ def face_mask_parts(kind: str, rng: np.random.Generator, style: str | Sequence[f
     None draws one of DEFAULT_STYLES[kind] from `rng`. straps="front" keeps only the part of
     the loops/straps in front of the ears, for renders without the head proxy that hides the
     rest (the object template bank)."""
-    from ..render import Part
+    from occsynth.render import Part
 
     if kind not in KINDS:
         raise ValueError(f"unknown mask kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -292,7 +293,7 @@ def face_mask_parts(kind: str, rng: np.random.Generator, style: str | Sequence[f
             else:
                 parts.append(Part(tube(path, 1.1, sides=8), color=loop_color, roughness=0.8))
     if kind == "n95" and rng.random() < 0.4:  # an exhalation valve
-        from ..bank import slab, superellipse
+        from occsynth.bank import slab, superellipse
 
         valve, _ = slab(superellipse(40, 12, 11, 3.0), 6.0)
         valve.faces = valve.faces[:, ::-1]  # slab faces +z; the viewer is at -z here
@@ -310,7 +311,7 @@ def model_to_face_cm() -> np.ndarray:
 
 def head_proxy():
     """The head ellipsoid (model frame) that hides what lies behind the head."""
-    from ..bank import ellipsoid
+    from occsynth.bank import ellipsoid
 
     (c, r) = HEAD
     return ellipsoid(r, c, subdivisions=3)
@@ -319,7 +320,7 @@ def head_proxy():
 # ----------------------------------------------------------------------------- rendering
 
 def _light(rng: np.random.Generator | None):
-    from ..render import Light
+    from occsynth.render import Light
 
     if rng is None:
         return Light(direction=(-0.2, -0.35, -1.0), intensity=2.2, ambient=0.3)
@@ -331,7 +332,7 @@ def render_posed(parts, rotation: np.ndarray, scale: float, translation: Sequenc
                  size: tuple[int, int], light=None, supersample: int = 2) -> np.ndarray:
     """Render model-frame parts at pixel positions s R X + t into a (W, H) RGBA image; the
     head proxy hides loops behind the head."""
-    from ..render import Part, render_pixel_space
+    from occsynth.render import Part, render_pixel_space
 
     m = np.eye(4)
     m[:3, :3] = scale * np.asarray(rotation)
@@ -515,9 +516,9 @@ class FaceMask3D(Occluder):
                 raise ValueError(f"the pose bank at {bank.root} has no {kind!r} mask in style {style!r}")
             index = bank.nearest(candidates, pose["yaw"], pose["pitch"], pose["roll"])
             lm = np.asarray(landmarks, dtype=np.float64).tolist()
-            base = _similarity_fast(bank.anchor_lists[index], lm)
+            base = similarity(bank.anchor_lists[index], lm)
             cx, cy = (lm[2][0] + lm[3][0] + lm[4][0]) / 3.0, (lm[2][1] + lm[3][1] + lm[4][1]) / 3.0
-            matrix = _compose_fast(base, cx, cy, scale, 0.0, 0.0, 0.0)
+            matrix = compose_fast(base, cx, cy, scale, 0.0, 0.0, 0.0)
             warped = warp_roi(bank.templates[index].rgba, matrix, image.shape[:2], margin=_pad(feather))
             concrete.update(style=style, render=bank.renders[index]["file"], matrix=matrix.ravel().tolist(),
                             bank_dir=None if self.params["bank_dir"] is None else str(self.params["bank_dir"]))

@@ -19,13 +19,14 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ..bank import CATEGORIES, REGION_CENTERS, REGIONS, default_bank_dir, load_bank_index
-from .base import Occluder, register_occluder, sample_value
+from occsynth.faces.geometry import compose_fast, face_points_fast, similarity
+from occsynth.bank import CATEGORIES, REGION_CENTERS, REGIONS, default_bank_dir, load_bank_index
+from occsynth.occluders.base import Occluder, register_occluder, sample_value
 
 SPLITS = ("train", "eval", "any")
 ALPHA_HALF = 128  # uint8 alpha >= 128 <=> alpha >= 0.5 (128/255 = 0.502; 127/255 = 0.498)
@@ -34,96 +35,6 @@ RANDOM_BOX = ((-0.7, 0.7), (-0.6, 1.3))
 
 
 # ----------------------------------------------------------------------------- face geometry
-
-def face_axes(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(eye midpoint E, x axis = right_eye - left_eye, y axis = mouth_mid - E)."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    e = (lm[0] + lm[1]) * 0.5
-    return e, lm[1] - lm[0], (lm[3] + lm[4]) * 0.5 - e
-
-
-def face_point(landmarks: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Image coordinates of face-frame points (k, 2)."""
-    e, ax, ay = face_axes(landmarks)
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return e + pts[:, :1] * ax + pts[:, 1:] * ay
-
-
-def inter_ocular(landmarks: np.ndarray) -> float:
-    lm = np.asarray(landmarks, dtype=np.float64)
-    return float(math.hypot(*(lm[1] - lm[0])))
-
-
-def similarity_lstsq(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2x3 similarity (rotation, uniform scale, translation; no reflection) mapping src onto
-    dst in the least-squares sense (Umeyama); exact for two points."""
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    # complex-number form: dst ~ z * src, z = sum(conj(s) d) / sum(|s|^2)
-    a = float(np.sum(s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1]))
-    b = float(np.sum(s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]))
-    norm = float(np.sum(s * s))
-    if norm <= 1e-12:
-        raise ValueError("similarity needs at least two distinct source points")
-    a, b = a / norm, b / norm
-    m = np.array([[a, -b, 0.0], [b, a, 0.0]])
-    m[:, 2] = md - m[:, :2] @ ms
-    return m
-
-
-def compose_about(m: np.ndarray, centre: np.ndarray, scale: float, angle_deg: float, shift: Sequence[float]) -> np.ndarray:
-    """Follow the 2x3 map `m` by a scale and rotation about `centre` and a shift (pixels);
-    positive angles turn clockwise on screen (y points down)."""
-    t = math.radians(angle_deg)
-    r = scale * np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    c = np.asarray(centre, dtype=np.float64)
-    out = np.empty((2, 3))
-    out[:, :2] = r @ m[:, :2]
-    out[:, 2] = r @ (m[:, 2] - c) + c + np.asarray(shift, dtype=np.float64)
-    return out
-
-
-def _similarity_fast(src: list, dst: list) -> list[float]:
-    """similarity_lstsq on a few points in plain floats (numpy's per-call overhead dominates
-    at this size); returns the 2x3 matrix row-major."""
-    n = len(src)
-    msx = sum(p[0] for p in src) / n
-    msy = sum(p[1] for p in src) / n
-    mdx = sum(p[0] for p in dst) / n
-    mdy = sum(p[1] for p in dst) / n
-    a = b = norm = 0.0
-    for (sx, sy), (dx, dy) in zip(src, dst):
-        sx, sy, dx, dy = sx - msx, sy - msy, dx - mdx, dy - mdy
-        a += sx * dx + sy * dy
-        b += sx * dy - sy * dx
-        norm += sx * sx + sy * sy
-    if norm <= 1e-12:
-        raise ValueError("similarity needs at least two distinct source points")
-    a, b = a / norm, b / norm
-    return [a, -b, mdx - a * msx + b * msy, b, a, mdy - b * msx - a * msy]
-
-
-def _face_points_fast(lm: list, points: list) -> list[tuple[float, float]]:
-    """face_point in plain floats; `lm` is landmarks.tolist()."""
-    (lx, ly), (rx, ry), _, (mlx, mly), (mrx, mry) = lm
-    ex, ey = (lx + rx) * 0.5, (ly + ry) * 0.5
-    ax, ay = rx - lx, ry - ly
-    bx, by = (mlx + mrx) * 0.5 - ex, (mly + mry) * 0.5 - ey
-    return [(ex + fx * ax + fy * bx, ey + fx * ay + fy * by) for fx, fy in points]
-
-
-def _compose_fast(m: list[float], cx: float, cy: float, scale: float, angle_deg: float, sx: float, sy: float) -> np.ndarray:
-    """compose_about in plain floats, returning the 2x3 numpy matrix."""
-    t = math.radians(angle_deg)
-    c, s = scale * math.cos(t), scale * math.sin(t)
-    a, b, tx, d, e, ty = m
-    return np.array([
-        [c * a - s * d, c * b - s * e, c * (tx - cx) - s * (ty - cy) + cx + sx],
-        [s * a + c * d, s * b + c * e, s * (tx - cx) + c * (ty - cy) + cy + sy],
-    ])
-
 
 # ----------------------------------------------------------------------------- templates
 
@@ -402,19 +313,19 @@ class ObjectOccluder(TemplateOccluder):
         meta = template.meta
         anchor = meta["anchor"]
         lm = np.asarray(landmarks, dtype=np.float64).tolist()
-        targets = _face_points_fast(lm, anchor["face_points"])
+        targets = face_points_fast(lm, anchor["face_points"])
         region = _choose(self.params["region"], rng) or meta["region"]
         if region != meta["region"]:
-            (nx, ny), (ox, oy) = _face_points_fast(lm, [region_centre(region, rng), REGION_CENTERS[meta["region"]]])
+            (nx, ny), (ox, oy) = face_points_fast(lm, [region_centre(region, rng), REGION_CENTERS[meta["region"]]])
             targets = [(x + nx - ox, y + ny - oy) for x, y in targets]
-        base = _similarity_fast(anchor["points"], targets)
+        base = similarity(anchor["points"], targets)
         scale = float(sample_value(self.params["scale"], rng))
         angle = float(sample_value(self.params["rotation"], rng))
         jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
         shift = rng.uniform(-jitter, jitter, size=2).tolist() if jitter > 0 else [0.0, 0.0]
         cx = sum(p[0] for p in targets) / len(targets)
         cy = sum(p[1] for p in targets) / len(targets)
-        matrix = _compose_fast(base, cx, cy, scale, angle, shift[0], shift[1])
+        matrix = compose_fast(base, cx, cy, scale, angle, shift[0], shift[1])
         concrete = {
             "category": meta["category"],
             "template": template.name,

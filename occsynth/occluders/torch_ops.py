@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import geometric as G
-from .compose import compile_tree, load_spec
+from occsynth.occluders import geometric as G
+from occsynth.occluders.compose import compile_tree, load_spec
 
 Tensor = torch.Tensor
 

@@ -46,7 +46,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .identification import Protocol
+from occsynth.protocols.identification import Protocol
 
 __all__ = [
     "ARImage",

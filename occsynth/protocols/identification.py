@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .. import contract
-from .pairs import _atomic_write_text
+from occsynth import contract
+from occsynth.protocols.pairs import _atomic_write_text
 
 __all__ = ["Protocol", "PROTOCOL_FILE", "protocol_document", "write_protocol_json"]
 

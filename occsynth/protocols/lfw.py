@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .pairs import Pair, write_pairs_txt  # noqa: F401  (write_pairs_txt: LFW's own format)
+from occsynth.protocols.pairs import Pair, write_pairs_txt  # noqa: F401  (write_pairs_txt: LFW's own format)
 
 __all__ = [
     "lfw_sample_id",

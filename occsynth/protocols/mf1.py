@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from .identification import Protocol
+from occsynth.protocols.identification import Protocol
 
 __all__ = ["GALLERY_MODES", "mf1_protocol", "rotations"]
 

@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from . import lfw
-from .pairs import Pair
-from .lfw import _check_name, _number  # the same image-number and name rules as LFW
+from occsynth.protocols import lfw
+from occsynth.protocols.pairs import Pair
+from occsynth.protocols.lfw import _check_name, _number  # the same image-number and name rules as LFW
 
 __all__ = ["read_mfr2_pairs", "MFR2_EXT"]
 

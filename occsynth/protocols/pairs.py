@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .. import contract
+from occsynth import contract
 
 __all__ = [
     "PAIRS_FILE",

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import __version__
-from .shards import sha256_file
+from occsynth import __version__
+from occsynth.io.tar import sha256_file
 
 __all__ = ["FetchError", "KNOWN_DATASETS", "RemoteFile", "fetch", "fetch_dataset"]
 

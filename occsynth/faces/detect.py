@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from .contract import round_points
+from occsynth.contract import round_points
 
 POLICIES = ("center", "largest")
 
@@ -109,7 +109,7 @@ class FaceDetector:
         # select_face only, and their workers then start without importing torch (~4 s each).
         import torch
 
-        from ._torchvision_compat import load_mtcnn_class
+        from occsynth.faces._torchvision_compat import load_mtcnn_class
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .image_io import ImageLoadError
-from .sources import Source, SourceError, SourceItem
+from occsynth.io.images import ImageLoadError
+from occsynth.sources._registry import SOURCES
+from occsynth.sources.base import Source, SourceError, SourceItem
 
 __all__ = [
     "MAGIC",
@@ -247,6 +249,7 @@ def _read_idx(path: Path) -> dict[int, int]:
     return offsets
 
 
+@SOURCES.register("recordio")
 class RecordIOSource(Source):
     """A ``.rec`` as an occsynth source: one item per image record, identity = str(class label).
 
@@ -256,6 +259,15 @@ class RecordIOSource(Source):
     """
 
     kind = "recordio"
+    priority = 10
+
+    @classmethod
+    def claims(cls, spec, path, st) -> bool:
+        return st is not None and stat.S_ISREG(st.st_mode) and path.suffix == ".rec"  # insightface train.rec (+ .idx)
+
+    @classmethod
+    def open(cls, spec, path, cache_dir) -> "RecordIOSource":
+        return cls(path)
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
         try:

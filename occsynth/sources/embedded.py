@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .image_io import ImageLoadError
-from .sources import Source, SourceError, SourceItem
+from occsynth.io.images import ImageLoadError
+from occsynth.sources._registry import SOURCES
+from occsynth.sources.base import Source, SourceError, SourceItem
 
 __all__ = ["EMBEDDED_IMAGES", "EmbeddedImage", "EmbeddedSource"]
 
@@ -65,10 +66,20 @@ def _locate(image: EmbeddedImage) -> Path:
     return path
 
 
+@SOURCES.register("embedded")
 class EmbeddedSource(Source):
     """Same API as every Source; ``member`` is the absolute path of the installed file."""
 
     kind = "embedded"
+    priority = 0
+
+    @classmethod
+    def claims(cls, spec, path, st) -> bool:
+        return isinstance(spec, str) and spec == "embedded"
+
+    @classmethod
+    def open(cls, spec, path, cache_dir) -> "EmbeddedSource":
+        return cls()
 
     def __init__(self) -> None:
         items = []

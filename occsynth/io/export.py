@@ -32,9 +32,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from . import contract
-from .protocols.pairs import PAIRS_FILE, Pair, read_pairs_jsonl, write_pairs_txt
-from .shards import iter_shard
+from occsynth import contract
+from occsynth.protocols.pairs import PAIRS_FILE, Pair, read_pairs_jsonl, write_pairs_txt
+from occsynth.io.tar import iter_shard
 
 __all__ = ["FORMATS", "BIN_PICKLE_PROTOCOL", "export", "iter_samples"]
 

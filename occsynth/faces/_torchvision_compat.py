@@ -114,7 +114,7 @@ def _install_fallback() -> None:
         del sys.modules[name]
 
     def package(name: str) -> types.ModuleType:
-        module = types.ModuleType(name, "occsynth stand-in for torchvision (see occsynth._torchvision_compat)")
+        module = types.ModuleType(name, "occsynth stand-in for torchvision (see occsynth.faces._torchvision_compat)")
         module.__path__ = []  # a package, so that submodule imports resolve through sys.modules
         setattr(module, _FALLBACK_MARK, True)
         sys.modules[name] = module

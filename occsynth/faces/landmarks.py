@@ -1,20 +1,45 @@
-"""A machine-wide store of detections, keyed by the sha256 of each source file's bytes.
+"""Stored detections: landmarks.jsonl files and the machine-wide store, keyed by the sha256 of
+each source file's bytes.
 
 A dataset is detected once: every build adds its new detections here, and later builds of the
 same images (from a folder, an archive, a renamed copy) reuse them instead of running MTCNN.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Iterable
 
-from . import contract
+from occsynth import contract
+from occsynth.io.cache import cache_dir
+
+
+def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
+    """sha256 of the source file -> detection record, from landmarks.jsonl files.
+
+    Keyed by content, so detections made on a folder are reused for the same images in an
+    archive, and a renamed file keeps its landmarks."""
+    store: dict[str, dict] = {}
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "landmarks.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"landmarks file not found: {path}")
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                        store[record["sha256"]] = record
+                    except (ValueError, KeyError) as exc:
+                        raise ValueError(f"{path}:{line_no}: not a landmarks record ({exc})") from None
+    return store
 
 
 class LandmarkCache:
     def __init__(self, directory: str | Path | None = None):
-        from .cache import cache_dir
-
         self.path = Path(cache_dir(directory)) / "landmarks.jsonl"
 
     def update_from(self, landmarks_jsonl: str | Path) -> int:
@@ -22,8 +47,6 @@ class LandmarkCache:
         landmarks_jsonl = Path(landmarks_jsonl)
         if not landmarks_jsonl.exists():
             return 0
-        from .pipeline import load_landmarks
-
         known = load_landmarks([self.path]) if self.path.exists() else {}
         fresh = {k: v for k, v in load_landmarks([landmarks_jsonl]).items() if known.get(k) != v}
         if not fresh:

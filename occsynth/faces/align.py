@@ -1,4 +1,4 @@
-"""Similarity alignment of a face onto a 5-point template (occsynth.templates).
+"""Similarity alignment of a face onto a 5-point template (occsynth.faces.templates).
 
 The warp follows the insightface convention: least-squares similarity from the 5 detected
 landmarks to the template points, cv2.warpAffine with bilinear sampling and a black border.
@@ -8,8 +8,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .contract import round_points
-from .templates import AlignTemplate
+from occsynth.contract import round_points
+from occsynth.faces.geometry import similarity_matrix, transform_points
+from occsynth.faces.templates import AlignTemplate
 
 # Where the subject's face sits in LFW deep-funneled (250x250), measured on MTCNN detections
 # ("center" policy) in 400 LFW images (every 33rd of the archive), fitting the ArcFace
@@ -33,42 +34,24 @@ def _points(name: str, value) -> np.ndarray:
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation; never a reflection)
-    mapping ``src`` onto ``dst``, as a float64 (2, 3) matrix for cv2.warpAffine.
-
-    In 2-D, Umeyama's solution has a closed form: with points as complex numbers z, the
-    optimum of sum |a*z_src + b - z_dst|^2 is a = sum(conj(zs) * zd) / sum(|zs|^2) over the
-    centred points, a = scale * exp(i * angle). No SVD, so no sign ambiguity: deterministic.
-    """
+    mapping ``src`` onto ``dst``, as a float64 (2, 3) matrix for cv2.warpAffine: the project's
+    one fit (geometry.similarity), behind the checks a user's landmarks need."""
     src = _points("src", src)
     dst = _points("dst", dst)
     if src.shape != dst.shape:
         raise ValueError(f"src and dst must have the same shape, got {src.shape} and {dst.shape}")
     if len(src) < 2:
         raise ValueError(f"a similarity needs at least 2 point pairs, got {len(src)}")
-    zs = src[:, 0] + 1j * src[:, 1]
-    zd = dst[:, 0] + 1j * dst[:, 1]
-    zs_c = zs - zs.mean()
-    zd_c = zd - zd.mean()
-    spread_src = float(np.sum(np.abs(zs_c) ** 2))
-    # Relative test: coordinates of any magnitude, coincidence up to float noise.
-    if spread_src <= 1e-18 * max(1.0, float(np.max(np.abs(zs))) ** 2) * len(zs):
-        raise ValueError("src points coincide: a similarity is not defined")
-    if float(np.sum(np.abs(zd_c) ** 2)) <= 1e-18 * max(1.0, float(np.max(np.abs(zd))) ** 2) * len(zd):
-        raise ValueError("dst points coincide: the similarity would collapse to a point")
-    a = np.sum(np.conj(zs_c) * zd_c) / spread_src
-    if abs(a) == 0.0:
+    # Relative tests: coordinates of any magnitude, coincidence up to float noise.
+    for name, pts in (("src", src), ("dst", dst)):
+        spread = float(np.sum((pts - pts.mean(axis=0)) ** 2))
+        if spread <= 1e-18 * max(1.0, float(np.max(np.abs(pts)))) ** 2 * len(pts):
+            raise ValueError("src points coincide: a similarity is not defined" if name == "src" else
+                             "dst points coincide: the similarity would collapse to a point")
+    m = similarity_matrix(src, dst)
+    if m[0, 0] == 0.0 and m[1, 0] == 0.0:
         raise ValueError("src and dst are uncorrelated: the least-squares similarity has zero scale")
-    b = zd.mean() - a * zs.mean()
-    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], dtype=np.float64)
-
-
-def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine matrix to (N, 2) points."""
-    pts = _points("points", points)
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (2, 3):
-        raise ValueError(f"matrix must be 2x3, got shape {m.shape}")
-    return pts @ m[:, :2].T + m[:, 2]
+    return m
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,76 @@
+"""Rebuild every LFW benchmark named in benchmarks/locks/ and compare it with its lock.
+
+    python benchmarks/check_locks.py [--only lfw-occ-0.43,lfw-block] [--workers 2] [--keep DIR]
+
+Each lock records its build and options; the build is rerun with `--check LOCK` into a
+temporary folder (detections come from the machine-wide landmark cache, so only the first
+build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import LFW_TGZ, SHARED_DATA  # noqa: E402
+
+# options a lock records that are not build flags, or are spelled differently
+_SKIP = {"lfw", "pairs", "device", "landmark_files", "no_cache"}
+_FLAGS = {"image_format": "--format"}
+
+
+def build_args(lock: dict) -> list[str]:
+    args = ["build", lock["build"]]
+    for key, value in sorted(lock["options"].items()):
+        if key in _SKIP or value is None or value == "" or value is False:
+            continue
+        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--keep", default=None, help="build into this folder and keep it")
+    args = parser.parse_args()
+    if not LFW_TGZ.exists():
+        print(f"SKIP: {LFW_TGZ} not found (real LFW needed)")
+        return 0
+    only = {s for s in args.only.split(",") if s}
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="occsynth-locks-"))
+    failed = 0
+    try:
+        for path in sorted((HERE / "locks").glob("*.lock.json")):
+            name = path.name[: -len(".lock.json")]
+            if only and name not in only:
+                continue
+            lock = json.loads(path.read_text())
+            cmd = [sys.executable, "-m", "occsynth.cli", *build_args(lock), "--lfw", str(LFW_TGZ),
+                   "--pairs", str(SHARED_DATA / "lfw" / "pairs.txt"), "--workers", str(args.workers), "--quiet",
+                   "--out", str(work / name), "--check", str(path)]
+            t0 = time.perf_counter()
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            ok = run.returncode == 0
+            failed += not ok
+            detail = "" if ok else " | " + " ".join((run.stderr or run.stdout).strip().splitlines()[-3:])[:400]
+            print(f"{name}: {'identical' if ok else 'DIFFERS'} ({seconds:.1f} s){detail}", flush=True)
+            if not args.keep:
+                shutil.rmtree(work / name, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
