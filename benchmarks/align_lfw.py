@@ -34,7 +34,7 @@ def main() -> int:
         print(f"SKIP: {tgz} not found (real LFW needed for this benchmark)")
         return 0
 
-    from occsynth.pipeline import BuildConfig, build, plan_align
+    from occsynth.build import BuildConfig, build, plan_align
     from occsynth.sources import open_source
 
     work = Path(tempfile.mkdtemp(prefix="occsynth-bench-"))

@@ -1,6 +1,6 @@
 """Preview sheets of the occluder families on real faces, with the mask beside each sample.
 
-    python benchmarks/make_previews.py [--lfw PATH] [--third-party PATH] [--out assets/previews]
+    python benchmarks/make_previews.py [--lfw PATH] [--third-party PATH] [--out docs/previews]
 
 Faces: LFW deep-funneled images (../shared/data/lfw/lfw-deepfunneled.tgz), landmarks by the
 project's MTCNN detector, aligned to the ArcFace 112x112 template by a similarity; without
@@ -21,11 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from occsynth.bank import CATEGORIES  # noqa: E402
+from occsynth.assets.catalog import CATEGORIES  # noqa: E402
 from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
 from occsynth.faces.geometry import similarity_matrix  # noqa: E402
-from occsynth.preview import overlay_mask  # noqa: E402
+from occsynth.inspect.preview import overlay_mask  # noqa: E402
 from occsynth.seeding import derive_seed, make_rng  # noqa: E402
 from occsynth.faces.templates import get_template  # noqa: E402
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lfw", type=Path, default=SHARED / "lfw" / "lfw-deepfunneled.tgz")
     ap.add_argument("--third-party", type=Path, default=SHARED / "third_party")
-    ap.add_argument("--out", type=Path, default=ROOT / "assets" / "previews")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "previews")
     ap.add_argument("--importers-out", type=Path, default=ROOT / "out" / "previews")
     ap.add_argument("--faces", type=int, default=4)
     ap.add_argument("--no-direct", action="store_true", help="skip the per-image 3D rendering row")

@@ -167,9 +167,9 @@ def bench_coarse_dropout(faces, landmarks, min_time, min_iters):
 
 
 def bench_torch(faces, device: str, min_time: float, batch: int):
-    from occsynth.occluders.torch_ops import TemplateBank, TorchOccluder
+    from occsynth.occluders.torch import TensorBank, TorchOccluder
 
-    banks = {"default": synthetic_bank(TemplateBank)}
+    banks = {"default": synthetic_bank(TensorBank)}
 
     images = torch.from_numpy(faces).permute(0, 3, 1, 2)
     images = images.repeat((batch + len(faces) - 1) // len(faces), 1, 1, 1)[:batch].contiguous().to(device)
@@ -204,7 +204,7 @@ def bench_torch(faces, device: str, min_time: float, batch: int):
     return out
 
 
-def synthetic_bank(TemplateBank, count: int = 32, size: int = 96):
+def synthetic_bank(TensorBank, count: int = 32, size: int = 96):
     """Random opaque ellipses on transparent 96x96 RGBA: the torch `bank` op's cost does not
     depend on what the templates show (the project's rendered bank loads the same way)."""
     rng = np.random.default_rng(0)
@@ -216,7 +216,7 @@ def synthetic_bank(TemplateBank, count: int = 32, size: int = 96):
         rgba[..., :3] = rng.integers(0, 256, size=3)
         rgba[..., 3] = (((xx - size / 2) / a) ** 2 + ((yy - size / 2) / b) ** 2 <= 1) * 255
         arrays.append(rgba)
-    return TemplateBank.from_arrays(arrays)
+    return TensorBank.from_arrays(arrays)
 
 
 def main(argv=None) -> int:

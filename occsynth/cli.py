@@ -70,7 +70,7 @@ def main() -> None:
 
 def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep_clean: bool = False):
     """A BuildConfig from the shared build options (plus the detection cache unless --no-cache)."""
-    from occsynth.pipeline import BuildConfig
+    from occsynth.build import BuildConfig
 
     landmark_files = list(opts["landmark_files"])
     if not opts["no_cache"] and not aligned:
@@ -89,7 +89,7 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
 
 def run_job(config, plan, source, out: Path, opts: dict) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
-    from occsynth.pipeline import build
+    from occsynth.build import build
 
     manifest = build(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
                      command=_command_line(), progress=not opts["quiet"])
@@ -102,7 +102,7 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
 
 def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool,
               name: str, opts: dict) -> dict:
-    from occsynth.pipeline import plan_align
+    from occsynth.build import plan_align
     from occsynth.sources import open_source
 
     source = open_source(source_spec)
@@ -148,8 +148,8 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
 def demo(out, variants, **opts):
     """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
     with several families, write shards, verify them and draw a preview sheet."""
-    from occsynth.preview import write_preview
-    from occsynth.verify import verify_dataset
+    from occsynth.inspect.preview import write_preview
+    from occsynth.inspect.verify import verify_dataset
 
     manifest = run_build("embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False,
                          name="demo", opts=opts)
@@ -166,7 +166,7 @@ def demo(out, variants, **opts):
 @click.option("--no-decode", is_flag=True, help="Only check hashes and members, do not decode images.")
 def verify(directory, no_decode):
     """Re-hash the shards of DIRECTORY and check every sample against the data contract."""
-    from occsynth.verify import verify_dataset
+    from occsynth.inspect.verify import verify_dataset
 
     problems = verify_dataset(directory, decode=not no_decode)
     if problems:
@@ -185,7 +185,7 @@ def verify(directory, no_decode):
 @click.option("--every", type=int, default=1, show_default=True, help="Show every N-th sample.")
 def preview(directory, out, limit, columns, every):
     """Contact sheet of DIRECTORY's samples: image, and image with the occlusion mask overlaid."""
-    from occsynth.preview import write_preview
+    from occsynth.inspect.preview import write_preview
 
     click.echo(f"wrote {write_preview(directory, out, limit=limit, columns=columns, every=every)}")
 
@@ -194,12 +194,12 @@ class _BuildGroup(click.Group):
     """Subcommands come from the builder registry (occsynth/builders)."""
 
     def list_commands(self, ctx):
-        from occsynth.builders import list_builders
+        from occsynth.benchmarks import list_builders
 
         return list(list_builders())
 
     def get_command(self, ctx, name):
-        from occsynth.builders import list_builders
+        from occsynth.benchmarks import list_builders
 
         builder = list_builders().get(name)
         return None if builder is None else _builder_command(builder)
@@ -207,8 +207,8 @@ class _BuildGroup(click.Group):
 
 def _builder_command(builder):
     def run(**opts):
-        from occsynth.card import write_card
-        from occsynth.locks import compare_lock, make_lock
+        from occsynth.inspect.card import write_card
+        from occsynth.build.locks import compare_lock, make_lock
 
         out = Path(opts.pop("out"))
         check, write_lock = opts.pop("check"), opts.pop("write_lock")
@@ -257,7 +257,7 @@ def build():
     """Build a named benchmark or training set (see `occsynth build NAME --help`).
 
     Each definition, with the facts it reproduces and its source paper, is data in
-    benchmarks/definitions/NAME.yaml. Every build writes shards, pairs.jsonl or protocol.json,
+    occsynth/benchmarks/definitions/NAME.yaml. Every build writes shards, pairs.jsonl or protocol.json,
     card.md with plots, and can be checked against a committed lock (--check).
     """
 
@@ -290,7 +290,7 @@ def export(directory, out, fmt):
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def card(directory):
     """(Re)write DIRECTORY/card.md and its plots from the manifest, index and shards."""
-    from occsynth.card import write_card
+    from occsynth.inspect.card import write_card
 
     facts_path = Path(directory) / "build_facts.json"
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
@@ -299,13 +299,13 @@ def card(directory):
 
 @main.command("make-templates")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Bank directory (default: the project's assets/templates).")
+              help="Bank directory (default: the package's occsynth/assets/templates).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--variants", type=int, default=10, show_default=True, help="Templates per category.")
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""
-    from occsynth.bank import build_template_bank
+    from occsynth.authoring.objects import build_template_bank
 
     index = build_template_bank(out, seed=seed, variants=variants)
     click.echo(f"wrote {len(index['templates'])} templates")
@@ -313,13 +313,13 @@ def make_templates(out, seed, variants):
 
 @main.command("render-masks")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Pose bank directory (default: the project's assets/mask3d).")
+              help="Pose bank directory (default: the package's occsynth/assets/mask3d).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=float, default=56.0, show_default=True, help="Inter-ocular distance of the renders (px).")
 def render_masks(out, seed, size):
     """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
     the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
-    from occsynth.occluders.mask3d import render_mask_bank
+    from occsynth.authoring.masks import render_mask_bank
 
     index = render_mask_bank(out, seed=seed, size=size)
     click.echo(f"wrote {len(index['renders'])} renders")

@@ -391,9 +391,9 @@ class Batch:
 def load_online_occluder(spec: Any, device: torch.device):
     """The on-device occluder of occsynth (imported lazily: it is optional)."""
     try:
-        from occsynth.occluders.torch_ops import TorchOccluder
+        from occsynth.occluders.torch import TorchOccluder
     except ImportError as exc:
-        raise ImportError("data.online_occlusion needs occsynth.occluders.torch_ops.TorchOccluder, "
+        raise ImportError("data.online_occlusion needs occsynth.occluders.torch.TorchOccluder, "
                           f"which could not be imported ({exc})") from exc
     return TorchOccluder(spec, device)
 

@@ -3,7 +3,7 @@
 A benchmark is an occsynth dataset directory with, beside its shards:
   * pairs.jsonl (verification): {"pair", "fold", "issame", "a": key, "b": key, "flagged"} per
     pair; without it, pairs are rebuilt from the samples' extra {pair, fold, side, issame};
-  * protocol.json (identification, occsynth/protocols/identification.py): {"gallery": [keys],
+  * protocol.json (identification, occsynth/benchmarks/protocols/identification.py): {"gallery": [keys],
     "probes": {subset: [keys]}, "distractors": [keys], "identity": {key: identity}, "info":
     {"gallery_mode": ...}}; rank-1 per probe subset against gallery + distractors, or MegaFace's
     rotating gallery when info.gallery_mode is "rotate" (metrics.rank1_rotate).

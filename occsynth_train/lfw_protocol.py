@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 from occsynth.io.archive import iter_files, safe_extract
-from occsynth.protocols.lfw import read_lfw_pairs, write_pairs_txt
+from occsynth.benchmarks.protocols.lfw import read_lfw_pairs, write_pairs_txt
 
 
 def lfw_images(lfw: str | Path) -> dict[str, list[str]]:

@@ -44,7 +44,7 @@ def render_checked(occluder, face: np.ndarray, landmarks: np.ndarray, seed: int 
     """occluder.render(...) for a template occluder, checked: the mask is exactly the warped
     alpha >= one half, and no pixel changed outside the mask grown by the feather radius.
     Returns (image, mask, params)."""
-    from occsynth.occluders.objects import ALPHA_HALF, full_alpha
+    from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha
     from occsynth.seeding import make_rng
 
     out, mask, params, warped = occluder.render(face, landmarks, make_rng(seed))

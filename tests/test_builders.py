@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from occsynth.cli import main
-from occsynth.protocols.lfw import read_lfw_pairs
+from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 
 N = 20  # matched and mismatched pairs taken from fold 0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occsynth.card import (
+from occsynth.inspect.card import (
     CARD,
     FREQUENCY_NPY,
     PLOT_HEATMAP,
@@ -91,8 +91,8 @@ def test_card_without_facts_or_pairs(tmp_path):
 
 
 def test_card_summarises_protocol_json(tmp_path):
-    from occsynth.protocols.ar import ar_protocol
-    from occsynth.protocols.identification import write_protocol_json
+    from occsynth.benchmarks.protocols.ar import ar_protocol
+    from occsynth.benchmarks.protocols.identification import write_protocol_json
 
     root = tmp_path / "ds"
     built = build_tiny_dataset(root, with_pairs=False)

@@ -1,7 +1,7 @@
 """The command line lists what the registries hold (help text a newcomer reads first)."""
 from click.testing import CliRunner
 
-from occsynth.builders import list_builders
+from occsynth.benchmarks import list_builders
 from occsynth.cli import main
 from occsynth.occluders import list_occluders
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from occsynth import contract
-from occsynth.executor import ProcessExecutor, SerialExecutor, create_executor
+from occsynth.build.executor import ProcessExecutor, SerialExecutor, create_executor
 from occsynth.seeding import derive_seed, make_rng
 
 
@@ -55,7 +55,7 @@ def test_executors_give_the_same_results():
 
 def test_ray_executor_matches_serial_on_a_local_instance():
     ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra occsynth[ray])")
-    from occsynth.executor import RayExecutor
+    from occsynth.build.executor import RayExecutor
 
     try:
         executor = RayExecutor(workers=2)

@@ -86,7 +86,7 @@ def test_folder_export(tiny, tmp_path):
 
 
 def test_folder_pairs_txt_reads_back_as_the_protocol(tiny, tmp_path):
-    from occsynth.protocols.lfw import read_lfw_pairs
+    from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 
     root, built = tiny
     export(root, tmp_path / "f", "folder")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from occsynth.occluders import create_occluder, occlude
-from occsynth.occluders.grid import CENTRAL_CELLS_5x5, cell_bounds, neighbours
+from occsynth.occluders.families.grid import CENTRAL_CELLS_5x5, cell_bounds, neighbours
 from occsynth.seeding import make_rng
 
 LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])

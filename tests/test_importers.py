@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from occsynth.occluders import create_occluder
-from occsynth.occluders.importers import (
+from occsynth.occluders.families.importers import (
     FACE_WIDTH_IOD,
     OCFR_REGIONS,
     folder_templates,
@@ -17,7 +17,7 @@ from occsynth.occluders.importers import (
     load_ocfr,
     maskthefaces_face_points,
 )
-from occsynth.occluders.objects import ALPHA_HALF, full_alpha
+from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha
 from occsynth.seeding import make_rng
 from occsynth.faces.templates import get_template
 
@@ -100,7 +100,7 @@ def test_maskthefaces_cfg_parses_every_template(mtf):
 
 def _turned(yaw):
     """Landmarks of the mean 3D face turned by `yaw`, ArcFace-sized."""
-    from occsynth.occluders.mask3d import MODEL_POINTS, pose_matrix, project
+    from occsynth.faces.pose import MODEL_POINTS, pose_matrix, project
 
     return project(MODEL_POINTS, pose_matrix(yaw, 0, 0), 0.56, (56, 51.6))
 

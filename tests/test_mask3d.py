@@ -11,9 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from occsynth.bank import asset_dir
+from occsynth.assets import asset_dir
+from occsynth.authoring import masks as authoring_masks
+from occsynth.faces import pose as posing
 from occsynth.occluders import create_occluder
-from occsynth.occluders import mask3d as m3d
+from occsynth.occluders.families import mask3d as m3d
 from occsynth.seeding import make_rng
 from occsynth.faces.templates import get_template
 
@@ -24,7 +26,7 @@ FACE, LANDMARKS = aligned_astronaut()
 
 
 def turned(yaw, pitch=0.0, roll=0.0, scale=0.56, centre=(56.0, 51.6)):
-    return m3d.project(m3d.MODEL_POINTS, m3d.pose_matrix(yaw, pitch, roll), scale, centre)
+    return posing.project(posing.MODEL_POINTS, posing.pose_matrix(yaw, pitch, roll), scale, centre)
 
 
 POSES = [(0, 0, 0), (30, 0, 0), (-45, 10, 0), (20, -15, 10), (-10, 25, -20), (55, 5, 30)]
@@ -32,12 +34,12 @@ POSES = [(0, 0, 0), (30, 0, 0), (-45, 10, 0), (20, -15, 10), (-10, 25, -20), (55
 
 @pytest.mark.parametrize("pose", POSES)
 def test_pose_matrix_round_trip(pose):
-    assert np.allclose(m3d.pose_angles(m3d.pose_matrix(*pose)), pose, atol=1e-9)
+    assert np.allclose(posing.pose_angles(posing.pose_matrix(*pose)), pose, atol=1e-9)
 
 
 @pytest.mark.parametrize("pose", POSES)
 def test_pose_recovered_from_weak_perspective_landmarks(pose):
-    est = m3d.estimate_pose(turned(*pose, scale=0.7, centre=(60, 40)))
+    est = posing.estimate_pose(turned(*pose, scale=0.7, centre=(60, 40)))
     assert np.allclose([est["yaw"], est["pitch"], est["roll"]], pose, atol=1e-6)
     assert math.isclose(est["scale"], 0.7, rel_tol=1e-9)
 
@@ -46,15 +48,15 @@ def test_pose_recovered_from_weak_perspective_landmarks(pose):
 def test_pose_recovered_from_perspective_landmarks(pose):
     """A real camera is perspective: a face 1 m away (the weak-perspective estimate is biased
     by the nose's nearness: about 2 degrees of pitch here, more closer up)."""
-    r = m3d.pose_matrix(*pose)
-    cam = m3d.MODEL_POINTS @ r.T + [0, 0, 1000.0]
+    r = posing.pose_matrix(*pose)
+    cam = posing.MODEL_POINTS @ r.T + [0, 0, 1000.0]
     lm = 600.0 * cam[:, :2] / cam[:, 2:] + [56, 52]
-    est = m3d.estimate_pose(lm)
+    est = posing.estimate_pose(lm)
     assert np.allclose([est["yaw"], est["pitch"], est["roll"]], pose, atol=3.5)
 
 
 def test_arcface_reference_is_frontal():
-    est = m3d.estimate_pose(get_template("arcface").points)
+    est = posing.estimate_pose(get_template("arcface").points)
     assert max(abs(est["yaw"]), abs(est["pitch"]), abs(est["roll"])) < 1.0
     assert math.isclose(est["scale"], 35.24 / 63.0, rel_tol=0.01)
 
@@ -73,7 +75,7 @@ def test_committed_pose_bank_is_consistent():
     for r in index["renders"]:
         assert (root / r["file"]).is_file()
         # the stored anchors are the model projected at the stored pose
-        est = m3d.estimate_pose(np.asarray(r["anchors"]))
+        est = posing.estimate_pose(np.asarray(r["anchors"]))
         assert np.allclose([est["yaw"], est["pitch"], est["roll"]], [r["yaw"], r["pitch"], r["roll"]], atol=0.05)
     assert sum(f.stat().st_size for f in root.iterdir()) < 8 * 2**20
 
@@ -119,7 +121,7 @@ def test_unknown_kind_or_mode_is_refused():
 
 @pytest.fixture(scope="module")
 def egl():
-    from occsynth.render import render_available
+    from occsynth.authoring.render import render_available
 
     if not render_available():
         pytest.skip("no EGL offscreen rendering here")
@@ -136,17 +138,17 @@ def test_direct_mode_renders_an_exact_mask(egl, kind):
 
 
 def test_far_ear_loop_is_hidden_behind_the_head(egl):
-    parts, _ = m3d.face_mask_parts("surgical", make_rng(0), "black")
+    parts, _ = authoring_masks.face_mask_parts("surgical", make_rng(0), "black")
     loops_only = parts[1:]
-    r = m3d.pose_matrix(60, 0, 0)  # nose to the image right: the right loop is behind the head
-    rgba = m3d.render_posed(loops_only, r, 1.0, (100, 20), (200, 200), supersample=1)
-    nose_x = m3d.project(m3d.MODEL_POINTS, r, 1.0, (100, 20))[2, 0]
+    r = posing.pose_matrix(60, 0, 0)  # nose to the image right: the right loop is behind the head
+    rgba = authoring_masks.render_posed(loops_only, r, 1.0, (100, 20), (200, 200), supersample=1)
+    nose_x = posing.project(posing.MODEL_POINTS, r, 1.0, (100, 20))[2, 0]
     ys, xs = np.nonzero(rgba[..., 3])
     assert xs.size and xs.max() < nose_x  # only the near (left) loop shows
 
 
 def test_pose_bank_rendering_is_reproducible(egl, tmp_path):
     args = dict(kinds=["kn95"], yaws=[20.0], pitches=[0.0], colors={"kn95": ["black"]}, seed=0)
-    index = m3d.render_mask_bank(tmp_path, **args)
+    index = authoring_masks.render_mask_bank(tmp_path, **args)
     name = index["renders"][0]["file"]
     assert (tmp_path / name).read_bytes() == (asset_dir("mask3d") / name).read_bytes()

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occsynth import bank
+from occsynth.assets import catalog as bank
+from occsynth.authoring import objects as authoring
 from occsynth.occluders import create_occluder, list_occluders
-from occsynth.occluders.objects import ALPHA_HALF, full_alpha, load_bank, warp_roi
+from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha, load_bank, warp_roi
 from occsynth.seeding import make_rng
 
 from astronaut_face import aligned_astronaut, centroid, covered, render_checked
@@ -47,7 +48,7 @@ def test_committed_bank_index_is_complete():
     for cat, items in by_cat.items():
         n_eval = sum(t["split"] == "eval" for t in items)
         assert len(items) >= 8 and 0 < n_eval < len(items), cat
-        assert n_eval == round(len(items) * bank.EVAL_FRACTION)
+        assert n_eval == round(len(items) * authoring.EVAL_FRACTION)
     total = sum(f.stat().st_size for f in root.iterdir())
     assert total < 8 * 2**20
 
@@ -192,17 +193,17 @@ def test_unknown_category_and_split_are_refused():
 
 
 def test_bank_regeneration_is_byte_identical(tmp_path):
-    from occsynth.render import render_available
+    from occsynth.authoring.render import render_available
 
     if not render_available():
         pytest.skip("no EGL offscreen rendering here")
     cats = ["eyeglasses", "cup"]
-    index = bank.build_template_bank(tmp_path, seed=0, variants=1, categories=cats)
+    index = authoring.build_template_bank(tmp_path, seed=0, variants=1, categories=cats)
     committed = {t["file"]: t for t in json.loads((bank.default_bank_dir() / bank.BANK_FILE).read_text())["templates"]}
     for t in index["templates"]:
         assert (tmp_path / t["file"]).read_bytes() == (bank.default_bank_dir() / t["file"]).read_bytes()
         assert t["anchor"] == committed[t["file"]]["anchor"]
 
 
-def test_default_bank_dir_is_the_repo_assets():
-    assert bank.default_bank_dir() == Path(__file__).resolve().parents[1] / "assets" / "templates"
+def test_default_bank_dir_is_inside_the_package():
+    assert bank.default_bank_dir() == Path(__file__).resolve().parents[1] / "occsynth" / "assets" / "templates"

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from occsynth.contract import MASK_OCCLUDED
 from occsynth.occluders import create_occluder, list_occluders, occlude
-from occsynth.occluders import geometric as G
+from occsynth.occluders.families import geometric as G
 from occsynth.seeding import make_rng
 
 NAMES = ("block", "rectangle", "ellipse", "polygon", "blob", "pieces")

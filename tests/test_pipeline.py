@@ -176,7 +176,7 @@ def test_no_face_policies(small_lfw, tmp_path):
 
 
 def test_aligned_inputs_skip_detection(reference_build, tmp_path):
-    from occsynth.preview import read_samples
+    from occsynth.inspect.preview import read_samples
 
     src = tmp_path / "aligned"
     for meta, image, _ in read_samples(reference_build, limit=6):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occsynth.protocols import ar, lfw, mf1, mfr2
-from occsynth.protocols.identification import write_protocol_json
-from occsynth.protocols.pairs import (
+from occsynth.benchmarks.protocols import ar, lfw, mf1, mfr2
+from occsynth.benchmarks.protocols.identification import write_protocol_json
+from occsynth.benchmarks.protocols.pairs import (
     Pair,
     check_pairs_against,
     read_pairs_jsonl,

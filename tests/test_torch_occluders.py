@@ -10,8 +10,8 @@ import torch
 from scipy.stats import ks_2samp
 
 from occsynth.occluders import Composer
-from occsynth.occluders import geometric as G
-from occsynth.occluders.torch_ops import TemplateBank, TorchOccluder, kth_smallest
+from occsynth.occluders.families import geometric as G
+from occsynth.occluders.torch import TensorBank, TorchOccluder, kth_smallest
 from occsynth.seeding import make_rng
 from occsynth.faces.templates import get_template
 
@@ -126,7 +126,7 @@ def test_mix_weights_and_sequences():
 def test_presets_and_unsupported_families():
     TorchOccluder("lfw-block-30")
     TorchOccluder("shapes")
-    with pytest.raises(KeyError, match="TemplateBank"):
+    with pytest.raises(KeyError, match="TensorBank"):
         TorchOccluder("sunglasses")
     with pytest.raises(ValueError):
         TorchOccluder("ellipse(colour=red)")
@@ -152,7 +152,7 @@ def _disk_template(size=32, colour=(255, 0, 0)):
 
 
 def test_template_bank_pastes_at_the_landmarks():
-    bank = TemplateBank.from_arrays([_disk_template(32, (255, 0, 0)), _disk_template(20, (0, 0, 255))])
+    bank = TensorBank.from_arrays([_disk_template(32, (255, 0, 0)), _disk_template(20, (0, 0, 255))])
     assert bank.premultiplied.shape == (2, 4, 32, 32)
     assert bank.sizes.tolist() == [[32.0, 32.0], [20.0, 20.0]]
     lm = torch.tensor(get_template("arcface-112x112").points, dtype=torch.float32).expand(16, 5, 2)
@@ -175,7 +175,7 @@ def test_template_bank_pastes_at_the_landmarks():
 
 
 def test_template_bank_random_placement_without_landmarks():
-    bank = TemplateBank.from_arrays([_disk_template(24)])
+    bank = TensorBank.from_arrays([_disk_template(24)])
     images = _batch(64)
     out, masks = TorchOccluder("bank(scale=2.0, placement=random)", banks={"default": bank})(images, None, _gen(1))
     area = masks.sum((1, 2, 3)).float()
@@ -222,3 +222,21 @@ def test_torch_and_cpu_paths_are_statistically_equivalent(spec):
     for what, a, b in zip(("ratio", "centroid x"), _stats(cpu), _stats(gpu_like)):
         # seeded on both sides, so deterministic; 0.001 leaves room for 24 comparisons
         assert ks_2samp(a, b).pvalue > 0.001, (spec, what, ks_2samp(a, b))
+
+
+def test_tensor_bank_from_the_object_bank_places_sunglasses_over_the_eyes():
+    """The shipped object bank on batches: a sunglasses template lands between the eyes."""
+    from occsynth.faces.templates import get_template
+
+    bank = TensorBank.from_template_bank(categories=["sunglasses"], split="train")
+    assert len(bank) > 0 and all(name.startswith("sunglasses") for name in bank.names)
+    lm = torch.as_tensor(get_template("arcface").points, dtype=torch.float64)
+    images = torch.full((8, 3, 112, 112), 128, dtype=torch.uint8)
+    occ = TorchOccluder({"name": "bank", "params": {"bank": "objects"}}, banks={"objects": bank})
+    _, masks = occ(images, lm.expand(8, 5, 2), torch.Generator().manual_seed(0))
+    for m in masks[:, 0]:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        assert len(ys) > 200
+        eye_y = float(lm[:2, 1].mean())
+        assert abs(float(ys.float().mean()) - eye_y) < 8  # the band sits on the eye line
+        assert float(xs.min()) < float(lm[0, 0]) and float(xs.max()) > float(lm[1, 0])  # covers both eyes

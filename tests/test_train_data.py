@@ -129,7 +129,7 @@ def test_clean_pairing_by_source(tmp_path, sk_faces):  # noqa: F811
 
 
 class StandInOccluder:
-    """Stands in for occsynth.occluders.torch_ops.TorchOccluder: blacks out the left quarter."""
+    """Stands in for occsynth.occluders.torch.TorchOccluder: blacks out the left quarter."""
 
     def __call__(self, images, landmarks, generator):
         masks = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.bool, device=images.device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from occsynth.protocols.lfw import read_lfw_pairs
+from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 from occsynth_train.lfw_protocol import write_split
 
 

@@ -169,7 +169,7 @@ def test_registered_method_becomes_a_cli_command():
 def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
     """data.online_occlusion runs occsynth's TorchOccluder on the device batch: the method sees
     the union of stored and online masks, and stored-clean samples get a clean counterpart."""
-    pytest.importorskip("occsynth.occluders.torch_ops")
+    pytest.importorskip("occsynth.occluders.torch")
     from occsynth_train.methods.baseline import Baseline
 
     seen = []

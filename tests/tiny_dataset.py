@@ -10,8 +10,8 @@ import numpy as np
 
 from occsynth import __version__, contract
 from occsynth.io.images import encode_image, encode_mask
-from occsynth.pipeline import dataset_stats
-from occsynth.protocols.pairs import Pair, write_pairs_jsonl
+from occsynth.build.stats import dataset_stats
+from occsynth.benchmarks.protocols.pairs import Pair, write_pairs_jsonl
 from occsynth.io.tar import ShardWriter
 from occsynth.faces.templates import get_template
 

@@ -214,7 +214,7 @@ def build_pairs_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], *, 
 def build_identification_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], distractors: dict[str, list[np.ndarray]],
                                    *, ratio: float | None = 0.2, seed: int = 2) -> Path:
     """Gallery = first image of each identity, probes = the rest (occluded), plus one image of each
-    distractor identity; protocol.json in occsynth's format (occsynth/protocols/identification.py)."""
+    distractor identity; protocol.json in occsynth's format (occsynth/benchmarks/protocols/identification.py)."""
     rng = np.random.default_rng(seed)
     samples, gallery, probe, extra_keys = [], [], [], []
     n = 0

@@ -15,7 +15,7 @@
 * ``folder``: ``images/<identity>/<key>.png`` (``.jpg`` when the dataset stores JPEG),
   ``masks/<identity>/<key>.png``, ``metadata.jsonl`` (one sample per line, index order), and when
   the dataset has pairs, ``pairs.jsonl`` (keys) and ``pairs.txt`` (the official text format,
-  referring to the source images, see :func:`occsynth.protocols.pairs.write_pairs_txt`).
+  referring to the source images, see :func:`occsynth.benchmarks.protocols.pairs.write_pairs_txt`).
 * ``parquet``: one row per sample: the metadata columns (image_size split into width/height,
   landmarks as 10 floats, occluder names and families as lists, the occluder records and the
   full metadata as JSON text) plus the image, mask and (when kept) clean-image bytes.
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from occsynth import contract
-from occsynth.protocols.pairs import PAIRS_FILE, Pair, read_pairs_jsonl, write_pairs_txt
+from occsynth.benchmarks.protocols.pairs import PAIRS_FILE, Pair, read_pairs_jsonl, write_pairs_txt
 from occsynth.io.tar import iter_shard
 
 __all__ = ["FORMATS", "BIN_PICKLE_PROTOCOL", "export", "iter_samples"]

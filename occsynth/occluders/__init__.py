@@ -6,13 +6,15 @@ importers of third-party template sets, 3D face masks (mask3d), and fit_area, wh
 of them to a target area. `TorchOccluder` (torch_ops) applies the same specs to GPU batches.
 """
 from occsynth.occluders.base import Occluder, Occlusion, create_occluder, list_occluders, register_occluder, sample_value
-from occsynth.occluders.compose import Composer, load_spec, occlude, parse_cli_spec, replay
+from occsynth.occluders.compose import Composer, occlude, replay
+from occsynth.occluders.spec import compile_tree, load_spec, parse_cli_spec
 from occsynth.occluders.presets import get_preset, list_presets
 
 __all__ = [
     "Composer",
     "Occluder",
     "Occlusion",
+    "compile_tree",
     "create_occluder",
     "get_preset",
     "list_occluders",

@@ -11,7 +11,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from occsynth.contract import MASK_OCCLUDED
+from occsynth.contract import MASK_OCCLUDED, occlusion_ratio
+from occsynth.occluders._registry import OCCLUDERS
 
 
 @dataclass
@@ -24,8 +25,6 @@ class Occlusion:
 
     @property
     def ratio(self) -> float:
-        from occsynth.contract import occlusion_ratio
-
         return occlusion_ratio(self.mask)
 
 
@@ -79,44 +78,20 @@ class Occluder:
         return out, new_mask, record
 
 
-_REGISTRY: dict[str, type[Occluder]] = {}
-
-
 def register_occluder(cls: type[Occluder]) -> type[Occluder]:
     """Class decorator: make an occluder creatable by its `name`."""
     if not cls.name or not cls.family:
         raise ValueError(f"{cls.__name__} must set both `name` and `family`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"occluder name {cls.name!r} already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return OCCLUDERS.register(cls.name)(cls)
 
 
 def create_occluder(name: str, **params: Any) -> Occluder:
     """Build a registered occluder by name, e.g. create_occluder("block", ratio=0.3)."""
-    _load_builtin_families()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown occluder {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return cls(**params)
+    return OCCLUDERS.get(name)(**params)
 
 
 def list_occluders(family: str | None = None) -> dict[str, type[Occluder]]:
-    _load_builtin_families()
-    return {n: c for n, c in sorted(_REGISTRY.items()) if family is None or c.family == family}
-
-
-_BUILTIN_MODULES: list[str] = ["geometric", "objects", "importers", "mask3d", "fitting", "grid"]
-
-
-def _load_builtin_families() -> None:
-    # Families register on import; importing lazily keeps `import occsynth` light
-    # (the 3D family pulls in pyrender).
-    import importlib
-
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    return {n: c for n, c in OCCLUDERS.items() if family is None or c.family == family}
 
 
 def sample_value(value: Any, rng: np.random.Generator) -> Any:

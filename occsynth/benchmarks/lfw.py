@@ -1,0 +1,238 @@
+"""LFW pair benchmarks: LFW-OCC, LFW_block, LFW_poly, LFW-Masked, one category per benchmark.
+
+All keep the 6,000 official View 2 pairs in their 10 folds: a pair whose image is missing or
+failed is still listed in pairs.jsonl, flagged with the reason. Sample keys are
+`[rr]PPPPs` (repeat, pair index, side a|b), so every pair side is its own sample with its own
+seed, even when LFW uses one image in several pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from occsynth import contract
+from occsynth.build import BuildConfig, PlannedSample
+from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
+from occsynth.sources import open_source
+from occsynth.benchmarks.base import Builder, BuildJob, register_builder
+
+PAIRS_FILE = "pairs.jsonl"
+
+
+def lfw_inputs(lfw: str, pairs: str | None, folds: tuple[int, ...] = ()):
+    """The LFW source and its pairs (pairs.txt beside the archive/folder when not given)."""
+    source = open_source(lfw)
+    if pairs is None:
+        candidate = Path(lfw).resolve().parent / "pairs.txt"
+        if not candidate.exists():
+            raise click.UsageError(f"--pairs not given and no pairs.txt beside {lfw}")
+        pairs = str(candidate)
+    protocol = read_lfw_pairs(pairs)
+    if folds:
+        protocol = [p for p in protocol if p.fold in folds]
+    return source, protocol, pairs
+
+
+def pair_plan(protocol, items_by_id: dict, specs: dict[str, str], tag: str, repeats: int = 1) -> list[PlannedSample]:
+    """One sample per (repeat, pair, side) whose image exists; specs maps side -> spec name."""
+    plan = []
+    for repeat in range(repeats):
+        for pair in protocol:
+            for side, sid in (("a", pair.a), ("b", pair.b)):
+                item = items_by_id.get(sid)
+                if item is None:
+                    continue  # flagged in pairs.jsonl by write_pairs
+                extra = {"pair": pair.index, "fold": pair.fold, "side": side, "issame": pair.issame}
+                if repeats > 1:
+                    extra["repeat"] = repeat
+                key = (f"{repeat:02d}" if repeats > 1 else "") + f"{pair.index:04d}{side}"
+                plan.append(PlannedSample(key, f"{tag}/r{repeat}/pair{pair.index}/{side}/{sid}", item,
+                                          specs[side], extra))
+    return plan
+
+
+def write_pairs(out: Path, protocol, items_by_id: dict, repeats: int = 1) -> dict:
+    """pairs.jsonl: every protocol pair (x repeats), with keys, flagged when a side has no sample."""
+    built = {}
+    with open(out / contract.INDEX) as f:
+        for line in f:
+            meta = json.loads(line)
+            extra = meta["extra"]
+            built[(extra.get("repeat", 0), extra["pair"], extra["side"])] = meta["key"]
+    failures = {}
+    with open(out / contract.FAILURES) as f:
+        for line in f:
+            failure = json.loads(line)
+            failures[failure["key"]] = f"{failure['stage']}: {failure['reason']}"
+    rows, flagged = [], 0
+    for repeat in range(repeats):
+        for pair in protocol:
+            row = {"pair": pair.index, "fold": pair.fold, "issame": bool(pair.issame), "a_id": pair.a, "b_id": pair.b}
+            if repeats > 1:
+                row["repeat"] = repeat
+            reasons = []
+            for side, sid in (("a", pair.a), ("b", pair.b)):
+                key = built.get((repeat, pair.index, side))
+                row[side] = key
+                if key is None:
+                    planned_key = (f"{repeat:02d}" if repeats > 1 else "") + f"{pair.index:04d}{side}"
+                    why = "image missing from the source" if sid not in items_by_id else failures.get(planned_key, "no sample")
+                    reasons.append(f"{side}={sid}: {why}")
+            row["flagged"], row["reason"] = bool(reasons), "; ".join(reasons)
+            flagged += bool(reasons)
+            rows.append(row)
+    (out / PAIRS_FILE).write_text(contract.dumps_lines(rows))
+    return {"pairs": len(rows), "flagged_pairs": flagged, "folds": len({p.fold for p in protocol})}
+
+
+def _achieved(out: Path, side: str | None = None) -> dict:
+    ratios = []
+    with open(out / contract.INDEX) as f:
+        for line in f:
+            meta = json.loads(line)
+            if side is None or meta["extra"]["side"] == side:
+                ratios.append(meta["occlusion_ratio"])
+    mean = sum(ratios) / len(ratios) if ratios else 0.0
+    return {"mean_occlusion_ratio" + (f"_side_{side}" if side else ""): round(mean, 6)}
+
+
+class LFWBuilder(Builder):
+    """Shared LFW options and plumbing; subclasses give the occlusion of each side."""
+
+    occluded_sides = ("b",)
+    base_options = [
+        click.option("--lfw", required=True, type=click.Path(exists=True),
+                     help="LFW folder (<Name>/<Name>_0001.jpg) or lfw-deepfunneled.tgz / lfw.tgz."),
+        click.option("--pairs", type=click.Path(exists=True), default=None,
+                     help="LFW View 2 pairs.txt (default: pairs.txt beside --lfw)."),
+        click.option("--folds", default="", help="Only these folds, e.g. 0 or 0,1 (default: all 10)."),
+    ]
+
+    def jobs(self, config: BuildConfig, lfw: str, pairs: str | None, folds: str, **options) -> list[BuildJob]:
+        fold_ids = tuple(int(f) for f in folds.split(",") if f.strip())
+        source, protocol, pairs_path = lfw_inputs(lfw, pairs, fold_ids)
+        items_by_id = {item.sample_id: item for item in source.items()}
+        repeats = int(options.get("repeats", 1))
+        jobs = []
+        for subdir, spec in self.levels(options):
+            side_specs = {side: ("occ" if side in self.occluded_sides else "") for side in ("a", "b")}
+            job_config = dataclasses.replace(config, name=self.name, specs={"": None, "occ": spec})
+            plan = pair_plan(protocol, items_by_id, side_specs, tag=f"{self.name}/{subdir or 'all'}", repeats=repeats)
+
+            def finish(out: Path, manifest: dict, protocol=protocol, repeats=repeats) -> dict:
+                facts = write_pairs(out, protocol, items_by_id, repeats)
+                for side in self.occluded_sides:
+                    facts.update(_achieved(out, side))
+                return facts
+
+            jobs.append(BuildJob(subdir, job_config, plan, source, finish,
+                                 facts={"pairs_file": str(pairs_path), "occluded_sides": list(self.occluded_sides),
+                                        "level": subdir or None, "repeats": repeats}))
+        return jobs
+
+    def levels(self, options: dict) -> list[tuple[str, Any]]:
+        """[(dataset subdir, occlusion spec of the occluded sides)], one dataset each."""
+        raise NotImplementedError
+
+
+@register_builder
+class LFWOcc(LFWBuilder):
+    name = "lfw-occ"
+    help = ("LFW-OCC: the second image of every official pair occluded by realistic objects from the "
+            "evaluation split, sized so the MEAN occluded area equals --ratio (0.43 -> LFW-OCC-2.0, "
+            "43.09%; 0.52 -> LFW-OCC-3.0, 52.00%).")
+    options = LFWBuilder.base_options + [
+        click.option("--ratio", type=float, default=0.43, show_default=True,
+                     help="Target mean occluded area (fraction of the aligned image)."),
+        click.option("--spread", type=float, default=None,
+                     help="Per-image targets are uniform in ratio +- spread (default from the definition)."),
+    ]
+
+    def target(self, ratio: float) -> tuple[float, str | None]:
+        for variant in self.definition["variants"]:
+            if abs(variant["ratio"] - ratio) < 0.005:
+                return variant["mean_occluded_area"], variant["name"]
+        return ratio, None
+
+    def levels(self, options):
+        target, _ = self.target(options["ratio"])
+        spread = options.get("spread")
+        spread = self.definition["defaults"]["spread"] if spread is None else spread
+        occluder = {"name": "object", "params": dict(self.definition["defaults"]["object"])}
+        spec = {"name": "fit_area", "params": {"ratio": [target - spread, target + spread], "occluder": occluder}}
+        return [("", spec)]
+
+
+@register_builder
+class LFWBlock(LFWBuilder):
+    name = "lfw-block"
+    help = ("LFW_block (MSML's protocol): both images of every pair occluded by a black square covering "
+            "level% of the image, one dataset per level under DIR/level-XX.")
+    occluded_sides = ("a", "b")
+    options = LFWBuilder.base_options + [
+        click.option("--levels", default=None, help="Comma-separated percentages (default 0,10,...,90)."),
+        click.option("--repeats", type=int, default=None, help="Repetitions with distinct seeds (default from the definition)."),
+        click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
+    ]
+    shape = "block"
+
+    def levels(self, options):
+        defaults = self.definition["defaults"]
+        levels = options.get("levels") or ",".join(str(v) for v in defaults["levels"])
+        out = []
+        for level in (int(v) for v in levels.split(",")):
+            if not 0 <= level <= 100:
+                raise click.BadParameter(f"level {level} is not a percentage")
+            spec = None if level == 0 else {"name": self.shape, "params": {"ratio": level / 100, "fill": options.get("fill", "black")}}
+            out.append((f"level-{level:02d}", spec))
+        return out
+
+    def jobs(self, config, **options):
+        if options.get("repeats") is None:
+            options["repeats"] = self.definition["defaults"]["repeats"]
+        return super().jobs(config, **options)
+
+
+@register_builder
+class LFWPoly(LFWBlock):
+    name = "lfw-poly"
+    help = ("LFW_poly: both images of every pair occluded by a random connected polygon covering level% "
+            "of the image, one dataset per level under DIR/level-XX.")
+    shape = "polygon"
+
+
+@register_builder
+class LFWMasked(LFWBuilder):
+    name = "lfw-masked"
+    help = "LFW-Masked: the second image of every pair wears a face mask (3D-rendered or template)."
+    options = LFWBuilder.base_options
+
+    def levels(self, options):
+        return [("", self.definition["occlusion"])]
+
+
+def _category_builder(category: str, label: str):
+    class LFWCategory(LFWBuilder):
+        name = f"lfw-occ-{category.replace('_', '-')}"
+        help = f"LFW with one occluder category on the second image of every pair: {label} (SOIDN's per-category table)."
+        options = LFWBuilder.base_options
+
+        @property
+        def definition_name(self) -> str:
+            return "lfw-occ-category"
+
+        def levels(self, options):
+            params = dict(self.definition["defaults"]["object"], category=category)
+            return [("", {"name": "object", "params": params})]
+
+    LFWCategory.__name__ = f"LFWOcc_{category}"
+    return register_builder(LFWCategory)
+
+
+for _category, _label in (("sunglasses", "sunglasses"), ("eye_mask", "party mask"), ("scarf", "scarf"),
+                          ("surgical_mask", "doctor mask"), ("cup", "cup")):
+    _category_builder(_category, _label)

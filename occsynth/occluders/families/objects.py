@@ -1,0 +1,357 @@
+"""Object occluders: RGBA templates from the project's own bank, placed by face region.
+
+Placement. Every template carries anchor points (its own pixels) and the face-frame points
+they belong on (see occsynth.assets.catalog): F(fx, fy) = E + fx * (right_eye - left_eye) +
+fy * (mouth_mid - E). A least-squares similarity maps the anchors onto F(face points); a
+region override shifts the target by F(centre of the new region) - F(centre of the template's
+own region); then a random scale and rotation about the target centre and a jitter (fraction
+of the inter-ocular distance) are applied.
+
+Compositing. Only the template's bounding box in the image is warped (cv2.warpAffine,
+bilinear, straight alpha with colours bled into the transparent border so edges do not darken).
+The mask is exactly `warped alpha >= 0.5`; the blend uses the alpha of the mask pixels
+blurred by a Gaussian whose (2r+1)-square kernel has r = ceil(feather), so every changed pixel
+lies within r pixels (chessboard distance) of the mask and feather=0 changes only mask pixels.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from occsynth.faces.geometry import compose_fast, face_points_fast, similarity
+from occsynth.assets.catalog import CATEGORIES, REGION_CENTERS, REGIONS, default_bank_dir, load_bank_index
+from occsynth.occluders.base import Occluder, register_occluder, sample_value
+
+SPLITS = ("train", "eval", "any")
+ALPHA_HALF = 128  # uint8 alpha >= 128 <=> alpha >= 0.5 (128/255 = 0.502; 127/255 = 0.498)
+# Where "random" placements may land, in the face frame (forehead to chin, cheek to cheek).
+RANDOM_BOX = ((-0.7, 0.7), (-0.6, 1.3))
+
+
+# ----------------------------------------------------------------------------- face geometry
+
+# ----------------------------------------------------------------------------- templates
+
+@dataclass
+class Template:
+    """A decoded RGBA template ready to warp (colours bled under transparent pixels)."""
+
+    name: str
+    rgba: np.ndarray  # HxWx4 uint8, contiguous
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgba.shape[1], self.rgba.shape[0]
+
+
+def bleed_colors(rgba: np.ndarray, steps: int = 3) -> np.ndarray:
+    """Copy colours of opaque pixels into the transparent pixels around them (alpha untouched),
+    so bilinear sampling at the edge mixes in the object's own colour rather than black."""
+    out = np.ascontiguousarray(rgba).copy()
+    weight = (out[..., 3] > 0).astype(np.float32)
+    if weight.all() or not weight.any():
+        return out
+    rgb = out[..., :3].astype(np.float32) * weight[..., None]
+    for _ in range(steps):
+        num = cv2.blur(rgb, (3, 3))
+        den = cv2.blur(weight, (3, 3))
+        grow = (weight == 0) & (den > 0)
+        rgb[grow] = num[grow] / den[grow, None]
+        weight = np.where(grow, 1.0, weight).astype(np.float32)
+    fill = weight > 0
+    out[..., :3][fill] = np.clip(np.round(rgb[fill]), 0, 255).astype(np.uint8)
+    return out
+
+
+def load_rgba(path: str | Path) -> np.ndarray:
+    """Read a PNG as RGBA uint8 (opaque alpha added when the file has none)."""
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise FileNotFoundError(f"cannot read template image {path}")
+    if data.ndim == 2:
+        data = cv2.cvtColor(data, cv2.COLOR_GRAY2BGRA)
+    elif data.shape[2] == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_BGR2BGRA)
+    if data.dtype != np.uint8:  # 16-bit PNGs
+        data = (data / 257).round().astype(np.uint8)
+    return cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
+
+
+def make_template(name: str, rgba: np.ndarray, meta: dict | None = None) -> Template:
+    return Template(name, bleed_colors(rgba), dict(meta or {}))
+
+
+@dataclass
+class TemplateBank:
+    root: Path
+    templates: list[Template]
+    _filtered: dict = field(default_factory=dict)
+
+    def select(self, categories: tuple[str, ...] | None, split: str) -> list[int]:
+        """Indices of the templates of these categories (None = all) in this split ("any" = all)."""
+        key = (categories, split)
+        if key not in self._filtered:
+            self._filtered[key] = [
+                i
+                for i, t in enumerate(self.templates)
+                if (categories is None or t.meta["category"] in categories)
+                and (split == "any" or t.meta["split"] == split)
+            ]
+        return self._filtered[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_bank_cached(root: str) -> TemplateBank:
+    index = load_bank_index(root)
+    templates = [make_template(meta["file"], load_rgba(Path(root) / meta["file"]), meta) for meta in index["templates"]]
+    return TemplateBank(Path(root), templates)
+
+
+def load_bank(bank_dir: str | Path | None = None) -> TemplateBank:
+    """The template bank at `bank_dir` (default: the package's), decoded once per process."""
+    root = Path(bank_dir) if bank_dir is not None else default_bank_dir()
+    return _load_bank_cached(str(root.resolve()))
+
+
+# ----------------------------------------------------------------------------- warping
+
+def _pad(feather: float) -> int:
+    return int(math.ceil(max(0.0, float(feather)))) + 1
+
+
+def warp_roi(rgba: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], margin: int = 1,
+             perspective: bool = False) -> tuple[np.ndarray, int, int] | None:
+    """Warp a template into the image-space bounding box of its corners (+ `margin` px),
+    clipped to the image. Returns (warped RGBA, x0, y0), or None when it lands outside."""
+    h_img, w_img = shape
+    h, w = rgba.shape[:2]
+    if perspective:
+        corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+        p = np.c_[corners, np.ones(4)] @ np.asarray(matrix).T
+        if np.any(p[:, 2] <= 1e-9):
+            raise ValueError("homography sends part of the template behind the camera")
+        mapped = p[:, :2] / p[:, 2:]
+        xs, ys = mapped[:, 0].tolist(), mapped[:, 1].tolist()
+    else:
+        (a, b, c), (d, e, f) = np.asarray(matrix).tolist()
+        xs = [a * x + b * y + c for x, y in ((0, 0), (w - 1, 0), (w - 1, h - 1), (0, h - 1))]
+        ys = [d * x + e * y + f for x, y in ((0, 0), (w - 1, 0), (w - 1, h - 1), (0, h - 1))]
+    x0 = max(int(math.floor(min(xs))) - margin, 0)
+    y0 = max(int(math.floor(min(ys))) - margin, 0)
+    x1 = min(int(math.ceil(max(xs))) + margin + 1, w_img)
+    y1 = min(int(math.ceil(max(ys))) + margin + 1, h_img)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    if perspective:
+        shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64)
+        out = cv2.warpPerspective(rgba, shift @ np.asarray(matrix), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    else:
+        m = np.array(matrix, dtype=np.float64)
+        m[0, 2] -= x0
+        m[1, 2] -= y0
+        out = cv2.warpAffine(rgba, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out, x0, y0
+
+
+def blend_alpha(alpha: np.ndarray, feather: float) -> np.ndarray:
+    """The alpha used for blending: the alpha of mask pixels only (alpha >= 0.5; the rest set to
+    0), blurred by a Gaussian whose kernel reaches ceil(feather) px, so the blend reaches at most
+    that far beyond the mask; feather <= 0 blends mask pixels only."""
+    hard = cv2.threshold(alpha, ALPHA_HALF - 1, 0, cv2.THRESH_TOZERO)[1]
+    if feather <= 0:
+        return hard
+    radius = int(math.ceil(feather))
+    return cv2.GaussianBlur(hard, (2 * radius + 1, 2 * radius + 1), feather / 2.0)
+
+
+def paste(image: np.ndarray, warped: tuple[np.ndarray, int, int] | None, feather: float
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a warped RGBA box into a copy of the image; returns (image, bool mask)."""
+    out = image.copy()
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    if warped is None:
+        return out, mask
+    rgba, x0, y0 = warped
+    h, w = rgba.shape[:2]
+    alpha = cv2.extractChannel(rgba, 3)  # cv2 copies channels faster than numpy slicing
+    mask[y0 : y0 + h, x0 : x0 + w] = alpha >= ALPHA_HALF
+    weight = blend_alpha(alpha, feather).astype(np.float32) * np.float32(1.0 / 255.0)
+    region = out[y0 : y0 + h, x0 : x0 + w]
+    region[...] = cv2.blendLinear(cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), region, weight, np.float32(1.0) - weight)
+    return out, mask
+
+
+def full_alpha(warped: tuple[np.ndarray, int, int] | None, shape: tuple[int, int]) -> np.ndarray:
+    """The warped alpha laid into a full-frame uint8 array (debug and tests)."""
+    alpha = np.zeros(shape, dtype=np.uint8)
+    if warped is not None:
+        rgba, x0, y0 = warped
+        alpha[y0 : y0 + rgba.shape[0], x0 : x0 + rgba.shape[1]] = rgba[..., 3]
+    return alpha
+
+
+# ----------------------------------------------------------------------------- occluders
+
+def _choose(value: Any, rng: np.random.Generator) -> Any:
+    """sample_value plus plain lists of options (["cup", "phone"] -> one of them)."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return value[int(rng.integers(len(value)))]
+    return sample_value(value, rng)
+
+
+def region_centre(region: str, rng: np.random.Generator | None = None) -> tuple[float, float]:
+    if region == "random":
+        if rng is None:
+            raise ValueError("a random region needs an rng")
+        return (float(rng.uniform(*RANDOM_BOX[0])), float(rng.uniform(*RANDOM_BOX[1])))
+    try:
+        return REGION_CENTERS[region]
+    except KeyError:
+        raise ValueError(f"unknown region {region!r}; choose from {', '.join(REGIONS)}") from None
+
+
+class TemplateOccluder(Occluder):
+    """Shared apply(): subclasses say which template and which 2x3 (or 3x3) map to use."""
+
+    perspective = False
+
+    def place(self, image, landmarks, rng) -> tuple[Template, np.ndarray, dict]:
+        raise NotImplementedError
+
+    def render(self, image, landmarks, rng):
+        """Everything apply() computes, plus the warped alpha (debug/tests)."""
+        template, matrix, concrete = self.place(image, landmarks, rng)
+        feather = float(sample_value(self.params.get("feather", 1.0), rng))
+        warped = warp_roi(template.rgba, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
+        out, mask = paste(image, warped, feather)
+        concrete.update(matrix=np.asarray(matrix).ravel().tolist(), feather=feather)
+        return out, mask, concrete, warped
+
+    def apply(self, image, landmarks, rng):
+        out, mask, concrete, _ = self.render(image, landmarks, rng)
+        return out, mask, concrete
+
+
+def _category_filter(value: Any, rng: np.random.Generator) -> tuple[str, ...] | None:
+    """None/"any" -> all categories; a name; a list -> ALL listed (the template is then drawn
+    from their union); {"choice": [...]} -> one category drawn first."""
+    if value is None or value == "any":
+        return None
+    if isinstance(value, dict):
+        value = sample_value(value, rng)
+    names = (value,) if isinstance(value, str) else tuple(value)
+    unknown = [n for n in names if n not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown object categories {unknown}; choose from {', '.join(CATEGORIES)}")
+    return tuple(sorted(names))
+
+
+@register_occluder
+class ObjectOccluder(TemplateOccluder):
+    """A rendered object from the template bank, anchored to the face by its region.
+
+    Params: category (name, list, {"choice": [...]} or "any"), region (None = the template's
+    own, or one of REGIONS), split ("train" | "eval" | "any"), scale ([lo, hi] multiplier),
+    rotation (degrees, [lo, hi], clockwise positive), jitter (max shift as a fraction of the
+    inter-ocular distance), feather (px), bank_dir (None = the package's bank), template
+    (a file name in the bank: forces that template, used when re-creating a sample)."""
+
+    family = "object"
+    name = "object"
+    fixed_category: str | None = None
+    defaults = {
+        "category": "any",
+        "region": None,
+        "split": "any",
+        "scale": [0.9, 1.1],
+        "rotation": [-8.0, 8.0],
+        "jitter": 0.06,
+        "feather": 1.0,
+        "bank_dir": None,
+        "template": None,
+    }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        if self.fixed_category is not None:
+            self.params["category"] = self.fixed_category
+        if self.params["split"] not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.params['split']!r}")
+
+    def _bank(self) -> TemplateBank:
+        # resolved once per occluder: path resolution costs more than a whole composite
+        if getattr(self, "_bank_cache", None) is None:
+            self._bank_cache = load_bank(self.params["bank_dir"])
+        return self._bank_cache
+
+    def place(self, image, landmarks, rng):
+        bank = self._bank()
+        if self.params["template"] is not None:
+            names = [t.name for t in bank.templates]
+            if self.params["template"] not in names:
+                raise KeyError(f"template {self.params['template']!r} is not in the bank at {bank.root}")
+            index = names.index(self.params["template"])
+        else:
+            categories = _category_filter(self.params["category"], rng)
+            candidates = bank.select(categories, self.params["split"])
+            if not candidates:
+                raise ValueError(
+                    f"no templates for category {self.params['category']!r} in split {self.params['split']!r} "
+                    f"of the bank at {bank.root}"
+                )
+            index = candidates[int(rng.integers(len(candidates)))]
+        template = bank.templates[index]
+        meta = template.meta
+        anchor = meta["anchor"]
+        lm = np.asarray(landmarks, dtype=np.float64).tolist()
+        targets = face_points_fast(lm, anchor["face_points"])
+        region = _choose(self.params["region"], rng) or meta["region"]
+        if region != meta["region"]:
+            (nx, ny), (ox, oy) = face_points_fast(lm, [region_centre(region, rng), REGION_CENTERS[meta["region"]]])
+            targets = [(x + nx - ox, y + ny - oy) for x, y in targets]
+        base = similarity(anchor["points"], targets)
+        scale = float(sample_value(self.params["scale"], rng))
+        angle = float(sample_value(self.params["rotation"], rng))
+        jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
+        shift = rng.uniform(-jitter, jitter, size=2).tolist() if jitter > 0 else [0.0, 0.0]
+        cx = sum(p[0] for p in targets) / len(targets)
+        cy = sum(p[1] for p in targets) / len(targets)
+        matrix = compose_fast(base, cx, cy, scale, angle, shift[0], shift[1])
+        concrete = {
+            "category": meta["category"],
+            "template": template.name,
+            "split": meta["split"],
+            "region": region,
+            "scale": scale,
+            "rotation": angle,
+            "shift": shift,
+            "bank_dir": None if self.params["bank_dir"] is None else str(self.params["bank_dir"]),
+        }
+        return template, matrix, concrete
+
+
+def _alias(category: str) -> type[ObjectOccluder]:
+    cls = type(
+        f"{''.join(p.title() for p in category.split('_'))}Occluder",
+        (ObjectOccluder,),
+        {
+            "name": category,
+            "fixed_category": category,
+            "__doc__": f"The object occluder with category fixed to {category!r}.",
+            "__module__": __name__,
+        },
+    )
+    return register_occluder(cls)
+
+
+for _category in CATEGORIES:
+    _alias(_category)

@@ -1,0 +1,229 @@
+"""Shared machinery of the batched ops: the draw context, per-sample parameter draws, fills,
+the exact k-th smallest value, and the op base class (parameters checked against the CPU
+occluder's defaults, so both paths accept the same specs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from occsynth.occluders.families import geometric as G
+
+Tensor = torch.Tensor
+
+_CPU_CLASSES = {"block": G.Block, "rectangle": G.Rectangle, "ellipse": G.Ellipse, "polygon": G.Polygon,
+                "blob": G.Blob, "pieces": G.Pieces}
+
+
+# ----------------------------------------------------------------------------- context, draws
+
+
+@dataclass
+class _Ctx:
+    gen: torch.Generator
+    device: torch.device
+    lo: float
+    hi: float
+    integer: bool
+    height: int
+    width: int
+    banks: dict
+
+    def rand(self, *shape: int, dtype=torch.float64) -> Tensor:
+        return torch.rand(shape, generator=self.gen, device=self.gen.device, dtype=dtype).to(self.device)
+
+    def randn(self, *shape: int) -> Tensor:
+        return torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=torch.float64).to(self.device)
+
+    def grid(self):
+        ys = torch.arange(self.height, device=self.device, dtype=torch.float32)
+        xs = torch.arange(self.width, device=self.device, dtype=torch.float32)
+        return ys, xs
+
+
+def _num(value: Any, u: Tensor) -> Tensor:
+    """Per-sample numbers (float64) from a spec value, one uniform each (as G.draw_param)."""
+    if isinstance(value, dict) and "choice" in value:
+        return torch.tensor([float(v) for v in value["choice"]], dtype=torch.float64, device=u.device)[_index(value, u)]
+    if G._is_range(value):
+        lo, hi = float(value[0]), float(value[1])
+        return lo + (hi - lo) * u if hi > lo else torch.full_like(u, lo)
+    return torch.full_like(u, float(value))
+
+
+def _int(value: Any, u: Tensor) -> Tensor:
+    if G._is_range(value):
+        lo, hi = int(value[0]), int(value[1])
+        if hi <= lo:
+            return torch.full(u.shape, lo, dtype=torch.int64, device=u.device)
+        return lo + torch.clamp((u * (hi - lo + 1)).long(), max=hi - lo)
+    return _num(value, u).round().long()
+
+
+def _codes(value: Any, u: Tensor, vocabulary: Sequence[str], what: str) -> Tensor:
+    """Per-sample indices into `vocabulary` for a word or a choice of words."""
+    options = value["choice"] if isinstance(value, dict) and "choice" in value else [value]
+    bad = [o for o in options if o not in vocabulary]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; expected one of {tuple(vocabulary)}")
+    table = torch.tensor([vocabulary.index(o) for o in options], device=u.device)
+    if len(options) == 1:
+        return table[torch.zeros_like(u, dtype=torch.long)]
+    return table[_index(value, u)]
+
+
+def _index(value: dict, u: Tensor) -> Tensor:
+    n = len(value["choice"])
+    weights = value.get("p")
+    if weights is None:
+        return torch.clamp((u * n).long(), max=n - 1)
+    cdf = torch.cumsum(torch.tensor(weights, dtype=torch.float64, device=u.device), 0)
+    return torch.clamp(torch.searchsorted(cdf / cdf[-1], u.contiguous(), right=True), max=n - 1)
+
+
+def _round_half_even(x: Tensor) -> Tensor:
+    return torch.round(x)  # torch.round rounds half to even, as Python's round() in geometric.py
+
+
+# ----------------------------------------------------------------------------- fills
+
+
+def _paint(ctx: _Ctx, img: Tensor, own: Tensor, fill: Tensor, box: Tensor | None) -> Tensor:
+    """where(own, fill colour, img); own [b,H,W] bool, fill [b] codes into G.FILLS, box [b,4]
+    (x, y, w, h) of each shape (texture is laid over it). Works in the images' own dtype;
+    constant colours broadcast from [b,3,1,1], full-size fills are drawn only when used."""
+    b, c, h, w = img.shape
+    code = fill.view(b, 1, 1, 1)
+    colour = torch.where(code == G.FILLS.index("white"), ctx.hi, ctx.lo).to(torch.float32).expand(b, c, 1, 1)
+    if bool((fill == G.FILLS.index("mean")).any()):
+        mean = img.float().mean(dim=(2, 3), keepdim=True)
+        mean = torch.round(mean) if ctx.integer else mean
+        colour = torch.where(code == G.FILLS.index("mean"), mean, colour)
+    where = own.unsqueeze(1)
+    out = _blend(img, colour.to(img.dtype), where)
+    for name in ("noise", "texture"):
+        chosen = fill == G.FILLS.index(name)
+        if not bool(chosen.any()):
+            continue
+        if name == "noise":
+            u = ctx.rand(b, c, h, w, dtype=torch.float32)
+            value = torch.floor(u * 256.0).clamp(max=255.0) if ctx.integer else ctx.lo + (ctx.hi - ctx.lo) * u
+        else:
+            value = _texture(ctx, b, c, box if box is not None else _box(own))
+        out = _blend(out, value.to(img.dtype), _and(where, chosen.view(b, 1, 1, 1)))
+    return out
+
+
+def _and(a: Tensor, b: Tensor) -> Tensor:
+    """a & b for bool tensors that broadcast. Broadcasting bool ops and torch.where run an
+    unvectorised loop in CPU torch (10-30x slower than uint8 arithmetic); on CUDA it is moot."""
+    return (a.to(torch.uint8) * b.to(torch.uint8)).view(torch.bool)
+
+
+def _blend(x: Tensor, value: Tensor, where: Tensor) -> Tensor:
+    """where(where, value, x) by arithmetic that is exact for 0/1 weights (see _and for why):
+    uint8 x * (1 - m) + v * m, float lerp (returns its end exactly at weight 1)."""
+    if x.dtype == torch.uint8:
+        m = where.to(torch.uint8)
+        return x * (1 - m) + value * m
+    return torch.lerp(x, value.expand_as(x).to(x.dtype), where.to(x.dtype))
+
+
+def _texture(ctx: _Ctx, b: int, c: int, box: Tensor) -> Tensor:
+    cells = G.TEXTURE_CELLS
+    grid = torch.floor(ctx.rand(b, c, cells, cells, dtype=torch.float32) * 256.0).clamp(max=255.0)
+    ys, xs = ctx.grid()
+    bx, by, bw, bh = (box[:, i].float().view(b, 1, 1) for i in range(4))
+    # pixel centre -> normalised coordinate over the shape's box (align_corners=False, like cv2)
+    gx = (xs.view(1, 1, -1) - bx + 0.5) / bw.clamp(min=1) * 2 - 1
+    gy = (ys.view(1, -1, 1) - by + 0.5) / bh.clamp(min=1) * 2 - 1
+    coords = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)
+    tex = F.grid_sample(grid, coords, mode="bicubic", padding_mode="border", align_corners=False)
+    tex = torch.round(tex).clamp(0, 255)
+    return tex if ctx.integer else ctx.lo + (ctx.hi - ctx.lo) * tex / 255.0
+
+
+def _box(own: Tensor) -> Tensor:
+    """Tight box (x, y, w, h) of each mask [b,H,W] (0-size when empty)."""
+    b, h, w = own.shape
+    cols, rows = own.any(dim=1), own.any(dim=2)
+    ar_w = torch.arange(w, device=own.device)
+    ar_h = torch.arange(h, device=own.device)
+    x0 = torch.where(cols, ar_w, w).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1)
+    y0 = torch.where(rows, ar_h, h).amin(1)
+    y1 = torch.where(rows, ar_h, -1).amax(1)
+    return torch.stack([x0, y0, (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)], 1)
+
+
+def _rect_mask(ctx: _Ctx, x: Tensor, y: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    ys, xs = ctx.grid()
+    xs, ys = xs.long(), ys.long()
+    inx = (xs.view(1, -1) >= x.view(-1, 1)) & (xs.view(1, -1) < (x + w).view(-1, 1))
+    iny = (ys.view(1, -1) >= y.view(-1, 1)) & (ys.view(1, -1) < (y + h).view(-1, 1))
+    return _and(iny.unsqueeze(2), inx.unsqueeze(1))
+
+
+# ----------------------------------------------------------------------------- exact k-th value
+
+
+_FAR = 1e30  # beyond any gauge value; finite, so 0 * _FAR stays 0
+
+
+def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 3) -> Tensor:
+    """Per row of g [b, M], the k-th smallest value (k [b] >= 1), so that {g <= t} has k members
+    (ties aside). Newton steps on the count (which grows like t^(2/power) for a scaled shape) get
+    close in a few passes; an exact top-k over the few values between fixes the rest."""
+    kf = k.to(torch.float64)
+    t = guess.to(torch.float64).clone()
+    for _ in range(steps):
+        count = (g <= t.to(g.dtype).unsqueeze(1)).sum(1).to(torch.float64).clamp(min=1.0)
+        t = t * (kf / count) ** (power / 2.0)
+    t = t.to(g.dtype)
+    count = (g <= t.unsqueeze(1)).sum(1)
+    diff = k - count
+    if bool((diff > 0).any()):
+        need = int(diff.max())
+        # values <= t pushed out of reach (arithmetic rather than torch.where: see _and)
+        above = torch.maximum(g, t.unsqueeze(1)) + (g <= t.unsqueeze(1)).to(g.dtype) * _FAR
+        smallest = torch.topk(above, min(need, g.shape[1]), dim=1, largest=False).values
+        pick = smallest.gather(1, (diff.clamp(min=1, max=smallest.shape[1]) - 1).unsqueeze(1)).squeeze(1)
+        t = torch.where(diff > 0, pick, t)
+    if bool((diff < 0).any()):
+        drop = int((-diff).max())
+        below = torch.minimum(g, t.unsqueeze(1)) - (g > t.unsqueeze(1)).to(g.dtype) * _FAR
+        largest = torch.topk(below, min(drop + 1, g.shape[1]), dim=1, largest=True).values
+        pick = largest.gather(1, (-diff).clamp(min=0, max=largest.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        t = torch.where(diff < 0, pick, t)
+    return t
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+class _Op:
+    name = ""
+
+    def __init__(self, params: dict):
+        cls = _CPU_CLASSES.get(self.name)
+        defaults = cls.defaults if cls is not None else self.defaults
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ValueError(f"occluder {self.name!r} got unknown parameter(s) {unknown}; known: {sorted(defaults)}")
+        self.params = {**defaults, **params}
+
+    def __call__(self, ctx: _Ctx, img: Tensor, lm: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _draws(self, ctx: _Ctx, b: int) -> dict[str, Tensor]:
+        """One uniform per parameter and sample (as the CPU path draws one per parameter)."""
+        u = ctx.rand(b, len(self.params))
+        return {key: u[:, i] for i, key in enumerate(self.params)}
+
+    def _ratio(self, u: dict[str, Tensor]) -> Tensor:
+        ratio = _num(self.params["ratio"], u["ratio"])
+        if bool(((ratio < 0) | (ratio > 1)).any()):
+            raise ValueError(f"{self.name} ratio must be in [0, 1], got {self.params['ratio']!r}")
+        return ratio

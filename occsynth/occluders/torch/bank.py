@@ -1,0 +1,182 @@
+"""Templates on batches: TensorBank (RGBA templates on a device) and the `bank` op."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from occsynth.faces.geometry import similarity
+from occsynth.occluders.families.objects import load_bank
+from occsynth.occluders.torch._ops import Tensor, _blend, _codes, _int, _num, _Op
+
+# ----------------------------------------------------------------------------- template bank
+
+
+class TensorBank:
+    """RGBA templates on a device for the `bank` op, pasted at landmark-relative positions (the
+    batched view of a template set; the object bank itself is families/objects.TemplateBank,
+    brought here with `from_template_bank`).
+
+    rgba     [N, 4, h, w], uint8 (0..255) or float (0..1); smaller templates are padded with
+             alpha 0 at the bottom/right (see from_arrays) and `sizes` keeps their own size.
+    anchors  [N, 2, 2]: two points (x, y) in each template's pixels (pixel i spans [i, i+1]).
+    targets  [N, 2, 2]: where those points go, in the face frame of occsynth.assets.catalog:
+             F(fx, fy) = E + fx * (right_eye - left_eye) + fy * (mouth_mid - E), E = eye midpoint,
+             so (-0.5, 0) / (0.5, 0) are the eyes and (0, 1) the mouth centre. The template is
+             mapped by the similarity taking anchors onto targets (then jittered by the op).
+             Default: the template's left and right edge midpoints go 0.5 inter-ocular distances
+             outside each eye (a glasses-like band, 2 IODs wide).
+    sizes    [N, 2] (w, h) of each template before padding (FROM-style random placement uses it).
+    """
+
+    def __init__(
+        self,
+        rgba: Tensor,
+        anchors: Tensor | None = None,
+        targets: Tensor | None = None,
+        sizes: Tensor | None = None,
+        names: Sequence[str] | None = None,
+    ):
+        if rgba.ndim != 4 or rgba.shape[1] != 4:
+            raise ValueError(f"rgba must be [N, 4, h, w], got {tuple(rgba.shape)}")
+        n, _, h, w = rgba.shape
+        rgba = rgba.float() / 255.0 if rgba.dtype == torch.uint8 else rgba.float()
+        # premultiplied colour, so bilinear sampling does not bleed transparent pixels' colour
+        self.premultiplied = torch.cat([rgba[:, :3] * rgba[:, 3:4], rgba[:, 3:4]], dim=1)
+        self.sizes = (sizes if sizes is not None else torch.tensor([[w, h]] * n)).to(torch.float64)
+        if anchors is None:
+            anchors = torch.stack([torch.stack([torch.zeros(n), self.sizes[:, 1] / 2], 1),
+                                   torch.stack([self.sizes[:, 0], self.sizes[:, 1] / 2], 1)], 1)
+        if targets is None:
+            targets = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]] * n)
+        self.anchors = anchors.to(torch.float64).reshape(n, 2, 2)
+        self.targets = targets.to(torch.float64).reshape(n, 2, 2)
+        self.names = list(names) if names is not None else [str(i) for i in range(n)]
+        self._by_device: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.premultiplied.shape[0]
+
+    @classmethod
+    def from_arrays(cls, images: Sequence[np.ndarray], anchors=None, targets=None, names=None) -> "TensorBank":
+        """From HxWx4 uint8 arrays of any sizes (padded to a common size with alpha 0)."""
+        h = max(a.shape[0] for a in images)
+        w = max(a.shape[1] for a in images)
+        stack = np.zeros((len(images), h, w, 4), dtype=np.uint8)
+        for i, a in enumerate(images):
+            stack[i, : a.shape[0], : a.shape[1]] = a
+        sizes = torch.tensor([[a.shape[1], a.shape[0]] for a in images])
+        to_t = (lambda v: None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64)))
+        return cls(torch.from_numpy(stack).permute(0, 3, 1, 2), to_t(anchors), to_t(targets), sizes, names)
+
+    @classmethod
+    def from_template_bank(cls, bank=None, *, categories: Sequence[str] | None = None,
+                           split: str = "any") -> "TensorBank":
+        """The object occluders' template bank (default: the shipped one) as a TensorBank.
+
+        A template of the object bank is placed by the least-squares similarity of its k anchor
+        points onto k face-frame points; here that similarity is fitted once, in face-frame
+        coordinates, and reduced to the two-point form of this class (the template's left and
+        right edge midpoints and where the fit sends them). The two placements agree where the
+        face frame is a similarity of the image (frontal faces, IOD:eye-mouth as the bank's
+        mean face); on strongly sheared frames they differ slightly (the CPU path fits in image
+        space)."""
+        bank = load_bank() if bank is None else bank
+        chosen = bank.select(tuple(categories) if categories else None, split)
+        if not chosen:
+            raise ValueError(f"no templates of categories {categories} in split {split!r}")
+        images, anchors, targets, names = [], [], [], []
+        for i in chosen:
+            t = bank.templates[i]
+            w, h = t.size
+            m = similarity(t.meta["anchor"]["points"], t.meta["anchor"]["face_points"])
+            a = [(0.0, h / 2.0), (float(w), h / 2.0)]
+            images.append(t.rgba)
+            anchors.append(a)
+            targets.append([(m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]) for x, y in a])
+            names.append(t.name)
+        return cls.from_arrays(images, anchors, targets, names)
+
+    def on(self, device: torch.device):
+        key = str(device)
+        if key not in self._by_device:
+            self._by_device[key] = tuple(t.to(device) for t in (self.premultiplied, self.anchors, self.targets, self.sizes))
+        return self._by_device[key]
+
+
+class _BankOp(_Op):
+    """Templates from a TensorBank (`bank` names it in TorchOccluder's banks; `index` picks a
+    template, default uniform). placement="landmarks": anchors onto their face-frame targets,
+    then scaled by `scale` and rotated by `rotation` degrees about the targets' midpoint and
+    shifted by up to `shift` (face-frame units, uniform in [-shift, shift] per axis);
+    "random" (and always when no landmarks are given): FROM-style, the template at its own size
+    times `scale`, centred on a uniform pixel, cut by the border."""
+
+    name = "bank"
+    defaults = {"bank": "default", "index": None, "scale": 1.0, "rotation": 0.0, "shift": 0.0, "placement": "landmarks"}
+
+    def __call__(self, ctx, img, lm):
+        b = img.shape[0]
+        W, H = ctx.width, ctx.height
+        name = self.params["bank"]
+        if name not in ctx.banks:
+            raise KeyError(f"no template bank {name!r} given to TorchOccluder (banks={sorted(ctx.banks)})")
+        bank: TensorBank = ctx.banks[name]
+        prem, anchors, targets, sizes = bank.on(ctx.device)
+        u = self._draws(ctx, b)
+        n = len(bank)
+        if self.params["index"] is None:
+            idx = torch.clamp((u["index"] * n).long(), max=n - 1)
+        else:
+            idx = _int(self.params["index"], u["index"])
+        scale = _num(self.params["scale"], u["scale"])
+        rot = torch.deg2rad(_num(self.params["rotation"], u["rotation"]))
+        placement = _codes(self.params["placement"], u["placement"], ("landmarks", "random"), "placement")
+        a = anchors[idx]  # [b, 2, 2]
+        a_mid = a.mean(1)
+        z_rot = torch.polar(torch.ones_like(rot), rot)
+        pos = ctx.rand(b, 2)
+        # FROM-style: own size x scale, centre uniform over pixels
+        size = sizes[idx]
+        centre_rand = torch.stack([torch.floor(pos[:, 0] * W) + 0.5, torch.floor(pos[:, 1] * H) + 0.5], 1)
+        z_rand = torch.complex(scale, torch.zeros_like(scale)) * z_rot
+        mid_rand = size / 2
+        if lm is not None:
+            lm = lm.to(torch.float64)
+            eye_mid = (lm[:, 0] + lm[:, 1]) / 2
+            ex = lm[:, 1] - lm[:, 0]
+            ey = (lm[:, 3] + lm[:, 4]) / 2 - eye_mid
+            shift = _num(self.params["shift"], u["shift"])
+            t = targets[idx] + (shift.view(b, 1, 1) * (2 * ctx.rand(b, 1, 2) - 1))
+            tp = eye_mid.view(b, 1, 2) + t[..., :1] * ex.view(b, 1, 2) + t[..., 1:] * ey.view(b, 1, 2)
+            za = torch.complex(a[:, 1, 0] - a[:, 0, 0], a[:, 1, 1] - a[:, 0, 1])
+            zt = torch.complex(tp[:, 1, 0] - tp[:, 0, 0], tp[:, 1, 1] - tp[:, 0, 1])
+            z_lm = zt / za * scale * z_rot
+            use_lm = placement == 0
+            z = torch.where(use_lm, z_lm, z_rand)
+            centre = torch.where(use_lm.view(b, 1), tp.mean(1), centre_rand)
+            mid = torch.where(use_lm.view(b, 1), a_mid, mid_rand)
+        else:
+            z, centre, mid = z_rand, centre_rand, mid_rand
+        # output pixel p -> template point mid + (p - centre) / z
+        ys, xs = ctx.grid()
+        px = (xs.view(1, 1, W) + 0.5).double() - centre[:, 0].view(b, 1, 1)
+        py = (ys.view(1, H, 1) + 0.5).double() - centre[:, 1].view(b, 1, 1)
+        zi = (1.0 / z).view(b, 1, 1)
+        tx = mid[:, 0].view(b, 1, 1) + px * zi.real - py * zi.imag
+        ty = mid[:, 1].view(b, 1, 1) + px * zi.imag + py * zi.real
+        th, tw = prem.shape[2], prem.shape[3]
+        gz = ((2 * idx.double() + 1) / n - 1).view(b, 1, 1).expand(b, H, W)
+        grid = torch.stack([tx / tw * 2 - 1, ty / th * 2 - 1, gz], -1).float().unsqueeze(0)  # [1,b,H,W,3]
+        # one 3-D sample over the stack: depth picks the template exactly (at a slice centre)
+        sample = F.grid_sample(prem.permute(1, 0, 2, 3).unsqueeze(0), grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)[0].permute(1, 0, 2, 3)
+        alpha = sample[:, 3]
+        own = alpha >= 0.5
+        rgb = sample[:, :3] / alpha.clamp(min=1e-6).unsqueeze(1)
+        rgb = ctx.lo + (ctx.hi - ctx.lo) * rgb.clamp(0, 1)
+        if ctx.integer:
+            rgb = torch.round(rgb)
+        return _blend(img, rgb.to(img.dtype), own.unsqueeze(1)), own

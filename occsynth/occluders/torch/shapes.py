@@ -1,0 +1,369 @@
+"""The geometric families on batches: block, rectangle, ellipse, polygon, blob, pieces (see the
+package docstring for how each matches the CPU path)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from occsynth.occluders.families import geometric as G
+from occsynth.occluders.torch._ops import (
+    _FAR, Tensor, _and, _codes, _Ctx, _int, _num, _Op, _paint, _rect_mask,
+    _round_half_even, kth_smallest,
+)
+
+class _BlockOp(_Op):
+    name = "block"
+
+    def __call__(self, ctx, img, lm):
+        b = img.shape[0]
+        W, H = ctx.width, ctx.height
+        u = self._draws(ctx, b)
+        ratio = self._ratio(u)
+        fill = _codes(self.params["fill"], u["fill"], G.FILLS, "fill")
+        area = ratio * W * H
+        side = _round_half_even(torch.sqrt(area))
+        if W <= H:
+            alt_w, alt_h = torch.full_like(area, W), torch.clamp(_round_half_even(area / W), max=H)
+        else:
+            alt_w, alt_h = torch.clamp(_round_half_even(area / H), max=W), torch.full_like(area, H)
+        square = side <= min(W, H)
+        bw = torch.where(square, side, alt_w).long()
+        bh = torch.where(square, side, alt_h).long()
+        return self._place(ctx, img, bw, bh, fill)
+
+    def _place(self, ctx, img, bw, bh, fill):
+        b = img.shape[0]
+        pos = ctx.rand(b, 2)
+        x = torch.floor(pos[:, 0] * (ctx.width - bw + 1)).long()
+        y = torch.floor(pos[:, 1] * (ctx.height - bh + 1)).long()
+        own = _rect_mask(ctx, x, y, bw, bh)
+        return _paint(ctx, img, own, fill, torch.stack([x, y, bw, bh], 1)), own
+
+
+def rect_dims(pixels: Tensor, aspect: Tensor, W: int, H: int) -> tuple[Tensor, Tensor]:
+    """Vectorised G.rect_dims (float64 in, int64 out)."""
+    h = torch.clamp(_round_half_even(torch.sqrt(pixels / aspect)), min=1)
+    w = torch.clamp(_round_half_even(pixels / h), min=1)
+    wide = w > W
+    h = torch.where(wide, torch.clamp(torch.clamp(_round_half_even(pixels / W), min=1), max=H), h)
+    w = torch.where(wide, torch.full_like(w, W), w)
+    tall = h > H
+    w = torch.where(tall, torch.clamp(torch.clamp(_round_half_even(pixels / H), min=1), max=W), w)
+    h = torch.where(tall, torch.full_like(h, H), h)
+    empty = pixels <= 0
+    return torch.where(empty, 0, w).long(), torch.where(empty, 0, h).long()
+
+
+class _RectangleOp(_BlockOp):
+    name = "rectangle"
+
+    def __call__(self, ctx, img, lm):
+        b = img.shape[0]
+        u = self._draws(ctx, b)
+        ratio = self._ratio(u)
+        aspect = _num(self.params["aspect"], u["aspect"])
+        fill = _codes(self.params["fill"], u["fill"], G.FILLS, "fill")
+        pixels = _round_half_even(ratio * ctx.width * ctx.height)
+        bw, bh = rect_dims(pixels, aspect, ctx.width, ctx.height)
+        return self._place(ctx, img, bw, bh, fill)
+
+
+@dataclass
+class _Shapes:
+    """A batch of unit shapes: gauge(dx, dy) on coordinates broadcasting to [b, H, W] (dx [b,1,W],
+    dy [b,H,1], or both [b,1,M]) returns [b, H, W]; area [b], extents [b] each."""
+
+    gauge: Any
+    area: Tensor
+    xmin: Tensor
+    xmax: Tensor
+    ymin: Tensor
+    ymax: Tensor
+    power: int
+
+
+def _pseudo_angle(dx: Tensor, dy: Tensor) -> Tensor:
+    q = dx / (dx.abs() + dy.abs() + 1e-20)
+    return (1 - q) + (dy < 0).to(q.dtype) * (2 + 2 * q)  # 1 - q for dy >= 0, 3 + q below
+
+
+class _GaugeOp(_Op):
+    def shapes(self, ctx: _Ctx, c: dict, b: int) -> _Shapes:
+        raise NotImplementedError
+
+    def concrete(self, ctx, u) -> dict:
+        c = {}
+        for key, value in self.params.items():
+            if key in ("fill",):
+                c[key] = _codes(value, u[key], G.FILLS, "fill")
+            elif key == "overflow":
+                c[key] = _codes(value, u[key], G.OVERFLOW, "overflow")
+            elif key in ("vertices", "harmonics"):
+                c[key] = _int(value, u[key])
+            else:
+                c[key] = _num(value, u[key])
+        return c
+
+    def __call__(self, ctx, img, lm):
+        b = img.shape[0]
+        W, H = ctx.width, ctx.height
+        u = self._draws(ctx, b)
+        c = self.concrete(ctx, u)
+        c["ratio"] = self._ratio(u)
+        sh = self.shapes(ctx, c, b)
+        k = _round_half_even(c["ratio"] * W * H).long()
+        s0 = torch.sqrt(k.to(torch.float64) / sh.area)
+        span_x, span_y = s0 * (sh.xmax - sh.xmin), s0 * (sh.ymax - sh.ymin)
+        fits = (span_x <= W) & (span_y <= H)
+        pos = ctx.rand(b, 2)
+        cx = torch.where(fits, -s0 * sh.xmin + pos[:, 0] * (W - span_x), W / 2.0 - s0 * (sh.xmin + sh.xmax) / 2)
+        cy = torch.where(fits, -s0 * sh.ymin + pos[:, 1] * (H - span_y), H / 2.0 - s0 * (sh.ymin + sh.ymax) / 2)
+        ys, xs = ctx.grid()
+        # separable coordinates [b,1,W] and [b,H,1]: gauges broadcast them, saving full-size ops
+        dx = xs.view(1, 1, W) + 0.5 - cx.float().view(b, 1, 1)
+        dy = ys.view(1, H, 1) + 0.5 - cy.float().view(b, 1, 1)
+        g = sh.gauge(dx, dy).reshape(b, -1)
+        thr = kth_smallest(g, k.clamp(min=1), s0**sh.power, sh.power)
+        thr = torch.where(k > 0, thr, -_FAR)  # per-row thresholds: [b] ops, not [b, H*W]
+        own = g <= thr.unsqueeze(1)
+        shrink = (~fits) & (c["overflow"] == G.OVERFLOW.index("shrink"))
+        if bool(shrink.any()):
+            ring = torch.where(shrink, self._ring_min(ctx, sh, cx, cy), _FAR)
+            own = own & (g < ring.to(g.dtype).unsqueeze(1))
+        own = own.view(b, H, W)
+        return _paint(ctx, img, own, c["fill"], None), own
+
+    @staticmethod
+    def _ring_min(ctx, sh, cx, cy) -> Tensor:
+        W, H = ctx.width, ctx.height
+        xs = torch.arange(-1, W + 1, device=ctx.device, dtype=torch.float32)
+        ys = torch.arange(-1, H + 1, device=ctx.device, dtype=torch.float32)
+        rx = torch.cat([xs, xs, torch.full((H + 2,), -1.0, device=ctx.device), torch.full((H + 2,), float(W), device=ctx.device)])
+        ry = torch.cat([torch.full((W + 2,), -1.0, device=ctx.device), torch.full((W + 2,), float(H), device=ctx.device), ys, ys])
+        dx = rx.view(1, 1, -1) + 0.5 - cx.float().view(-1, 1, 1)
+        dy = ry.view(1, 1, -1) + 0.5 - cy.float().view(-1, 1, 1)
+        return sh.gauge(dx, dy).reshape(len(cx), -1).amin(1)
+
+
+class _EllipseOp(_GaugeOp):
+    name = "ellipse"
+
+    def shapes(self, ctx, c, b):
+        a, bb = torch.sqrt(c["aspect"]), 1.0 / torch.sqrt(c["aspect"])
+        t = torch.deg2rad(c["angle"])
+        ca, sa = (torch.cos(t) / a).float().view(b, 1, 1), (torch.sin(t) / a).float().view(b, 1, 1)
+        cb, sb = (torch.cos(t) / bb).float().view(b, 1, 1), (torch.sin(t) / bb).float().view(b, 1, 1)
+
+        def gauge(dx, dy):
+            u = dx * ca + dy * sa
+            v = dy * cb - dx * sb
+            return u * u + v * v
+
+        ex = torch.sqrt((a * torch.cos(t)) ** 2 + (bb * torch.sin(t)) ** 2)
+        ey = torch.sqrt((a * torch.sin(t)) ** 2 + (bb * torch.cos(t)) ** 2)
+        return _Shapes(gauge, torch.full_like(ex, math.pi), -ex, ex, -ey, ey, power=2)
+
+
+class _PolygonOp(_GaugeOp):
+    name = "polygon"
+
+    def shapes(self, ctx, c, b):
+        n = c["vertices"]
+        if bool((n < 3).any()) or bool(((c["spikiness"] < 0) | (c["spikiness"] >= 1)).any()):
+            raise ValueError("polygon needs vertices >= 3 and spikiness in [0, 1)")
+        N = int(n.max())
+        j = torch.arange(N, device=ctx.device).view(1, N)
+        active = j < n.view(b, 1)
+        gaps = torch.zeros(b, N, dtype=torch.float64, device=ctx.device)
+        todo = torch.ones(b, dtype=torch.bool, device=ctx.device)
+        while bool(todo.any()):  # same rejection rule as G.polygon_vertices
+            fresh = torch.where(active, 0.5 + ctx.rand(b, N), torch.zeros_like(gaps))
+            fresh = fresh / fresh.sum(1, keepdim=True) * (2 * math.pi)
+            gaps = torch.where(todo.view(b, 1), fresh, gaps)
+            todo = todo & (gaps.amax(1) >= G.POLYGON_MAX_GAP)
+        phase = ctx.rand(b) * (2 * math.pi)
+        angles = phase.view(b, 1) + torch.cumsum(gaps, 1) - gaps
+        radii = 1.0 - c["spikiness"].view(b, 1) * ctx.rand(b, N)
+        px, py = radii * torch.cos(angles), radii * torch.sin(angles)
+        nxt = torch.where(j + 1 < n.view(b, 1), j + 1, torch.zeros_like(j)).expand(b, N)
+        qx, qy = px.gather(1, nxt), py.gather(1, nxt)
+        d = px * qy - py * qx
+        coef_x, coef_y = (qy - py) / d, (px - qx) / d
+        pa = torch.where(active, _pseudo_angle(px, py), torch.full_like(px, 5.0))  # inactive sort last
+        pa, order = torch.sort(pa, dim=1, stable=True)
+        bounds = pa.float().contiguous()
+        cxs, cys = coef_x.gather(1, order).float(), coef_y.gather(1, order).float()
+
+        def gauge(dx, dy):
+            pa = _pseudo_angle(dx, dy)
+            shape = pa.shape
+            idx = torch.searchsorted(bounds, pa.reshape(b, -1), right=True) - 1
+            idx = torch.remainder(idx, n.view(b, 1))  # -1 (before the first vertex): the last sector
+            return (dx * cxs.gather(1, idx).view(shape) + dy * cys.gather(1, idx).view(shape))
+
+        big = torch.full_like(px, float("inf"))
+        area = 0.5 * torch.where(active, d, torch.zeros_like(d)).sum(1)
+        return _Shapes(gauge, area, torch.where(active, px, big).amin(1), torch.where(active, px, -big).amax(1),
+                       torch.where(active, py, big).amin(1), torch.where(active, py, -big).amax(1), power=1)
+
+
+_BLOB_TABLES: dict[str, tuple[Tensor, ...]] = {}
+
+
+def _blob_tables(device) -> tuple[Tensor, ...]:
+    key = str(device)
+    if key not in _BLOB_TABLES:
+        n = G.BLOB_BINS
+        edges = np.arctan2(*G.pseudo_angle_inverse(np.arange(n + 1) * (4.0 / n))[::-1])
+        widths = np.mod(np.diff(edges), 2.0 * math.pi)
+        _BLOB_TABLES[key] = tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in (
+            G._BLOB_COS, G._BLOB_SIN, G._BLOB_COS_DIR, G._BLOB_SIN_DIR, widths))
+    return _BLOB_TABLES[key]
+
+
+class _BlobOp(_GaugeOp):
+    name = "blob"
+
+    def shapes(self, ctx, c, b):
+        K = c["harmonics"]
+        if bool(((K < 1) | (K > G.BLOB_MAX_HARMONICS)).any()) or bool((c["amplitude"] < 0).any()):
+            raise ValueError(f"blob needs harmonics in [1, {G.BLOB_MAX_HARMONICS}] and amplitude >= 0")
+        cos_k, sin_k, cos_dir, sin_dir, widths = _blob_tables(ctx.device)
+        M = int(K.max())
+        k = torch.arange(1, M + 1, device=ctx.device, dtype=torch.float64).view(1, M)
+        on = k <= K.view(b, 1)
+        size = torch.where(on, c["amplitude"].view(b, 1) * ctx.randn(b, M) / k, torch.zeros(b, M, dtype=torch.float64, device=ctx.device))
+        phases = ctx.rand(b, M) * (2 * math.pi)
+        radius = torch.exp((size * torch.cos(phases)) @ cos_k[:M] - (size * torch.sin(phases)) @ sin_k[:M])
+        inv_sq = (1.0 / radius**2).float()
+        nb = G.BLOB_BINS
+
+        def gauge(dx, dy):
+            pa = _pseudo_angle(dx, dy)
+            idx = torch.clamp((pa * (nb / 4.0)).long(), max=nb - 1)
+            return (dx * dx + dy * dy) * inv_sq.gather(1, idx.reshape(b, -1)).view(pa.shape)
+
+        xs, ys = radius * cos_dir, radius * sin_dir
+        area = 0.5 * (radius**2 * widths).sum(1)
+        return _Shapes(gauge, area, xs.amin(1), xs.amax(1), ys.amin(1), ys.amax(1), power=2)
+
+
+class _PiecesOp(_Op):
+    name = "pieces"
+
+    def __call__(self, ctx, img, lm):
+        b = img.shape[0]
+        W, H = ctx.width, ctx.height
+        u = self._draws(ctx, b)
+        ratio = self._ratio(u)
+        n = _int(self.params["n"], u["n"])
+        shape = _codes(self.params["shape"], u["shape"], G.Pieces.SHAPES, "pieces shape")
+        fill = _codes(self.params["fill"], u["fill"], G.FILLS, "fill")
+        if bool((n < 1).any()):
+            raise ValueError("pieces needs n >= 1")
+        N = int(n.max())
+        dev = ctx.device
+        active = torch.arange(N, device=dev).view(1, N) < n.view(b, 1)
+        weights = -torch.log1p(-ctx.rand(b, N)) - torch.log1p(-ctx.rand(b, N))
+        weights = torch.where(active, weights, torch.zeros_like(weights))
+        total = _round_half_even(ratio * W * H)
+        counts = _split(total, weights, active)
+        mixed = shape == G.Pieces.SHAPES.index("mixed")
+        ellipse = torch.where(mixed.view(b, 1), ctx.rand(b, N) < 0.5,
+                              (shape == G.Pieces.SHAPES.index("ellipse")).view(b, 1).expand(b, N))
+        aspect = G.PIECE_ASPECT[0] + (G.PIECE_ASPECT[1] - G.PIECE_ASPECT[0]) * ctx.rand(b, N)
+        counts, order = torch.sort(counts, dim=1, descending=True, stable=True)
+        ellipse, aspect = ellipse.gather(1, order), aspect.gather(1, order)
+        cf = counts.to(torch.float64)
+        rw, rh = rect_dims(cf, aspect, W, H)
+        box_area = 4.0 / math.pi * cf
+        ew = torch.clamp(torch.clamp(torch.ceil(torch.sqrt(box_area * aspect)), min=1), max=W)
+        eh = torch.clamp(torch.clamp(torch.ceil(box_area / ew), min=1), max=H)
+        bw = torch.where(ellipse, ew.long(), rw)
+        bh = torch.where(ellipse, eh.long(), rh)
+        real = counts > 0
+        # layouts: whole sub-batch first, then only the samples still missing pieces
+        best_x = torch.zeros(b, N, dtype=torch.long, device=dev)
+        best_y = torch.zeros_like(best_x)
+        best_ok = torch.zeros(b, N, dtype=torch.bool, device=dev)
+        rows = torch.arange(b, device=dev)
+        for _ in range(G.PIECES_ATTEMPTS):
+            x, y, ok = self._layout(ctx, bw[rows], bh[rows], real[rows])
+            better = ok.sum(1) > best_ok[rows].sum(1)
+            sel = rows[better]
+            best_x[sel], best_y[sel], best_ok[sel] = x[better], y[better], ok[better]
+            rows = rows[best_ok[rows].sum(1) < real[rows].sum(1)]
+            if len(rows) == 0:
+                break
+        own = torch.zeros(b, H * W, dtype=torch.bool, device=dev)
+        ys, xs = ctx.grid()
+        gx = (xs.view(1, 1, W) + 0.5).expand(1, H, W).reshape(1, -1)
+        gy = (ys.view(1, H, 1) + 0.5).expand(1, H, W).reshape(1, -1)
+        for j in range(N):
+            placed = best_ok[:, j]
+            if not bool(placed.any()):
+                continue
+            x, y, w, h = best_x[:, j], best_y[:, j], bw[:, j], bh[:, j]
+            piece = _rect_mask(ctx, x, y, w, h).view(b, -1)
+            rows = torch.nonzero(ellipse[:, j] & placed).squeeze(1)
+            if len(rows):
+                # the k pixels of the box nearest its centre in ellipse gauge (G.ellipse_in_box)
+                x, y, w, h = x[rows].float().view(-1, 1), y[rows].float().view(-1, 1), w[rows], h[rows]
+                half_w, half_h = w.float().view(-1, 1) / 2, h.float().view(-1, 1) / 2
+                g = ((gx - x - half_w) / half_w) ** 2 + ((gy - y - half_h) / half_h) ** 2
+                g = g + (~piece[rows]).to(g.dtype) * _FAR  # outside the box: out of reach
+                k = torch.minimum(counts[rows, j], w * h).clamp(min=1)
+                thr = kth_smallest(g, k, torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
+                piece[rows] = g <= thr.view(-1, 1)
+            own |= _and(piece, placed.view(b, 1))
+        own = own.view(b, H, W)
+        return _paint(ctx, img, own, fill, None), own
+
+    @staticmethod
+    def _layout(ctx, bw, bh, real):
+        """One layout attempt: piece j at a uniformly random free top-left position, keeping a
+        one-pixel gap from the pieces placed before it (as G._layout)."""
+        b, N = bw.shape
+        W, H = ctx.width, ctx.height
+        dev = ctx.device
+        ys = torch.arange(H, device=dev).view(1, H, 1)
+        xs = torch.arange(W, device=dev).view(1, 1, W)
+        x = torch.zeros(b, N, dtype=torch.long, device=dev)
+        y = torch.zeros_like(x)
+        ok = torch.zeros(b, N, dtype=torch.bool, device=dev)
+        for j in range(N):
+            w, h = bw[:, j].view(b, 1, 1), bh[:, j].view(b, 1, 1)
+            # uint8 arithmetic instead of broadcast bool ops (see _and)
+            valid = (ys <= H - h).to(torch.uint8) * (xs <= W - w).to(torch.uint8)
+            for i in range(j):
+                px, py = x[:, i].view(b, 1, 1), y[:, i].view(b, 1, 1)
+                pw, ph = bw[:, i].view(b, 1, 1), bh[:, i].view(b, 1, 1)
+                # positions within one pixel of placed box i: a row band times a column band
+                rows = ((ys >= py - h) & (ys <= py + ph) & ok[:, i].view(b, 1, 1)).to(torch.uint8)
+                cols = ((xs >= px - w) & (xs <= px + pw)).to(torch.uint8)
+                valid = valid * (1 - rows * cols)
+            valid = valid.view(b, -1)
+            # a uniform pick among the valid positions: the t-th of them, t uniform below their count
+            seen = torch.cumsum(valid, 1, dtype=torch.int32)
+            t = torch.floor(ctx.rand(b) * seen[:, -1]).to(torch.int32)
+            # seen is sorted along each row: the first position where it passes t
+            pos = torch.searchsorted(seen, (t + 1).view(b, 1)).view(b).clamp(max=H * W - 1)
+            ok[:, j] = (seen[:, -1] > 0) & real[:, j]
+            y[:, j], x[:, j] = pos // W, pos % W
+        return x, y, ok
+
+
+def _split(total: Tensor, weights: Tensor, active: Tensor) -> Tensor:
+    """Vectorised G.split_pixels (largest remainder), rows of `weights` [b, N]."""
+    share = weights / weights.sum(1, keepdim=True) * total.view(-1, 1)
+    base = torch.floor(share)
+    rest = (total - base.sum(1)).long()
+    frac = torch.where(active, share - base, torch.full_like(share, -1.0))
+    order = torch.sort(-frac, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (base + (rank < rest.view(-1, 1)).to(base.dtype)).long()
