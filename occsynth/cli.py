@@ -207,8 +207,8 @@ class _BuildGroup(click.Group):
 
 def _builder_command(builder):
     def run(**opts):
-        from occsynth.inspect.card import write_card
         from occsynth.build.locks import compare_lock, make_lock
+        from occsynth.inspect.card import write_card
 
         out = Path(opts.pop("out"))
         check, write_lock = opts.pop("check"), opts.pop("write_lock")

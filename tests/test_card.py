@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from occsynth.io.dataset import DatasetError
 from occsynth.inspect.card import (
     CARD,
     FREQUENCY_NPY,
@@ -86,7 +87,7 @@ def test_card_without_facts_or_pairs(tmp_path):
     build_tiny_dataset(root, with_pairs=False)
     text = write_card(root).read_text()
     assert text.startswith("# tiny\n") and "## Pairs" not in text and "## Benchmark" not in text
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetError, match="no such dataset folder"):
         write_card(tmp_path / "nothing")
 
 

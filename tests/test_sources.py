@@ -257,9 +257,9 @@ def test_stale_temp_files_do_not_break_the_cache(tmp_path, _tmp_cache):
     key = sources_mod._cache_key(archive.absolute(), archive.stat())
     _tmp_cache.mkdir(parents=True)
     # what a run killed mid-write leaves: partial files under temporary names
-    fresh = _tmp_cache / f"{key}.tar.4242.abcd.tmp"
-    old = _tmp_cache / f"{key}.tar.4243.beef.tmp"
-    old_index = _tmp_cache / f"{key}.index.json.4243.beef.tmp"
+    fresh = _tmp_cache / f".{key}.tar.4242.tmp"
+    old = _tmp_cache / f".{key}.tar.4243.tmp"
+    old_index = _tmp_cache / f".{key}.index.json.4243.tmp"
     for junk in (fresh, old, old_index):
         junk.write_bytes(b"partial garbage")
     hours_ago = time.time() - 7200

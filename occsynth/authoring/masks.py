@@ -19,13 +19,31 @@ from scipy import ndimage
 
 from occsynth.assets.catalog import (
     MASK_COLORS as COLORS,
+)
+from occsynth.assets.catalog import (
     MASK_KINDS as KINDS,
+)
+from occsynth.assets.catalog import (
     MASK_PRINTS as PRINTS,
+)
+from occsynth.assets.catalog import (
     MASK_STYLES as DEFAULT_STYLES,
+)
+from occsynth.assets.catalog import (
     POSE_BANK_INDEX as BANK_INDEX,
+)
+from occsynth.assets.catalog import (
     default_pose_bank_dir,
 )
-from occsynth.authoring.meshes import _fabric_texture, ellipsoid, shape_sheet, slab, superellipse, tex_noise, tube
+from occsynth.authoring.meshes import (
+    _fabric_texture,
+    ellipsoid,
+    shape_sheet,
+    slab,
+    superellipse,
+    tex_noise,
+    tube,
+)
 from occsynth.authoring.render import Light, Part, render_pixel_space
 from occsynth.faces.pose import MODEL_POINTS, pose_matrix, project
 from occsynth.seeding import derive_seed, make_rng

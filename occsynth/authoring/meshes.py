@@ -12,6 +12,7 @@ from scipy import ndimage
 from scipy.spatial import Delaunay
 from skimage import measure
 
+
 def _trimesh():
     return trimesh
 

@@ -8,8 +8,8 @@ paper, its default parameters) live as data in occsynth/benchmarks/definitions/<
 from __future__ import annotations
 
 import functools
-from importlib import resources
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 

@@ -6,21 +6,20 @@ writes protocol.json (gallery/probe/distractor keys) or pairs.jsonl beside the s
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
 
-from occsynth import contract
-from occsynth.build import BuildConfig, PlannedSample
+from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.benchmarks.protocols.ar import ar_protocol
 from occsynth.benchmarks.protocols.identification import write_protocol_json
 from occsynth.benchmarks.protocols.mf1 import GALLERY_MODES, mf1_protocol
 from occsynth.benchmarks.protocols.mfr2 import read_mfr2_pairs
 from occsynth.benchmarks.protocols.pairs import check_pairs_against, write_pairs_jsonl
+from occsynth.build import BuildConfig, PlannedSample
+from occsynth.io.dataset import Dataset
 from occsynth.sources import open_source
 from occsynth.sources.combined import CombinedSource
-from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 
 
 def one_sample_per_image(items, specs_of, tag: str) -> list[PlannedSample]:
@@ -33,15 +32,9 @@ def one_sample_per_image(items, specs_of, tag: str) -> list[PlannedSample]:
 
 def built_keys(out: Path) -> tuple[dict[str, str], dict[str, str]]:
     """(source sample id -> key, source sample id -> failure reason) of a finished build."""
-    keys, problems = {}, {}
-    with open(out / contract.INDEX) as f:
-        for line in f:
-            meta = json.loads(line)
-            keys[meta["source"]] = meta["key"]
-    with open(out / contract.FAILURES) as f:
-        for line in f:
-            failure = json.loads(line)
-            problems[failure["source"]] = f"{failure['stage']}: {failure['reason']}"
+    dataset = Dataset(out)
+    keys = {meta["source"]: meta["key"] for meta in dataset.index()}
+    problems = {f["source"]: f"{f['stage']}: {f['reason']}" for f in dataset.failures()}
     return keys, problems
 
 

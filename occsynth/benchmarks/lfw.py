@@ -8,17 +8,18 @@ seed, even when LFW uses one image in several pairs.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from occsynth import contract
-from occsynth.build import BuildConfig, PlannedSample
-from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
-from occsynth.sources import open_source
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
+from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
+from occsynth.build import BuildConfig, PlannedSample
+from occsynth.io.atomic import write_text
+from occsynth.io.dataset import Dataset
+from occsynth.sources import open_source
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -57,17 +58,12 @@ def pair_plan(protocol, items_by_id: dict, specs: dict[str, str], tag: str, repe
 
 def write_pairs(out: Path, protocol, items_by_id: dict, repeats: int = 1) -> dict:
     """pairs.jsonl: every protocol pair (x repeats), with keys, flagged when a side has no sample."""
+    dataset = Dataset(out)
     built = {}
-    with open(out / contract.INDEX) as f:
-        for line in f:
-            meta = json.loads(line)
-            extra = meta["extra"]
-            built[(extra.get("repeat", 0), extra["pair"], extra["side"])] = meta["key"]
-    failures = {}
-    with open(out / contract.FAILURES) as f:
-        for line in f:
-            failure = json.loads(line)
-            failures[failure["key"]] = f"{failure['stage']}: {failure['reason']}"
+    for meta in dataset.index():
+        extra = meta["extra"]
+        built[(extra.get("repeat", 0), extra["pair"], extra["side"])] = meta["key"]
+    failures = {f["key"]: f"{f['stage']}: {f['reason']}" for f in dataset.failures()}
     rows, flagged = [], 0
     for repeat in range(repeats):
         for pair in protocol:
@@ -85,17 +81,12 @@ def write_pairs(out: Path, protocol, items_by_id: dict, repeats: int = 1) -> dic
             row["flagged"], row["reason"] = bool(reasons), "; ".join(reasons)
             flagged += bool(reasons)
             rows.append(row)
-    (out / PAIRS_FILE).write_text(contract.dumps_lines(rows))
+    write_text(out / PAIRS_FILE, contract.dumps_lines(rows))
     return {"pairs": len(rows), "flagged_pairs": flagged, "folds": len({p.fold for p in protocol})}
 
 
 def _achieved(out: Path, side: str | None = None) -> dict:
-    ratios = []
-    with open(out / contract.INDEX) as f:
-        for line in f:
-            meta = json.loads(line)
-            if side is None or meta["extra"]["side"] == side:
-                ratios.append(meta["occlusion_ratio"])
+    ratios = [m["occlusion_ratio"] for m in Dataset(out).index() if side is None or m["extra"]["side"] == side]
     mean = sum(ratios) / len(ratios) if ratios else 0.0
     return {"mean_occlusion_ratio" + (f"_side_{side}" if side else ""): round(mean, 6)}
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import click
 
+from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.build import BuildConfig, PlannedSample
 from occsynth.sources import open_source
-from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 
 SRC_OPTIONS = [
     click.option("--src", required=True, type=click.Path(exists=True),

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from tqdm import tqdm
 
 from occsynth import __version__, contract
@@ -27,7 +26,6 @@ from occsynth.build.stats import dataset_stats
 from occsynth.faces.templates import get_template
 from occsynth.io.atomic import write_text
 from occsynth.io.tar import sha256_file
-
 
 # ---------------------------------------------------------------- the whole build
 BUILD_FILE = ".occsynth-build.json"

@@ -6,10 +6,15 @@ as seen in the image), in source-image pixel coordinates, rounded with contract.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
 from occsynth.contract import round_points
+
+if TYPE_CHECKING:  # torch is imported only when a detector is built
+    import torch
 
 POLICIES = ("center", "largest")
 

@@ -7,11 +7,11 @@ same images (from a folder, an archive, a renamed copy) reuse them instead of ru
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 from occsynth import contract
+from occsynth.io.atomic import write_text
 from occsynth.io.cache import cache_dir
 
 
@@ -52,10 +52,8 @@ class LandmarkCache:
         if not fresh:
             return 0
         known.update(fresh)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(contract.dumps_lines(known[k] for k in sorted(known)))
-        os.replace(tmp, self.path)  # concurrent builds: last writer wins, never a torn file
+        # concurrent builds: last writer wins, never a torn file
+        write_text(self.path, contract.dumps_lines(known[k] for k in sorted(known)))
         return len(fresh)
 
     def __len__(self) -> int:

@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-
 MODEL_POINTS = np.array(
     [
         [-31.5, 0.0, 0.0],   # left eye

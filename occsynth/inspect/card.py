@@ -33,10 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from occsynth import __version__, contract
 from occsynth.benchmarks.protocols.identification import PROTOCOL_FILE
 from occsynth.benchmarks.protocols.pairs import PAIRS_FILE, read_pairs_jsonl
+from occsynth.io.atomic import atomic_write, write_text
+from occsynth.io.dataset import Dataset, DatasetError
+from occsynth.io.images import decode_image, decode_mask
 
 __all__ = ["CARD", "MEASURES", "OcclusionMaps", "measure", "occlusion_frequency", "write_card"]
 
@@ -73,9 +78,6 @@ class OcclusionMaps:
 
 def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     """Mean mask and mean image over every sample of the most common image size."""
-    from occsynth.io.export import iter_samples
-    from occsynth.io.images import decode_image, decode_mask
-
     sizes: Counter = Counter()
     for meta in _index(Path(dataset_dir)):
         sizes[tuple(meta["image_size"])] += 1
@@ -86,7 +88,8 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     mask_sum = np.zeros((height, width), np.float64)
     face_sum = np.zeros((height, width, 3), np.float64)
     lm_sum, lm_count, count = np.zeros((5, 2)), 0, 0
-    for key, members, meta in iter_samples(dataset_dir):
+    for key, members in Dataset(dataset_dir).iter_samples():
+        meta = json.loads(members[contract.EXT_META])
         if tuple(meta["image_size"]) != size:
             continue
         mask = decode_mask(members[contract.EXT_MASK])
@@ -138,10 +141,7 @@ def measure(dataset_dir: str | os.PathLike) -> dict:
 def write_card(dataset_dir: str | os.PathLike, facts: dict | None = None) -> Path:
     """Write card.md and its plots into ``dataset_dir``; returns the card's path."""
     dataset_dir = Path(dataset_dir)
-    manifest_path = dataset_dir / contract.MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} is missing: not a finished occsynth dataset")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = Dataset(dataset_dir).manifest
     metas = _index(dataset_dir)
     failures = _failures(dataset_dir)
     values = measure(dataset_dir)
@@ -158,49 +158,36 @@ def write_card(dataset_dir: str | os.PathLike, facts: dict | None = None) -> Pat
     _plot_counts(dataset_dir / PLOT_OCCLUDERS, families, names)
 
     text = _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, families, names)
-    path = dataset_dir / CARD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(dataset_dir / CARD, text)
 
 
 # ------------------------------------------------------------------------ reading
 def _index(dataset_dir: Path) -> list[dict]:
-    path = dataset_dir / contract.INDEX
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    dataset = Dataset(dataset_dir)
+    if not dataset.has_index():
+        raise DatasetError(f"{dataset_dir / contract.INDEX} is missing")
+    return dataset.index()
 
 
 def _failures(dataset_dir: Path) -> list[dict]:
-    path = dataset_dir / contract.FAILURES
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return Dataset(dataset_dir).failures()
 
 
 # ------------------------------------------------------------------------ plots
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", bbox_inches="tight", metadata={"Software": None})
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _plot_ratios(path: Path, ratios: np.ndarray, targets: dict) -> None:

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from occsynth import contract
-from occsynth.io.tar import iter_shard
+from occsynth.io.dataset import Dataset
+from occsynth.io.images import decode_image, decode_mask
 
 OVERLAY_COLOUR = np.array([255, 0, 64], dtype=np.float32)  # RGB; occluded pixels tinted
 
@@ -25,21 +26,15 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np
 
 
 def read_samples(out_dir: str | Path, limit: int, every: int = 1) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    from occsynth.io.images import decode_image, decode_mask
-
-    out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / contract.MANIFEST).read_text())
-    samples, seen = [], 0
-    for shard in manifest["shards"]:
-        for key, members in iter_shard(out_dir / shard["name"]):
-            seen += 1
-            if (seen - 1) % every:
-                continue
-            image_ext = contract.EXT_IMAGE_PNG if contract.EXT_IMAGE_PNG in members else contract.EXT_IMAGE_JPG
-            samples.append((json.loads(members[contract.EXT_META]), decode_image(members[image_ext]),
-                            decode_mask(members[contract.EXT_MASK])))
-            if len(samples) >= limit:
-                return samples
+    samples = []
+    for seen, (key, members) in enumerate(Dataset(out_dir).iter_samples()):
+        if seen % every:
+            continue
+        image_ext = contract.EXT_IMAGE_PNG if contract.EXT_IMAGE_PNG in members else contract.EXT_IMAGE_JPG
+        samples.append((json.loads(members[contract.EXT_META]), decode_image(members[image_ext]),
+                        decode_mask(members[contract.EXT_MASK])))
+        if len(samples) >= limit:
+            break
     return samples
 
 

@@ -7,24 +7,25 @@ from pathlib import Path
 import numpy as np
 
 from occsynth import contract
+from occsynth.io.dataset import Dataset, DatasetError
+from occsynth.io.images import decode_image, decode_mask
 from occsynth.io.tar import iter_shard, sha256_file
 
 
 def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: int = 50) -> list[str]:
     """Return a list of problems ([] = the dataset is intact and follows the contract)."""
-    from occsynth.io.images import decode_image, decode_mask
-
     out_dir = Path(out_dir)
     problems: list[str] = []
 
     def problem(text: str) -> None:
         problems.append(text)
 
-    manifest_path = out_dir / contract.MANIFEST
-    if not manifest_path.exists():
-        return [f"{manifest_path} is missing (not an occsynth dataset, or the build did not finish)"]
-    manifest = json.loads(manifest_path.read_text())
-    listed = {s["name"]: s for s in manifest["shards"]}
+    try:
+        dataset = Dataset(out_dir)
+        listed = {s.name: s for s in dataset.shards}
+    except DatasetError as exc:
+        return [str(exc)]
+    manifest = dataset.manifest
     on_disk = {p.name for p in out_dir.glob("*.tar")}
     for name in sorted(on_disk - set(listed)):
         problem(f"{name}: shard on disk but not in manifest.json")
@@ -34,8 +35,11 @@ def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: in
         problem(f"{leftover.name}: temporary file left by an interrupted run")
 
     index_keys = []
-    if (out_dir / contract.INDEX).exists():
-        index_keys = [json.loads(line)["key"] for line in (out_dir / contract.INDEX).read_text().splitlines() if line]
+    if dataset.has_index():
+        try:
+            index_keys = [m.get("key") for m in dataset.index()]
+        except DatasetError as exc:
+            problem(str(exc))
     else:
         problem(f"{contract.INDEX} is missing")
     if not (out_dir / contract.FAILURES).exists():
@@ -46,8 +50,8 @@ def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: in
     for name in sorted(set(listed) & on_disk):
         entry, path = listed[name], out_dir / name
         digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problem(f"{name}: sha256 {digest[:12]}… does not match manifest {entry['sha256'][:12]}…")
+        if digest != entry.sha256:
+            problem(f"{name}: sha256 {digest[:12]}… does not match manifest {entry.sha256[:12]}…")
         count = 0
         try:
             for key, members in iter_shard(path):
@@ -91,8 +95,8 @@ def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: in
                     return problems + [f"... stopped after {max_problems} problems"]
         except Exception as exc:  # a corrupt tar or member is a finding, not a crash
             problem(f"{name}: cannot be read: {type(exc).__name__}: {exc}")
-        if count != entry["num_samples"]:
-            problem(f"{name}: holds {count} samples, manifest says {entry['num_samples']}")
+        if count != entry.num_samples:
+            problem(f"{name}: holds {count} samples, manifest says {entry.num_samples}")
     if len(seen_keys) != len(set(seen_keys)):
         problem("duplicate sample keys across shards")
     if index_keys and index_keys != seen_keys:

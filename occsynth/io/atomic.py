@@ -39,7 +39,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode, encoding=encoding if "b" not in mode else None) as fh:
+        text = "b" not in mode  # text files are written with "\n" line ends on every platform
+        with open(tmp, mode, encoding=encoding if text else None, newline="\n" if text else None) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -58,6 +59,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return Path(path)

@@ -24,6 +24,7 @@ Every export is written to a temporary name and renamed into place when complete
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -33,8 +34,14 @@ from pathlib import Path
 from typing import Iterator
 
 from occsynth import contract
-from occsynth.benchmarks.protocols.pairs import PAIRS_FILE, Pair, read_pairs_jsonl, write_pairs_txt
-from occsynth.io.tar import iter_shard
+from occsynth.benchmarks.protocols.pairs import (
+    PAIRS_FILE,
+    Pair,
+    read_pairs_jsonl,
+    write_pairs_txt,
+)
+from occsynth.io.atomic import atomic_write, fsync_dir, temp_path, write_text
+from occsynth.io.dataset import Dataset
 
 __all__ = ["FORMATS", "BIN_PICKLE_PROTOCOL", "export", "iter_samples"]
 
@@ -49,8 +56,11 @@ _IMAGE_EXTS = (contract.EXT_IMAGE_PNG, contract.EXT_IMAGE_JPG)
 def export(dataset_dir: str | os.PathLike, out: str | os.PathLike, fmt: str) -> dict:
     """Export ``dataset_dir`` to ``out`` in ``fmt`` (see the module doc); returns a summary."""
     dataset_dir, out = Path(dataset_dir), Path(out)
-    if not (dataset_dir / contract.MANIFEST).exists():
-        raise FileNotFoundError(f"{dataset_dir / contract.MANIFEST} is missing: not a finished occsynth dataset")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
+    Dataset(dataset_dir)  # one-line DatasetError before any work
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new output path or delete it")
     if fmt == "insightface-bin":
         return _export_bin(dataset_dir, out)
     if fmt == "folder":
@@ -62,17 +72,10 @@ def export(dataset_dir: str | os.PathLike, out: str | os.PathLike, fmt: str) -> 
 
 def iter_samples(dataset_dir: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes], dict]]:
     """(key, members, metadata) of every sample, shard by shard in manifest order."""
-    dataset_dir = Path(dataset_dir)
-    for name in _shard_names(dataset_dir):
-        for key, members in iter_shard(dataset_dir / name):
-            if contract.EXT_META not in members:
-                raise ValueError(f"{name}:{key}: no {contract.EXT_META} member")
-            yield key, members, json.loads(members[contract.EXT_META])
-
-
-def _shard_names(dataset_dir: Path) -> list[str]:
-    manifest = json.loads((dataset_dir / contract.MANIFEST).read_text())
-    return [entry["name"] for entry in manifest["shards"]]
+    for key, members in Dataset(dataset_dir).iter_samples():
+        if contract.EXT_META not in members:
+            raise ValueError(f"{key}: no {contract.EXT_META} member")
+        yield key, members, json.loads(members[contract.EXT_META])
 
 
 def _image_member(key: str, members: dict[str, bytes]) -> tuple[str, bytes]:
@@ -88,22 +91,27 @@ def _safe_component(text: str, what: str) -> str:
     return text
 
 
-def _fresh_tmp(out: Path) -> Path:
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh temporary path beside `out` (a name only this process uses), renamed to `out` on
+    success and removed on failure: an export never deletes anything it did not create."""
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new output path or delete it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    else:
-        tmp.unlink(missing_ok=True)
-    return tmp
+    tmp = temp_path(out)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(contract._jsonable(data), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(contract._jsonable(data), indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------ insightface .bin
@@ -129,12 +137,8 @@ def _export_bin(dataset_dir: Path, out: Path) -> dict:
 
     bins = [images[r[side]] for r in usable for side in ("a", "b")]
     issame = [bool(r["issame"]) for r in usable]
-    tmp = _fresh_tmp(out)
-    with open(tmp, "wb") as f:
+    with atomic_write(out, "wb") as f:
         pickle.dump((bins, issame), f, protocol=BIN_PICKLE_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
 
     size = next(iter(sizes)) if sizes else tuple(ARCFACE_SIZE)
     warnings = []
@@ -157,8 +161,12 @@ def _export_bin(dataset_dir: Path, out: Path) -> dict:
 
 # ------------------------------------------------------------------------ folder
 def _export_folder(dataset_dir: Path, out: Path) -> dict:
-    tmp = _fresh_tmp(out)
-    tmp.mkdir()
+    with _staged(out) as tmp:
+        tmp.mkdir()
+        return _write_folder(dataset_dir, out, tmp)
+
+
+def _write_folder(dataset_dir: Path, out: Path, tmp: Path) -> dict:
     metas = []
     for key, members, meta in iter_samples(dataset_dir):
         identity = _safe_component(str(meta["identity"]), "identity")
@@ -186,7 +194,6 @@ def _export_folder(dataset_dir: Path, out: Path) -> dict:
                              "cannot write pairs.txt")
         pairs = [Pair(r["pair"], r["fold"], r["issame"], r["a_id"], r["b_id"]) for r in rows]
         summary["pairs_txt_layout"] = write_pairs_txt(tmp / "pairs.txt", pairs)
-    os.replace(tmp, out)
     return summary
 
 
@@ -210,7 +217,12 @@ def _export_parquet(dataset_dir: Path, out: Path, rows_per_group: int = 1000) ->
         ("image_format", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
         ("clean", pa.binary()),
     ])
-    tmp = _fresh_tmp(out)
+    with _staged(out) as tmp:
+        count = _write_parquet(dataset_dir, tmp, schema, rows_per_group, pa, pq)
+    return {"format": "parquet", "path": str(out), "rows": count, "columns": schema.names}
+
+
+def _write_parquet(dataset_dir: Path, tmp: Path, schema, rows_per_group: int, pa, pq) -> int:
     count = 0
     batch: dict[str, list] = {name: [] for name in schema.names}
 
@@ -246,5 +258,4 @@ def _export_parquet(dataset_dir: Path, out: Path, rows_per_group: int = 1000) ->
             if count % rows_per_group == 0:
                 flush(writer)
         flush(writer)
-    os.replace(tmp, out)
-    return {"format": "parquet", "path": str(out), "rows": count, "columns": schema.names}
+    return count

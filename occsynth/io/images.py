@@ -30,13 +30,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 # Importing the plugins registers them in Image.OPEN; these are the only formats accepted.
 # Formats that run external programs (EPS via Ghostscript) or are not photographs are refused.
 from PIL import (  # noqa: F401  (imported for their registration side effect)
     BmpImagePlugin,
     GifImagePlugin,
+    Image,
     JpegImagePlugin,
     MpoImagePlugin,
     PngImagePlugin,

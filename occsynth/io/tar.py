@@ -1,4 +1,8 @@
-"""Deterministic tar shards (WebDataset layout) with atomic publication.
+"""The one tar writer and the one tar reader of the project's shards (WebDataset layout).
+
+Writing is deterministic and atomic (below). Reading checks every member name with the
+project's archive rule (io/archive.py) and the WebDataset key/extension rule, sequentially
+(`iter_shard`) or by key with random access (`ShardReader`, offsets from one pass).
 
 Determinism: members are written in the order given with fixed metadata (mtime 0, uid/gid 0,
 no user names, mode 0644), so equal samples give byte-identical shards on any machine.
@@ -13,6 +17,8 @@ import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
+
+from occsynth.io.archive import member_path
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -91,20 +97,90 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class ShardError(ValueError):
+    """A shard that does not follow the layout (names the shard and the member)."""
+
+
+def _member(path, info: tarfile.TarInfo) -> tuple[str, str]:
+    if not info.isfile():
+        raise ShardError(f"{path}: unexpected non-file member {info.name!r}")
+    try:
+        member_path(info.name, path)
+        return split_member(info.name)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
+
+
 def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {ext: bytes}) per sample, in shard order (members of a sample are adjacent)."""
     current_key, members = None, {}
     with tarfile.open(path, mode="r") as tar:
         for info in tar:
-            if not info.isfile():
-                raise ValueError(f"{path}: unexpected non-file member {info.name!r}")
-            key, ext = split_member(info.name)
+            key, ext = _member(path, info)
             if key != current_key:
                 if current_key is not None:
                     yield current_key, members
                 current_key, members = key, {}
             if ext in members:
-                raise ValueError(f"{path}: member {info.name!r} appears twice")
+                raise ShardError(f"{path}: member {info.name!r} appears twice")
             members[ext] = tar.extractfile(info).read()
     if current_key is not None:
         yield current_key, members
+
+
+class ShardReader:
+    """Random access to a shard's members: one pass over the headers, then reads by offset.
+
+    `keys()` in shard order, `read(key, ext)` -> bytes, `members(key)` -> {ext: bytes}. Safe
+    to use from several processes (each opens its own descriptor on first read)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._offsets: dict[str, dict[str, tuple[int, int]]] = {}
+        with tarfile.open(self.path, mode="r") as tar:
+            for info in tar:
+                key, ext = _member(self.path, info)
+                entry = self._offsets.setdefault(key, {})
+                if ext in entry:
+                    raise ShardError(f"{self.path}: member {info.name!r} appears twice")
+                entry[ext] = (info.offset_data, info.size)
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def keys(self) -> list[str]:
+        return list(self._offsets)
+
+    def exts(self, key: str) -> list[str]:
+        return list(self._offsets[key])
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def read(self, key: str, ext: str) -> bytes:
+        offset, size = self._offsets[key][ext]
+        if self._pid != os.getpid():  # a descriptor does not survive into a forked worker
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise ShardError(f"{self.path}: member {key}.{ext} is truncated ({len(data)} of {size} bytes)")
+        return data
+
+    def members(self, key: str) -> dict[str, bytes]:
+        return {ext: self.read(key, ext) for ext in self._offsets[key]}
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

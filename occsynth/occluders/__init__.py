@@ -5,10 +5,17 @@ polygon, blob, pieces, grid_cell), object templates (object + one name per categ
 importers of third-party template sets, 3D face masks (mask3d), and fit_area, which sizes any
 of them to a target area. `TorchOccluder` (torch_ops) applies the same specs to GPU batches.
 """
-from occsynth.occluders.base import Occluder, Occlusion, create_occluder, list_occluders, register_occluder, sample_value
+from occsynth.occluders.base import (
+    Occluder,
+    Occlusion,
+    create_occluder,
+    list_occluders,
+    register_occluder,
+    sample_value,
+)
 from occsynth.occluders.compose import Composer, occlude, replay
-from occsynth.occluders.spec import compile_tree, load_spec, parse_cli_spec
 from occsynth.occluders.presets import get_preset, list_presets
+from occsynth.occluders.spec import compile_tree, load_spec, parse_cli_spec
 
 __all__ = [
     "Composer",

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Iterable
-
-import os
-from pathlib import Path
 
 from occsynth.io.images import ImageLoadError
 

@@ -10,7 +10,6 @@ import lzma
 import os
 import posixpath
 import re
-import secrets
 import stat
 import tarfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from occsynth.io import cache as _cache
 from occsynth.io.archive import UnsafeArchiveError, member_path
+from occsynth.io.atomic import atomic_write, write_text
 from occsynth.io.images import ImageLoadError
 from occsynth.sources._registry import SOURCES
 from occsynth.sources.base import Source, SourceError, SourceItem, _make_items, _summary
@@ -125,10 +125,6 @@ def _cache_key(archive: Path, st: os.stat_result) -> str:
     return f"{stem}-{hashlib.sha256(ident).hexdigest()[:32]}"
 
 
-def _temp_name(final: Path) -> Path:
-    return final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
 def _decompress(archive: Path, compression: str, final: Path) -> list[list]:
     """Decompress into ``final`` (a plain tar) and return its index.
 
@@ -141,9 +137,8 @@ def _decompress(archive: Path, compression: str, final: Path) -> list[list]:
     except OSError as exc:
         raise SourceError(_cache_hint(cache, exc)) from exc
     _remove_stale_temps(cache, final.name.rsplit(".", 1)[0])
-    tmp = _temp_name(final)
     try:
-        with _OPENERS[compression](archive, "rb") as src, open(tmp, "wb") as dst:
+        with _OPENERS[compression](archive, "rb") as src, atomic_write(final, "wb") as dst:
             while True:
                 try:
                     chunk = src.read(_CHUNK)
@@ -153,13 +148,9 @@ def _decompress(archive: Path, compression: str, final: Path) -> list[list]:
                     break
                 dst.write(chunk)
             dst.flush()
-            os.fsync(dst.fileno())  # so a power loss cannot leave a renamed but empty file
-        entries = _index_tar(tmp, archive)
-        os.replace(tmp, final)
+            entries = _index_tar(Path(dst.name), archive)  # a sound tar before it is published
     except OSError as exc:
         raise SourceError(_cache_hint(cache, exc)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return entries
 
 
@@ -170,7 +161,7 @@ def _cache_hint(cache: Path, exc: OSError) -> str:
 
 def _remove_stale_temps(cache: Path, key: str) -> None:
     now = time.time()
-    for tmp in cache.glob(f"{key}.*.tmp"):
+    for tmp in cache.glob(f".{key}.*.tmp"):  # io.atomic's temporary names of the tar and its index
         try:
             if now - tmp.stat().st_mtime > _STALE_TEMP_SECONDS:
                 tmp.unlink()
@@ -193,13 +184,7 @@ def _read_index(tar_path: Path, index_path: Path) -> list | None:
 def _write_index(index_path: Path, tar_path: Path, archive: Path, entries: list) -> None:
     payload = json.dumps({"format": _INDEX_FORMAT, "archive": str(archive),
                           "tar_size": tar_path.stat().st_size, "entries": entries})
-    tmp = _temp_name(index_path)
-    try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(payload, encoding="utf-8")
-        os.replace(tmp, index_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(index_path, payload)
 
 
 def _index_tar(tar_path: Path, archive: Path) -> list[list]:

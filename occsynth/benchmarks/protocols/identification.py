@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from occsynth import contract
-from occsynth.benchmarks.protocols.pairs import _atomic_write_text
+from occsynth.io.atomic import write_text
 
 __all__ = ["Protocol", "PROTOCOL_FILE", "protocol_document", "write_protocol_json"]
 
@@ -96,5 +96,5 @@ def write_protocol_json(
 ) -> dict:
     """Write protocol.json atomically; returns the document."""
     doc = protocol_document(protocol, key_of, problems)
-    _atomic_write_text(Path(path), contract.dumps(doc) + "\n")
+    write_text(Path(path), contract.dumps(doc) + "\n")
     return doc

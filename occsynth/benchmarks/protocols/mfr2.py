@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Iterable
 
 from occsynth.benchmarks.protocols import lfw
+from occsynth.benchmarks.protocols.lfw import (  # the same image-number and name rules as LFW
+    _check_name,
+    _number,
+)
 from occsynth.benchmarks.protocols.pairs import Pair
-from occsynth.benchmarks.protocols.lfw import _check_name, _number  # the same image-number and name rules as LFW
 
 __all__ = ["read_mfr2_pairs", "MFR2_EXT"]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from occsynth import contract
+from occsynth.io.atomic import write_text
 
 __all__ = [
     "PAIRS_FILE",
@@ -115,7 +116,7 @@ def write_pairs_jsonl(
 ) -> list[dict]:
     """Write pairs.jsonl (see the module doc) atomically; returns the rows written."""
     rows = pair_rows(pairs, key_of, problems)
-    _atomic_write_text(Path(path), contract.dumps_lines(rows))
+    write_text(Path(path), contract.dumps_lines(rows))
     return rows
 
 
@@ -165,7 +166,7 @@ def write_pairs_txt(path: str | os.PathLike, pairs: Iterable[Pair], *, layout: s
     if layout == "auto":
         layout = "lfw" if header is not None else "plain"
     text = "".join(line + "\n" for line in ([header] if layout == "lfw" else []) + lines)
-    _atomic_write_text(Path(path), text)
+    write_text(Path(path), text)
     return layout
 
 
@@ -194,13 +195,3 @@ def _lfw_header(pairs: list[Pair]) -> str | None:
         if p.index != i or p.fold != i // per_fold or p.issame != (i % per_fold < n):
             return None
     return f"{len(folds)}\t{n}" if len(folds) > 1 else f"{n}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

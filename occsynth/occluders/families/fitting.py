@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from occsynth.occluders.base import Occluder, create_occluder, register_occluder, sample_value
+from occsynth.occluders.base import (
+    Occluder,
+    create_occluder,
+    register_occluder,
+    sample_value,
+)
 
 
 def _scaled(value: Any, factor: float) -> Any:

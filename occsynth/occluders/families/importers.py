@@ -24,12 +24,19 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
 import cv2
 import numpy as np
 
-from occsynth.occluders.base import register_occluder, sample_value
+from occsynth.faces.geometry import (
+    compose_about,
+    face_axes,
+    face_point,
+    inter_ocular,
+    similarity_matrix,
+)
 from occsynth.faces.pose import estimate_pose
-from occsynth.faces.geometry import compose_about, face_axes, face_point, inter_ocular, similarity_matrix
+from occsynth.occluders.base import register_occluder, sample_value
 from occsynth.occluders.families.objects import (
     Template,
     TemplateOccluder,

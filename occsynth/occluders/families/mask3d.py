@@ -40,8 +40,15 @@ from occsynth.assets.catalog import default_pose_bank_dir
 from occsynth.faces.geometry import compose_fast, similarity
 from occsynth.faces.pose import estimate_pose
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
-from occsynth.occluders.families.objects import _pad, load_rgba, make_template, paste, warp_roi
+from occsynth.occluders.families.objects import (
+    _pad,
+    load_rgba,
+    make_template,
+    paste,
+    warp_roi,
+)
 from occsynth.seeding import derive_seed, make_rng
+
 
 class PoseBank:
     """A decoded pose bank with a per-(kind, style) lookup table of poses."""
@@ -174,7 +181,11 @@ class FaceMask3D(Occluder):
         return out, mask, concrete, warped
 
     def _render_direct(self, parts, pose, scale, shape, landmarks, rng):
-        from occsynth.authoring.masks import _light, _projected_box, render_posed  # pyrender: optional
+        from occsynth.authoring.masks import (  # pyrender: optional
+            _light,
+            _projected_box,
+            render_posed,
+        )
 
         s = pose["scale"] * scale
         centre = np.asarray(landmarks, dtype=np.float64)[2:].mean(0)

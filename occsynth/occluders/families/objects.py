@@ -24,8 +24,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from occsynth.assets.catalog import (
+    CATEGORIES,
+    REGION_CENTERS,
+    REGIONS,
+    default_bank_dir,
+    load_bank_index,
+)
 from occsynth.faces.geometry import compose_fast, face_points_fast, similarity
-from occsynth.assets.catalog import CATEGORIES, REGION_CENTERS, REGIONS, default_bank_dir, load_bank_index
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
 
 SPLITS = ("train", "eval", "any")

@@ -43,7 +43,14 @@ import torch
 from occsynth.occluders.spec import compile_tree, load_spec
 from occsynth.occluders.torch._ops import Tensor, _Ctx, kth_smallest
 from occsynth.occluders.torch.bank import TensorBank, _BankOp
-from occsynth.occluders.torch.shapes import _BlobOp, _BlockOp, _EllipseOp, _PiecesOp, _PolygonOp, _RectangleOp
+from occsynth.occluders.torch.shapes import (
+    _BlobOp,
+    _BlockOp,
+    _EllipseOp,
+    _PiecesOp,
+    _PolygonOp,
+    _RectangleOp,
+)
 
 __all__ = ["SUPPORTED", "TensorBank", "TorchOccluder", "kth_smallest"]
 

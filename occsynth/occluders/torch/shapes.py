@@ -11,9 +11,20 @@ import torch
 
 from occsynth.occluders.families import geometric as G
 from occsynth.occluders.torch._ops import (
-    _FAR, Tensor, _and, _codes, _Ctx, _int, _num, _Op, _paint, _rect_mask,
-    _round_half_even, kth_smallest,
+    _FAR,
+    Tensor,
+    _and,
+    _codes,
+    _Ctx,
+    _int,
+    _num,
+    _Op,
+    _paint,
+    _rect_mask,
+    _round_half_even,
+    kth_smallest,
 )
+
 
 class _BlockOp(_Op):
     name = "block"

@@ -1,0 +1,145 @@
+"""The one reader of an occsynth dataset folder: manifest, index, failures, shards, stats.
+
+verify, preview, export, the card, the builders' finish steps and occsynth_train all read a
+dataset through `Dataset`, so a missing or malformed file gives the same one-line DatasetError
+everywhere instead of a KeyError or JSONDecodeError somewhere deep.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from occsynth import contract
+from occsynth.io.tar import ShardReader, iter_shard
+
+__all__ = ["Dataset", "DatasetError", "ShardEntry", "read_jsonl"]
+
+_MANIFEST_KEYS = ("shards", "totals", "template", "image_size")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be read as one (named in the message, one line)."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    path: Path
+    sha256: str
+    num_samples: int
+    num_failures: int
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict]:
+    """Every JSON line of a file; a bad line is a DatasetError naming file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise DatasetError(f"{path}:{line_no}: not a JSON line{f' ({what})' if what else ''}: {exc}") from None
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            out.append(record)
+    return out
+
+
+class Dataset:
+    """A finished (or interrupted) occsynth dataset at `root`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: no such dataset folder")
+        path = self.root / contract.MANIFEST
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing: {self.root} is not a finished occsynth dataset")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise DatasetError(f"{path}: expected a JSON object")
+        missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise DatasetError(f"{path}: incomplete manifest, missing {', '.join(missing)}")
+        self.manifest: dict = manifest
+        self._index: list[dict] | None = None
+        self._readers: dict[str, ShardReader] = {}
+
+    # ---------------------------------------------------------------- manifest
+    @property
+    def shards(self) -> list[ShardEntry]:
+        out = []
+        for i, entry in enumerate(self.manifest["shards"]):
+            try:
+                name = entry["name"]
+                out.append(ShardEntry(name, self.root / name, entry.get("sha256", ""), int(entry["num_samples"]),
+                                      int(entry.get("num_failures", 0))))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DatasetError(f"{self.root / contract.MANIFEST}: shards[{i}] is malformed ({exc})") from None
+        return sorted(out, key=lambda s: s.name)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        w, h = self.manifest["image_size"]
+        return int(w), int(h)
+
+    @property
+    def template(self) -> str:
+        return str(self.manifest["template"])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.manifest["totals"]["samples"])
+
+    # ---------------------------------------------------------------- index, failures, stats
+    def has_index(self) -> bool:
+        return (self.root / contract.INDEX).is_file()
+
+    def index(self) -> list[dict]:
+        """Per-sample metadata in key order: index.jsonl, or the shards' json members without it."""
+        if self._index is None:
+            if self.has_index():
+                self._index = read_jsonl(self.root / contract.INDEX, "index")
+            else:
+                metas = [json.loads(members[contract.EXT_META]) for _, members in self.iter_samples()]
+                self._index = sorted(metas, key=lambda m: m["key"])
+        return self._index
+
+    def failures(self) -> list[dict]:
+        path = self.root / contract.FAILURES
+        return read_jsonl(path, "failures") if path.is_file() else []
+
+    def shard_stats(self, shard: ShardEntry) -> dict:
+        path = self.root / (shard.name.split(".")[0] + ".stats.json")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DatasetError(f"{path} is missing") from None
+        except ValueError as exc:
+            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+    # ---------------------------------------------------------------- samples
+    def iter_samples(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(key, {ext: bytes}) of every sample, shard by shard in manifest order."""
+        for shard in self.shards:
+            if not shard.path.is_file():
+                raise DatasetError(f"{shard.path} is missing (listed in {contract.MANIFEST})")
+            yield from iter_shard(shard.path)
+
+    def reader(self, shard: ShardEntry | str) -> ShardReader:
+        """Random access into one shard (cached per dataset)."""
+        name = shard if isinstance(shard, str) else shard.name
+        if name not in self._readers:
+            self._readers[name] = ShardReader(self.root / name)
+        return self._readers[name]
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.root} shards={len(self.manifest['shards'])} samples={self.num_samples}>"
