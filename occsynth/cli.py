@@ -1,16 +1,77 @@
-"""The `occsynth` command line. Each command is a thin layer over a module of the same idea:
-align/demo -> pipeline, verify -> verify, preview -> preview, occluders -> occluders."""
+"""The `occsynth` command line. Each command is a thin layer over the module of the same idea:
+align/demo -> build, verify/preview/card -> inspect, build NAME -> benchmarks, export -> io,
+occluders -> occluders, make-templates/render-masks -> authoring.
+
+The CLI owns the output: it configures the "occsynth" logger (-v, --quiet) and turns expected
+errors into one `Error: ...` line (exit 2 for bad usage, 1 for failed work); --debug shows the
+traceback instead.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
 
 import click
+import yaml
 
 from occsynth import __version__
+from occsynth.benchmarks import BUILDERS, list_builders
+from occsynth.build import BuildConfig, build as run_build_pipeline, plan_align
+from occsynth.build.locks import compare_lock, make_lock
+from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
+from occsynth.inspect.card import write_card
+from occsynth.inspect.preview import write_preview
+from occsynth.inspect.verify import verify_dataset
+from occsynth.io.atomic import write_text
+from occsynth.io.dataset import Dataset
+from occsynth.io.export import FORMATS, export as run_export
+from occsynth.occluders import list_occluders
+from occsynth.sources import SourceError, open_source
+from occsynth.sources.fetch import FetchError, fetch_dataset
+
+log = logging.getLogger("occsynth")
+
+# Exceptions that mean "the input or the environment is wrong", not "occsynth has a bug".
+EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError, SourceError, FetchError, yaml.YAMLError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # KeyError's str() would add quotes
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+class OccsynthGroup(click.Group):
+    """Runs a command; expected errors become one `Error:` line (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except EXPECTED_ERRORS as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(_one_line(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, with the way to the traceback
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                                       "rerun with --debug for the traceback and please report it") from None
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("occsynth: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
 
 DEMO_SPEC = "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"
 
@@ -54,9 +115,16 @@ def build_options(f, on_no_face: str = "skip"):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=OccsynthGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="occsynth")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
+@click.option("-q", "--quiet", "quiet_log", is_flag=True, help="Warnings and errors only.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet_log: bool, debug: bool) -> None:
     """occsynth: occluded-face datasets with exact pixel masks.
 
     \b
@@ -66,16 +134,14 @@ def main() -> None:
       occsynth verify lfw-occ-2.0 && occsynth preview lfw-occ-2.0 --out sheet.png
     Start with `occsynth demo`, which runs offline on photos shipped with the dependencies.
     """
+    ctx.obj = {"debug": debug}
+    setup_logging(verbose, quiet_log)
 
 
 def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep_clean: bool = False):
     """A BuildConfig from the shared build options (plus the detection cache unless --no-cache)."""
-    from occsynth.build import BuildConfig
-
     landmark_files = list(opts["landmark_files"])
     if not opts["no_cache"] and not aligned:
-        from occsynth.faces.landmarks import LandmarkCache
-
         cache = LandmarkCache()
         if cache.path.exists():
             landmark_files.append(str(cache.path))
@@ -89,22 +155,15 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
 
 def run_job(config, plan, source, out: Path, opts: dict) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
-    from occsynth.build import build
-
-    manifest = build(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
+    manifest = run_build_pipeline(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
                      command=_command_line(), progress=not opts["quiet"])
     if not opts["no_cache"] and not config.aligned_input:
-        from occsynth.faces.landmarks import LandmarkCache
-
         LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
     return manifest
 
 
 def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool,
               name: str, opts: dict) -> dict:
-    from occsynth.build import plan_align
-    from occsynth.sources import open_source
-
     source = open_source(source_spec)
     config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
     return run_job(config, plan_align(source.items(), spec="", variants=variants), source, Path(out), opts)
@@ -148,9 +207,6 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
 def demo(out, variants, **opts):
     """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
     with several families, write shards, verify them and draw a preview sheet."""
-    from occsynth.inspect.preview import write_preview
-    from occsynth.inspect.verify import verify_dataset
-
     manifest = run_build("embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False,
                          name="demo", opts=opts)
     _report(manifest, out)
@@ -166,14 +222,12 @@ def demo(out, variants, **opts):
 @click.option("--no-decode", is_flag=True, help="Only check hashes and members, do not decode images.")
 def verify(directory, no_decode):
     """Re-hash the shards of DIRECTORY and check every sample against the data contract."""
-    from occsynth.inspect.verify import verify_dataset
-
     problems = verify_dataset(directory, decode=not no_decode)
     if problems:
         for p in problems:
             click.echo(f"FAIL {p}", err=True)
         raise SystemExit(1)
-    manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    manifest = Dataset(directory).manifest
     click.echo(f"OK {directory}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards")
 
 
@@ -185,31 +239,27 @@ def verify(directory, no_decode):
 @click.option("--every", type=int, default=1, show_default=True, help="Show every N-th sample.")
 def preview(directory, out, limit, columns, every):
     """Contact sheet of DIRECTORY's samples: image, and image with the occlusion mask overlaid."""
-    from occsynth.inspect.preview import write_preview
-
     click.echo(f"wrote {write_preview(directory, out, limit=limit, columns=columns, every=every)}")
 
 
-class _BuildGroup(click.Group):
+class _BuildGroup(OccsynthGroup):
     """Subcommands come from the builder registry (occsynth/builders)."""
 
     def list_commands(self, ctx):
-        from occsynth.benchmarks import list_builders
-
         return list(list_builders())
 
     def get_command(self, ctx, name):
-        from occsynth.benchmarks import list_builders
-
         builder = list_builders().get(name)
         return None if builder is None else _builder_command(builder)
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            raise click.UsageError(BUILDERS.unknown_message(args[0]), ctx)
+        return super().resolve_command(ctx, args)
 
 
 def _builder_command(builder):
     def run(**opts):
-        from occsynth.build.locks import compare_lock, make_lock
-        from occsynth.inspect.card import write_card
-
         out = Path(opts.pop("out"))
         check, write_lock = opts.pop("check"), opts.pop("write_lock")
         build_keys = {p.name for p in build_options(lambda: None).__click_params__}
@@ -221,14 +271,14 @@ def _builder_command(builder):
             manifest = run_job(job.config, job.plan, job.source, target, shared)
             achieved = job.finish(target, manifest)
             facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
-            (target / "build_facts.json").write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+            write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
             write_card(target, facts)
             click.echo(f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
                        f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
                        + ", ".join(f"{k}={v}" for k, v in achieved.items()))
         lock = make_lock(builder.name, {**opts, **shared}, out, [job.subdir for job in jobs])
         if write_lock:
-            Path(write_lock).write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+            write_text(Path(write_lock), json.dumps(lock, indent=2, sort_keys=True) + "\n")
             click.echo(f"lock written to {write_lock}")
         if check:
             problems = compare_lock(json.loads(Path(check).read_text()), lock)
@@ -236,7 +286,7 @@ def _builder_command(builder):
                 raise click.ClickException(f"build differs from {check}:\n" + "\n".join(problems[:50]))
             click.echo(f"identical to {check}")
 
-    command = click.Command(builder.name, callback=run, help=builder.help + "\n\n" + builder.definition.get("reproduces", ""))
+    command = click.Command(builder.name, callback=run, context_settings=CONTEXT, help=builder.help + "\n\n" + builder.definition.get("reproduces", ""))
     params = [
         click.Option(["--out"], required=True, type=click.Path(file_okay=False), help="Output directory."),
         click.Option(["--check"], type=click.Path(exists=True, dir_okay=False), default=None,
@@ -252,7 +302,7 @@ def _builder_command(builder):
     return command
 
 
-@main.group(cls=_BuildGroup)
+@main.group(cls=_BuildGroup, context_settings=CONTEXT)
 def build():
     """Build a named benchmark or training set (see `occsynth build NAME --help`).
 
@@ -268,8 +318,6 @@ def build():
 @click.option("--base-url", default=None, help="Mirror to download from instead of the official addresses.")
 def fetch(name, to_dir, base_url):
     """Download a public dataset's official archives with checksum verification and resume."""
-    from occsynth.sources.fetch import fetch_dataset
-
     for file_name, path in fetch_dataset(name, to_dir, base_url=base_url).items():
         click.echo(f"{file_name}: {path}")
 
@@ -277,11 +325,9 @@ def fetch(name, to_dir, base_url):
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="Output file (insightface-bin, parquet) or folder.")
-@click.option("--format", "fmt", type=click.Choice(["insightface-bin", "folder", "parquet"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
 def export(directory, out, fmt):
     """Export a dataset for other tools: arcface_torch's .bin, plain folders, or parquet."""
-    from occsynth.io.export import export as run_export
-
     summary = run_export(directory, out, fmt)
     click.echo(json.dumps(summary, indent=2, default=str))
 
@@ -290,8 +336,6 @@ def export(directory, out, fmt):
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def card(directory):
     """(Re)write DIRECTORY/card.md and its plots from the manifest, index and shards."""
-    from occsynth.inspect.card import write_card
-
     facts_path = Path(directory) / "build_facts.json"
     facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
     click.echo(f"wrote {write_card(directory, facts)}")
@@ -305,7 +349,7 @@ def card(directory):
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""
-    from occsynth.authoring.objects import build_template_bank
+    from occsynth.authoring.objects import build_template_bank  # trimesh + pyrender: authoring only
 
     index = build_template_bank(out, seed=seed, variants=variants)
     click.echo(f"wrote {len(index['templates'])} templates")
@@ -319,7 +363,7 @@ def make_templates(out, seed, variants):
 def render_masks(out, seed, size):
     """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
     the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
-    from occsynth.authoring.masks import render_mask_bank
+    from occsynth.authoring.masks import render_mask_bank  # trimesh + pyrender: authoring only
 
     index = render_mask_bank(out, seed=seed, size=size)
     click.echo(f"wrote {len(index['renders'])} renders")
@@ -329,8 +373,6 @@ def render_masks(out, seed, size):
 @click.option("--family", default=None, help="Only this family.")
 def list_occluders_cmd(family):
     """List the registered occluders with their parameters and defaults."""
-    from occsynth.occluders import list_occluders
-
     for name, cls in list_occluders(family).items():
         params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items())
         click.echo(f"{cls.family:10s} {name:16s} {params}")

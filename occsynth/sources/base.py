@@ -13,7 +13,7 @@ from typing import Iterable
 from occsynth.io.images import ImageLoadError
 
 
-class SourceError(Exception):
+class SourceError(ValueError):
     """A source that cannot be opened or listed as a whole (bad path, corrupt archive, loop)."""
 
 
