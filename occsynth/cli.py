@@ -19,7 +19,8 @@ import yaml
 
 from occsynth import __version__
 from occsynth.benchmarks import BUILDERS, list_builders
-from occsynth.build import BuildConfig, build as run_build_pipeline, plan_align
+from occsynth.build import BuildConfig, plan_align
+from occsynth.build import build as run_build_pipeline
 from occsynth.build.locks import compare_lock, make_lock
 from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
@@ -28,7 +29,8 @@ from occsynth.inspect.preview import write_preview
 from occsynth.inspect.verify import verify_dataset
 from occsynth.io.atomic import write_text
 from occsynth.io.dataset import Dataset
-from occsynth.io.export import FORMATS, export as run_export
+from occsynth.io.export import FORMATS
+from occsynth.io.export import export as run_export
 from occsynth.occluders import list_occluders
 from occsynth.sources import SourceError, open_source
 from occsynth.sources.fetch import FetchError, fetch_dataset
@@ -349,7 +351,9 @@ def card(directory):
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""
-    from occsynth.authoring.objects import build_template_bank  # trimesh + pyrender: authoring only
+    from occsynth.authoring.objects import (
+        build_template_bank,  # trimesh + pyrender: authoring only
+    )
 
     index = build_template_bank(out, seed=seed, variants=variants)
     click.echo(f"wrote {len(index['templates'])} templates")
@@ -363,7 +367,9 @@ def make_templates(out, seed, variants):
 def render_masks(out, seed, size):
     """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
     the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
-    from occsynth.authoring.masks import render_mask_bank  # trimesh + pyrender: authoring only
+    from occsynth.authoring.masks import (
+        render_mask_bank,  # trimesh + pyrender: authoring only
+    )
 
     index = render_mask_bank(out, seed=seed, size=size)
     click.echo(f"wrote {len(index['renders'])} renders")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -150,3 +151,31 @@ def validate_sample_meta(meta: dict) -> list[str]:
                 if field not in occ:
                     problems.append(f"occluders[{i}] lacks {field!r}")
     return problems
+
+
+# ---------------------------------------------------------------- failure records
+# An input that yields no sample is written down (failures.jsonl), never silently dropped.
+
+@dataclass(frozen=True)
+class Failure:
+    key: str
+    sample_id: str
+    source: str
+    stage: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.stage not in FAILURE_STAGES:
+            raise ValueError(f"unknown failure stage {self.stage!r}; expected one of {FAILURE_STAGES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SampleError(Exception):
+    """Raised inside the per-sample pipeline; becomes a Failure record for that sample."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason

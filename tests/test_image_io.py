@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from occsynth.build.failures import SampleError
+from occsynth.contract import SampleError
 from occsynth.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,

@@ -46,6 +46,7 @@ from occsynth.authoring.meshes import (
 )
 from occsynth.authoring.render import Light, Part, render_pixel_space
 from occsynth.faces.pose import MODEL_POINTS, pose_matrix, project
+from occsynth.io.atomic import write_text
 from occsynth.seeding import derive_seed, make_rng
 
 DEFAULT_YAWS = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
@@ -310,5 +311,5 @@ def render_mask_bank(
                             "size": [int(rgba.shape[1]), int(rgba.shape[0])],
                         })
     index = {"format": 1, "seed": int(seed), "iod_px": float(size), "model_points": MODEL_POINTS.tolist(), "renders": renders}
-    (out / BANK_INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    write_text(out / BANK_INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index

@@ -58,6 +58,7 @@ from occsynth.authoring.meshes import (
     tube,
 )
 from occsynth.authoring.render import Light, Part, render_rgba
+from occsynth.io.atomic import write_text
 from occsynth.seeding import derive_seed, make_rng
 
 IOD_CM = 6.3
@@ -721,5 +722,5 @@ def build_template_bank(
         "face_frame": "F(fx,fy) = E + fx*(right_eye-left_eye) + fy*(mouth_mid-E), E = eye midpoint",
         "templates": templates,
     }
-    (out / BANK_FILE).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    write_text(out / BANK_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index

@@ -8,6 +8,7 @@ import click
 
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.build import BuildConfig, PlannedSample
+from occsynth.occluders import load_spec
 from occsynth.sources import open_source
 
 SRC_OPTIONS = [
@@ -58,8 +59,6 @@ class OccTrain(Builder):
 
     def jobs(self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str,
              spec: str | None) -> list[BuildJob]:
-        from occsynth.occluders import load_spec
-
         clean, occluded = parse_ratio(clean_occluded)
         source = open_source(src)
         spec = load_spec(spec or self.definition["defaults"]["spec"])

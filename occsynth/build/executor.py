@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator
+
+import cv2
 
 Task = Any
 Result = Any
@@ -19,10 +22,6 @@ def _init_worker() -> None:
     # how many threads a kernel happened to get. torch is only configured if already loaded
     # (OMP_NUM_THREADS covers a later import): builds from stored landmarks never import it,
     # which saves seconds of start-up per worker.
-    import sys
-
-    import cv2
-
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
@@ -37,8 +36,7 @@ class SerialExecutor:
         self.workers = 1
 
     def map_unordered(self, fn: Callable[[Task], Result], tasks: Iterable[Task]) -> Iterator[Result]:
-        import cv2
-        import torch
+        import torch  # optional heavy: only serial runs need it configured here
 
         # torch is imported here so serial runs detect with one thread, like the workers.
         threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()

@@ -14,7 +14,7 @@ import numpy as np
 
 from occsynth import contract
 from occsynth.build.config import BuildConfig, NoFaceError, PlannedSample
-from occsynth.build.failures import Failure, SampleError
+from occsynth.contract import Failure, SampleError
 from occsynth.faces.align import align_face, center_crop_landmarks, warp
 from occsynth.faces.detect import Face, FaceDetector, select_face
 from occsynth.faces.landmarks import load_landmarks

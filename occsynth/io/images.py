@@ -45,7 +45,7 @@ from PIL import (  # noqa: F401  (imported for their registration side effect)
     WebPImagePlugin,
 )
 
-from occsynth.build.failures import SampleError
+from occsynth.contract import SampleError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

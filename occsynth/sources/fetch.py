@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tqdm import tqdm
+
 from occsynth import __version__
 from occsynth.io.tar import sha256_file
 
@@ -189,8 +191,6 @@ def _parse_content_range(value: str) -> tuple[int | None, int | None, int | None
 
 
 def _progress_bar(name: str, total: int | None, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
                 disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
