@@ -25,7 +25,7 @@ def _method_command(name: str) -> click.Command:
                   help="Stop after this many steps in this invocation (checkpointed; rerun to resume).")
     def command(config_path, overrides, output, stop_after):
         from .config import load_config
-        from .trainer import NonFiniteLossError, train
+        from .engine.trainer import NonFiniteLossError, train
 
         overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
         try:
@@ -65,8 +65,8 @@ def main() -> None:
 @main.command("methods")
 def methods_cmd() -> None:
     """List the registered methods, backbones and heads."""
-    from .backbones import list_backbones
-    from .heads import list_heads
+    from .models.backbones import list_backbones
+    from .models.heads import list_heads
     from .methods import list_methods
 
     click.echo("methods:   " + ", ".join(list_methods()))
@@ -86,7 +86,7 @@ def methods_cmd() -> None:
 @click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
 def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
     """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
-    from .evaluate import evaluate_run
+    from .eval.evaluate import evaluate_run
 
     try:
         report = evaluate_run(run_dir, list(benchmarks), out=out, checkpoint=checkpoint, device=device,
@@ -117,7 +117,7 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
               help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).")
 def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
-    from .lfw_protocol import write_split
+    from .data.lfw_protocol import write_split
 
     try:
         summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)

@@ -65,7 +65,7 @@ class OptimConfig:
     min_lr: float = 0.0            # floor of cosine / poly, as a fraction of lr
     clip_grad: float | None = 5.0  # max global grad norm; null disables
     by_type: dict = field(default_factory=dict)  # per-optimiser-type overrides for param groups that
-                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see optim.py)
+                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see engine/optim.py)
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 
 from occsynth.io.archive import UnsafeArchiveError, member_path, safe_extract
-from occsynth_train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.cli import main as train_main
 from occsynth_train.config import load_config
-from occsynth_train.trainer import init_weights, train
+from occsynth_train.engine.trainer import init_weights, train
 from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.cli import main
 from occsynth_train.config import load_config
-from occsynth_train.evaluate import evaluate_benchmark
+from occsynth_train.eval.evaluate import evaluate_benchmark
 from occsynth_train.methods import METHODS, Method, register_method
-from occsynth_train.trainer import NonFiniteLossError, train
+from occsynth_train.engine.trainer import NonFiniteLossError, train
 from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

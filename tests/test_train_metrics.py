@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from occsynth_train.metrics import (MaskIoU, best_threshold, kfold_accuracy, rank1, rank1_rotate, roc_curve,
+from occsynth_train.eval.metrics import (MaskIoU, best_threshold, kfold_accuracy, rank1, rank1_rotate, roc_curve,
                                     tar_at_far, tar_at_far_strict, verification_report)
 
 

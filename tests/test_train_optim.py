@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.config import OptimConfig, load_config
-from occsynth_train.optim import OptimizerSet, build_optimizer, lr_factor, set_lr
-from occsynth_train.trainer import init_weights, train
+from occsynth_train.engine.optim import OptimizerSet, build_optimizer, lr_factor, set_lr
+from occsynth_train.engine.trainer import init_weights, train
 from methods_helpers import CONFIGS, tiny_cfg
 from train_fixtures import one_torch_thread, sk_faces, tiny_train  # noqa: F401
 

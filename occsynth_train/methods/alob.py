@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register_method
-from ..heads import create_head
+from ..models.heads import create_head
 from ._common import id_terms, opt
 from .base import Method, build_backbone, build_head
 

@@ -27,7 +27,7 @@ from torch import nn
 from . import register_method
 from ._common import id_terms, opt, run_stages
 from .base import Method, build_backbone, build_head
-from ..backbones.base import down
+from ..models.backbones.base import down
 
 
 class ChannelDropout(nn.Module):

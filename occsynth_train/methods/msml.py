@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from . import register_method
-from ..losses import pixel_cross_entropy
+from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, resize_to, run_stages, scaled_unet
 from .base import Method, build_backbone, build_head
 

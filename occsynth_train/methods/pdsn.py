@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_method
-from ..losses import pixel_cross_entropy
-from ..backbones.base import down
+from ..models.losses import pixel_cross_entropy
+from ..models.backbones.base import down
 from ._common import id_terms, opt, scaled_unet
 from .base import Method, build_backbone, build_head
 

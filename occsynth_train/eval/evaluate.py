@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, load_checkpoint, load_latest_intact
-from .config import config_from_dict, load_config
-from .data import KeyedDataset, normalize
-from .losses import occlusion_probability
-from .methods import create_method
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
+from ..config import config_from_dict, load_config
+from ..data.batch import normalize
+from ..data.keyed import KeyedDataset
+from ..models.losses import occlusion_probability
+from ..methods import create_method
 from .metrics import MaskIoU, rank1, rank1_rotate, roc_curve, verification_report
 
 FARS = (1e-3, 1e-4)

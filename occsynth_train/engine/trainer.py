@@ -7,7 +7,7 @@ Run directory (cfg.output): config.yaml, labels.json, checkpoints/step_*.pt, tra
 tb/ (when tensorboard is installed). Starting a run whose directory already holds checkpoints
 resumes from the newest one: model, optimiser, scaler, global step and samples seen are
 restored, the LR is recomputed from the step, and the data stream is repositioned from samples
-seen (exactly when the GPU/worker layout is unchanged; see data.py). RNG states are restored
+seen (exactly when the GPU/worker layout is unchanged; see data/stream.py). RNG states are restored
 per rank when the world size is unchanged, otherwise re-derived from (seed, step, rank).
 """
 from __future__ import annotations
@@ -21,13 +21,16 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__
+from .. import __version__
 from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import Config, dump_config
-from .data import LABELS_FILE, LabelMap, ShardStream, load_online_occluder, make_train_loader, prepare_batch
+from ..config import Config, dump_config
+from ..data.batch import load_online_occluder, prepare_batch
+from ..data.labels import LABELS_FILE, LabelMap
+from ..data.loaders import make_train_loader
+from ..data.stream import ShardStream
 from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
-from .methods import create_method
+from ..methods import create_method
 from .optim import build_optimizer, lr_factor, set_lr
 from .runlog import RunLog
 
@@ -278,7 +281,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             bar.close()
         log.close()
     if step >= total and info.is_main and cfg.eval.benchmarks:
-        from .evaluate import evaluate_run
+        from ..eval.evaluate import evaluate_run
 
         evaluate_run(run_dir, cfg.eval.benchmarks, out=run_dir / "eval_report.json", device=device,
                      batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, flip=cfg.eval.flip)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast_off
-from .registry import Registry
+from ..registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
 register_head = HEADS.register

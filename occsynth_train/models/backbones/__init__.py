@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import Registry
+from ...registry import Registry
 from .base import Backbone
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
