@@ -66,7 +66,7 @@ def main() -> None:
 def methods_cmd() -> None:
     """List the registered methods, backbones and heads."""
     from .models.backbones import list_backbones
-    from .models.heads import list_heads
+    from .models import list_heads
     from .methods import list_methods
 
     click.echo("methods:   " + ", ".join(list_methods()))

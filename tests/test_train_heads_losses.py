@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from occsynth_train.models.heads import create_head, list_heads
+from occsynth_train.models import create_head, list_heads
 from occsynth_train.models.losses import occlusion_probability, pixel_cross_entropy, region_consistency
 
 

@@ -15,7 +15,8 @@ from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.cli import main
 from occsynth_train.config import load_config
 from occsynth_train.eval.evaluate import evaluate_benchmark
-from occsynth_train.methods import METHODS, Method, register_method
+from occsynth_train.methods import METHODS
+from occsynth_train.methods.base import Method
 from occsynth_train.engine.trainer import NonFiniteLossError, train
 from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: F401
 
@@ -154,7 +155,7 @@ def test_eval_reports_mask_iou_for_segmenting_methods(tiny_pairs):
 
 
 def test_registered_method_becomes_a_cli_command():
-    @register_method("test_plugin")
+    @METHODS.register("test_plugin")
     class Plugin(_DarkIsOccluded):
         pass
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..models.backbones import create_backbone
-from ..models.heads import create_head
+from ..models import create_head
 
 
 class Method(nn.Module):

@@ -51,7 +51,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_method
+from ._registry import METHODS
 from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, resize_to, run_stages, scaled_unet
 from .base import Method, build_backbone, build_head
@@ -172,7 +172,7 @@ def fm_settings(cfg) -> dict:
             "activation": s["fm_activation"], "combine": combine}
 
 
-@register_method("msml")
+@METHODS.register("msml")
 class MSML(Method):
     name = "msml"
     has_segmentation = True

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_method
+from ._registry import METHODS
 from ..models.losses import pixel_cross_entropy
 from ..models.backbones.base import down
 from ._common import id_terms, opt, scaled_unet
@@ -108,7 +108,7 @@ class MaskGenerator(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
-@register_method("pdsn")
+@METHODS.register("pdsn")
 class PDSN(Method):
     name = "pdsn"
     find_unused_parameters = True  # only the generators of the blocks present in a batch are used

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_method
+from ._registry import METHODS
 from ..models.backbones import create_backbone
 from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt
@@ -77,7 +77,7 @@ class FCN8s(nn.Module):
         return self.forward_all(x)["logits"]
 
 
-@register_method("soidn")
+@METHODS.register("soidn")
 class SOIDN(Method):
     name = "soidn"
     has_segmentation = True
