@@ -10,6 +10,13 @@ import sys
 import click
 
 from . import __version__
+from .config import load_config
+from .data.lfw_protocol import write_split
+from .engine.trainer import NonFiniteLossError, train
+from .eval.evaluate import evaluate_run
+from .methods import list_methods
+from .models import list_heads
+from .models.backbones import list_backbones
 
 FIXED = ("eval", "lfw-mini-split", "methods")
 
@@ -24,9 +31,6 @@ def _method_command(name: str) -> click.Command:
     @click.option("--stop-after", type=int, default=None,
                   help="Stop after this many steps in this invocation (checkpointed; rerun to resume).")
     def command(config_path, overrides, output, stop_after):
-        from .config import load_config
-        from .engine.trainer import NonFiniteLossError, train
-
         overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
         try:
             cfg = load_config(config_path, overrides)
@@ -43,16 +47,12 @@ def _method_command(name: str) -> click.Command:
 
 class MethodGroup(click.Group):
     def list_commands(self, ctx):
-        from .methods import list_methods
-
         return sorted(set(super().list_commands(ctx)) | set(list_methods()))
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is not None:
             return command
-        from .methods import list_methods
-
         return _method_command(name) if name in list_methods() else None
 
 
@@ -65,10 +65,6 @@ def main() -> None:
 @main.command("methods")
 def methods_cmd() -> None:
     """List the registered methods, backbones and heads."""
-    from .models.backbones import list_backbones
-    from .models import list_heads
-    from .methods import list_methods
-
     click.echo("methods:   " + ", ".join(list_methods()))
     click.echo("backbones: " + ", ".join(list_backbones()))
     click.echo("heads:     " + ", ".join(list_heads()))
@@ -86,8 +82,6 @@ def methods_cmd() -> None:
 @click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
 def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
     """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
-    from .eval.evaluate import evaluate_run
-
     try:
         report = evaluate_run(run_dir, list(benchmarks), out=out, checkpoint=checkpoint, device=device,
                               batch_size=batch_size, num_workers=workers, flip=not no_flip)
@@ -117,8 +111,6 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
               help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).")
 def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
-    from .data.lfw_protocol import write_split
-
     try:
         summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
     except (ValueError, OSError) as exc:  # UnsafeArchiveError is a ValueError

@@ -16,10 +16,11 @@ import torch
 from click.testing import CliRunner
 
 from occsynth.io.archive import UnsafeArchiveError, member_path, safe_extract
-from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.cli import main as train_main
 from occsynth_train.config import load_config
+from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.engine.trainer import init_weights, train
+from occsynth_train.methods import create_method
 from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,6 @@ def test_crafted_checkpoint_refused_on_resume_init_from_and_eval(tiny_train, tin
 
     fresh = load_config(TINY, [f"data.train=[{tiny_train}]", f"output={tmp_path / 'fresh'}",
                                f"train.init_from={run / 'checkpoints' / 'step_00000099.pt'}"])
-    from occsynth_train.methods import create_method
     with pytest.raises(CheckpointError):
         init_weights(create_method("baseline", fresh, num_classes=10), fresh.train.init_from)
     assert not marker.exists()

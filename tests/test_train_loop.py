@@ -11,13 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.cli import main
 from occsynth_train.config import load_config
+from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.trainer import NonFiniteLossError, train
 from occsynth_train.eval.evaluate import evaluate_benchmark
 from occsynth_train.methods import METHODS
 from occsynth_train.methods.base import Method
-from occsynth_train.engine.trainer import NonFiniteLossError, train
+from occsynth_train.methods.baseline import Baseline
 from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +105,6 @@ def test_loss_decreases_on_learnable_toy(tiny_train, tmp_path):
 
 
 def test_nan_guard_names_step_and_term(tiny_train, tmp_path, monkeypatch):
-    from occsynth_train.methods.baseline import Baseline
-
     original = Baseline.forward
 
     def poisoned(self, batch, step):
@@ -170,9 +169,6 @@ def test_registered_method_becomes_a_cli_command():
 def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
     """data.online_occlusion runs occsynth's TorchOccluder on the device batch: the method sees
     the union of stored and online masks, and stored-clean samples get a clean counterpart."""
-    pytest.importorskip("occsynth.occluders.torch_ops")
-    from occsynth_train.methods.baseline import Baseline
-
     seen = []
     original = Baseline.forward
 

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from occsynth.seeding import derive_seed
 
 from .. import __version__
 from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact,
@@ -29,6 +34,7 @@ from ..data.batch import load_online_occluder, prepare_batch
 from ..data.labels import LABELS_FILE, LabelMap
 from ..data.loaders import make_train_loader
 from ..data.stream import ShardStream
+from ..eval.evaluate import evaluate_run
 from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
 from ..methods import create_method
 from .optim import build_optimizer, lr_factor, set_lr
@@ -40,19 +46,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _derive(seed: int, *parts) -> int:
-    from occsynth.seeding import derive_seed
-
-    return derive_seed(seed, *parts)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -132,7 +128,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             labels.save(labels_path)
     barrier(info)
 
-    seed_everything(_derive(cfg.seed, "init"))  # identical initial weights on every rank
+    seed_everything(derive_seed(cfg.seed, "init"))  # identical initial weights on every rank
     method = create_method(cfg.method, cfg, num_classes=len(labels)).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -165,7 +161,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
         else:
-            seed_everything(_derive(cfg.seed, "rank", info.rank, "step", step))
+            seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", step))
         if info.is_main:
             print(f"occsynth-train: resuming {run_dir} from {ckpt.name} (step {step}, {samples_seen} samples seen"
                   f"{'' if len(rngs) == info.world_size else f', world size {len(rngs)} -> {info.world_size}'})")
@@ -178,7 +174,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                       f"{len(report['missing'])} missing, {len(report['skipped_shape'])} skipped (shape)")
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
-        seed_everything(_derive(cfg.seed, "rank", info.rank, "step", 0))
+        seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", 0))
 
     pairing = method.requires_clean if cfg.data.pairing is None else cfg.data.pairing
     stream = ShardStream(cfg.data.train, labels, cfg.data.batch_size, seed=cfg.seed, rank=info.rank,
@@ -202,8 +198,6 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     log.truncate_after(step)
     bar = None
     if info.is_main and cfg.train.progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
 
     saved_at = step if ckpt is not None else -1
@@ -234,7 +228,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
             if occluder is not None:
-                generator = torch.Generator(device=device).manual_seed(_derive(cfg.seed, "occlude", step, info.rank))
+                generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "occlude", step, info.rank))
             batch = prepare_batch(raw, device, input_size=method.input_size, occluder=occluder,
                                   generator=generator, channels_last=cfg.train.channels_last)
             with autocast_context(device, cfg.train.precision):
@@ -281,8 +275,6 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             bar.close()
         log.close()
     if step >= total and info.is_main and cfg.eval.benchmarks:
-        from ..eval.evaluate import evaluate_run
-
         evaluate_run(run_dir, cfg.eval.benchmarks, out=run_dir / "eval_report.json", device=device,
                      batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, flip=cfg.eval.flip)
     return run_dir
