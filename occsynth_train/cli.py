@@ -2,10 +2,16 @@
 
 Every registered method (occsynth_train.methods) is a subcommand with the same options;
 the config's `method` key is set to the subcommand's name.
+
+The library logs through `logging` and never configures it; this command line owns the
+handler: messages of the occsynth_train and occsynth loggers go to stderr as
+`occsynth-train: message`, at INFO (default), DEBUG (-v/--verbose) or WARNING (--quiet).
 """
 from __future__ import annotations
 
+import logging
 import sys
+from typing import Callable
 
 import click
 
@@ -18,11 +24,44 @@ from .methods import list_methods
 from .models import list_heads
 from .models.backbones import list_backbones
 
-FIXED = ("eval", "lfw-mini-split", "methods")
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+LOGGERS = ("occsynth_train", "occsynth")
+LOG_FORMAT = "occsynth-train: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to the sys.stderr of the moment (not the one at creation: click's
+    test runner and other wrappers swap it)."""
+
+    def __init__(self, level: int = logging.NOTSET):
+        logging.Handler.__init__(self, level)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
+def configure_logging(level: int) -> Callable[[], None]:
+    """Send the library's log records at `level` and above to stderr; returns the undo."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
+    def restore() -> None:
+        for logger, old in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(old)
+
+    return restore
 
 
 def _method_command(name: str) -> click.Command:
-    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).")
+    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).",
+                   context_settings=CONTEXT)
     @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
                   help="YAML training config (see configs/).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -56,13 +95,20 @@ class MethodGroup(click.Group):
         return _method_command(name) if name in list_methods() else None
 
 
-@click.group(cls=MethodGroup)
+@click.group(cls=MethodGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="occsynth-train")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also print debug messages.")
+@click.option("--quiet", is_flag=True, help="Print warnings and errors only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Train and evaluate occluded-face recognition methods on occsynth shards."""
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    ctx.call_on_close(configure_logging(level))
 
 
-@main.command("methods")
+@main.command("methods", context_settings=CONTEXT)
 def methods_cmd() -> None:
     """List the registered methods, backbones and heads."""
     click.echo("methods:   " + ", ".join(list_methods()))
@@ -70,7 +116,7 @@ def methods_cmd() -> None:
     click.echo("heads:     " + ", ".join(list_heads()))
 
 
-@main.command("eval")
+@main.command("eval", context_settings=CONTEXT)
 @click.option("--model", "run_dir", type=click.Path(exists=True, file_okay=False), required=True, help="Run directory.")
 @click.option("--benchmark", "benchmarks", type=click.Path(exists=True, file_okay=False), multiple=True, required=True,
               help="Benchmark dataset directory (repeatable).")
@@ -101,7 +147,7 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
         click.echo("  ".join(parts))
 
 
-@main.command("lfw-mini-split")
+@main.command("lfw-mini-split", context_settings=CONTEXT)
 @click.option("--pairs", "pairs_path", type=click.Path(exists=True, dir_okay=False), required=True, help="LFW pairs.txt")
 @click.option("--lfw", "lfw_path", type=click.Path(exists=True), required=True,
               help="lfw-deepfunneled.tgz or an extracted identity folder.")

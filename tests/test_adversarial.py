@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import logging
 import os
 import pickle
 import tarfile
@@ -96,7 +97,7 @@ def test_every_torch_load_is_weights_only():
     assert offenders == []
 
 
-def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, capsys):
+def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, caplog):
     run = tmp_path / "run"
     over = [f"data.train=[{tiny_train}]", f"output={run}", "train.steps=6", "train.ckpt_every=2",
             "train.keep_checkpoints=5"]
@@ -106,9 +107,9 @@ def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, cap
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
     (run / "checkpoints" / "step_00000005.pt").write_bytes(b"")            # and an empty file
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="occsynth_train")
     train(load_config(TINY, over))
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "skipped damaged checkpoint step_00000005.pt" in out
     assert "skipped damaged checkpoint step_00000004.pt" in out
     assert "from step_00000002.pt (step 2" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,12 @@ def test_train_checkpoint_resume_eval_via_cli(tiny_train, tiny_pairs, tiny_ident
     assert json.loads((run / "labels.json").read_text())["num_classes"] == 10
     second = runner.invoke(main, args, catch_exceptions=False)
     assert second.exit_code == 0, second.output
+    # the CLI logs to stderr as "occsynth-train: ..." (INFO by default, --quiet: warnings only)
+    assert "occsynth-train: resuming" in second.stderr and "resuming" not in second.stdout
+    quiet = runner.invoke(main, ["--quiet", *args], catch_exceptions=False)
+    assert quiet.exit_code == 0 and "resuming" not in quiet.output
+    logger = logging.getLogger("occsynth_train")
+    assert logger.level == logging.NOTSET and not logger.handlers  # restored when the command ends
     state = load_checkpoint(list_checkpoints(run)[-1])
     assert state["step"] == 8 and state["samples_seen"] == 64
     assert [int(r["step"]) for r in _log(run)] == [5, 8]
@@ -81,7 +88,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_train, tmp_path):
     assert len(momentum_a) > 10 and all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
 
 
-def test_resume_after_world_size_change(tiny_train, tmp_path, capsys):
+def test_resume_after_world_size_change(tiny_train, tmp_path, caplog):
     """A checkpoint written by 2 ranks resumes on 1: step and samples seen carry over, RNG is
     re-derived (the per-rank states cannot be mapped), and the run finishes."""
     run = tmp_path / "ws"
@@ -91,8 +98,9 @@ def test_resume_after_world_size_change(tiny_train, tmp_path, capsys):
     state = load_checkpoint(path)
     state.update(world_size=2, rng=state["rng"] * 2, samples_seen=2 * 2 * 8)  # as if 2 ranks x batch 8
     torch.save(state, path)
+    caplog.set_level(logging.INFO, logger="occsynth_train")
     train(_cfg(tiny_train, run, *common))
-    assert "world size 2 -> 1" in capsys.readouterr().out
+    assert "world size 2 -> 1" in caplog.text
     final = load_checkpoint(list_checkpoints(run)[-1])
     assert final["step"] == 5 and final["samples_seen"] == 32 + 3 * 8
 
@@ -183,3 +191,18 @@ def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
     for masks, has_clean in seen:
         assert (masks.flatten(1).mean(1) > 0.15).all()  # every sample got a ~25 % block (32 px input)
         assert has_clean.all()
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], ["baseline", "-h"], ["eval", "-h"], ["methods", "-h"],
+                                  ["lfw-mini-split", "-h"]])
+def test_short_and_long_help(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and result.output.startswith("Usage:"), result.output
+
+
+def test_methods_command_and_exclusive_verbosity():
+    result = CliRunner().invoke(main, ["methods"])
+    assert result.exit_code == 0 and "baseline" in result.output and "iresnet50" in result.output
+    assert "arcface" in result.output
+    both = CliRunner().invoke(main, ["-v", "--quiet", "methods"])
+    assert both.exit_code == 2 and "exclude each other" in both.output

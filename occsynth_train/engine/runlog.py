@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -18,7 +21,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("occsynth-train: tensorboard is not installed; logging to train_log.csv only")
+                log.info("tensorboard is not installed; logging to train_log.csv only")
             else:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
 

@@ -13,6 +13,7 @@ per rank when the world size is unchanged, otherwise re-derived from (seed, step
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -39,6 +40,9 @@ from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup
 from ..methods import create_method
 from .optim import build_optimizer, lr_factor, set_lr
 from .runlog import RunLog
+
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +143,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     use_scaler = cfg.train.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     if cfg.train.precision == "fp16" and device.type == "cpu":
-        print("occsynth-train: fp16 autocast on CPU is slow and poorly supported; consider bf16 or fp32")
+        log.warning("fp16 autocast on CPU is slow and poorly supported; consider bf16 or fp32")
 
     step, samples_seen = 0, 0
     ckpt, state, skipped = load_latest_intact(run_dir, map_location=device)
@@ -151,7 +155,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         for bad, why in skipped:
             # moved aside so it neither shadows the resumed run's next save nor counts in keep=
             bad.replace(bad.with_name(bad.name + ".damaged"))
-            print(f"occsynth-train: skipped damaged checkpoint {bad.name} (kept as {bad.name}.damaged): {why}")
+            log.warning("skipped damaged checkpoint %s (kept as %s.damaged): %s", bad.name, bad.name, why)
     if ckpt is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -163,15 +167,15 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         else:
             seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", step))
         if info.is_main:
-            print(f"occsynth-train: resuming {run_dir} from {ckpt.name} (step {step}, {samples_seen} samples seen"
-                  f"{'' if len(rngs) == info.world_size else f', world size {len(rngs)} -> {info.world_size}'})")
+            layout = "" if len(rngs) == info.world_size else f", world size {len(rngs)} -> {info.world_size}"
+            log.info("resuming %s from %s (step %d, %d samples seen%s)", run_dir, ckpt.name, step, samples_seen, layout)
     else:
         if cfg.train.init_from:
             report = init_weights(method, cfg.train.init_from)
             if info.is_main:
                 (run_dir / "init_from.json").write_text(json.dumps(report, indent=2) + "\n")
-                print(f"occsynth-train: initialised from {cfg.train.init_from}: {len(report['loaded'])} tensors loaded, "
-                      f"{len(report['missing'])} missing, {len(report['skipped_shape'])} skipped (shape)")
+                log.info("initialised from %s: %d tensors loaded, %d missing, %d skipped (shape)", cfg.train.init_from,
+                         len(report["loaded"]), len(report["missing"]), len(report["skipped_shape"]))
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
         seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", 0))
@@ -194,8 +198,8 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=method.find_unused_parameters)
     global_batch = cfg.data.batch_size * info.world_size
-    log = RunLog(run_dir, enabled=info.is_main)
-    log.truncate_after(step)
+    run_log = RunLog(run_dir, enabled=info.is_main)
+    run_log.truncate_after(step)
     bar = None
     if info.is_main and cfg.train.progress:
         bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
@@ -262,7 +266,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                 row = {"step": step, "samples_seen": samples_seen, "epoch": round(samples_seen / stream.num_samples, 4),
                        "lr": lr, **{k: round(float(v) / count, 6) for k, v in sums.items()},
                        "samples_per_s": round(count * global_batch / max(now - t_log, 1e-9), 1)}
-                log.write(row)
+                run_log.write(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
                 sums, count, t_log = {}, 0, now
@@ -273,7 +277,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     finally:
         if bar is not None:
             bar.close()
-        log.close()
+        run_log.close()
     if step >= total and info.is_main and cfg.eval.benchmarks:
         evaluate_run(run_dir, cfg.eval.benchmarks, out=run_dir / "eval_report.json", device=device,
                      batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, flip=cfg.eval.flip)
