@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from occsynth.io.atomic import write_text
+
 
 @dataclass
 class DataConfig:
@@ -179,4 +181,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -173,3 +173,26 @@ def test_registries_are_leaves_listing_their_modules(registry):
     listed, imported = _listed_modules(registry)
     assert imported == {"occsynth.registry"}
     assert listed and listed == _registering_modules(REGISTRIES[registry])
+
+
+def _write_calls(path: Path) -> list[str]:
+    """Calls that write a file other than through occsynth.io.atomic (appends are fine)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = ast.unparse(func)
+        if isinstance(func, ast.Attribute) and func.attr in ("write_text", "write_bytes"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+        elif name in ("os.replace", "os.rename", "shutil.copy", "shutil.copyfile", "shutil.copy2", "shutil.move"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+        elif name == "open":
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            if isinstance(mode, ast.Constant) and ("w" in mode.value or "x" in mode.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} open(..., {mode.value!r})")
+    return found
+
+
+def test_files_are_written_through_occsynth_io_atomic():
+    assert [call for path in MODULES.values() for call in _write_calls(path)] == []

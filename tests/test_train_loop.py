@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from occsynth_train.cli import main
 from occsynth_train.config import load_config
-from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from occsynth_train.engine.trainer import NonFiniteLossError, train
 from occsynth_train.eval.evaluate import evaluate_benchmark
 from occsynth_train.methods import METHODS
@@ -206,3 +206,24 @@ def test_methods_command_and_exclusive_verbosity():
     assert "arcface" in result.output
     both = CliRunner().invoke(main, ["-v", "--quiet", "methods"])
     assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_a_failed_checkpoint_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    def cut_short(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(checkpoint_path(tmp_path, 3), {"step": 3, "model": {}})
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no step_00000003.pt, no temporary file
+
+
+def test_run_files_keep_their_format(tiny_train, tmp_path):
+    run = train(_cfg(tiny_train, tmp_path / "fmt", "train.steps=2", "train.log_every=1"))
+    labels = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    assert (run / "labels.json").read_text(encoding="utf-8") == json.dumps(labels, indent=1, ensure_ascii=False) + "\n"
+    assert (run / "train_log.csv").read_bytes().startswith(b"step,samples_seen,epoch,lr,loss,")
+    assert (run / "train_log.csv").read_bytes().count(b"\r\n") == 3  # header + 2 rows, csv line ends
+    assert load_config(run / "config.yaml").train.steps == 2
+    assert not [p.name for p in run.rglob("*") if p.name.endswith(".tmp")]

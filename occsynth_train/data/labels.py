@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from occsynth.io.atomic import write_json
+
 from .shards import read_index
 
 LABELS_FILE = "labels.json"
@@ -34,7 +36,7 @@ class LabelMap:
 
     def save(self, path: str | Path) -> None:
         data = {"num_classes": len(self), "identities": self.identities, "sources": self.sources}
-        Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(path, data, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelMap":

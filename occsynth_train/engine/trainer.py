@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from occsynth.io.atomic import write_text
 from occsynth.seeding import derive_seed
 
 from .. import __version__
@@ -173,7 +174,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         if cfg.train.init_from:
             report = init_weights(method, cfg.train.init_from)
             if info.is_main:
-                (run_dir / "init_from.json").write_text(json.dumps(report, indent=2) + "\n")
+                write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
                 log.info("initialised from %s: %d tensors loaded, %d missing, %d skipped (shape)", cfg.train.init_from,
                          len(report["loaded"]), len(report["missing"]), len(report["skipped_shape"]))
         if info.is_main:
