@@ -64,6 +64,7 @@ def load_online_occluder(spec: Any, device: torch.device) -> TorchOccluder:
 
 
 def normalize(images01: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] -> the models' input range [-1, 1] (training batches and evaluation alike)."""
     return (images01 - 0.5) / 0.5
 
 

@@ -29,19 +29,18 @@ from occsynth.io.atomic import write_text
 from occsynth.seeding import derive_seed
 
 from .. import __version__
-from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact,
-                         rng_state, save_checkpoint, set_rng_state)
 from ..config import Config, dump_config
 from ..data.batch import load_online_occluder, prepare_batch
 from ..data.labels import LABELS_FILE, LabelMap
 from ..data.loaders import make_train_loader
 from ..data.stream import ShardStream
 from ..eval.evaluate import evaluate_run
-from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
 from ..methods import create_method
+from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact, rng_state,
+                         save_checkpoint, set_rng_state)
+from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
 from .optim import build_optimizer, lr_factor, set_lr
 from .runlog import RunLog
-
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader
 
 from occsynth.io.atomic import atomic_write, write_text
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
 from ..config import config_from_dict, load_config
 from ..data.batch import normalize
 from ..data.keyed import KeyedDataset
-from ..models.losses import occlusion_probability
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
 from ..methods import create_method
+from ..models.losses import occlusion_probability
 from .metrics import MaskIoU, rank1, rank1_rotate, roc_curve, verification_report
 
 FARS = (1e-3, 1e-4)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._registry import METHODS
 from ..models import create_head
 from ._common import id_terms, opt
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 

@@ -43,8 +43,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..models.backbones import create_backbone
 from ..models import create_head
+from ..models.backbones import create_backbone
 
 
 class Method(nn.Module):

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import METHODS
-from ._common import id_terms, opt, run_stages
-from .base import Method, build_backbone, build_head
 from ..models.backbones.base import down
+from ._common import id_terms, opt, run_stages
+from ._registry import METHODS
+from .base import Method, build_backbone, build_head
 
 
 class ChannelDropout(nn.Module):

@@ -51,9 +51,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import METHODS
 from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, resize_to, run_stages, scaled_unet
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 FM_KERNELS = (3, 1)

@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import METHODS
-from ..models.losses import pixel_cross_entropy
 from ..models.backbones.base import down
+from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, scaled_unet
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 STAGES = ("trunk", "masks", "dictionary", "finetune")

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import METHODS
 from ..models.backbones import create_backbone
 from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import BACKBONES
 from ..amp import autocast_off
+from ._registry import BACKBONES
 from .base import Backbone, as_size, down, init_weights
 
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 14, 3], 100: [3, 13, 30, 3]}
