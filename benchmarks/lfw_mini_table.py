@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import write_result  # noqa: E402
-from occsynth_train.checkpoint import list_checkpoints  # noqa: E402
 from occsynth_train.config import load_config  # noqa: E402
-from occsynth_train.trainer import train  # noqa: E402
+from occsynth_train.engine.checkpoint import list_checkpoints  # noqa: E402
+from occsynth_train.engine.trainer import train  # noqa: E402
 
 CONDITIONS = {  # column -> benchmark directory under --bench
     "clean": "block/level-00", "block 30%": "block/level-30", "LFW-OCC-2.0 style": "occ2", "masked": "masked"}

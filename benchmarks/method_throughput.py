@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import write_result  # noqa: E402
 from occsynth_train.config import load_config  # noqa: E402
-from occsynth_train.data import Batch  # noqa: E402
+from occsynth_train.data.batch import Batch  # noqa: E402
+from occsynth_train.engine.optim import build_optimizer  # noqa: E402
+from occsynth_train.engine.trainer import autocast_context  # noqa: E402
 from occsynth_train.methods import create_method  # noqa: E402
-from occsynth_train.optim import build_optimizer  # noqa: E402
-from occsynth_train.trainer import autocast_context  # noqa: E402
 
 NUM_CLASSES = 10572
 CONFIGS = ROOT / "configs"

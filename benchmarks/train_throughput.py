@@ -36,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import RESULTS, machine_info  # noqa: E402
 from occsynth_train.config import config_from_dict  # noqa: E402
-from occsynth_train.data import LabelMap, ShardStream, make_train_loader, prepare_batch  # noqa: E402
+from occsynth_train.data.batch import Batch, prepare_batch  # noqa: E402
+from occsynth_train.data.labels import LabelMap  # noqa: E402
+from occsynth_train.data.loaders import make_train_loader  # noqa: E402
+from occsynth_train.data.stream import ShardStream  # noqa: E402
+from occsynth_train.engine.optim import build_optimizer  # noqa: E402
+from occsynth_train.engine.trainer import autocast_context  # noqa: E402
 from occsynth_train.methods import create_method  # noqa: E402
-from occsynth_train.optim import build_optimizer  # noqa: E402
-from occsynth_train.trainer import autocast_context  # noqa: E402
 
 TARGETS = {"iresnet50": 3000, "iresnet18": 8000}
 
@@ -118,8 +121,6 @@ def time_training(backbone: str, args, device: torch.device, num_classes: int, s
         batches = iter(lambda: raw, None)
     else:
         batches = iter(make_train_loader(stream, args.workers, pin_memory=device.type == "cuda"))
-
-    from occsynth_train.data import Batch
 
     def step() -> None:
         raw = next(batches)

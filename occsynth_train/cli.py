@@ -2,20 +2,66 @@
 
 Every registered method (occsynth_train.methods) is a subcommand with the same options;
 the config's `method` key is set to the subcommand's name.
+
+The library logs through `logging` and never configures it; this command line owns the
+handler: messages of the occsynth_train and occsynth loggers go to stderr as
+`occsynth-train: message`, at INFO (default), DEBUG (-v/--verbose) or WARNING (--quiet).
 """
 from __future__ import annotations
 
+import logging
 import sys
+from typing import Callable
 
 import click
 
 from . import __version__
+from .config import load_config
+from .data.lfw_protocol import write_split
+from .engine.trainer import NonFiniteLossError, train
+from .eval.evaluate import evaluate_run
+from .methods import list_methods
+from .models import list_heads
+from .models.backbones import list_backbones
 
-FIXED = ("eval", "lfw-mini-split", "methods")
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+LOGGERS = ("occsynth_train", "occsynth")
+LOG_FORMAT = "occsynth-train: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to the sys.stderr of the moment (not the one at creation: click's
+    test runner and other wrappers swap it)."""
+
+    def __init__(self, level: int = logging.NOTSET):
+        logging.Handler.__init__(self, level)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
+def configure_logging(level: int) -> Callable[[], None]:
+    """Send the library's log records at `level` and above to stderr; returns the undo."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
+    def restore() -> None:
+        for logger, old in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(old)
+
+    return restore
 
 
 def _method_command(name: str) -> click.Command:
-    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).")
+    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).",
+                   context_settings=CONTEXT)
     @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
                   help="YAML training config (see configs/).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -24,9 +70,6 @@ def _method_command(name: str) -> click.Command:
     @click.option("--stop-after", type=int, default=None,
                   help="Stop after this many steps in this invocation (checkpointed; rerun to resume).")
     def command(config_path, overrides, output, stop_after):
-        from .config import load_config
-        from .trainer import NonFiniteLossError, train
-
         overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
         try:
             cfg = load_config(config_path, overrides)
@@ -43,38 +86,37 @@ def _method_command(name: str) -> click.Command:
 
 class MethodGroup(click.Group):
     def list_commands(self, ctx):
-        from .methods import list_methods
-
         return sorted(set(super().list_commands(ctx)) | set(list_methods()))
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is not None:
             return command
-        from .methods import list_methods
-
         return _method_command(name) if name in list_methods() else None
 
 
-@click.group(cls=MethodGroup)
+@click.group(cls=MethodGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="occsynth-train")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also print debug messages.")
+@click.option("--quiet", is_flag=True, help="Print warnings and errors only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Train and evaluate occluded-face recognition methods on occsynth shards."""
+    if verbose and quiet:
+        raise click.UsageError("--verbose and --quiet exclude each other")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    ctx.call_on_close(configure_logging(level))
 
 
-@main.command("methods")
+@main.command("methods", context_settings=CONTEXT)
 def methods_cmd() -> None:
     """List the registered methods, backbones and heads."""
-    from .backbones import list_backbones
-    from .heads import list_heads
-    from .methods import list_methods
-
     click.echo("methods:   " + ", ".join(list_methods()))
     click.echo("backbones: " + ", ".join(list_backbones()))
     click.echo("heads:     " + ", ".join(list_heads()))
 
 
-@main.command("eval")
+@main.command("eval", context_settings=CONTEXT)
 @click.option("--model", "run_dir", type=click.Path(exists=True, file_okay=False), required=True, help="Run directory.")
 @click.option("--benchmark", "benchmarks", type=click.Path(exists=True, file_okay=False), multiple=True, required=True,
               help="Benchmark dataset directory (repeatable).")
@@ -86,8 +128,6 @@ def methods_cmd() -> None:
 @click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
 def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
     """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
-    from .evaluate import evaluate_run
-
     try:
         report = evaluate_run(run_dir, list(benchmarks), out=out, checkpoint=checkpoint, device=device,
                               batch_size=batch_size, num_workers=workers, flip=not no_flip)
@@ -107,7 +147,7 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
         click.echo("  ".join(parts))
 
 
-@main.command("lfw-mini-split")
+@main.command("lfw-mini-split", context_settings=CONTEXT)
 @click.option("--pairs", "pairs_path", type=click.Path(exists=True, dir_okay=False), required=True, help="LFW pairs.txt")
 @click.option("--lfw", "lfw_path", type=click.Path(exists=True), required=True,
               help="lfw-deepfunneled.tgz or an extracted identity folder.")
@@ -117,8 +157,6 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
               help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).")
 def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
-    from .lfw_protocol import write_split
-
     try:
         summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
     except (ValueError, OSError) as exc:  # UnsafeArchiveError is a ValueError

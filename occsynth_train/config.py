@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from occsynth.io.atomic import write_text
+
 
 @dataclass
 class DataConfig:
@@ -65,7 +67,7 @@ class OptimConfig:
     min_lr: float = 0.0            # floor of cosine / poly, as a fraction of lr
     clip_grad: float | None = 5.0  # max global grad norm; null disables
     by_type: dict = field(default_factory=dict)  # per-optimiser-type overrides for param groups that
-                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see optim.py)
+                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see engine/optim.py)
 
 
 @dataclass
@@ -179,4 +181,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from occsynth_train.config import load_config
-from occsynth_train.evaluate import evaluate_benchmark, load_run
-from occsynth_train.trainer import train
+from occsynth_train.engine.trainer import train
+from occsynth_train.eval.evaluate import evaluate_benchmark, load_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import logging
 import os
 import pickle
 import tarfile
@@ -16,10 +17,11 @@ import torch
 from click.testing import CliRunner
 
 from occsynth.io.archive import UnsafeArchiveError, member_path, safe_extract
-from occsynth_train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.cli import main as train_main
 from occsynth_train.config import load_config
-from occsynth_train.trainer import init_weights, train
+from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from occsynth_train.engine.trainer import init_weights, train
+from occsynth_train.methods import create_method
 from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,6 @@ def test_crafted_checkpoint_refused_on_resume_init_from_and_eval(tiny_train, tin
 
     fresh = load_config(TINY, [f"data.train=[{tiny_train}]", f"output={tmp_path / 'fresh'}",
                                f"train.init_from={run / 'checkpoints' / 'step_00000099.pt'}"])
-    from occsynth_train.methods import create_method
     with pytest.raises(CheckpointError):
         init_weights(create_method("baseline", fresh, num_classes=10), fresh.train.init_from)
     assert not marker.exists()
@@ -96,7 +97,7 @@ def test_every_torch_load_is_weights_only():
     assert offenders == []
 
 
-def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, capsys):
+def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, caplog):
     run = tmp_path / "run"
     over = [f"data.train=[{tiny_train}]", f"output={run}", "train.steps=6", "train.ckpt_every=2",
             "train.keep_checkpoints=5"]
@@ -106,9 +107,9 @@ def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, cap
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
     (run / "checkpoints" / "step_00000005.pt").write_bytes(b"")            # and an empty file
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="occsynth_train")
     train(load_config(TINY, over))
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "skipped damaged checkpoint step_00000005.pt" in out
     assert "skipped damaged checkpoint step_00000004.pt" in out
     assert "from step_00000002.pt (step 2" in out

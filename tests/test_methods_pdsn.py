@@ -6,13 +6,15 @@ import math
 import numpy as np
 import torch
 
-from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.config import load_config
+from occsynth_train.data.keyed import KeyedDataset
+from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.trainer import train
+from occsynth_train.eval.evaluate import _images, _masks, evaluate_benchmark, load_pairs
 from occsynth_train.methods import create_method
 from occsynth_train.methods.pdsn import binarise, block_ids, block_iou, cell_fractions, min_max
 from methods_helpers import CONFIGS, falls, tiny_cfg, train_and_evaluate
 from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
-from occsynth_train.trainer import train
 
 
 def _method(*overrides):
@@ -165,9 +167,6 @@ def test_pairwise_fdm_is_the_and_of_both_faces_and_the_probes_for_a_clean_face()
 
 
 def test_evaluator_scores_pairs_pairwise_with_true_masks(tiny_pairs):
-    from occsynth_train.data import KeyedDataset
-    from occsynth_train.evaluate import _images, _masks, evaluate_benchmark, load_pairs
-
     m = _finetuned("method_kw.occlusion_source=gt")
     report, (scores, issame) = evaluate_benchmark(m, tiny_pairs, torch.device("cpu"), 16, 0, flip=False)
     assert report["test_masks"] == "ground truth" and report["verification"]["scoring"] == "pairwise"

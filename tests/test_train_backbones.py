@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from occsynth_train.backbones import Backbone, create_backbone, list_backbones
+from occsynth_train.models.backbones import create_backbone, list_backbones
+from occsynth_train.models.backbones.base import Backbone
 from train_fixtures import one_torch_thread  # noqa: F401
 
 

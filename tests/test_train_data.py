@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from occsynth_train.data import KeyedDataset, LabelMap, ShardStream, make_train_loader, prepare_batch
+from occsynth_train.data.batch import prepare_batch
+from occsynth_train.data.keyed import KeyedDataset
+from occsynth_train.data.labels import LabelMap
+from occsynth_train.data.loaders import make_train_loader
+from occsynth_train.data.stream import ShardStream
 from train_fixtures import build_train_set, lfw_faces, one_torch_thread, sk_faces, tiny_train  # noqa: F401
 
 

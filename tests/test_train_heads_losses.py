@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from occsynth_train.heads import create_head, list_heads
-from occsynth_train.losses import occlusion_probability, pixel_cross_entropy, region_consistency
+from occsynth_train.models import create_head, list_heads
+from occsynth_train.models.losses import occlusion_probability, pixel_cross_entropy, region_consistency
 
 
 def _at_angle(theta: float) -> torch.Tensor:

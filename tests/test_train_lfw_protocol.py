@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
-from occsynth_train.lfw_protocol import write_split
+from occsynth_train.data.lfw_protocol import write_split
 
 
 def _fake_lfw(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.cli import main
 from occsynth_train.config import load_config
-from occsynth_train.evaluate import evaluate_benchmark
-from occsynth_train.methods import METHODS, Method, register_method
-from occsynth_train.trainer import NonFiniteLossError, train
+from occsynth_train.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from occsynth_train.engine.trainer import NonFiniteLossError, train
+from occsynth_train.eval.evaluate import evaluate_benchmark
+from occsynth_train.methods import METHODS
+from occsynth_train.methods.base import Method
+from occsynth_train.methods.baseline import Baseline
 from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +46,12 @@ def test_train_checkpoint_resume_eval_via_cli(tiny_train, tiny_pairs, tiny_ident
     assert json.loads((run / "labels.json").read_text())["num_classes"] == 10
     second = runner.invoke(main, args, catch_exceptions=False)
     assert second.exit_code == 0, second.output
+    # the CLI logs to stderr as "occsynth-train: ..." (INFO by default, --quiet: warnings only)
+    assert "occsynth-train: resuming" in second.stderr and "resuming" not in second.stdout
+    quiet = runner.invoke(main, ["--quiet", *args], catch_exceptions=False)
+    assert quiet.exit_code == 0 and "resuming" not in quiet.output
+    logger = logging.getLogger("occsynth_train")
+    assert logger.level == logging.NOTSET and not logger.handlers  # restored when the command ends
     state = load_checkpoint(list_checkpoints(run)[-1])
     assert state["step"] == 8 and state["samples_seen"] == 64
     assert [int(r["step"]) for r in _log(run)] == [5, 8]
@@ -79,7 +88,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_train, tmp_path):
     assert len(momentum_a) > 10 and all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
 
 
-def test_resume_after_world_size_change(tiny_train, tmp_path, capsys):
+def test_resume_after_world_size_change(tiny_train, tmp_path, caplog):
     """A checkpoint written by 2 ranks resumes on 1: step and samples seen carry over, RNG is
     re-derived (the per-rank states cannot be mapped), and the run finishes."""
     run = tmp_path / "ws"
@@ -89,8 +98,9 @@ def test_resume_after_world_size_change(tiny_train, tmp_path, capsys):
     state = load_checkpoint(path)
     state.update(world_size=2, rng=state["rng"] * 2, samples_seen=2 * 2 * 8)  # as if 2 ranks x batch 8
     torch.save(state, path)
+    caplog.set_level(logging.INFO, logger="occsynth_train")
     train(_cfg(tiny_train, run, *common))
-    assert "world size 2 -> 1" in capsys.readouterr().out
+    assert "world size 2 -> 1" in caplog.text
     final = load_checkpoint(list_checkpoints(run)[-1])
     assert final["step"] == 5 and final["samples_seen"] == 32 + 3 * 8
 
@@ -103,8 +113,6 @@ def test_loss_decreases_on_learnable_toy(tiny_train, tmp_path):
 
 
 def test_nan_guard_names_step_and_term(tiny_train, tmp_path, monkeypatch):
-    from occsynth_train.methods.baseline import Baseline
-
     original = Baseline.forward
 
     def poisoned(self, batch, step):
@@ -154,7 +162,7 @@ def test_eval_reports_mask_iou_for_segmenting_methods(tiny_pairs):
 
 
 def test_registered_method_becomes_a_cli_command():
-    @register_method("test_plugin")
+    @METHODS.register("test_plugin")
     class Plugin(_DarkIsOccluded):
         pass
 
@@ -169,9 +177,6 @@ def test_registered_method_becomes_a_cli_command():
 def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
     """data.online_occlusion runs occsynth's TorchOccluder on the device batch: the method sees
     the union of stored and online masks, and stored-clean samples get a clean counterpart."""
-    pytest.importorskip("occsynth.occluders.torch")
-    from occsynth_train.methods.baseline import Baseline
-
     seen = []
     original = Baseline.forward
 
@@ -186,3 +191,39 @@ def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
     for masks, has_clean in seen:
         assert (masks.flatten(1).mean(1) > 0.15).all()  # every sample got a ~25 % block (32 px input)
         assert has_clean.all()
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], ["baseline", "-h"], ["eval", "-h"], ["methods", "-h"],
+                                  ["lfw-mini-split", "-h"]])
+def test_short_and_long_help(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and result.output.startswith("Usage:"), result.output
+
+
+def test_methods_command_and_exclusive_verbosity():
+    result = CliRunner().invoke(main, ["methods"])
+    assert result.exit_code == 0 and "baseline" in result.output and "iresnet50" in result.output
+    assert "arcface" in result.output
+    both = CliRunner().invoke(main, ["-v", "--quiet", "methods"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_a_failed_checkpoint_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    def cut_short(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(checkpoint_path(tmp_path, 3), {"step": 3, "model": {}})
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no step_00000003.pt, no temporary file
+
+
+def test_run_files_keep_their_format(tiny_train, tmp_path):
+    run = train(_cfg(tiny_train, tmp_path / "fmt", "train.steps=2", "train.log_every=1"))
+    labels = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    assert (run / "labels.json").read_text(encoding="utf-8") == json.dumps(labels, indent=1, ensure_ascii=False) + "\n"
+    assert (run / "train_log.csv").read_bytes().startswith(b"step,samples_seen,epoch,lr,loss,")
+    assert (run / "train_log.csv").read_bytes().count(b"\r\n") == 3  # header + 2 rows, csv line ends
+    assert load_config(run / "config.yaml").train.steps == 2
+    assert not [p.name for p in run.rglob("*") if p.name.endswith(".tmp")]

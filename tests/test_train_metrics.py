@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from occsynth_train.metrics import (MaskIoU, best_threshold, kfold_accuracy, rank1, rank1_rotate, roc_curve,
-                                    tar_at_far, tar_at_far_strict, verification_report)
+from occsynth_train.eval.metrics import (MaskIoU, auc, best_threshold, kfold_accuracy, rank1, rank1_rotate, roc_curve,
+                                         tar_at_far, tar_at_far_strict, verification_report)
 
 
 def test_separable_scores_give_accuracy_one():
@@ -123,3 +123,46 @@ def test_mask_iou_by_hand():
     assert r["iou_visible"] == pytest.approx(26 / 28)
     assert r["miou"] == pytest.approx((4 / 6 + 26 / 28) / 2)
     assert r["image_iou_occluded"] == pytest.approx(4 / 6) and r["images_with_occlusion"] == 1
+
+
+# ---------------------------------------------------------------- agreement with scikit-learn
+def _random_pairs(seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of 40-400 pairs, 10-90 % positives; with `ties`, scores on a coarse grid so many
+    positives and negatives share a score."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 400))
+    issame = rng.random(n) < rng.uniform(0.1, 0.9)
+    issame[:2] = [True, False]  # both classes present
+    scores = rng.normal(0.0, 1.0, n) + 1.5 * issame
+    if ties:
+        scores = np.round(scores * 4) / 4
+    return scores, issame
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_auc_and_tar_at_far_agree_with_sklearn(seed, ties):
+    sk = pytest.importorskip("sklearn.metrics")
+    scores, issame = _random_pairs(seed, ties)
+    for drop in (True, False):
+        fpr, tpr, thr = roc_curve(scores, issame, drop_intermediate=drop)
+        sk_fpr, sk_tpr, sk_thr = sk.roc_curve(issame, scores, drop_intermediate=drop)
+        np.testing.assert_allclose(fpr, sk_fpr, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(tpr, sk_tpr, rtol=0, atol=1e-12)
+        assert thr[0] == sk_thr[0] == np.inf
+        np.testing.assert_array_equal(thr[1:], sk_thr[1:])
+    fpr, tpr, _ = roc_curve(scores, issame)
+    assert auc(fpr, tpr) == pytest.approx(sk.roc_auc_score(issame, scores), abs=1e-12)
+    assert verification_report(scores, issame, np.arange(len(scores)) % 2)["auc"] == pytest.approx(
+        sk.roc_auc_score(issame, scores), abs=1e-12)
+
+    sk_fpr, sk_tpr, sk_thr = sk.roc_curve(issame, scores)  # insightface: nearest FPR, first in flipped order
+    full_fpr, full_tpr, full_thr = sk.roc_curve(issame, scores, drop_intermediate=False)
+    for far in (1e-3, 1e-2, 0.05, 0.1, 0.3):
+        i = int(np.argmin(np.abs(sk_fpr[::-1] - far)))
+        got = tar_at_far(scores, issame, far)
+        assert (got["tar"], got["far"], got["threshold"]) == pytest.approx(
+            (sk_tpr[::-1][i], sk_fpr[::-1][i], sk_thr[::-1][i]), abs=1e-12)
+        ok = full_fpr <= far + 1e-12
+        strict = tar_at_far_strict(scores, issame, far)
+        assert strict["far"] <= far + 1e-12 and strict["tar"] == pytest.approx(full_tpr[ok].max(), abs=1e-12)

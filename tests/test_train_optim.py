@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from occsynth_train.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.config import OptimConfig, load_config
-from occsynth_train.optim import OptimizerSet, build_optimizer, lr_factor, set_lr
-from occsynth_train.trainer import init_weights, train
+from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
+from occsynth_train.engine.optim import OptimizerSet, build_optimizer, lr_factor, set_lr
+from occsynth_train.engine.trainer import init_weights, train
+from occsynth_train.methods import create_method
 from methods_helpers import CONFIGS, tiny_cfg
 from train_fixtures import one_torch_thread, sk_faces, tiny_train  # noqa: F401
 
@@ -90,8 +91,6 @@ def test_lr_schedules():
 
 
 def test_alob_refuses_an_adam_group_without_adam_settings():
-    from occsynth_train.methods import create_method
-
     cfg = load_config(CONFIGS / "alob_tiny_cpu.yaml", ["data.train=[x]", "optim.by_type={}"])
     method = create_method("alob", cfg, 5)
     with pytest.raises(ValueError, match="optim.by_type has no 'adam' entry"):

@@ -1,41 +1,22 @@
 """Training methods by name: `occsynth-train <name> --config cfg.yaml` runs METHODS[name].
 
-A method is a `Method` (see base.py) registered with `@register_method("name")` in a module of
-this package; every module here is imported on first use, so adding `msml.py` with a
-registered class is all it takes to get `occsynth-train msml`.
+A method is a `Method` (see base.py) registered with `@METHODS.register("name")` in a module of
+this package that _registry.py lists (the modules are imported on the first lookup), so adding
+`msml.py` with a registered class and its line in _registry.py is all it takes to get
+`occsynth-train msml`. A class registered anywhere else (a plug-in) becomes a command too.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from ..registry import Registry
-from .base import Method, build_backbone, build_head
-
-METHODS: Registry[Method] = Registry("method")
-register_method = METHODS.register
-_loaded = False
+from ._registry import METHODS
 
 
-def load_methods() -> Registry[Method]:
-    """Import every module of this package once (each registers its methods)."""
-    global _loaded
-    if not _loaded:
-        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            if info.name != "base" and not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _loaded = True
-    return METHODS
-
-
-def create_method(name: str, cfg, num_classes: int) -> Method:
+def create_method(name: str, cfg, num_classes: int):
     """Build a registered method: create_method("baseline", cfg, num_classes=10572)."""
-    return load_methods().create(name, cfg=cfg, num_classes=num_classes)
+    return METHODS.create(name, cfg=cfg, num_classes=num_classes)
 
 
 def list_methods() -> list[str]:
-    return load_methods().names()
+    return METHODS.names()
 
 
-__all__ = ["METHODS", "Method", "build_backbone", "build_head", "create_method", "list_methods", "load_methods",
-           "register_method"]
+__all__ = ["METHODS", "create_method", "list_methods"]

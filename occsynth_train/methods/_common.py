@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import create_backbone
+from ..models.backbones import create_backbone
 
 
 def opt(cfg, key: str, default):
@@ -55,6 +55,6 @@ def seg_targets(masks: torch.Tensor, size) -> torch.Tensor:
 
 
 def scaled_unet(width: int = 64, out_channels: int = 1, input_size=112):
-    """The core ResNet-18 U-Net (backbones/unet.py) at a stem width (64 = the standard net):
+    """The core ResNet-18 U-Net (models/backbones/unet.py) at a stem width (64 = the standard net):
     narrow segmentation branches keep the CPU tests fast."""
     return create_backbone("resnet18_unet", out_channels=out_channels, input_size=input_size, width=width)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register_method
-from ..heads import create_head
+from ..models import create_head
 from ._common import id_terms, opt
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 
@@ -54,7 +54,7 @@ def project_out(f: torch.Tensor, fm: torch.Tensor, eps: float = 1e-6) -> torch.T
     return f - coef * fm
 
 
-@register_method("alob")
+@METHODS.register("alob")
 class ALOB(Method):
     name = "alob"
 

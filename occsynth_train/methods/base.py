@@ -32,9 +32,9 @@ view's embedding and L2-normalises).
 Param groups: dicts of torch.optim param-group keys; "lr_scale" (default 1) multiplies the
 scheduled learning rate for that group, e.g. a 10x head LR or a frozen-then-thawed branch;
 "optimizer" ("sgd" | "adam" | "adamw", default cfg.optim.name) picks the group's optimiser type,
-with that type's hyper-parameters from cfg.optim.by_type (optim.py). A configuration with nothing
-to train (a statistics pass) returns loss terms without gradient; the trainer then only counts
-the step.
+with that type's hyper-parameters from cfg.optim.by_type (engine/optim.py). A configuration with
+nothing to train (a statistics pass) returns loss terms without gradient; the trainer then only
+counts the step.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..backbones import create_backbone
-from ..heads import create_head
+from ..models import create_head
+from ..models.backbones import create_backbone
 
 
 class Method(nn.Module):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register_method
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 
-@register_method("baseline")
+@METHODS.register("baseline")
 class Baseline(Method):
     name = "baseline"
 

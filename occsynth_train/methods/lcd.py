@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_method
+from ..models.backbones.base import down
 from ._common import id_terms, opt, run_stages
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
-from ..backbones.base import down
 
 
 class ChannelDropout(nn.Module):
@@ -88,7 +88,7 @@ def response_orthogonality(x: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum((1, 2)).mean() / max(1, c * c - c)
 
 
-@register_method("lcd")
+@METHODS.register("lcd")
 class LCD(Method):
     name = "lcd"
 

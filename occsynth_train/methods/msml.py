@@ -51,9 +51,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_method
-from ..losses import pixel_cross_entropy
+from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, resize_to, run_stages, scaled_unet
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 FM_KERNELS = (3, 1)
@@ -172,7 +172,7 @@ def fm_settings(cfg) -> dict:
             "activation": s["fm_activation"], "combine": combine}
 
 
-@register_method("msml")
+@METHODS.register("msml")
 class MSML(Method):
     name = "msml"
     has_segmentation = True

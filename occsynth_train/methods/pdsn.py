@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_method
-from ..losses import pixel_cross_entropy
-from ..backbones.base import down
+from ..models.backbones.base import down
+from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt, scaled_unet
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 STAGES = ("trunk", "masks", "dictionary", "finetune")
@@ -108,7 +108,7 @@ class MaskGenerator(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
-@register_method("pdsn")
+@METHODS.register("pdsn")
 class PDSN(Method):
     name = "pdsn"
     find_unused_parameters = True  # only the generators of the blocks present in a batch are used

@@ -1,7 +1,7 @@
 """SOIDN (segmentation-based occlusion-invariant deep network).
 
 Same input to two networks:
-  * face network: VGG16 (backbones/vgg.py) conv blocks -> pool5 map P_f [B, 512, h, w] -> fc6/fc7;
+  * face network: VGG16 (models/backbones/vgg.py) conv blocks -> pool5 map P_f [B, 512, h, w] -> fc6/fc7;
   * occlusion segmentation network: FCN-8s on its own VGG16 trunk: fc6/fc7 as convs on pool5,
     1x1 score layers on conv7, pool4 and pool3, x2 / x2 / x8 up-sampling with skip sums (2 classes,
     visible / occluded), supervised with pixel-wise CE on the shards' masks;
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_method
-from ..backbones import create_backbone
-from ..losses import pixel_cross_entropy
+from ..models.backbones import create_backbone
+from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt
+from ._registry import METHODS
 from .base import Method, build_backbone, build_head
 
 
@@ -77,7 +77,7 @@ class FCN8s(nn.Module):
         return self.forward_all(x)["logits"]
 
 
-@register_method("soidn")
+@METHODS.register("soidn")
 class SOIDN(Method):
     name = "soidn"
     has_segmentation = True

@@ -7,29 +7,42 @@ Run directory (cfg.output): config.yaml, labels.json, checkpoints/step_*.pt, tra
 tb/ (when tensorboard is installed). Starting a run whose directory already holds checkpoints
 resumes from the newest one: model, optimiser, scaler, global step and samples seen are
 restored, the LR is recomputed from the step, and the data stream is repositioned from samples
-seen (exactly when the GPU/worker layout is unchanged; see data.py). RNG states are restored
+seen (exactly when the GPU/worker layout is unchanged; see data/stream.py). RNG states are restored
 per rank when the world size is unchanged, otherwise re-derived from (seed, step, rank).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact,
-                         rng_state, save_checkpoint, set_rng_state)
-from .config import Config, dump_config
-from .data import LABELS_FILE, LabelMap, ShardStream, load_online_occluder, make_train_loader, prepare_batch
+from occsynth.io.atomic import write_text
+from occsynth.seeding import derive_seed
+
+from .. import __version__
+from ..config import Config, dump_config
+from ..data.batch import load_online_occluder, prepare_batch
+from ..data.labels import LABELS_FILE, LabelMap
+from ..data.loaders import make_train_loader
+from ..data.stream import ShardStream
+from ..eval.evaluate import evaluate_run
+from ..methods import create_method
+from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact, rng_state,
+                         save_checkpoint, set_rng_state)
 from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
-from .methods import create_method
 from .optim import build_optimizer, lr_factor, set_lr
 from .runlog import RunLog
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,19 +50,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _derive(seed: int, *parts) -> int:
-    from occsynth.seeding import derive_seed
-
-    return derive_seed(seed, *parts)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -129,7 +132,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             labels.save(labels_path)
     barrier(info)
 
-    seed_everything(_derive(cfg.seed, "init"))  # identical initial weights on every rank
+    seed_everything(derive_seed(cfg.seed, "init"))  # identical initial weights on every rank
     method = create_method(cfg.method, cfg, num_classes=len(labels)).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -140,7 +143,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     use_scaler = cfg.train.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     if cfg.train.precision == "fp16" and device.type == "cpu":
-        print("occsynth-train: fp16 autocast on CPU is slow and poorly supported; consider bf16 or fp32")
+        log.warning("fp16 autocast on CPU is slow and poorly supported; consider bf16 or fp32")
 
     step, samples_seen = 0, 0
     ckpt, state, skipped = load_latest_intact(run_dir, map_location=device)
@@ -152,7 +155,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         for bad, why in skipped:
             # moved aside so it neither shadows the resumed run's next save nor counts in keep=
             bad.replace(bad.with_name(bad.name + ".damaged"))
-            print(f"occsynth-train: skipped damaged checkpoint {bad.name} (kept as {bad.name}.damaged): {why}")
+            log.warning("skipped damaged checkpoint %s (kept as %s.damaged): %s", bad.name, bad.name, why)
     if ckpt is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -162,20 +165,20 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
         else:
-            seed_everything(_derive(cfg.seed, "rank", info.rank, "step", step))
+            seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", step))
         if info.is_main:
-            print(f"occsynth-train: resuming {run_dir} from {ckpt.name} (step {step}, {samples_seen} samples seen"
-                  f"{'' if len(rngs) == info.world_size else f', world size {len(rngs)} -> {info.world_size}'})")
+            layout = "" if len(rngs) == info.world_size else f", world size {len(rngs)} -> {info.world_size}"
+            log.info("resuming %s from %s (step %d, %d samples seen%s)", run_dir, ckpt.name, step, samples_seen, layout)
     else:
         if cfg.train.init_from:
             report = init_weights(method, cfg.train.init_from)
             if info.is_main:
-                (run_dir / "init_from.json").write_text(json.dumps(report, indent=2) + "\n")
-                print(f"occsynth-train: initialised from {cfg.train.init_from}: {len(report['loaded'])} tensors loaded, "
-                      f"{len(report['missing'])} missing, {len(report['skipped_shape'])} skipped (shape)")
+                write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
+                log.info("initialised from %s: %d tensors loaded, %d missing, %d skipped (shape)", cfg.train.init_from,
+                         len(report["loaded"]), len(report["missing"]), len(report["skipped_shape"]))
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
-        seed_everything(_derive(cfg.seed, "rank", info.rank, "step", 0))
+        seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", 0))
 
     pairing = method.requires_clean if cfg.data.pairing is None else cfg.data.pairing
     stream = ShardStream(cfg.data.train, labels, cfg.data.batch_size, seed=cfg.seed, rank=info.rank,
@@ -195,12 +198,10 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=method.find_unused_parameters)
     global_batch = cfg.data.batch_size * info.world_size
-    log = RunLog(run_dir, enabled=info.is_main)
-    log.truncate_after(step)
+    run_log = RunLog(run_dir, enabled=info.is_main)
+    run_log.truncate_after(step)
     bar = None
     if info.is_main and cfg.train.progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
 
     saved_at = step if ckpt is not None else -1
@@ -231,7 +232,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
             if occluder is not None:
-                generator = torch.Generator(device=device).manual_seed(_derive(cfg.seed, "occlude", step, info.rank))
+                generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "occlude", step, info.rank))
             batch = prepare_batch(raw, device, input_size=method.input_size, occluder=occluder,
                                   generator=generator, channels_last=cfg.train.channels_last)
             with autocast_context(device, cfg.train.precision):
@@ -265,7 +266,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                 row = {"step": step, "samples_seen": samples_seen, "epoch": round(samples_seen / stream.num_samples, 4),
                        "lr": lr, **{k: round(float(v) / count, 6) for k, v in sums.items()},
                        "samples_per_s": round(count * global_batch / max(now - t_log, 1e-9), 1)}
-                log.write(row)
+                run_log.write(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
                 sums, count, t_log = {}, 0, now
@@ -276,10 +277,8 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     finally:
         if bar is not None:
             bar.close()
-        log.close()
+        run_log.close()
     if step >= total and info.is_main and cfg.eval.benchmarks:
-        from .evaluate import evaluate_run
-
         evaluate_run(run_dir, cfg.eval.benchmarks, out=run_dir / "eval_report.json", device=device,
                      batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, flip=cfg.eval.flip)
     return run_dir

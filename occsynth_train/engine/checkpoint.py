@@ -1,9 +1,9 @@
 """Checkpoints: model, optimiser, scaler, global step, samples seen and every rank's RNG state.
 
-Files are `checkpoints/step_NNNNNNNN.pt`, written to a temporary name, fsynced and renamed (a
-killed save never leaves a truncated checkpoint under a real name); the newest *intact* one is
-resumed, so a file damaged later (disk full, a copy cut short) only costs the steps since the
-previous one.
+Files are `checkpoints/step_NNNNNNNN.pt`, written through occsynth.io.atomic (a temporary name,
+fsynced, renamed: a killed save never leaves a truncated checkpoint under a real name); the
+newest *intact* one is resumed, so a file damaged later (disk full, a copy cut short) only costs
+the steps since the previous one.
 
 Every file is read with `torch.load(weights_only=True)`: a checkpoint is data, never code. A
 crafted pickle that would import or call anything is refused with one line naming the file. To
@@ -13,7 +13,6 @@ make our own files load that way, RNG states are stored as tensors and plain Pyt
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
 import zipfile
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from occsynth.io.atomic import atomic_write
 
 CKPT_DIR = "checkpoints"
 log = logging.getLogger(__name__)
@@ -74,12 +75,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, payload: dict, keep: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    log.debug("saved checkpoint %s", path)
     if keep:
         for old in list_checkpoints(path.parents[1])[:-keep]:
             old.unlink(missing_ok=True)

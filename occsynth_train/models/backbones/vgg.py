@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_backbone
+from ._registry import BACKBONES
 from .base import Backbone, as_size, down, init_weights
 
 BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -45,6 +45,6 @@ class VGG(Backbone):
         return self.features(self.fc7(self.fc6(torch.flatten(last, 1))))
 
 
-@register_backbone("vgg16")
+@BACKBONES.register("vgg16")
 def vgg16(**kw) -> VGG:
     return VGG(**kw)

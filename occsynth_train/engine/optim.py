@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TYPE_KEYS = ("lr", "momentum", "nesterov", "betas", "weight_decay")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_backbone
+from ._registry import BACKBONES
 from .base import Backbone, as_size, down, init_weights
 
 
@@ -79,11 +79,11 @@ class LightCNN(Backbone):
         return self.fc(self.dropout(torch.flatten(last, 1)))
 
 
-@register_backbone("lightcnn9")
+@BACKBONES.register("lightcnn9")
 def lightcnn9(**kw) -> LightCNN:
     return LightCNN(9, **kw)
 
 
-@register_backbone("lightcnn29")
+@BACKBONES.register("lightcnn29")
 def lightcnn29(**kw) -> LightCNN:
     return LightCNN(29, **kw)

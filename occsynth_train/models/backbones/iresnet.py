@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_backbone
 from ..amp import autocast_off
+from ._registry import BACKBONES
 from .base import Backbone, as_size, down, init_weights
 
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 14, 3], 100: [3, 13, 30, 3]}
@@ -72,21 +72,21 @@ class IResNet(Backbone):
             return self.features(x)
 
 
-@register_backbone("iresnet18")
+@BACKBONES.register("iresnet18")
 def iresnet18(**kw) -> IResNet:
     return IResNet(18, **kw)
 
 
-@register_backbone("iresnet34")
+@BACKBONES.register("iresnet34")
 def iresnet34(**kw) -> IResNet:
     return IResNet(34, **kw)
 
 
-@register_backbone("iresnet50")
+@BACKBONES.register("iresnet50")
 def iresnet50(**kw) -> IResNet:
     return IResNet(50, **kw)
 
 
-@register_backbone("iresnet100")
+@BACKBONES.register("iresnet100")
 def iresnet100(**kw) -> IResNet:
     return IResNet(100, **kw)

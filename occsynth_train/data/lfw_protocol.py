@@ -4,12 +4,12 @@ from 1 as the LFW README does (occsynth's fold ids count from 0: fold 1 is `--fo
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 from occsynth.io.archive import iter_files, safe_extract
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs, write_pairs_txt
+from occsynth.io.atomic import write_bytes, write_text
 
 
 def lfw_images(lfw: str | Path) -> dict[str, list[str]]:
@@ -40,14 +40,14 @@ def write_split(pairs_path: str | Path, lfw: str | Path, out_dir: str | Path, te
     images = lfw_images(lfw)
     train_ids = sorted(k for k, v in images.items() if len(v) >= 2 and k not in test_people)
     train_images = [img for k in train_ids for img in images[k]]
-    (out / "train_identities.txt").write_text("".join(k + "\n" for k in train_ids))
-    (out / "train_images.txt").write_text("".join(p + "\n" for p in train_images))
+    write_text(out / "train_identities.txt", "".join(k + "\n" for k in train_ids))
+    write_text(out / "train_images.txt", "".join(p + "\n" for p in train_images))
     write_pairs_txt(out / "test_pairs.txt", test, layout="lfw")  # pairs.txt format, one fold
     if extract:
         _extract(lfw, set(train_images), out / "train")
     summary = {"test_fold": test_fold, "test_pairs": len(test), "test_people": len(test_people),
                "train_identities": len(train_ids), "train_images": len(train_images)}
-    (out / "split.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "split.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -57,8 +57,8 @@ def _extract(lfw: Path, wanted: set[str], target: Path) -> None:
         for rel in wanted:
             dst = target / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                shutil.copyfile(lfw / rel, dst)
+            if not dst.exists():  # written whole or not at all, so a rerun never keeps a cut copy
+                write_bytes(dst, (lfw / rel).read_bytes())
         return
     def select(path: PurePosixPath) -> PurePosixPath | None:
         rel = PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else None  # drop the wrapper folder

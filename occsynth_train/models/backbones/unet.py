@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_backbone
+from ._registry import BACKBONES
 from .base import init_weights
 
 
@@ -109,6 +109,6 @@ class ResNet18UNet(nn.Module):
         return self.forward_decoder(x, self.forward_features(x))[0]
 
 
-@register_backbone("resnet18_unet")
+@BACKBONES.register("resnet18_unet")
 def resnet18_unet(**kw) -> ResNet18UNet:
     return ResNet18UNet(**kw)

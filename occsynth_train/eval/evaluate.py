@@ -28,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, load_checkpoint, load_latest_intact
-from .config import config_from_dict, load_config
-from .data import KeyedDataset, normalize
-from .losses import occlusion_probability
-from .methods import create_method
+from occsynth.io.atomic import atomic_write, write_text
+
+from ..config import config_from_dict, load_config
+from ..data.batch import normalize
+from ..data.keyed import KeyedDataset
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
+from ..methods import create_method
+from ..models.losses import occlusion_probability
 from .metrics import MaskIoU, rank1, rank1_rotate, roc_curve, verification_report
 
 FARS = (1e-3, 1e-4)
@@ -256,7 +259,8 @@ def plot_roc(curves: dict[str, tuple], path: Path) -> None:
     ax.grid(True, which="both", ls=":", lw=0.5)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -286,5 +290,5 @@ def evaluate_run(run_dir: str | Path, benchmarks: list[str | Path], out: str | P
         png = out.with_suffix(".roc.png")
         plot_roc(curves, png)
         report["roc_png"] = str(png)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out, json.dumps(report, indent=2) + "\n")
     return report

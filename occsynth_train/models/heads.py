@@ -25,20 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._registry import HEADS
 from .amp import autocast_off
-from .registry import Registry
-
-HEADS: Registry[nn.Module] = Registry("head")
-register_head = HEADS.register
-
-
-def create_head(name: str, embedding_size: int, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered head, e.g. create_head("arcface", 512, 10572, s=64.0, m=0.5)."""
-    return HEADS.create(name, embedding_size=embedding_size, num_classes=num_classes, **kwargs)
-
-
-def list_heads() -> list[str]:
-    return HEADS.names()
 
 
 class CombinedMarginHead(nn.Module):
@@ -82,17 +70,17 @@ class CombinedMarginHead(nn.Module):
         return cos.scatter(1, index, target) * self.s
 
 
-@register_head("arcface")
+@HEADS.register("arcface")
 def arcface(embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False):
     return CombinedMarginHead(embedding_size, num_classes, s=s, m1=1.0, m2=m, m3=0.0, easy_margin=easy_margin)
 
 
-@register_head("cosface")
+@HEADS.register("cosface")
 def cosface(embedding_size: int, num_classes: int, s: float = 30.0, m: float = 0.35):
     return CombinedMarginHead(embedding_size, num_classes, s=s, m1=1.0, m2=0.0, m3=m)
 
 
-@register_head("combined")
+@HEADS.register("combined")
 def combined(embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.5,
              m3: float = 0.0, easy_margin: bool = False):
     return CombinedMarginHead(embedding_size, num_classes, s=s, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin)
@@ -110,6 +98,6 @@ class SoftmaxHead(nn.Module):
             return self.fc(embeddings.float())
 
 
-@register_head("softmax")
+@HEADS.register("softmax")
 def softmax(embedding_size: int, num_classes: int, bias: bool = True):
     return SoftmaxHead(embedding_size, num_classes, bias=bias)

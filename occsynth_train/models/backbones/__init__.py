@@ -6,6 +6,9 @@ stage-hooking methods such as MSML/LCD tap), `forward_head(last_stage)` the embe
 last map; attributes `input_size`, `embedding_size`, `stage_channels`. The segmentation net
 (`resnet18_unet`, see unet.py) instead returns per-pixel occlusion logits and its encoder and
 decoder maps (`forward_all`).
+
+A new backbone module registers its factories with `@BACKBONES.register("name")` and is listed in
+_registry.py, which imports it on the first lookup.
 """
 from __future__ import annotations
 
@@ -13,11 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import Registry
-from .base import Backbone
-
-BACKBONES: Registry[nn.Module] = Registry("backbone")
-register_backbone = BACKBONES.register
+from ._registry import BACKBONES
 
 
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
@@ -29,7 +28,4 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-# Modules register on import (kept at the bottom: they import `register_backbone` from here).
-from . import iresnet, lightcnn, unet, vgg  # noqa: E402,F401
-
-__all__ = ["BACKBONES", "Backbone", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BACKBONES", "create_backbone", "list_backbones"]

@@ -1,0 +1,2 @@
+"""Evaluation of trained runs: benchmarks and reports (evaluate.py), the metrics on numpy arrays
+(metrics.py)."""
