@@ -7,8 +7,8 @@ import json
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
-from occsynth.io.archive import iter_files, safe_extract
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs, write_pairs_txt
+from occsynth.io.archive import iter_files, safe_extract
 from occsynth.io.atomic import write_bytes, write_text
 
 

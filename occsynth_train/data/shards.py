@@ -1,17 +1,18 @@
-"""An occsynth dataset directory on disk (see occsynth/contract.py): its manifest, shard list and
-per-sample index, and the members of its tar shards (raw samples and their decoding)."""
+"""An occsynth dataset directory as training sees it: shard list, per-sample index, raw samples and
+their decoding. Reading goes through occsynth.io.dataset and occsynth.io.tar (the project's one
+dataset reader and one tar reader)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from webdataset.tariterators import tarfile_samples
 
 from occsynth import contract
+from occsynth.io.dataset import Dataset
+from occsynth.io.tar import iter_shard
 
 IMAGE_EXTS = (contract.EXT_IMAGE_PNG, contract.EXT_IMAGE_JPG)
 
@@ -23,57 +24,36 @@ class ShardInfo:
 
 
 def read_manifest(root: str | Path) -> dict:
-    path = Path(root) / contract.MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {root} is not a finished occsynth dataset")
-    return json.loads(path.read_text())
+    return Dataset(root).manifest
 
 
 def list_shards(root: str | Path) -> list[ShardInfo]:
     """The dataset's shards with their sample counts, from manifest.json."""
-    root = Path(root)
-    shards = []
-    for entry in read_manifest(root)["shards"]:
-        # the pipeline writes "shard", the contract notes say "name": accept both
-        name = entry.get("name", entry.get("shard"))
-        shards.append(ShardInfo(str(root / name), int(entry["num_samples"])))
-    return sorted(shards, key=lambda s: s.path)
+    return [ShardInfo(str(s.path), s.num_samples) for s in Dataset(root).shards]
 
 
 def read_index(root: str | Path) -> list[dict]:
     """Per-sample metadata in key order: index.jsonl, or the shards' json members without it."""
-    root = Path(root)
-    path = root / contract.INDEX
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    metas = []
-    for shard in list_shards(root):
-        for sample in tar_samples(shard.path):
-            metas.append(json.loads(sample[contract.EXT_META]))
-    return sorted(metas, key=lambda m: m["key"])
+    return Dataset(root).index()
 
 
 def dataset_image_size(roots: Sequence[str | Path]) -> tuple[int, int]:
-    """(H, W) shared by all datasets (from their manifests or first sample)."""
+    """(H, W) shared by all datasets (from their manifests)."""
     sizes = set()
     for root in roots:
-        manifest = read_manifest(root)
-        size = manifest.get("image_size")
-        if size is None:
-            size = read_index(root)[0]["image_size"]
-        sizes.add((int(size[1]), int(size[0])))  # contract sizes are [width, height]
+        w, h = Dataset(root).image_size  # contract sizes are [width, height]
+        sizes.add((h, w))
     if len(sizes) != 1:
         raise ValueError(f"training datasets have different image sizes {sorted(sizes)}; build them with one template")
     return sizes.pop()
 
 
-
 # ---------------------------------------------------------------- raw samples
 def tar_samples(path: str) -> Iterator[dict]:
-    """Samples of one tar as {ext: bytes, "__key__": key} (webdataset's key/extension rule)."""
-    for sample in tarfile_samples([{"url": path}]):
-        yield sample
+    """Samples of one shard as {ext: bytes, "__key__": key, "__url__": path} (occsynth's one tar
+    reader; the dict form is webdataset's, so either can feed the stream)."""
+    for key, members in iter_shard(path):
+        yield {**members, "__key__": key, "__url__": path}
 
 
 def image_ext(sample: dict) -> str:

@@ -38,7 +38,14 @@ from occsynth.seeding import derive_seed
 
 from .batch import collate
 from .labels import LabelMap
-from .shards import ShardInfo, decode_mask, decode_rgb, image_ext, list_shards, tar_samples
+from .shards import (
+    ShardInfo,
+    decode_mask,
+    decode_rgb,
+    image_ext,
+    list_shards,
+    tar_samples,
+)
 
 # image-order of the 5 landmarks after a horizontal flip (eyes and mouth corners swap)
 FLIP_LANDMARKS = [1, 0, 2, 4, 3]

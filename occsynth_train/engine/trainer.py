@@ -36,9 +36,23 @@ from ..data.loaders import make_train_loader
 from ..data.stream import ShardStream
 from ..eval.evaluate import evaluate_run
 from ..methods import create_method
-from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_latest_intact, rng_state,
-                         save_checkpoint, set_rng_state)
-from .distributed import DistInfo, all_gather_object, any_true, barrier, cleanup, init_distributed
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    load_latest_intact,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    all_gather_object,
+    any_true,
+    barrier,
+    cleanup,
+    init_distributed,
+)
 from .optim import build_optimizer, lr_factor, set_lr
 from .runlog import RunLog
 
