@@ -5,6 +5,7 @@
 Targets (issue "Foundation"): all 13,233 LFW images aligned in under 6 minutes on 2 CPU cores,
 and a rebuild from stored landmarks at >= 1,500 images/s. Skips cleanly without ../shared/data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def main() -> int:
         detected = build(config, plan, source, work / "detected", workers=args.workers, command="benchmark")
         detect_s = time.perf_counter() - t0
 
-        stored = BuildConfig(name="bench-align", shard_size=args.shard_size,
-                             landmark_files=(str(work / "detected" / "landmarks.jsonl"),))
+        stored = BuildConfig(
+            name="bench-align", shard_size=args.shard_size, landmark_files=(str(work / "detected" / "landmarks.jsonl"),)
+        )
         t0 = time.perf_counter()
         rebuilt = build(stored, plan, source, work / "stored", workers=args.workers, command="benchmark")
         stored_s = time.perf_counter() - t0
@@ -66,17 +68,27 @@ def main() -> int:
         "images": n,
         "workers": args.workers,
         "source_open_s": round(open_s, 2),
-        "detect_align": {"seconds": round(detect_s, 1), "images_per_s": round(n / detect_s, 1),
-                         "samples": detected["totals"]["samples"], "failures": detected["totals"]["failures"],
-                         "failure_reasons": detected["stats"]["failure_reasons"],
-                         "target": "13,233 images in < 360 s on 2 cores",
-                         "projected_full_lfw_s": round(13233 * detect_s / n, 1)},
-        "from_stored_landmarks": {"seconds": round(stored_s, 2), "images_per_s": round(n / stored_s, 1),
-                                  "target_images_per_s": 1500, "byte_identical_to_detected_build": identical},
+        "detect_align": {
+            "seconds": round(detect_s, 1),
+            "images_per_s": round(n / detect_s, 1),
+            "samples": detected["totals"]["samples"],
+            "failures": detected["totals"]["failures"],
+            "failure_reasons": detected["stats"]["failure_reasons"],
+            "target": "13,233 images in < 360 s on 2 cores",
+            "projected_full_lfw_s": round(13233 * detect_s / n, 1),
+        },
+        "from_stored_landmarks": {
+            "seconds": round(stored_s, 2),
+            "images_per_s": round(n / stored_s, 1),
+            "target_images_per_s": 1500,
+            "byte_identical_to_detected_build": identical,
+        },
     }
     path = write_result("align_lfw", result, args.out)
-    print(f"detect+align: {n} images in {detect_s:.1f} s = {n / detect_s:.1f} img/s; "
-          f"from stored landmarks: {stored_s:.2f} s = {n / stored_s:.0f} img/s; identical={identical}\n-> {path}")
+    print(
+        f"detect+align: {n} images in {detect_s:.1f} s = {n / detect_s:.1f} img/s; "
+        f"from stored landmarks: {stored_s:.2f} s = {n / stored_s:.0f} img/s; identical={identical}\n-> {path}"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@
 Wall time and images/s per build go to benchmarks/results/build_lfw-<host>.json.
 Target (issue "Benchmark builders"): any LFW benchmark rebuilt from stored landmarks in < 60 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,37 +56,66 @@ def main() -> int:
         return 0
     work = Path(tempfile.mkdtemp(prefix="occsynth-build-bench-"))
     env = dict(os.environ, OCCSYNTH_CACHE=str(work / "cache"))
-    common = ["--lfw", str(tgz), "--pairs", str(SHARED_DATA / "lfw" / "pairs.txt"), "--workers", str(args.workers), "--quiet"]
+    common = [
+        "--lfw",
+        str(tgz),
+        "--pairs",
+        str(SHARED_DATA / "lfw" / "pairs.txt"),
+        "--workers",
+        str(args.workers),
+        "--quiet",
+    ]
     locks = HERE / "locks"
     results = {}
     try:
         lock = locks / "lfw-occ-0.43.lock.json"
-        seconds = occsynth(["build", "lfw-occ", "--ratio", "0.43", "--out", str(work / "raw"), "--write-lock", str(lock), *common], env)
+        seconds = occsynth(
+            ["build", "lfw-occ", "--ratio", "0.43", "--out", str(work / "raw"), "--write-lock", str(lock), *common], env
+        )
         n = samples(work / "raw")
-        results["lfw-occ-0.43 from raw LFW (detection included)"] = {"seconds": round(seconds, 1), "samples": n,
-                                                                    "images_per_s": round(n / seconds, 1)}
+        results["lfw-occ-0.43 from raw LFW (detection included)"] = {
+            "seconds": round(seconds, 1),
+            "samples": n,
+            "images_per_s": round(n / seconds, 1),
+        }
         facts = json.loads((work / "raw" / "build_facts.json").read_text())["achieved"]
         results["lfw-occ-0.43 achieved"] = facts
-        seconds = occsynth(["build", "lfw-occ", "--ratio", "0.43", "--out", str(work / "stored"), "--check", str(lock), *common], env)
+        seconds = occsynth(
+            ["build", "lfw-occ", "--ratio", "0.43", "--out", str(work / "stored"), "--check", str(lock), *common], env
+        )
         results["lfw-occ-0.43 from stored landmarks (checked against the lock)"] = {
-            "seconds": round(seconds, 1), "samples": n, "images_per_s": round(n / seconds, 1), "identical_to_lock": True}
+            "seconds": round(seconds, 1),
+            "samples": n,
+            "images_per_s": round(n / seconds, 1),
+            "identical_to_lock": True,
+        }
         only = {s for s in args.only.split(",") if s}
         for name, build, extra in BUILDS:
             if only and name not in only:
                 continue
             out = work / name
-            seconds = occsynth(["build", build, *extra, "--out", str(out), "--write-lock", str(locks / f"{name}.lock.json"), *common], env)
+            seconds = occsynth(
+                ["build", build, *extra, "--out", str(out), "--write-lock", str(locks / f"{name}.lock.json"), *common],
+                env,
+            )
             n = samples(out)
             achieved = {}
             for facts_file in sorted(out.rglob("build_facts.json")):
                 achieved[str(facts_file.parent.relative_to(out))] = json.loads(facts_file.read_text())["achieved"]
-            results[f"{name} from stored landmarks"] = {"seconds": round(seconds, 1), "samples": n,
-                                                       "images_per_s": round(n / seconds, 1), "achieved": achieved}
+            results[f"{name} from stored landmarks"] = {
+                "seconds": round(seconds, 1),
+                "samples": n,
+                "images_per_s": round(n / seconds, 1),
+                "achieved": achieved,
+            }
             print(name, results[f"{name} from stored landmarks"]["seconds"], "s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    path = write_result("build_lfw", {"workers": args.workers, "target": "any LFW benchmark from stored landmarks < 60 s",
-                                      "results": results}, args.out)
+    path = write_result(
+        "build_lfw",
+        {"workers": args.workers, "target": "any LFW benchmark from stored landmarks < 60 s", "results": results},
+        args.out,
+    )
     print(json.dumps(results, indent=2), f"\n-> {path}")
     return 0
 

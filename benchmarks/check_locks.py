@@ -6,6 +6,7 @@ Each lock records its build and options; the build is rerun with `--check LOCK` 
 temporary folder (detections come from the machine-wide landmark cache, so only the first
 build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,23 @@ def main() -> int:
             if only and name not in only:
                 continue
             lock = json.loads(path.read_text())
-            cmd = [sys.executable, "-m", "occsynth.cli", *build_args(lock), "--lfw", str(LFW_TGZ),
-                   "--pairs", str(SHARED_DATA / "lfw" / "pairs.txt"), "--workers", str(args.workers), "--quiet",
-                   "--out", str(work / name), "--check", str(path)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "occsynth.cli",
+                *build_args(lock),
+                "--lfw",
+                str(LFW_TGZ),
+                "--pairs",
+                str(SHARED_DATA / "lfw" / "pairs.txt"),
+                "--workers",
+                str(args.workers),
+                "--quiet",
+                "--out",
+                str(work / name),
+                "--check",
+                str(path),
+            ]
             t0 = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True)
             seconds = time.perf_counter() - t0

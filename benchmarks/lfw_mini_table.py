@@ -16,6 +16,7 @@ quarter). Runs live in --runs/<row>; an existing finished run is only re-evaluat
 unfinished one resumes, so the script can be stopped and restarted.
 Output: benchmarks/results/lfw_mini-<device>.json (every report) and .md (the table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,21 +32,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import write_result  # noqa: E402
+
 from occsynth_train.config import load_config  # noqa: E402
 from occsynth_train.engine.checkpoint import list_checkpoints  # noqa: E402
 from occsynth_train.engine.trainer import train  # noqa: E402
 
 CONDITIONS = {  # column -> benchmark directory under --bench
-    "clean": "block/level-00", "block 30%": "block/level-30", "LFW-OCC-2.0 style": "occ2", "masked": "masked"}
+    "clean": "block/level-00",
+    "block 30%": "block/level-30",
+    "LFW-OCC-2.0 style": "occ2",
+    "masked": "masked",
+}
 ROWS = {  # row (also its run directory) -> (label, overrides of the base config)
     "baseline_clean": ("baseline, trained without occlusion", ["method=baseline", "data.train=[{train_clean}]"]),
     "baseline": ("baseline", ["method=baseline"]),
     "msml": ("MSML", ["method=msml", "method_kw={seg_width: 64, seg_classes: 2, variant: FRS}"]),
     "pdsn": ("PDSN (segmentation-predicted FDM)", ["method=pdsn", "method_kw={blocks: central, seg_width: 64}"]),
     "alob": ("ALOB", ["method=alob", "optim.by_type={adam: {lr: 1.0e-3, weight_decay: 5.0e-4}}"]),
-    "soidn": ("SOIDN (VGG16-BN)", ["method=soidn", "model.backbone=vgg16",
-                                   "model.backbone_kw={embedding_size: 512, batch_norm: true, dropout: 0.2}",
-                                   "method_kw={fcn_hidden: 1024}"]),
+    "soidn": (
+        "SOIDN (VGG16-BN)",
+        [
+            "method=soidn",
+            "model.backbone=vgg16",
+            "model.backbone_kw={embedding_size: 512, batch_norm: true, dropout: 0.2}",
+            "method_kw={fcn_hidden: 1024}",
+        ],
+    ),
     "lcd": ("LCD", ["method=lcd"]),
 }
 PDSN_STAGES = (("trunk", 1.0), ("masks", 0.25), ("dictionary", None), ("finetune", 0.25))
@@ -76,7 +88,9 @@ def run_row(name: str, args, extra: list[str]) -> Path:
     base = load_config(args.config, common + rows + extra)
     prev = None
     for stage, fraction in PDSN_STAGES:
-        budget = [f"train.steps={DICTIONARY_STEPS}", "train.epochs=null"] if fraction is None else _budget(base, fraction)
+        budget = (
+            [f"train.steps={DICTIONARY_STEPS}", "train.epochs=null"] if fraction is None else _budget(base, fraction)
+        )
         stage_set = [f"method_kw.stage={stage}", f"output={args.runs / f'pdsn_{stage}'}", *budget]
         if stage in ("masks", "dictionary"):
             stage_set.append(f"data.train=[{args.pdsn_pairs}]")
@@ -96,20 +110,34 @@ def summarise(report: dict) -> dict:
         for key, bench in report["benchmarks"].items():
             if bench["benchmark"].rstrip("/").endswith(rel):
                 v = bench["verification"]
-                out[cond] = {"accuracy": v["accuracy"], "std": v["accuracy_std"], "auc": v.get("auc"),
-                             "pairs": v["pairs"], "scoring": v.get("scoring", "embeddings")}
+                out[cond] = {
+                    "accuracy": v["accuracy"],
+                    "std": v["accuracy_std"],
+                    "auc": v.get("auc"),
+                    "pairs": v["pairs"],
+                    "scoring": v.get("scoring", "embeddings"),
+                }
     return out
 
 
 def markdown(result: dict) -> str:
     conds = [c for c in CONDITIONS if any(c in r["summary"] for r in result["rows"].values())]
-    lines = [f"# LFW mini-protocol, fold 1 (600 pairs) — {result['device_name']}", "",
-             "10-fold accuracy (%) ± std over the fold's pairs split by index; AUC in the JSON. "
-             "Training: `configs/lfw_mini_r18_occ.yaml` (see occsynth_train/PROTOCOL.md).", "",
-             "| method | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
+    lines = [
+        f"# LFW mini-protocol, fold 1 (600 pairs) — {result['device_name']}",
+        "",
+        "10-fold accuracy (%) ± std over the fold's pairs split by index; AUC in the JSON. "
+        "Training: `configs/lfw_mini_r18_occ.yaml` (see occsynth_train/PROTOCOL.md).",
+        "",
+        "| method | " + " | ".join(conds) + " |",
+        "|---|" + "---:|" * len(conds),
+    ]
     for r in result["rows"].values():
-        cells = [f"{100 * r['summary'][c]['accuracy']:.2f} ± {100 * r['summary'][c]['std']:.2f}"
-                 if c in r["summary"] else "–" for c in conds]
+        cells = [
+            f"{100 * r['summary'][c]['accuracy']:.2f} ± {100 * r['summary'][c]['std']:.2f}"
+            if c in r["summary"]
+            else "–"
+            for c in conds
+        ]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -130,22 +158,29 @@ def main() -> None:
     unknown = names - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}")
-    needed = [args.train, args.bench] + ([args.train_clean] if "baseline_clean" in names else []) \
+    needed = (
+        [args.train, args.bench]
+        + ([args.train_clean] if "baseline_clean" in names else [])
         + ([args.pdsn_pairs] if "pdsn" in names else [])
+    )
     missing = [str(p) for p in needed if not Path(p).exists()]
     if missing:
         parser.error(f"missing {missing}: build them with the commands in occsynth_train/PROTOCOL.md")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"device_name":
-              torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "config": str(args.config),
-              "overrides": args.overrides, "rows": {}}
+    result = {
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "rows": {},
+    }
     for name in [r for r in ROWS if r in names]:
         run = run_row(name, args, args.overrides)
         report = json.loads((run / "eval_report.json").read_text())
         result["rows"][name] = {"label": ROWS[name][0], "run": str(run), "summary": summarise(report), "report": report}
         print(name, json.dumps(result["rows"][name]["summary"]), flush=True)
-    out = write_result("lfw_mini", result, args.out, slug=result["device_name"].lower().replace(" ", "-"),
-                       markdown=markdown(result))
+    out = write_result(
+        "lfw_mini", result, args.out, slug=result["device_name"].lower().replace(" ", "-"), markdown=markdown(result)
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

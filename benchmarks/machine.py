@@ -1,5 +1,6 @@
 """Machine facts recorded with every benchmark result, so figures are never quoted without
 the machine that produced them."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -61,8 +63,9 @@ def machine_info() -> dict:
     return info
 
 
-def write_result(name: str, result: dict, out: str | Path | None = None, *, slug: str | None = None,
-                 markdown: str | None = None) -> Path:
+def write_result(
+    name: str, result: dict, out: str | Path | None = None, *, slug: str | None = None, markdown: str | None = None
+) -> Path:
     """RESULTS/<name>-<slug>.json (slug: the host name by default) with the machine facts, and
     beside it the same stem as .md when a markdown table is given."""
     path = Path(out) if out else RESULTS / f"{name}-{slug or platform.node() or 'host'}.json"

@@ -9,6 +9,7 @@ Writes <out>/objects.png (one row per category) and <out>/mask3d.png (bank and d
 The importers sheet shows third-party templates, which must not be shipped in assets/, so it
 goes to --importers-out (default out/previews, git-ignored) and only when the sets exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,16 +23,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from occsynth.assets.catalog import CATEGORIES  # noqa: E402
+from occsynth.faces.geometry import similarity_matrix  # noqa: E402
+from occsynth.faces.templates import get_template  # noqa: E402
+from occsynth.inspect.preview import overlay_mask  # noqa: E402
 from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
-from occsynth.faces.geometry import similarity_matrix  # noqa: E402
-from occsynth.inspect.preview import overlay_mask  # noqa: E402
 from occsynth.seeding import derive_seed, make_rng  # noqa: E402
-from occsynth.faces.templates import get_template  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-PEOPLE = ("Aaron_Peirsol", "Abdullah_Gul", "Alejandro_Toledo", "Ana_Palacio", "Bill_Gates",
-          "Angelina_Jolie", "Laura_Bush", "Serena_Williams", "Colin_Powell", "Gloria_Macapagal_Arroyo")
+PEOPLE = (
+    "Aaron_Peirsol",
+    "Abdullah_Gul",
+    "Alejandro_Toledo",
+    "Ana_Palacio",
+    "Bill_Gates",
+    "Angelina_Jolie",
+    "Laura_Bush",
+    "Serena_Williams",
+    "Colin_Powell",
+    "Gloria_Macapagal_Arroyo",
+)
 LABEL_W = 96
 
 
@@ -104,7 +115,10 @@ def objects_sheet(faces) -> np.ndarray:
 
 
 def mask3d_sheet(faces, direct: bool) -> np.ndarray:
-    rows = [row(f"mask3d bank\n{k}", create_occluder("mask3d", kind=k), faces, f"m3d-{k}") for k in ("surgical", "n95", "kn95", "cloth")]
+    rows = [
+        row(f"mask3d bank\n{k}", create_occluder("mask3d", kind=k), faces, f"m3d-{k}")
+        for k in ("surgical", "n95", "kn95", "cloth")
+    ]
     if direct:
         rows.append(row("mask3d direct\nany kind", create_occluder("mask3d", mode="direct"), faces, "m3d-direct"))
     return sheet(rows)
@@ -114,10 +128,26 @@ def importers_sheet(faces, third_party: Path) -> np.ndarray:
     ocfr, mtf = third_party / "ocfr2022", third_party / "maskthefaces"
     rows = []
     for region in ("eye", "upper_face", "lower_face"):
-        rows.append(row(f"ocfr2022\n{region}", create_occluder("ocfr2022", path=str(ocfr), region=region), faces, region))
-    rows.append(row("ocfr2022\ntop_face (off)", create_occluder("ocfr2022", path=str(ocfr), region="top_face", include_disabled=True), faces, "top"))
+        rows.append(
+            row(f"ocfr2022\n{region}", create_occluder("ocfr2022", path=str(ocfr), region=region), faces, region)
+        )
+    rows.append(
+        row(
+            "ocfr2022\ntop_face (off)",
+            create_occluder("ocfr2022", path=str(ocfr), region="top_face", include_disabled=True),
+            faces,
+            "top",
+        )
+    )
     rows.append(row("maskthefaces", create_occluder("maskthefaces", path=str(mtf)), faces, "mtf"))
-    rows.append(row("template_folder\nFROM-style", create_occluder("template_folder", path=str(ocfr / "occluders" / "lower_face")), faces, "folder"))
+    rows.append(
+        row(
+            "template_folder\nFROM-style",
+            create_occluder("template_folder", path=str(ocfr / "occluders" / "lower_face")),
+            faces,
+            "folder",
+        )
+    )
     return sheet(rows)
 
 

@@ -13,6 +13,7 @@ How things are counted:
   * Reference: MSML's Table 6 (ArcFace-R18 24.02M / 2.60G, OSB-R18 11.43M / 0.94G) beside our
     IResNet-18 baseline and our ResNet-18 U-Net occlusion-segmentation branch.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ ROWS = [  # (label, config, overrides)
     ("SOIDN VGG16 + FCN-8s", "soidn_vgg16.yaml", []),
     ("LCD IResNet-50", "lcd_r50.yaml", []),
 ]
-PAPER = {"baseline IResNet-18 (ArcFace-R18)": {"params_m": 24.02, "gmacs": 2.60},
-         "occlusion segmentation branch (ResNet-18 U-Net)": {"params_m": 11.43, "gmacs": 0.94}}
+PAPER = {
+    "baseline IResNet-18 (ArcFace-R18)": {"params_m": 24.02, "gmacs": 2.60},
+    "occlusion segmentation branch (ResNet-18 U-Net)": {"params_m": 11.43, "gmacs": 0.94},
+}
 
 
 def _is_classifier(name: str) -> bool:
@@ -90,31 +93,59 @@ def main() -> None:
             method.dict_count.fill_(1)  # a filled dictionary so the FDM path runs
         h, w = method.input_size
         x = torch.randn(1, 3, h, w)
-        rows.append({"method": label, "config": cfg_name, "overrides": overrides, "input": [h, w],
-                     "params_m": round(count_params(method), 2), "params_test_m": round(test_params(method, x), 2),
-                     "gmacs": round(gmacs(method.embed, x), 2), "paper": PAPER.get(label)})
+        rows.append(
+            {
+                "method": label,
+                "config": cfg_name,
+                "overrides": overrides,
+                "input": [h, w],
+                "params_m": round(count_params(method), 2),
+                "params_test_m": round(test_params(method, x), 2),
+                "gmacs": round(gmacs(method.embed, x), 2),
+                "paper": PAPER.get(label),
+            }
+        )
         print(rows[-1])
         del method
     seg = scaled_unet(64, 2, (112, 112)).eval()
     x = torch.randn(1, 3, 112, 112)
-    rows.append({"method": "occlusion segmentation branch (ResNet-18 U-Net)", "config": "-", "overrides": [],
-                 "input": [112, 112], "params_m": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
-                 "params_test_m": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
-                 "gmacs": round(gmacs(seg, x), 2), "paper": PAPER["occlusion segmentation branch (ResNet-18 U-Net)"]})
+    rows.append(
+        {
+            "method": "occlusion segmentation branch (ResNet-18 U-Net)",
+            "config": "-",
+            "overrides": [],
+            "input": [112, 112],
+            "params_m": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
+            "params_test_m": round(sum(p.numel() for p in seg.parameters()) / 1e6, 2),
+            "gmacs": round(gmacs(seg, x), 2),
+            "paper": PAPER["occlusion segmentation branch (ResNet-18 U-Net)"],
+        }
+    )
     print(rows[-1])
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"counting": "params without identity classifiers; GMACs = FlopCounterMode FLOPs / 2 of one embed() at "
-                        "batch 1, no flip", "torch": torch.__version__, "num_classes_for_build": NUM_CLASSES}
+    meta = {
+        "counting": "params without identity classifiers; GMACs = FlopCounterMode FLOPs / 2 of one embed() at "
+        "batch 1, no flip",
+        "torch": torch.__version__,
+        "num_classes_for_build": NUM_CLASSES,
+    }
     (OUT / "method_table.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["| method | input | params (M) | params at test (M) | GMACs (embed, bs 1) | MSML Table 6 (M / G) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | input | params (M) | params at test (M) | GMACs (embed, bs 1) | MSML Table 6 (M / G) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ref = f"{r['paper']['params_m']} / {r['paper']['gmacs']}" if r["paper"] else ""
-        lines.append(f"| {r['method']} | {r['input'][0]}x{r['input'][1]} | {r['params_m']} | {r['params_test_m']} | "
-                     f"{r['gmacs']} | {ref} |")
-    lines += ["", "Params exclude the identity classifiers (margin-head weights). GMACs = multiply-adds counted by "
-              "torch.utils.flop_counter.FlopCounterMode (its FLOPs / 2) for one embed() at batch 1; BN, activations, "
-              "pooling and interpolation are not counted."]
+        lines.append(
+            f"| {r['method']} | {r['input'][0]}x{r['input'][1]} | {r['params_m']} | {r['params_test_m']} | "
+            f"{r['gmacs']} | {ref} |"
+        )
+    lines += [
+        "",
+        "Params exclude the identity classifiers (margin-head weights). GMACs = multiply-adds counted by "
+        "torch.utils.flop_counter.FlopCounterMode (its FLOPs / 2) for one embed() at batch 1; BN, activations, "
+        "pooling and interpolation are not counted.",
+    ]
     (OUT / "method_table.md").write_text("\n".join(lines) + "\n")
 
 

@@ -12,6 +12,7 @@ of its data pipeline (benchmarks/train_throughput.py times the loader). Referenc
 timed alternately, `--repeats` times each, and the median is reported.
 Output: benchmarks/results/method_throughput-<device>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import write_result  # noqa: E402
+
 from occsynth_train.config import load_config  # noqa: E402
 from occsynth_train.data.batch import Batch  # noqa: E402
 from occsynth_train.engine.optim import build_optimizer  # noqa: E402
@@ -49,9 +51,15 @@ ROWS = [  # (label, config file, overrides)
 def reference_overrides(cfg) -> list[str]:
     """The plain baseline with the method's backbone, input size and head."""
     m = cfg.model
-    return ["method=baseline", "method_kw={}", f"model.backbone={m.backbone}",
-            f"model.backbone_kw={json.dumps(m.backbone_kw)}", f"model.input_size={json.dumps(m.input_size)}",
-            f"model.head={m.head}", f"model.head_kw={json.dumps(m.head_kw)}"]
+    return [
+        "method=baseline",
+        "method_kw={}",
+        f"model.backbone={m.backbone}",
+        f"model.backbone_kw={json.dumps(m.backbone_kw)}",
+        f"model.input_size={json.dumps(m.input_size)}",
+        f"model.head={m.head}",
+        f"model.head_kw={json.dumps(m.head_kw)}",
+    ]
 
 
 def synthetic_batch(b: int, size: tuple[int, int], device: torch.device, channels_last: bool) -> Batch:
@@ -60,16 +68,26 @@ def synthetic_batch(b: int, size: tuple[int, int], device: torch.device, channel
     images = torch.rand(b, 3, h, w, generator=g) * 2 - 1
     masks = torch.zeros(b, 1, h, w)
     for i in range(b):  # one block of a fifth of each side, anywhere
-        y, x = int(torch.randint(0, h - h // 5, (1,), generator=g)), int(torch.randint(0, w - w // 5, (1,), generator=g))
-        masks[i, :, y:y + h // 5, x:x + w // 5] = 1
+        y, x = (
+            int(torch.randint(0, h - h // 5, (1,), generator=g)),
+            int(torch.randint(0, w - w // 5, (1,), generator=g)),
+        )
+        masks[i, :, y : y + h // 5, x : x + w // 5] = 1
     clean = torch.where(masks.bool(), torch.rand(b, 3, h, w, generator=g) * 2 - 1, images)
     images, clean = images.to(device), clean.to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
         clean = clean.contiguous(memory_format=torch.channels_last)
-    return Batch(images, masks.to(device), torch.randint(0, NUM_CLASSES, (b,), generator=g).to(device),
-                 torch.zeros(b, 5, 2, device=device), clean, torch.ones(b, dtype=torch.bool, device=device),
-                 [f"{i}" for i in range(b)], [{} for _ in range(b)])
+    return Batch(
+        images,
+        masks.to(device),
+        torch.randint(0, NUM_CLASSES, (b,), generator=g).to(device),
+        torch.zeros(b, 5, 2, device=device),
+        clean,
+        torch.ones(b, dtype=torch.bool, device=device),
+        [f"{i}" for i in range(b)],
+        [{} for _ in range(b)],
+    )
 
 
 class Timed:
@@ -120,13 +138,19 @@ def measure(label: str, config: str, overrides: list[str], args, device: torch.d
         runs["reference"].append(ref.samples_per_s(args.steps))
         runs["method"].append(method.samples_per_s(args.steps))
     r, m = statistics.median(runs["reference"]), statistics.median(runs["method"])
-    row = {"label": label, "config": config, "overrides": overrides,
-           "reference": f"baseline {method.cfg.model.backbone} + {method.cfg.model.head} at "
-                        f"{'x'.join(map(str, method.method.input_size))}",
-           "method_samples_per_s": round(m, 2), "reference_samples_per_s": round(r, 2),
-           "relative_throughput": round(m / r, 3), "method_params_m": round(method.params_m, 2),
-           "reference_params_m": round(ref.params_m, 2),
-           "runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()}}
+    row = {
+        "label": label,
+        "config": config,
+        "overrides": overrides,
+        "reference": f"baseline {method.cfg.model.backbone} + {method.cfg.model.head} at "
+        f"{'x'.join(map(str, method.method.input_size))}",
+        "method_samples_per_s": round(m, 2),
+        "reference_samples_per_s": round(r, 2),
+        "relative_throughput": round(m / r, 3),
+        "method_params_m": round(method.params_m, 2),
+        "reference_params_m": round(ref.params_m, 2),
+        "runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
+    }
     if device.type == "cuda":
         row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         torch.cuda.reset_peak_memory_stats()
@@ -138,15 +162,21 @@ def measure(label: str, config: str, overrides: list[str], args, device: torch.d
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"# Training throughput relative to the plain backbone ({report['device_name']})", "",
-             f"Batch {s['batch_size']}, {s['precision']}, channels_last={s['channels_last']}, "
-             f"{s['steps']} timed steps x {s['repeats']} repeats (median), synthetic batches on the device, "
-             f"{NUM_CLASSES} classes. `python benchmarks/method_throughput.py{' --cpu' if s['cpu'] else ''}`.", "",
-             "| method | samples/s | reference | ref. samples/s | relative | params (M) |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = [
+        f"# Training throughput relative to the plain backbone ({report['device_name']})",
+        "",
+        f"Batch {s['batch_size']}, {s['precision']}, channels_last={s['channels_last']}, "
+        f"{s['steps']} timed steps x {s['repeats']} repeats (median), synthetic batches on the device, "
+        f"{NUM_CLASSES} classes. `python benchmarks/method_throughput.py{' --cpu' if s['cpu'] else ''}`.",
+        "",
+        "| method | samples/s | reference | ref. samples/s | relative | params (M) |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['label']} | {r['method_samples_per_s']:.1f} | {r['reference']} | "
-                     f"{r['reference_samples_per_s']:.1f} | {r['relative_throughput']:.2f} | {r['method_params_m']:.1f} |")
+        lines.append(
+            f"| {r['label']} | {r['method_samples_per_s']:.1f} | {r['reference']} | "
+            f"{r['reference_samples_per_s']:.1f} | {r['relative_throughput']:.2f} | {r['method_params_m']:.1f} |"
+        )
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
@@ -180,17 +210,30 @@ def main() -> None:
         results.append(measure(label, config, overrides, args, device))
         print(json.dumps(results[-1]), flush=True)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    report = {"device": str(device),
-              "device_name": name, "gpu_measured": device.type == "cuda",
-              "settings": {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-                           "repeats": args.repeats, "precision": args.precision, "channels_last": args.channels_last,
-                           "torch_threads": torch.get_num_threads(), "cpu": cpu},
-              "rows": results}
+    report = {
+        "device": str(device),
+        "device_name": name,
+        "gpu_measured": device.type == "cuda",
+        "settings": {
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "torch_threads": torch.get_num_threads(),
+            "cpu": cpu,
+        },
+        "rows": results,
+    }
     if cpu:
-        report["note"] = ("CPU run (no GPU was lent): relative costs on this CPU only; GPU ratios differ "
-                          "(different kernels, bf16, larger batches) and were not measured.")
-    out = write_result("method_throughput", report, args.out, slug=name.lower().replace(" ", "-"),
-                       markdown=markdown(report))
+        report["note"] = (
+            "CPU run (no GPU was lent): relative costs on this CPU only; GPU ratios differ "
+            "(different kernels, bf16, larger batches) and were not measured."
+        )
+    out = write_result(
+        "method_throughput", report, args.out, slug=name.lower().replace(" ", "-"), markdown=markdown(report)
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

@@ -22,6 +22,7 @@ central 150x150 (of 250x250) resized to 112x112. They are NOT aligned (alignment
 this benchmark); landmark-based occluders get the ArcFace template's points. Without LFW the
 scikit-image astronaut's face crop is used. The JSON says which.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
+
+from occsynth.faces.templates import get_template  # noqa: E402
 from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import Composer, list_occluders  # noqa: E402
 from occsynth.seeding import make_rng  # noqa: E402
-from occsynth.faces.templates import get_template  # noqa: E402
 
 THIRD_PARTY = SHARED_DATA / "third_party"
 # Importers need a template set: the third-party copies in ../shared/data, when present.
@@ -71,16 +73,22 @@ def load_faces() -> tuple[np.ndarray, dict]:
             faces.append(cv2.cvtColor(cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
             if len(faces) == FACES:
                 break
-        source = {"source": str(LFW_TGZ.name), "images": len(faces),
-                  "how": "central 150x150 of the 250x250 deep-funneled images, resized to 112x112 (INTER_AREA); "
-                         "not aligned: alignment is not part of this benchmark"}
+        source = {
+            "source": str(LFW_TGZ.name),
+            "images": len(faces),
+            "how": "central 150x150 of the 250x250 deep-funneled images, resized to 112x112 (INTER_AREA); "
+            "not aligned: alignment is not part of this benchmark",
+        }
         return np.stack(faces), source
     from skimage import data
 
     face = data.astronaut()[20:220, 120:320]
     face = cv2.resize(face, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    return face[None], {"source": "skimage.data.astronaut", "images": 1,
-                        "how": "face crop [20:220, 120:320] resized to 112x112; LFW not found at " + str(LFW_TGZ)}
+    return face[None], {
+        "source": "skimage.data.astronaut",
+        "images": 1,
+        "how": "face crop [20:220, 120:320] resized to 112x112; LFW not found at " + str(LFW_TGZ),
+    }
 
 
 ROUNDS = 5
@@ -142,8 +150,14 @@ def bench_coarse_dropout(faces, landmarks, min_time, min_iters):
     except ImportError as exc:
         return {"skipped": f"albumentations not installed: {exc}"}
     hole = int(round(np.sqrt(0.3) * SIZE))  # 61: 61^2 / 112^2 = 0.297
-    transform = A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(hole, hole), hole_width_range=(hole, hole),
-                                fill=0, fill_mask=255, p=1.0)
+    transform = A.CoarseDropout(
+        num_holes_range=(1, 1),
+        hole_height_range=(hole, hole),
+        hole_width_range=(hole, hole),
+        fill=0,
+        fill_mask=255,
+        p=1.0,
+    )
     empty = np.zeros((SIZE, SIZE), dtype=np.uint8)
     ratios = []
 
@@ -156,8 +170,14 @@ def bench_coarse_dropout(faces, landmarks, min_time, min_iters):
     ours_rate, _, _ = rate(lambda i: ours(faces[i % len(faces)], landmarks, make_rng(i)), min_time, min_iters)
     return {
         "albumentations": A.__version__,
-        "params": {"num_holes_range": [1, 1], "hole_height_range": [hole, hole], "hole_width_range": [hole, hole],
-                   "fill": 0, "fill_mask": 255, "p": 1.0},
+        "params": {
+            "num_holes_range": [1, 1],
+            "hole_height_range": [hole, hole],
+            "hole_width_range": [hole, hole],
+            "fill": 0,
+            "fill_mask": 255,
+            "p": 1.0,
+        },
         "rate": {"value": round(per_s, 1), "unit": "images/s/core"},
         "rate_median": {"value": round(median, 1), "unit": "images/s/core"},
         "achieved_ratio": {"value": round(float(np.mean(ratios)), 4), "unit": "fraction of pixels"},
@@ -196,9 +216,12 @@ def bench_torch(faces, device: str, min_time: float, batch: int):
         per_s = max(rates)
         target = GPU_TARGET if device.startswith("cuda") else None
         unit = "images/s" + ("/core" if device == "cpu" else "")
-        out[spec] = {"rate": {"value": round(per_s, 1), "unit": unit},
-                     "rate_median": {"value": round(float(np.median(rates)), 1), "unit": unit},
-                     "batch": batch, "iterations": n}
+        out[spec] = {
+            "rate": {"value": round(per_s, 1), "unit": unit},
+            "rate_median": {"value": round(float(np.median(rates)), 1), "unit": unit},
+            "batch": batch,
+            "iterations": n,
+        }
         if target is not None:
             out[spec]["meets_target"] = per_s >= target
     return out
@@ -222,7 +245,9 @@ def synthetic_bank(TensorBank, count: int = 32, size: int = 96):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy figures)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/occluders-<host>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON output (default benchmarks/results/occluders-<host>.json)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -234,8 +259,10 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "threads": {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads()},
         "faces": face_source,
-        "targets": {"cpu_shapes_and_templates": {"value": CPU_TARGET, "unit": "images/s/core"},
-                    "torch_gpu_h100": {"value": GPU_TARGET, "unit": "images/s"}},
+        "targets": {
+            "cpu_shapes_and_templates": {"value": CPU_TARGET, "unit": "images/s/core"},
+            "torch_gpu_h100": {"value": GPU_TARGET, "unit": "images/s"},
+        },
     }
     report["occluders"], report["skipped"] = bench_registry(faces, landmarks, min_time, min_iters)
     report["coarse_dropout_reference"] = bench_coarse_dropout(faces, landmarks, min_time, min_iters)

@@ -18,6 +18,7 @@ Targets reported against (one H100, batch 256, bf16 + channels_last): >= 3,000 s
 IResNet-50 and >= 8,000 for IResNet-18. The JSON records the machine (GPU, torch, CUDA) and says
 whether a GPU was measured at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import RESULTS, machine_info  # noqa: E402
+
 from occsynth_train.config import config_from_dict  # noqa: E402
 from occsynth_train.data.batch import Batch, prepare_batch  # noqa: E402
 from occsynth_train.data.labels import LabelMap  # noqa: E402
@@ -70,15 +72,29 @@ def make_dataset(out: Path, samples: int, identities: int, seed: int = 0) -> Pat
                 mask = np.zeros((112, 112), np.uint8)
                 if rng.random() < 0.5:
                     x, y = rng.integers(0, 60, size=2)
-                    img[y:y + 50, x:x + 50] = 0
-                    mask[y:y + 50, x:x + 50] = 255
+                    img[y : y + 50, x : x + 50] = 0
+                    mask[y : y + 50, x : x + 50] = 255
                 key = f"{i:07d}"
-                meta = {"key": key, "sample_id": key, "identity": f"id{i % identities:05d}", "source": key,
-                        "template": "arcface-112x112", "image_size": [112, 112],
-                        "landmarks": [[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
-                        "seed": i, "occluders": [], "occlusion_ratio": float(mask.mean() / 255)}
-                writer.write({"__key__": key, "png": cv2.imencode(".png", img[:, :, ::-1])[1].tobytes(),
-                              "mask.png": cv2.imencode(".png", mask)[1].tobytes(), "json": contract.dumps(meta).encode()})
+                meta = {
+                    "key": key,
+                    "sample_id": key,
+                    "identity": f"id{i % identities:05d}",
+                    "source": key,
+                    "template": "arcface-112x112",
+                    "image_size": [112, 112],
+                    "landmarks": [[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
+                    "seed": i,
+                    "occluders": [],
+                    "occlusion_ratio": float(mask.mean() / 255),
+                }
+                writer.write(
+                    {
+                        "__key__": key,
+                        "png": cv2.imencode(".png", img[:, :, ::-1])[1].tobytes(),
+                        "mask.png": cv2.imencode(".png", mask)[1].tobytes(),
+                        "json": contract.dumps(meta).encode(),
+                    }
+                )
                 metas.append(meta)
             writer.close()
         shards.append({"name": path.name, "num_samples": min(samples, start + shard_size) - start})
@@ -104,9 +120,15 @@ def time_loader(stream: ShardStream, workers: int, batches: int, warmup: int) ->
 
 
 def time_training(backbone: str, args, device: torch.device, num_classes: int, stream: ShardStream | None) -> float:
-    cfg = config_from_dict({"method": "baseline", "model": {"backbone": backbone, "head": "arcface"},
-                            "optim": {"name": "sgd", "lr": 0.01}, "train": {"steps": 1},
-                            "data": {"batch_size": args.batch_size}})
+    cfg = config_from_dict(
+        {
+            "method": "baseline",
+            "model": {"backbone": backbone, "head": "arcface"},
+            "optim": {"name": "sgd", "lr": 0.01},
+            "train": {"steps": 1},
+            "data": {"batch_size": args.batch_size},
+        }
+    )
     torch.manual_seed(0)
     method = create_method("baseline", cfg, num_classes).to(device)
     if args.channels_last:
@@ -154,8 +176,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                        help="Default: bf16 on CUDA, fp32 on CPU (CPUs without bf16 units emulate it, ~50x slower).")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="Default: bf16 on CUDA, fp32 on CPU (CPUs without bf16 units emulate it, ~50x slower).",
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -171,8 +197,9 @@ def main() -> None:
     loader_batch = 64 if args.quick else args.batch_size
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data or make_dataset(Path(tmp) / "ds", samples=400 if args.quick else 20000,
-                                         identities=40 if args.quick else 2000)
+        root = args.data or make_dataset(
+            Path(tmp) / "ds", samples=400 if args.quick else 20000, identities=40 if args.quick else 2000
+        )
         labels = LabelMap.from_datasets([root])
         stream = lambda b=args.batch_size: ShardStream([root], labels, b, seed=0, shuffle_buffer=256)  # noqa: E731
         results: dict = {"loader": time_loader(stream(loader_batch), args.workers, batches=20, warmup=2)}
@@ -188,19 +215,34 @@ def main() -> None:
         print("loader", results["loader"])
 
     report = {
-        "benchmark": "train_throughput", "quick": args.quick, "machine": machine_info(),
-        "device": str(device), "gpu_measured": device.type == "cuda",
-        "settings": {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-                     "precision": args.precision, "channels_last": args.channels_last, "workers": args.workers,
-                     "torch_threads": torch.get_num_threads(), "classes": len(labels),
-                     "data": str(args.data) if args.data else "generated 112x112 PNG faces"},
+        "benchmark": "train_throughput",
+        "quick": args.quick,
+        "machine": machine_info(),
+        "device": str(device),
+        "gpu_measured": device.type == "cuda",
+        "settings": {
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "workers": args.workers,
+            "torch_threads": torch.get_num_threads(),
+            "classes": len(labels),
+            "data": str(args.data) if args.data else "generated 112x112 PNG faces",
+        },
         "results": results,
     }
     if device.type != "cuda":
-        report["note"] = ("CPU run: GPU throughput was NOT measured; these figures only show that the script "
-                          "works. Compare against the H100 targets only with a CUDA run.")
-    slug = "quick-cpu" if args.quick and device.type != "cuda" else (
-        (torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu").lower().replace(" ", "-"))
+        report["note"] = (
+            "CPU run: GPU throughput was NOT measured; these figures only show that the script "
+            "works. Compare against the H100 targets only with a CUDA run."
+        )
+    slug = (
+        "quick-cpu"
+        if args.quick and device.type != "cuda"
+        else ((torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu").lower().replace(" ", "-"))
+    )
     out = args.out or RESULTS / f"train_throughput-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -6,6 +6,7 @@ The CLI owns the output: it configures the "occsynth" logger (-v, --quiet) and t
 errors into one `Error: ...` line (exit 2 for bad usage, 1 for failed work); --debug shows the
 traceback instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,10 @@ class OccsynthGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - a bug: still one line, with the way to the traceback
             if (ctx.obj or {}).get("debug"):
                 raise
-            raise click.ClickException(f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
-                                       "rerun with --debug for the traceback and please report it") from None
+            raise click.ClickException(
+                f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                "rerun with --debug for the traceback and please report it"
+            ) from None
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -75,7 +78,10 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     log.setLevel(level)
     log.propagate = False
 
-DEMO_SPEC = "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"
+
+DEMO_SPEC = (
+    "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"
+)
 
 
 def _command_line() -> str:
@@ -85,31 +91,79 @@ def _command_line() -> str:
 def build_options(f, on_no_face: str = "skip"):
     """Options shared by every command that builds a dataset."""
     options = [
-        click.option("--template", type=click.Choice(sorted(TEMPLATES)), default=DEFAULT_TEMPLATE, show_default=True,
-                     help="Alignment template (output size and 5 reference points)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Global seed; each sample's seed derives from it and the sample's id."),
+        click.option(
+            "--template",
+            type=click.Choice(sorted(TEMPLATES)),
+            default=DEFAULT_TEMPLATE,
+            show_default=True,
+            help="Alignment template (output size and 5 reference points).",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Global seed; each sample's seed derives from it and the sample's id.",
+        ),
         click.option("--workers", type=int, default=2, show_default=True, help="Parallel worker processes."),
-        click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process",
-                     show_default=True, help="Where shard tasks run (ray: pip install 'occsynth[ray]')."),
+        click.option(
+            "--executor",
+            type=click.Choice(["process", "serial", "ray"]),
+            default="process",
+            show_default=True,
+            help="Where shard tasks run (ray: pip install 'occsynth[ray]').",
+        ),
         click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard."),
-        click.option("--on-no-face", type=click.Choice(["skip", "center-crop", "fail"]), default=on_no_face,
-                     show_default=True,
-                     help="No face found: skip (recorded in failures.jsonl), center-crop, or fail the run."),
-        click.option("--multi-face", type=click.Choice(["center", "largest"]), default="center", show_default=True,
-                     help="Several faces found: keep the one closest to the centre, or the largest."),
-        click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
-                     help="Image encoding inside the shards (masks are always PNG)."),
-        click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(exists=True),
-                     help="Reuse detections from a landmarks.jsonl (or a dataset dir holding one). Repeatable."),
-        click.option("--no-cache", is_flag=True,
-                     help="Do not read or update the detection cache ($OCCSYNTH_CACHE or ~/.cache/occsynth)."),
+        click.option(
+            "--on-no-face",
+            type=click.Choice(["skip", "center-crop", "fail"]),
+            default=on_no_face,
+            show_default=True,
+            help="No face found: skip (recorded in failures.jsonl), center-crop, or fail the run.",
+        ),
+        click.option(
+            "--multi-face",
+            type=click.Choice(["center", "largest"]),
+            default="center",
+            show_default=True,
+            help="Several faces found: keep the one closest to the centre, or the largest.",
+        ),
+        click.option(
+            "--format",
+            "image_format",
+            type=click.Choice(["png", "jpg"]),
+            default="png",
+            show_default=True,
+            help="Image encoding inside the shards (masks are always PNG).",
+        ),
+        click.option(
+            "--landmarks",
+            "landmark_files",
+            multiple=True,
+            type=click.Path(exists=True),
+            help="Reuse detections from a landmarks.jsonl (or a dataset dir holding one). Repeatable.",
+        ),
+        click.option(
+            "--no-cache",
+            is_flag=True,
+            help="Do not read or update the detection cache ($OCCSYNTH_CACHE or ~/.cache/occsynth).",
+        ),
         click.option("--device", default="cpu", show_default=True, help="Torch device for detection (cpu, cuda)."),
-        click.option("--min-face-size", type=int, default=40, show_default=True,
-                     help="MTCNN minimum face size (px); 40 suits LFW-like crops, lower it for small faces."),
-        click.option("--detect-batch", type=int, default=1, show_default=True,
-                     help="Images per MTCNN call. >1 is faster on GPU, but landmarks may then differ in the "
-                          "last digit with the batch-mates, so checksums depend on shard composition."),
+        click.option(
+            "--min-face-size",
+            type=int,
+            default=40,
+            show_default=True,
+            help="MTCNN minimum face size (px); 40 suits LFW-like crops, lower it for small faces.",
+        ),
+        click.option(
+            "--detect-batch",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Images per MTCNN call. >1 is faster on GPU, but landmarks may then differ in the "
+            "last digit with the batch-mates, so checksums depend on shard composition.",
+        ),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -148,24 +202,43 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
         if cache.path.exists():
             landmark_files.append(str(cache.path))
     return BuildConfig(
-        name=name, template=opts["template"], seed=opts["seed"], specs={"": spec},
-        on_no_face=opts["on_no_face"], multi_face=opts["multi_face"], aligned_input=aligned,
-        image_format=opts["image_format"], keep_clean=keep_clean, shard_size=opts["shard_size"],
-        min_face_size=opts["min_face_size"], detect_batch=opts["detect_batch"], device=opts["device"], landmark_files=tuple(landmark_files),
+        name=name,
+        template=opts["template"],
+        seed=opts["seed"],
+        specs={"": spec},
+        on_no_face=opts["on_no_face"],
+        multi_face=opts["multi_face"],
+        aligned_input=aligned,
+        image_format=opts["image_format"],
+        keep_clean=keep_clean,
+        shard_size=opts["shard_size"],
+        min_face_size=opts["min_face_size"],
+        detect_batch=opts["detect_batch"],
+        device=opts["device"],
+        landmark_files=tuple(landmark_files),
     )
 
 
 def run_job(config, plan, source, out: Path, opts: dict) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
-    manifest = run_build_pipeline(config, plan, source, out, workers=opts["workers"], executor=opts["executor"],
-                     command=_command_line(), progress=not opts["quiet"])
+    manifest = run_build_pipeline(
+        config,
+        plan,
+        source,
+        out,
+        workers=opts["workers"],
+        executor=opts["executor"],
+        command=_command_line(),
+        progress=not opts["quiet"],
+    )
     if not opts["no_cache"] and not config.aligned_input:
         LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
     return manifest
 
 
-def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool,
-              name: str, opts: dict) -> dict:
+def run_build(
+    source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool, name: str, opts: dict
+) -> dict:
     source = open_source(source_spec)
     config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
     return run_job(config, plan_align(source.items(), spec="", variants=variants), source, Path(out), opts)
@@ -174,19 +247,27 @@ def run_build(source_spec: str, out: str, *, spec, variants: int, keep_clean: bo
 def _report(manifest: dict, out: str) -> None:
     totals, stats = manifest["totals"], manifest["stats"]
     click.echo(f"wrote {totals['samples']} samples in {totals['shards']} shard(s) to {out}")
-    click.echo(f"  identities: {stats['identities']}, mean occlusion ratio: "
-               f"{100 * stats['occlusion_ratio']['mean']:.2f}% ({stats['occluded_samples']} occluded)")
+    click.echo(
+        f"  identities: {stats['identities']}, mean occlusion ratio: "
+        f"{100 * stats['occlusion_ratio']['mean']:.2f}% ({stats['occluded_samples']} occluded)"
+    )
     if totals["failures"]:
-        click.echo(f"  {totals['failures']} planned sample(s) could not be made, see {Path(out) / 'failures.jsonl'}: "
-                   + ", ".join(f"{k}: {v}" for k, v in stats["failure_reasons"].items()))
+        click.echo(
+            f"  {totals['failures']} planned sample(s) could not be made, see {Path(out) / 'failures.jsonl'}: "
+            + ", ".join(f"{k}: {v}" for k, v in stats["failure_reasons"].items())
+        )
 
 
 @main.command()
 @click.argument("src")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset directory.")
 @click.option("--aligned", is_flag=True, help="Inputs are already aligned crops: skip detection.")
-@click.option("--occlude", "spec", default=None,
-              help='Occlusion spec: a CLI string such as "block(ratio=0.3) | ellipse", a preset, or a .yaml/.json file.')
+@click.option(
+    "--occlude",
+    "spec",
+    default=None,
+    help='Occlusion spec: a CLI string such as "block(ratio=0.3) | ellipse", a preset, or a .yaml/.json file.',
+)
 @click.option("--variants", type=int, default=1, show_default=True, help="Samples per source image (own seeds).")
 @click.option("--keep-clean", is_flag=True, help="Also store the unoccluded face as <key>.clean.png.")
 @build_options
@@ -197,8 +278,9 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
     lfw-deepfunneled.tgz works as is), or `embedded`. Detections are stored in
     DIR/landmarks.jsonl and in the cache, so later builds of the same images skip detection.
     """
-    manifest = run_build(src, out, spec=spec, variants=variants, keep_clean=keep_clean, aligned=aligned,
-                         name="align", opts=opts)
+    manifest = run_build(
+        src, out, spec=spec, variants=variants, keep_clean=keep_clean, aligned=aligned, name="align", opts=opts
+    )
     _report(manifest, out)
 
 
@@ -209,8 +291,9 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
 def demo(out, variants, **opts):
     """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
     with several families, write shards, verify them and draw a preview sheet."""
-    manifest = run_build("embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False,
-                         name="demo", opts=opts)
+    manifest = run_build(
+        "embedded", out, spec=DEMO_SPEC, variants=variants, keep_clean=True, aligned=False, name="demo", opts=opts
+    )
     _report(manifest, out)
     problems = verify_dataset(out)
     if problems:
@@ -275,9 +358,11 @@ def _builder_command(builder):
             facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
             write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
             write_card(target, facts)
-            click.echo(f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
-                       f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
-                       + ", ".join(f"{k}={v}" for k, v in achieved.items()))
+            click.echo(
+                f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
+                f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
+                + ", ".join(f"{k}={v}" for k, v in achieved.items())
+            )
         lock = make_lock(builder.name, {**opts, **shared}, out, [job.subdir for job in jobs])
         if write_lock:
             write_text(Path(write_lock), json.dumps(lock, indent=2, sort_keys=True) + "\n")
@@ -288,13 +373,26 @@ def _builder_command(builder):
                 raise click.ClickException(f"build differs from {check}:\n" + "\n".join(problems[:50]))
             click.echo(f"identical to {check}")
 
-    command = click.Command(builder.name, callback=run, context_settings=CONTEXT, help=builder.help + "\n\n" + builder.definition.get("reproduces", ""))
+    command = click.Command(
+        builder.name,
+        callback=run,
+        context_settings=CONTEXT,
+        help=builder.help + "\n\n" + builder.definition.get("reproduces", ""),
+    )
     params = [
         click.Option(["--out"], required=True, type=click.Path(file_okay=False), help="Output directory."),
-        click.Option(["--check"], type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Compare the build's checksums with a lock file; exit 1 on any difference."),
-        click.Option(["--write-lock"], type=click.Path(dir_okay=False), default=None,
-                     help="Write the build's checksums to this lock file."),
+        click.Option(
+            ["--check"],
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Compare the build's checksums with a lock file; exit 1 on any difference.",
+        ),
+        click.Option(
+            ["--write-lock"],
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write the build's checksums to this lock file.",
+        ),
     ]
     own = lambda: None  # noqa: E731  (a carrier for click's option decorators)
     for option in reversed(builder.options):
@@ -344,8 +442,12 @@ def card(directory):
 
 
 @main.command("make-templates")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Bank directory (default: the package's occsynth/assets/templates).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Bank directory (default: the package's occsynth/assets/templates).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--variants", type=int, default=10, show_default=True, help="Templates per category.")
 def make_templates(out, seed, variants):
@@ -360,8 +462,12 @@ def make_templates(out, seed, variants):
 
 
 @main.command("render-masks")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Pose bank directory (default: the package's occsynth/assets/mask3d).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Pose bank directory (default: the package's occsynth/assets/mask3d).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=float, default=56.0, show_default=True, help="Inter-ocular distance of the renders (px).")
 def render_masks(out, seed, size):

@@ -16,6 +16,7 @@ A dataset directory::
     index.jsonl          one line of metadata per written sample, in key order
     failures.jsonl       one line per input that produced no sample: key, source, stage, reason
 """
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,15 @@ MASK_VISIBLE = 0
 # The image is RGB; PNG/JPEG members hold it in that order once decoded by PIL/webdataset.
 
 SAMPLE_REQUIRED_FIELDS = (
-    "key",            # the member prefix in the shard, unique within the dataset
-    "sample_id",      # logical id the seed is derived from (stable across builds)
-    "identity",       # identity name (folder name in identity-folder datasets)
-    "source",         # source image path relative to the source root
-    "template",       # alignment template name, e.g. "arcface-112x112"
-    "image_size",     # [width, height] of the written image
-    "landmarks",      # 5x[x, y] in the written image (eye L, eye R, nose, mouth L, mouth R)
-    "seed",           # per-sample seed, derived from (global seed, sample_id)
-    "occluders",      # list of {"family", "name", "params", ...}; [] when clean
+    "key",  # the member prefix in the shard, unique within the dataset
+    "sample_id",  # logical id the seed is derived from (stable across builds)
+    "identity",  # identity name (folder name in identity-folder datasets)
+    "source",  # source image path relative to the source root
+    "template",  # alignment template name, e.g. "arcface-112x112"
+    "image_size",  # [width, height] of the written image
+    "landmarks",  # 5x[x, y] in the written image (eye L, eye R, nose, mouth L, mouth R)
+    "seed",  # per-sample seed, derived from (global seed, sample_id)
+    "occluders",  # list of {"family", "name", "params", ...}; [] when clean
     "occlusion_ratio",  # occluded pixels / all pixels of the written image
 )
 
@@ -106,8 +107,9 @@ def dumps(obj: Any) -> str:
     numpy values are converted by json's C encoder hook (no Python pre-walk: this runs for
     every sample); NaN/inf are refused."""
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_default)
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+        )
     except ValueError as exc:
         raise ValueError(f"non-finite number cannot be written to JSON ({exc})") from None
 
@@ -155,6 +157,7 @@ def validate_sample_meta(meta: dict) -> list[str]:
 
 # ---------------------------------------------------------------- failure records
 # An input that yields no sample is written down (failures.jsonl), never silently dropped.
+
 
 @dataclass(frozen=True)
 class Failure:

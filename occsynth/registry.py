@@ -5,6 +5,7 @@ Each instance lives in a leaf `_registry.py` that imports nothing of the things 
 no import cycle. The modules that register entries are named as data (`modules=`) and
 imported by `importlib` on the first lookup, which keeps `import occsynth` light.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -48,7 +49,7 @@ class Registry(Generic[T]):
 
         return wrap
 
-    def load(self) -> "Registry[T]":
+    def load(self) -> Registry[T]:
         if not self._loaded:
             self._loaded = True  # set first: a module that looks itself up while importing is fine
             for module in self._modules:

@@ -3,6 +3,7 @@
 A sample's seed is a hash of (global seed, sample_id), so the same sample gets the same
 occlusion whichever shard or worker handles it and however many samples come before it.
 """
+
 from __future__ import annotations
 
 import hashlib

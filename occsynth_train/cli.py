@@ -7,6 +7,7 @@ The library logs through `logging` and never configures it; this command line ow
 handler: messages of the occsynth_train and occsynth loggers go to stderr as
 `occsynth-train: message`, at INFO (default), DEBUG (-v/--verbose) or WARNING (--quiet).
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,15 +61,30 @@ def configure_logging(level: int) -> Callable[[], None]:
 
 
 def _method_command(name: str) -> click.Command:
-    @click.command(name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).",
-                   context_settings=CONTEXT)
-    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
-                  help="YAML training config (see configs/).")
-    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override a config value, e.g. --set optim.lr=0.05 (repeatable).")
+    @click.command(
+        name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).", context_settings=CONTEXT
+    )
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False),
+        required=True,
+        help="YAML training config (see configs/).",
+    )
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set optim.lr=0.05 (repeatable).",
+    )
     @click.option("--output", default=None, help="Run directory (overrides the config's `output`).")
-    @click.option("--stop-after", type=int, default=None,
-                  help="Stop after this many steps in this invocation (checkpointed; rerun to resume).")
+    @click.option(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="Stop after this many steps in this invocation (checkpointed; rerun to resume).",
+    )
     def command(config_path, overrides, output, stop_after):
         overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
         try:
@@ -118,9 +134,17 @@ def methods_cmd() -> None:
 
 @main.command("eval", context_settings=CONTEXT)
 @click.option("--model", "run_dir", type=click.Path(exists=True, file_okay=False), required=True, help="Run directory.")
-@click.option("--benchmark", "benchmarks", type=click.Path(exists=True, file_okay=False), multiple=True, required=True,
-              help="Benchmark dataset directory (repeatable).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON report (default RUN/eval_report.json).")
+@click.option(
+    "--benchmark",
+    "benchmarks",
+    type=click.Path(exists=True, file_okay=False),
+    multiple=True,
+    required=True,
+    help="Benchmark dataset directory (repeatable).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="JSON report (default RUN/eval_report.json)."
+)
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: the newest.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
@@ -129,8 +153,16 @@ def methods_cmd() -> None:
 def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
     """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
     try:
-        report = evaluate_run(run_dir, list(benchmarks), out=out, checkpoint=checkpoint, device=device,
-                              batch_size=batch_size, num_workers=workers, flip=not no_flip)
+        report = evaluate_run(
+            run_dir,
+            list(benchmarks),
+            out=out,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batch_size,
+            num_workers=workers,
+            flip=not no_flip,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     for name, result in report["benchmarks"].items():
@@ -138,8 +170,10 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
         if "verification" in result:
             v = result["verification"]
             tar = v["tar_at_far"]
-            parts.append(f"acc {v['accuracy']:.4f}+-{v['accuracy_std']:.4f}  "
-                         + "  ".join(f"TAR@FAR={k} {t['tar']:.4f}" for k, t in tar.items()))
+            parts.append(
+                f"acc {v['accuracy']:.4f}+-{v['accuracy_std']:.4f}  "
+                + "  ".join(f"TAR@FAR={k} {t['tar']:.4f}" for k, t in tar.items())
+            )
         if "identification" in result:
             parts.append(f"rank-1 {result['identification']['rank1']:.4f}")
         if "segmentation" in result and result["segmentation"]["miou"] is not None:
@@ -148,13 +182,24 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
 
 
 @main.command("lfw-mini-split", context_settings=CONTEXT)
-@click.option("--pairs", "pairs_path", type=click.Path(exists=True, dir_okay=False), required=True, help="LFW pairs.txt")
-@click.option("--lfw", "lfw_path", type=click.Path(exists=True), required=True,
-              help="lfw-deepfunneled.tgz or an extracted identity folder.")
+@click.option(
+    "--pairs", "pairs_path", type=click.Path(exists=True, dir_okay=False), required=True, help="LFW pairs.txt"
+)
+@click.option(
+    "--lfw",
+    "lfw_path",
+    type=click.Path(exists=True),
+    required=True,
+    help="lfw-deepfunneled.tgz or an extracted identity folder.",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--test-fold", type=int, default=1, show_default=True, help="1-based fold of pairs.txt held out.")
-@click.option("--extract/--no-extract", default=True, show_default=True,
-              help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).")
+@click.option(
+    "--extract/--no-extract",
+    default=True,
+    show_default=True,
+    help="Also extract the training images into OUT/train/<identity>/ (an identity-folder source).",
+)
 def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
     try:

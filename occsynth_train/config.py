@@ -15,6 +15,7 @@ Schedule points (warmup, milestones) are fractions of the total steps, so a conf
 change meaning with the dataset size or the GPU count. `lr` is the learning rate of the
 whole (global) batch; it is not rescaled when the GPU count changes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,15 +31,15 @@ from occsynth.io.atomic import write_text
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)   # occsynth dataset directories
-    batch_size: int = 128                             # per rank
+    train: list[str] = field(default_factory=list)  # occsynth dataset directories
+    batch_size: int = 128  # per rank
     num_workers: int = 4
     shuffle_buffer: int = 2000
-    interleave: int = 4                               # shards each loader slot reads at once
+    interleave: int = 4  # shards each loader slot reads at once
     flip: bool = True
-    pairing: bool | None = None                       # attach clean counterparts (clean.png / same source);
-                                                      # null = when the method requires_clean (decoding costs)
-    online_occlusion: Any = None                      # occlusion spec for the on-device TorchOccluder
+    pairing: bool | None = None  # attach clean counterparts (clean.png / same source);
+    # null = when the method requires_clean (decoding costs)
+    online_occlusion: Any = None  # occlusion spec for the on-device TorchOccluder
     prefetch_factor: int = 4
 
 
@@ -46,44 +47,44 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "iresnet50"
     backbone_kw: dict = field(default_factory=dict)
-    input_size: list[int] | None = None   # [H, W] fed to the model; None = the backbone's own
+    input_size: list[int] | None = None  # [H, W] fed to the model; None = the backbone's own
     head: str = "arcface"
     head_kw: dict = field(default_factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"              # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
-    schedule: str = "cosine"       # cosine | step | poly | constant
-    warmup: float = 0.0            # fraction of total steps, linear from 0
+    schedule: str = "cosine"  # cosine | step | poly | constant
+    warmup: float = 0.0  # fraction of total steps, linear from 0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])  # step schedule
     gamma: float = 0.1
-    power: float = 2.0             # poly schedule exponent (arcface_torch uses 2)
-    min_lr: float = 0.0            # floor of cosine / poly, as a fraction of lr
+    power: float = 2.0  # poly schedule exponent (arcface_torch uses 2)
+    min_lr: float = 0.0  # floor of cosine / poly, as a fraction of lr
     clip_grad: float | None = 5.0  # max global grad norm; null disables
     by_type: dict = field(default_factory=dict)  # per-optimiser-type overrides for param groups that
-                                   # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see engine/optim.py)
+    # name their optimiser, e.g. {adam: {lr: 1.0e-3}} (see engine/optim.py)
 
 
 @dataclass
 class TrainConfig:
-    steps: int | None = None       # total optimiser steps ...
-    epochs: float | None = None    # ... or epochs over the training set (one of the two)
-    precision: str = "bf16"        # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    steps: int | None = None  # total optimiser steps ...
+    epochs: float | None = None  # ... or epochs over the training set (one of the two)
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
     channels_last: bool = True
     log_every: int = 50
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     nan_guard: bool = True
-    deterministic: bool = False    # torch.use_deterministic_algorithms (slower on GPU)
-    progress: bool = True          # tqdm bar on rank 0
-    init_from: str | None = None   # checkpoint (or state dict) loaded non-strictly into a fresh run's
-                                   # model: a previous stage / pretrained trunk; ignored on resume
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    progress: bool = True  # tqdm bar on rank 0
+    init_from: str | None = None  # checkpoint (or state dict) loaded non-strictly into a fresh run's
+    # model: a previous stage / pretrained trunk; ignored on resume
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A real aligned face for occluder tests: skimage's astronaut photo aligned to the ArcFace
 112x112 template with the five landmarks facenet-pytorch's MTCNN (the project's detector)
 found on it once (ASTRONAUT_LANDMARKS, in the original 512x512 image)."""
+
 from __future__ import annotations
 
 import math

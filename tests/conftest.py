@@ -1,5 +1,6 @@
 """Shared fixtures. Real data lives in ../shared/data beside the project root; tests that need
 it skip with a clear message when it is absent (a user's machine will not have it)."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 cv2.setNumThreads(1)
 
+# The occsynth_train fixtures (tiny datasets built once per session), available to every module.
+from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OCCSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 LFW_TGZ = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
@@ -25,8 +29,14 @@ THIRD_PARTY = SHARED_DATA / "third_party"
 
 # Identities with several images, used by tests that need a small real LFW folder.
 LFW_TEST_IDENTITIES = (
-    "Aaron_Peirsol", "Abdullah_Gul", "Alejandro_Toledo", "Ana_Palacio", "Bill_Gates",
-    "Angelina_Jolie", "Laura_Bush", "Serena_Williams",
+    "Aaron_Peirsol",
+    "Abdullah_Gul",
+    "Alejandro_Toledo",
+    "Ana_Palacio",
+    "Bill_Gates",
+    "Angelina_Jolie",
+    "Laura_Bush",
+    "Serena_Williams",
 )
 
 

@@ -1,5 +1,6 @@
 """Shared smoke run for tests/test_methods_*.py: train a method a few steps on the tiny shards
 (train_fixtures.py), check the loss is finite and falls, then evaluate the run."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def tiny_cfg(name: str, train_dir, out, *overrides):
-    return load_config(CONFIGS / f"{name}_tiny_cpu.yaml",
-                       [f"data.train=[{train_dir}]", f"output={out}", "train.log_every=1", "train.ckpt_every=1000",
-                        *overrides])
+    return load_config(
+        CONFIGS / f"{name}_tiny_cpu.yaml",
+        [f"data.train=[{train_dir}]", f"output={out}", "train.log_every=1", "train.ckpt_every=1000", *overrides],
+    )
 
 
 def train_and_evaluate(name: str, train_dir, pairs_dir, out, *overrides, term: str = "loss"):

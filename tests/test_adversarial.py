@@ -2,6 +2,7 @@
 
 Files must not run code (checkpoints are loaded as data only) and archives must not write
 outside their destination (one safe-extraction helper)."""
+
 from __future__ import annotations
 
 import ast
@@ -22,7 +23,6 @@ from occsynth_train.config import load_config
 from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.engine.trainer import init_weights, train
 from occsynth_train.methods import create_method
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -30,6 +30,7 @@ PACKAGES = [ROOT / "occsynth", ROOT / "occsynth_train", ROOT / "benchmarks"]
 
 
 # --- checkpoints: data only -------------------------------------------------------------------
+
 
 class _Payload:
     """Unpickling this runs code: it touches a marker file."""
@@ -68,8 +69,14 @@ def test_crafted_checkpoint_refused_on_resume_init_from_and_eval(tiny_train, tin
         train(cfg)
     assert not marker.exists()
 
-    fresh = load_config(TINY, [f"data.train=[{tiny_train}]", f"output={tmp_path / 'fresh'}",
-                               f"train.init_from={run / 'checkpoints' / 'step_00000099.pt'}"])
+    fresh = load_config(
+        TINY,
+        [
+            f"data.train=[{tiny_train}]",
+            f"output={tmp_path / 'fresh'}",
+            f"train.init_from={run / 'checkpoints' / 'step_00000099.pt'}",
+        ],
+    )
     with pytest.raises(CheckpointError):
         init_weights(create_method("baseline", fresh, num_classes=10), fresh.train.init_from)
     assert not marker.exists()
@@ -77,8 +84,10 @@ def test_crafted_checkpoint_refused_on_resume_init_from_and_eval(tiny_train, tin
     good = tmp_path / "good"
     train(load_config(TINY, [f"data.train=[{tiny_train}]", f"output={good}", "train.steps=2"]))
     evil = _crafted_checkpoint(tmp_path / "other.pt", marker)
-    result = CliRunner().invoke(train_main, ["eval", "--model", str(good), "--benchmark", str(tiny_pairs),
-                                             "--checkpoint", str(evil), "--workers", "0"])
+    result = CliRunner().invoke(
+        train_main,
+        ["eval", "--model", str(good), "--benchmark", str(tiny_pairs), "--checkpoint", str(evil), "--workers", "0"],
+    )
     assert result.exit_code != 0 and not marker.exists()
     assert "Traceback" not in result.output and "refused" in result.output
 
@@ -88,8 +97,11 @@ def test_every_torch_load_is_weights_only():
     for package in PACKAGES:
         for path in package.rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" \
-                        and getattr(node.func.value, "id", None) == "torch":
+                if (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", None) == "load"
+                    and getattr(node.func.value, "id", None) == "torch"
+                ):
                     kw = {k.arg: k.value for k in node.keywords}
                     value = kw.get("weights_only")
                     if not (isinstance(value, ast.Constant) and value.value is True):
@@ -99,14 +111,19 @@ def test_every_torch_load_is_weights_only():
 
 def test_resume_falls_back_to_newest_intact_checkpoint(tiny_train, tmp_path, caplog):
     run = tmp_path / "run"
-    over = [f"data.train=[{tiny_train}]", f"output={run}", "train.steps=6", "train.ckpt_every=2",
-            "train.keep_checkpoints=5"]
+    over = [
+        f"data.train=[{tiny_train}]",
+        f"output={run}",
+        "train.steps=6",
+        "train.ckpt_every=2",
+        "train.keep_checkpoints=5",
+    ]
     train(load_config(TINY, over), stop_after=4)
     ckpts = list_checkpoints(run)
     assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
-    (run / "checkpoints" / "step_00000005.pt").write_bytes(b"")            # and an empty file
+    (run / "checkpoints" / "step_00000005.pt").write_bytes(b"")  # and an empty file
     caplog.set_level(logging.INFO, logger="occsynth_train")
     train(load_config(TINY, over))
     out = caplog.text
@@ -125,6 +142,7 @@ def test_zero_byte_checkpoint_is_one_line_error(tmp_path):
 
 
 # --- archives: never outside the destination --------------------------------------------------
+
 
 def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
     with tarfile.open(path, "w:gz") as tf:
@@ -145,15 +163,18 @@ def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     return info
 
 
-@pytest.mark.parametrize("member, why", [
-    (("lfw-deepfunneled/../x.jpg", b"x"), "'.' or '..'"),
-    (("/tmp/abs.jpg", b"x"), "absolute"),
-    (("lfw-deepfunneled//x.jpg", b"x"), "empty path component"),
-    (_special("lfw-deepfunneled/a/link.jpg", tarfile.SYMTYPE, "/etc/passwd"), "a link"),
-    (_special("lfw-deepfunneled/a/hard.jpg", tarfile.LNKTYPE, "lfw-deepfunneled/a/b.jpg"), "a link"),
-    (_special("lfw-deepfunneled/a/dev", tarfile.CHRTYPE), "device"),
-    (_special("lfw-deepfunneled/a/fifo", tarfile.FIFOTYPE), "FIFO"),
-])
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (("lfw-deepfunneled/../x.jpg", b"x"), "'.' or '..'"),
+        (("/tmp/abs.jpg", b"x"), "absolute"),
+        (("lfw-deepfunneled//x.jpg", b"x"), "empty path component"),
+        (_special("lfw-deepfunneled/a/link.jpg", tarfile.SYMTYPE, "/etc/passwd"), "a link"),
+        (_special("lfw-deepfunneled/a/hard.jpg", tarfile.LNKTYPE, "lfw-deepfunneled/a/b.jpg"), "a link"),
+        (_special("lfw-deepfunneled/a/dev", tarfile.CHRTYPE), "device"),
+        (_special("lfw-deepfunneled/a/fifo", tarfile.FIFOTYPE), "FIFO"),
+    ],
+)
 def test_safe_extract_refuses_unsafe_members(tmp_path, member, why):
     archive = _tar(tmp_path / "a.tgz", [("lfw-deepfunneled/a/ok.jpg", b"ok"), member])
     dest = tmp_path / "out" / "inner"
@@ -187,13 +208,19 @@ def test_member_path_accepts_ordinary_names():
 def test_lfw_mini_split_refuses_traversal_archive(tmp_path):
     pairs = tmp_path / "fold.txt"
     pairs.write_text("1\t1\nA\t1\t2\nA\t1\tB\t1\n")
-    archive = _tar(tmp_path / "lfw.tgz", [("lfw-deepfunneled/A/A_0001.jpg", b"1"),
-                                          ("lfw-deepfunneled/A/A_0002.jpg", b"2"),
-                                          ("lfw-deepfunneled/../escaped.jpg", b"x"),
-                                          ("lfw-deepfunneled//rooted.jpg", b"x")])
+    archive = _tar(
+        tmp_path / "lfw.tgz",
+        [
+            ("lfw-deepfunneled/A/A_0001.jpg", b"1"),
+            ("lfw-deepfunneled/A/A_0002.jpg", b"2"),
+            ("lfw-deepfunneled/../escaped.jpg", b"x"),
+            ("lfw-deepfunneled//rooted.jpg", b"x"),
+        ],
+    )
     out = tmp_path / "split"
-    result = CliRunner().invoke(train_main, ["lfw-mini-split", "--pairs", str(pairs), "--lfw", str(archive),
-                                             "--out", str(out)])
+    result = CliRunner().invoke(
+        train_main, ["lfw-mini-split", "--pairs", str(pairs), "--lfw", str(archive), "--out", str(out)]
+    )
     assert result.exit_code != 0
     assert "Traceback" not in result.output and "unsafe member" in result.output
     assert not (tmp_path / "escaped.jpg").exists() and not Path("/rooted.jpg").exists()

@@ -1,5 +1,6 @@
 """Similarity estimation, warping and alignment, checked by re-detecting faces on the aligned
 crops; plus the batched MTCNN detector (occsynth.faces.detect) those checks rely on."""
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from skimage.transform import SimilarityTransform
 
+from occsynth.contract import round_points
 from occsynth.faces.align import (
     LFW_CROP_FRACTION,
     align_face,
@@ -21,7 +23,6 @@ from occsynth.faces.align import (
     transform_points,
     warp,
 )
-from occsynth.contract import round_points
 from occsynth.faces.detect import POLICIES, Face, FaceDetector, select_face
 from occsynth.faces.templates import TEMPLATES
 
@@ -73,6 +74,7 @@ def _residual(src, dst, m) -> float:
 
 
 # --- estimate_similarity -------------------------------------------------------------------
+
 
 def test_estimate_similarity_recovers_exact_transforms():
     rng = np.random.default_rng(0)
@@ -134,6 +136,7 @@ def test_estimate_similarity_rejects_degenerate_input(src, dst, message):
 
 # --- warp and align_face -------------------------------------------------------------------
 
+
 def test_warp_translation_and_black_border():
     rng = np.random.default_rng(4)
     image = rng.integers(1, 256, size=(40, 60, 3), dtype=np.uint8)  # no zero pixels
@@ -191,6 +194,7 @@ def test_align_face_rejects_bad_landmarks():
 # image without padding and stretches it to the ONet input, so a crop whose face touches the
 # border is re-detected with a black margin (the warp's own border colour).
 
+
 def _redetect(detector, aligned_images, template):
     pad = 28 * template.height // 112
     padded = [np.pad(im, ((pad, pad), (pad, pad), (0, 0))) for im in aligned_images]
@@ -230,6 +234,7 @@ def test_redetection_on_aligned_astronaut(detector, astronaut_face, name):
 
 
 # --- center_crop_landmarks -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_center_crop_landmarks_place_the_template_canvas_on_the_crop(name):
@@ -273,6 +278,7 @@ def test_center_crop_landmarks_match_real_lfw_faces(lfw_faces):
 
 
 # --- FaceDetector ---------------------------------------------------------------------------
+
 
 def _assert_same_faces(a: list[list[Face]], b: list[list[Face]]) -> None:
     # Batching changes conv arithmetic by float rounding only: equal up to the 3rd decimal.
@@ -356,11 +362,16 @@ def test_detect_rejects_bad_images(detector):
 
 # --- Face and select_face -------------------------------------------------------------------
 
+
 def _face(box, score=0.9):
     x1, y1, x2, y2 = box
-    lm = [[x1 + 0.3 * (x2 - x1), y1 + 0.4 * (y2 - y1)], [x1 + 0.7 * (x2 - x1), y1 + 0.4 * (y2 - y1)],
-          [(x1 + x2) / 2, y1 + 0.6 * (y2 - y1)], [x1 + 0.35 * (x2 - x1), y1 + 0.8 * (y2 - y1)],
-          [x1 + 0.65 * (x2 - x1), y1 + 0.8 * (y2 - y1)]]
+    lm = [
+        [x1 + 0.3 * (x2 - x1), y1 + 0.4 * (y2 - y1)],
+        [x1 + 0.7 * (x2 - x1), y1 + 0.4 * (y2 - y1)],
+        [(x1 + x2) / 2, y1 + 0.6 * (y2 - y1)],
+        [x1 + 0.35 * (x2 - x1), y1 + 0.8 * (y2 - y1)],
+        [x1 + 0.65 * (x2 - x1), y1 + 0.8 * (y2 - y1)],
+    ]
     return Face(box, score, np.array(lm) + 1e-4)
 
 
@@ -378,9 +389,9 @@ def test_face_rounds_and_freezes_landmarks():
 
 def test_select_face_policies():
     shape = (250, 250, 3)
-    centred_small = _face((100, 100, 150, 150), 0.80)   # centre (125, 125)
-    off_centre_big = _face((0, 0, 120, 120), 0.99)      # larger, far from the centre
-    near_centre = _face((90, 110, 150, 170), 0.95)      # centre (120, 140)
+    centred_small = _face((100, 100, 150, 150), 0.80)  # centre (125, 125)
+    off_centre_big = _face((0, 0, 120, 120), 0.99)  # larger, far from the centre
+    near_centre = _face((90, 110, 150, 170), 0.95)  # centre (120, 140)
     faces = [off_centre_big, near_centre, centred_small]
     assert select_face(faces, shape, "largest") is off_centre_big
     assert select_face(faces, shape, "center") is centred_small
@@ -389,8 +400,8 @@ def test_select_face_policies():
     assert select_face([centred_small, twin], shape, "center") is centred_small
     assert select_face([twin, centred_small], shape, "largest") is twin
     # The centre follows the image's own shape (height, width).
-    wide_centre = _face((175, 25, 225, 75))   # centre (200, 50): the centre of a 400x100 image
-    tall_centre = _face((25, 175, 75, 225))   # centre (50, 200): the centre of a 100x400 image
+    wide_centre = _face((175, 25, 225, 75))  # centre (200, 50): the centre of a 400x100 image
+    tall_centre = _face((25, 175, 75, 225))  # centre (50, 200): the centre of a 100x400 image
     assert select_face([tall_centre, wide_centre], (100, 400, 3), "center") is wide_centre
     assert select_face([wide_centre, tall_centre], (400, 100, 3), "center") is tall_centre
     for policy in POLICIES:

@@ -1,5 +1,6 @@
 """Benchmark builders on a real LFW subset: the protocol facts (pairs, folds, occluded side,
 achieved ratios), flagged pairs, locks, training sets and identification layouts."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from occsynth.cli import main
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
+from occsynth.cli import main
 
 N = 20  # matched and mismatched pairs taken from fold 0
 
@@ -62,8 +63,25 @@ def mini_lfw(lfw_tgz, lfw_pairs, tmp_path_factory) -> tuple[Path, Path]:
 def test_lfw_occ_keeps_the_protocol_and_hits_the_mean_ratio(mini_lfw, tmp_path):
     lfw, pairs = mini_lfw
     out = tmp_path / "occ"
-    run("build", "lfw-occ", "--lfw", str(lfw), "--pairs", str(pairs), "--out", str(out), "--ratio", "0.43",
-        "--spread", "0.03", "--workers", "2", "--quiet", "--write-lock", str(tmp_path / "lock.json"))
+    run(
+        "build",
+        "lfw-occ",
+        "--lfw",
+        str(lfw),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+        "--ratio",
+        "0.43",
+        "--spread",
+        "0.03",
+        "--workers",
+        "2",
+        "--quiet",
+        "--write-lock",
+        str(tmp_path / "lock.json"),
+    )
     table = rows(out / "pairs.jsonl")
     assert len(table) == 2 * N and sum(r["issame"] for r in table) == N
     assert not any(r["flagged"] for r in table)
@@ -74,8 +92,25 @@ def test_lfw_occ_keeps_the_protocol_and_hits_the_mean_ratio(mini_lfw, tmp_path):
     assert abs(np.mean(b_ratios) - 0.4309) <= 0.005  # LFW-OCC-2.0's 43.09 % (+- 0.5 pp)
     assert (out / "card.md").exists() and (out / "card_occlusion_ratio.png").exists()
     # a rebuild (detections now come from the cache) matches the lock byte for byte
-    run("build", "lfw-occ", "--lfw", str(lfw), "--pairs", str(pairs), "--out", str(tmp_path / "again"),
-        "--ratio", "0.43", "--spread", "0.03", "--workers", "1", "--quiet", "--check", str(tmp_path / "lock.json"))
+    run(
+        "build",
+        "lfw-occ",
+        "--lfw",
+        str(lfw),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(tmp_path / "again"),
+        "--ratio",
+        "0.43",
+        "--spread",
+        "0.03",
+        "--workers",
+        "1",
+        "--quiet",
+        "--check",
+        str(tmp_path / "lock.json"),
+    )
 
 
 def test_a_missing_image_flags_its_pair_and_keeps_it(mini_lfw, tmp_path):
@@ -84,7 +119,17 @@ def test_a_missing_image_flags_its_pair_and_keeps_it(mini_lfw, tmp_path):
     shutil.copytree(lfw, copy)
     victim = read_lfw_pairs(pairs, expect=None)[3].b
     (copy / victim).unlink()
-    run("build", "lfw-occ-sunglasses", "--lfw", str(copy), "--pairs", str(pairs), "--out", str(tmp_path / "o"), "--quiet")
+    run(
+        "build",
+        "lfw-occ-sunglasses",
+        "--lfw",
+        str(copy),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+    )
     table = rows(tmp_path / "o" / "pairs.jsonl")
     assert len(table) == 2 * N
     flagged = [r for r in table if r["flagged"]]
@@ -95,8 +140,21 @@ def test_a_missing_image_flags_its_pair_and_keeps_it(mini_lfw, tmp_path):
 
 def test_lfw_block_occludes_both_sides_per_level_and_repeat(mini_lfw, tmp_path):
     lfw, pairs = mini_lfw
-    run("build", "lfw-block", "--lfw", str(lfw), "--pairs", str(pairs), "--out", str(tmp_path / "blk"),
-        "--levels", "0,30", "--repeats", "2", "--quiet")
+    run(
+        "build",
+        "lfw-block",
+        "--lfw",
+        str(lfw),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(tmp_path / "blk"),
+        "--levels",
+        "0,30",
+        "--repeats",
+        "2",
+        "--quiet",
+    )
     clean = rows(tmp_path / "blk" / "level-00" / "index.jsonl")
     assert len(clean) == 2 * 2 * 2 * N and all(r["occlusion_ratio"] == 0 for r in clean)
     level = rows(tmp_path / "blk" / "level-30" / "index.jsonl")
@@ -116,8 +174,18 @@ def test_training_sets_pair_clean_and_occluded_samples(mini_lfw, tmp_path):
     for person in sorted(p for p in lfw.iterdir())[:3]:
         shutil.copytree(person, some / person.name)
     images = sum(1 for _ in some.rglob("*.jpg"))
-    run("build", "occ-train", "--src", str(some), "--out", str(tmp_path / "train"), "--occlude",
-        "block(ratio=0.2..0.4)", "--keep-clean", "--quiet")
+    run(
+        "build",
+        "occ-train",
+        "--src",
+        str(some),
+        "--out",
+        str(tmp_path / "train"),
+        "--occlude",
+        "block(ratio=0.2..0.4)",
+        "--keep-clean",
+        "--quiet",
+    )
     index = rows(tmp_path / "train" / "index.jsonl")
     assert len(index) == 3 * images
     for group in {r["extra"]["group"] for r in index}:
@@ -157,7 +225,17 @@ def test_mf1_occ_occludes_probes_only(mini_lfw, tmp_path):
         shutil.copytree(person, probes / person.name)
     for person in people[2:5]:
         shutil.copytree(person, distractors / person.name)
-    run("build", "mf1-occ", "--probes", str(probes), "--distractors", str(distractors), "--out", str(tmp_path / "mf1"), "--quiet")
+    run(
+        "build",
+        "mf1-occ",
+        "--probes",
+        str(probes),
+        "--distractors",
+        str(distractors),
+        "--out",
+        str(tmp_path / "mf1"),
+        "--quiet",
+    )
     index = rows(tmp_path / "mf1" / "index.jsonl")
     for r in index:
         assert bool(r["occluders"]) == r["source"].startswith("probes/")

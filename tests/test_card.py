@@ -1,5 +1,6 @@
 """Dataset cards on a tiny hand-built dataset: the card states the build facts, the plots exist
 and are not blank, and the heat map is exactly the mean of the masks."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_dataset import build_tiny_dataset
 
-from occsynth.io.dataset import DatasetError
 from occsynth.inspect.card import (
     CARD,
     FREQUENCY_NPY,
@@ -19,17 +20,20 @@ from occsynth.inspect.card import (
     occlusion_frequency,
     write_card,
 )
-
-from tiny_dataset import build_tiny_dataset
+from occsynth.io.dataset import DatasetError
 
 
 @pytest.fixture(scope="module")
 def carded(tmp_path_factory):
     root = tmp_path_factory.mktemp("card") / "ds"
     built = build_tiny_dataset(root)
-    facts = {"benchmark": "TINY-OCC", "source": "Someone et al., A Venue 2020",
-             "protocol": "8 pairs in 2 folds", "notes": ["synthetic test data"],
-             "targets": {"mean_occlusion_ratio_occluded": 0.4309, "pairs": 8, "lpips": 0.1}}
+    facts = {
+        "benchmark": "TINY-OCC",
+        "source": "Someone et al., A Venue 2020",
+        "protocol": "8 pairs in 2 folds",
+        "notes": ["synthetic test data"],
+        "targets": {"mean_occlusion_ratio_occluded": 0.4309, "pairs": 8, "lpips": 0.1},
+    }
     path = write_card(root, facts)
     return root, built, path
 
@@ -44,8 +48,9 @@ def test_heat_map_is_the_mean_of_the_masks(carded):
     # the bottom half is covered by 3 of the 8 masks (two surgical, one cloth), plus Bob's left half
     assert saved[100, 100] == pytest.approx(3 / 8) and saved[100, 10] == pytest.approx(4 / 8)
     assert saved[5, 100] == 0.0
-    mean_face = np.mean([np.asarray(Image.open(io.BytesIO(b))).astype(np.float64)
-                         for b in built["images"].values()], axis=0)
+    mean_face = np.mean(
+        [np.asarray(Image.open(io.BytesIO(b))).astype(np.float64) for b in built["images"].values()], axis=0
+    )
     assert np.allclose(maps.mean_face, mean_face)
 
 

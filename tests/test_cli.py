@@ -1,4 +1,5 @@
 """The command line lists what the registries hold (help text a newcomer reads first)."""
+
 from click.testing import CliRunner
 
 from occsynth.benchmarks import list_builders
@@ -26,6 +27,19 @@ def test_build_group_offers_every_builder_with_its_definition():
 def test_unknown_build_and_bad_spec_fail_clearly(tmp_path):
     result = CliRunner().invoke(main, ["build", "lfw-nope"])
     assert result.exit_code != 0 and "unknown build" in result.output
-    result = CliRunner().invoke(main, ["align", "embedded", "--out", str(tmp_path / "o"), "--occlude", "nosuch(ratio=1)",
-                                       "--workers", "1", "--no-cache", "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "align",
+            "embedded",
+            "--out",
+            str(tmp_path / "o"),
+            "--occlude",
+            "nosuch(ratio=1)",
+            "--workers",
+            "1",
+            "--no-cache",
+            "--quiet",
+        ],
+    )
     assert result.exit_code != 0 and "unknown occluder 'nosuch'" in result.output

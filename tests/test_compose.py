@@ -1,4 +1,5 @@
 """Occlusion specs: CLI grammar, JSON/YAML files, presets, mixing weights, sequences, replay."""
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,21 @@ def test_cli_grammar_to_data():
     assert spec == {
         "mix": [
             {"p": 0.5, "spec": None},
-            {"p": 0.5, "spec": {"all": [
-                {"name": "block", "params": {"ratio": [0.2, 0.4], "fill": "black"}},
-                {"name": "ellipse", "params": {}},
-            ]}},
+            {
+                "p": 0.5,
+                "spec": {
+                    "all": [
+                        {"name": "block", "params": {"ratio": [0.2, 0.4], "fill": "black"}},
+                        {"name": "ellipse", "params": {}},
+                    ]
+                },
+            },
         ]
     }
     assert parse_cli_spec("polygon(vertices=5, spikiness=0.3)") == {
-        "name": "polygon", "params": {"vertices": 5, "spikiness": 0.3}}
+        "name": "polygon",
+        "params": {"vertices": 5, "spikiness": 0.3},
+    }
     assert parse_cli_spec("clean") is None
 
 
@@ -46,10 +54,20 @@ def test_cli_grammar_errors(bad):
         parse_cli_spec(bad)
 
 
-SPEC = {"mix": [{"p": 1, "spec": None}, {"p": 3, "spec": {"all": [
-    {"name": "ellipse", "params": {"ratio": [0.1, 0.2], "fill": "noise"}},
-    {"name": "pieces", "params": {"ratio": 0.1, "n": 3}},
-]}}]}
+SPEC = {
+    "mix": [
+        {"p": 1, "spec": None},
+        {
+            "p": 3,
+            "spec": {
+                "all": [
+                    {"name": "ellipse", "params": {"ratio": [0.1, 0.2], "fill": "noise"}},
+                    {"name": "pieces", "params": {"ratio": 0.1, "n": 3}},
+                ]
+            },
+        },
+    ]
+}
 
 
 def test_json_and_yaml_files_are_specs(tmp_path):
@@ -160,8 +178,13 @@ def test_sequence_unites_masks_and_records_every_occluder():
     occ = occlude(image, LANDMARKS, "rectangle(ratio=0.1) + ellipse(ratio=0.1, fill=white)", seed=4)
     assert [r["name"] for r in occ.records] == ["rectangle", "ellipse"]
     assert all({"family", "name", "params", "seed", "area", "spec_params"} <= set(r) for r in occ.records)
-    assert occ.records[1]["spec_params"] == {"ratio": 0.1, "aspect": [0.5, 2.0], "angle": [0.0, 180.0],
-                                             "fill": "white", "overflow": "clip"}
+    assert occ.records[1]["spec_params"] == {
+        "ratio": 0.1,
+        "aspect": [0.5, 2.0],
+        "angle": [0.0, 180.0],
+        "fill": "white",
+        "overflow": "clip",
+    }
     assert max(r["area"] for r in occ.records) <= occ.ratio <= sum(r["area"] for r in occ.records) + 1e-9
     changed = (occ.image != image).any(axis=2)
     assert not (changed & (occ.mask == 0)).any()
@@ -197,9 +220,18 @@ def test_replay_recreates_each_geometric_occluder(name):
 
 def test_replay_recreates_mixes_and_sequences():
     image = _image()
-    spec = {"mix": [{"p": 1, "spec": None}, {"p": 1, "spec": "shapes"},
-                    {"p": 2, "spec": {"all": ["block(ratio=0.1..0.2, fill=noise)", "blob(fill=texture)",
-                                              {"preset": "lfw-block-10"}]}}]}
+    spec = {
+        "mix": [
+            {"p": 1, "spec": None},
+            {"p": 1, "spec": "shapes"},
+            {
+                "p": 2,
+                "spec": {
+                    "all": ["block(ratio=0.1..0.2, fill=noise)", "blob(fill=texture)", {"preset": "lfw-block-10"}]
+                },
+            },
+        ]
+    }
     for seed in range(12):
         original = occlude(image, LANDMARKS, spec, seed=seed)
         again = replay(image, LANDMARKS, _roundtrip(original.records))

@@ -20,9 +20,18 @@ def test_occlusion_ratio_counts_occluded_pixels():
 
 
 def test_validate_sample_meta_names_each_problem():
-    good = {"key": "0", "sample_id": "a/b.jpg", "identity": "a", "source": "a/b.jpg", "template": "arcface-112x112",
-            "image_size": [112, 112], "landmarks": [[0, 0]] * 5, "seed": 1,
-            "occluders": [{"family": "geometric", "name": "block", "params": {}}], "occlusion_ratio": 0.2}
+    good = {
+        "key": "0",
+        "sample_id": "a/b.jpg",
+        "identity": "a",
+        "source": "a/b.jpg",
+        "template": "arcface-112x112",
+        "image_size": [112, 112],
+        "landmarks": [[0, 0]] * 5,
+        "seed": 1,
+        "occluders": [{"family": "geometric", "name": "block", "params": {}}],
+        "occlusion_ratio": 0.2,
+    }
     assert contract.validate_sample_meta(good) == []
     bad = dict(good, image_size=[112], occlusion_ratio=1.5, landmarks=[[0, 0]] * 4, occluders=[{"name": "x"}])
     problems = " | ".join(contract.validate_sample_meta(bad))

@@ -1,5 +1,6 @@
 """Exports of a tiny hand-built dataset, read back: the insightface .bin the way arcface_torch's
 load_bin reads it, the folder layout, and parquet."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,10 @@ import pickle
 import cv2
 import numpy as np
 import pytest
+from tiny_dataset import SAMPLES, build_tiny_dataset, sample_id
 
 from occsynth.io.export import BIN_PICKLE_PROTOCOL, export, iter_samples
 from occsynth.io.images import decode_image, decode_mask
-
-from tiny_dataset import SAMPLES, build_tiny_dataset, sample_id
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,7 @@ def test_insightface_bin_matches_load_bin_expectations(tiny, tmp_path):
     assert bins[0] == built["images"]["000000"] and bins[1] == built["images"]["000001"]
     sidecar = json.loads((tmp_path / "tiny.bin.json").read_text())
     assert sidecar == json.loads(json.dumps(summary))
-    assert sidecar["excluded"] == [{"pair": 3, "fold": 0,
-                                    "reason": "b=Dave/Dave_0001.jpg: detect: no face detected"}]
+    assert sidecar["excluded"] == [{"pair": 3, "fold": 0, "reason": "b=Dave/Dave_0001.jpg: detect: no face detected"}]
     assert "10-fold" in sidecar["warnings"][0] and sidecar["image_size"] == [112, 112]
     with pytest.raises(FileExistsError):
         export(root, out, "insightface-bin")
@@ -80,8 +79,16 @@ def test_folder_export(tiny, tmp_path):
     # official text layout, fold blocks of matched then mismatched, the flagged pair included
     assert summary["pairs_txt_layout"] == "lfw"
     assert (out / "pairs.txt").read_text().splitlines() == [
-        "2\t2", "Alice\t1\t2", "Carol\t1\t3", "Alice\t3\tBob\t1", "Bob\t2\tDave\t1",
-        "Bob\t1\t2", "Carol\t2\t3", "Carol\t2\tAlice\t1", "Bob\t1\tCarol\t1"]
+        "2\t2",
+        "Alice\t1\t2",
+        "Carol\t1\t3",
+        "Alice\t3\tBob\t1",
+        "Bob\t2\tDave\t1",
+        "Bob\t1\t2",
+        "Carol\t2\t3",
+        "Carol\t2\tAlice\t1",
+        "Bob\t1\tCarol\t1",
+    ]
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -1,5 +1,6 @@
 """Downloads against a loopback HTTP server: full download, resume with Range after a dropped
 connection, a server that ignores Range, checksum mismatch, HTTP errors, fetch_dataset."""
+
 from __future__ import annotations
 
 import hashlib
@@ -132,10 +133,14 @@ def test_http_error_is_clear_and_not_retried(server, tmp_path):
 def test_fetch_dataset_from_a_base_url(server, tmp_path, monkeypatch):
     other = b"second file\n"
     server.files["b.txt"] = other
-    monkeypatch.setitem(KNOWN_DATASETS, "tiny", [
-        RemoteFile("data.bin", ("http://unused.invalid/data.bin",), SHA),
-        RemoteFile("b.txt", ("http://unused.invalid/b.txt",), hashlib.sha256(other).hexdigest()),
-    ])
+    monkeypatch.setitem(
+        KNOWN_DATASETS,
+        "tiny",
+        [
+            RemoteFile("data.bin", ("http://unused.invalid/data.bin",), SHA),
+            RemoteFile("b.txt", ("http://unused.invalid/b.txt",), hashlib.sha256(other).hexdigest()),
+        ],
+    )
     got = fetch_dataset("tiny", tmp_path / "tiny", base_url=server.url + "/", progress=False)
     assert got == {"data.bin": tmp_path / "tiny" / "data.bin", "b.txt": tmp_path / "tiny" / "b.txt"}
     assert got["b.txt"].read_bytes() == other
@@ -145,8 +150,11 @@ def test_fetch_dataset_from_a_base_url(server, tmp_path, monkeypatch):
 
 def test_fetch_dataset_tries_mirrors_in_order(server, tmp_path, monkeypatch):
     server.files["bad.bin"] = b"a different file"
-    monkeypatch.setitem(KNOWN_DATASETS, "tiny", [
-        RemoteFile("data.bin", (f"{server.url}/missing.bin", f"{server.url}/bad.bin", f"{server.url}/data.bin"), SHA)])
+    monkeypatch.setitem(
+        KNOWN_DATASETS,
+        "tiny",
+        [RemoteFile("data.bin", (f"{server.url}/missing.bin", f"{server.url}/bad.bin", f"{server.url}/data.bin"), SHA)],
+    )
     fetch_dataset("tiny", tmp_path, progress=False)
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
     monkeypatch.setitem(KNOWN_DATASETS, "tiny", [RemoteFile("x.bin", (f"{server.url}/missing.bin",), SHA)])

@@ -10,17 +10,18 @@ LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [7
 
 @pytest.fixture(scope="module")
 def face():
-    from skimage.data import astronaut
     import cv2
+    from skimage.data import astronaut
 
     return cv2.resize(astronaut()[30:250, 150:330], (112, 112), interpolation=cv2.INTER_AREA)
 
 
-@pytest.mark.parametrize("inner", [{"name": "object", "params": {"split": "eval"}},
-                                   {"name": "ellipse", "params": {"ratio": 0.1}}])
+@pytest.mark.parametrize(
+    "inner", [{"name": "object", "params": {"split": "eval"}}, {"name": "ellipse", "params": {"ratio": 0.1}}]
+)
 def test_fit_area_reaches_each_target(face, inner):
     param = "scale" if inner["name"] == "object" else "ratio"
-    errors, means = [], []
+    errors = []
     for seed in range(40):
         target = 0.2 + 0.01 * seed  # 0.20 .. 0.59
         spec = {"name": "fit_area", "params": {"ratio": target, "occluder": inner, "param": param}}

@@ -1,5 +1,6 @@
 """decode_image / load_image / encoders: every input kind is generated here with Pillow or
 OpenCV, so the expected pixels are known exactly."""
+
 from __future__ import annotations
 
 import io
@@ -48,9 +49,9 @@ def _quadrants(h: int = 64, w: int = 96) -> np.ndarray:
     """Flat quadrants (red, green / blue, white): survive JPEG, show orientation."""
     img = np.zeros((h, w, 3), np.uint8)
     img[: h // 2, : w // 2] = (255, 0, 0)
-    img[: h // 2, w // 2:] = (0, 255, 0)
-    img[h // 2:, : w // 2] = (0, 0, 255)
-    img[h // 2:, w // 2:] = (255, 255, 255)
+    img[: h // 2, w // 2 :] = (0, 255, 0)
+    img[h // 2 :, : w // 2] = (0, 0, 255)
+    img[h // 2 :, w // 2 :] = (255, 255, 255)
     return img
 
 
@@ -68,9 +69,16 @@ def _error(data: bytes, **kw) -> ImageLoadError:
 # ------------------------------------------------------------------------------ formats
 
 
-@pytest.mark.parametrize("fmt, kw", [
-    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("PPM", {}),
-])
+@pytest.mark.parametrize(
+    "fmt, kw",
+    [
+        ("PNG", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("WEBP", {"lossless": True}),
+        ("PPM", {}),
+    ],
+)
 def test_lossless_formats_decode_exactly(fmt, kw):
     rgb = _pattern()
     out = decode_image(_pil_bytes(Image.fromarray(rgb), fmt, **kw))
@@ -148,9 +156,9 @@ def test_16bit_rgb_png_keeps_low_byte():
 
 def test_16bit_rgba_png_is_composited():
     rgba16 = np.zeros((2, 2, 4), np.uint16)
-    rgba16[..., 0] = 65535            # red
-    rgba16[0, :, 3] = 65535           # opaque row
-    rgba16[1, :, 3] = 0               # transparent row
+    rgba16[..., 0] = 65535  # red
+    rgba16[0, :, 3] = 65535  # opaque row
+    rgba16[1, :, 3] = 0  # transparent row
     out = decode_image(_cv2_png(rgba16[:, :, [2, 1, 0, 3]]), background=(0, 0, 200))
     np.testing.assert_array_equal(out[0], [[255, 0, 0]] * 2)
     np.testing.assert_array_equal(out[1], [[0, 0, 200]] * 2)
@@ -313,7 +321,7 @@ def test_truncated_png():
 def test_corrupt_png_data():
     data = bytearray(_pil_bytes(Image.fromarray(_pattern(64, 64)), "PNG"))
     start = data.index(b"IDAT") + 4
-    data[start + 10: start + 200] = bytes(190)  # garble the compressed pixels
+    data[start + 10 : start + 200] = bytes(190)  # garble the compressed pixels
     err = _error(bytes(data))
     assert err.stage == "decode" and "corrupt" in err.reason
 
@@ -327,9 +335,11 @@ def test_corrupt_header_names_the_format():
 def _png_declaring(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_from_the_header():

@@ -1,13 +1,16 @@
 """Importers of third-party template sets, tested against the real files in
 ../shared/data/third_party (skipped when absent). The face is skimage's astronaut aligned
 to ArcFace 112x112 with landmarks measured once by MTCNN (see test_objects.py)."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from astronaut_face import aligned_astronaut, centroid, covered, render_checked
 
+from occsynth.faces.templates import get_template
 from occsynth.occluders import create_occluder
 from occsynth.occluders.families.importers import (
     FACE_WIDTH_IOD,
@@ -19,15 +22,11 @@ from occsynth.occluders.families.importers import (
 )
 from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha
 from occsynth.seeding import make_rng
-from occsynth.faces.templates import get_template
-
-from astronaut_face import aligned_astronaut, centroid, covered, render_checked
 
 FACE, LANDMARKS = aligned_astronaut()
 LE, RE, NOSE, ML, MR = LANDMARKS
 IOD = float(np.hypot(*(RE - LE)))
 EMPTY = np.zeros((112, 112), np.uint8)
-
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,16 @@
 """The layout of occsynth and occsynth_train, checked statically (ast, nothing imported):
 
-  * the import graph between their modules has no cycle (module-level and function-level
-    imports both count as edges);
-  * a function imports a project module only when that module pulls in an optional heavy
-    dependency (LAZY_PROJECT), and third-party modules only when optional or slow to import for
-    a rarely used path (LOCAL_IMPORT_ALLOWED);
-  * each registry (`_registry.py`) is a leaf that lists, as data, exactly the modules that
-    register entries in it;
-  * files are written through occsynth.io.atomic (the few writers with their own atomic
-    publication are named in OWN_ATOMIC_WRITERS).
+* the import graph between their modules has no cycle (module-level and function-level
+  imports both count as edges);
+* a function imports a project module only when that module pulls in an optional heavy
+  dependency (LAZY_PROJECT), and third-party modules only when optional or slow to import for
+  a rarely used path (LOCAL_IMPORT_ALLOWED);
+* each registry (`_registry.py`) is a leaf that lists, as data, exactly the modules that
+  register entries in it;
+* files are written through occsynth.io.atomic (the few writers with their own atomic
+  publication are named in OWN_ATOMIC_WRITERS).
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,11 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (ROOT / "occsynth", ROOT / "occsynth_train")
 # third-party modules a function may import: optional, or slow to import for a rarely used path
 LOCAL_IMPORT_ALLOWED = (
-    "matplotlib", "torch.utils.tensorboard",   # plots and logs of a run
-    "torch",                                    # builds from stored landmarks never import it
-    "facenet_pytorch", "torchvision",           # MTCNN, only when detection runs
-    "pyrender", "ray", "pyarrow",               # optional extras / authoring only
-    "skimage.data",                             # the embedded demo images' location
+    "matplotlib",
+    "torch.utils.tensorboard",  # plots and logs of a run
+    "torch",  # builds from stored landmarks never import it
+    "facenet_pytorch",
+    "torchvision",  # MTCNN, only when detection runs
+    "pyrender",
+    "ray",
+    "pyarrow",  # optional extras / authoring only
+    "skimage.data",  # the embedded demo images' location
 )
 # project modules a function may import, because importing them pulls in an optional heavy dependency
 LAZY_PROJECT = {
@@ -53,10 +58,10 @@ OWN_ATOMIC_WRITERS = {
 
 @dataclass(frozen=True)
 class Import:
-    source: str        # importing module
-    target: str        # imported module (resolved, absolute)
+    source: str  # importing module
+    target: str  # imported module (resolved, absolute)
     line: int
-    local: bool        # inside a function
+    local: bool  # inside a function
 
 
 def module_name(path: Path) -> str:
@@ -118,7 +123,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -168,17 +173,22 @@ def test_no_import_cycle():
 
 
 def test_no_function_local_imports_of_the_project():
-    offenders = [f"{MODULES[i.source].relative_to(ROOT)}:{i.line} imports {i.target}"
-                 for i in ALL_IMPORTS if i.local and _top(i.target) in ("occsynth", "occsynth_train")
-                 and i.target not in LAZY_PROJECT]
+    offenders = [
+        f"{MODULES[i.source].relative_to(ROOT)}:{i.line} imports {i.target}"
+        for i in ALL_IMPORTS
+        if i.local and _top(i.target) in ("occsynth", "occsynth_train") and i.target not in LAZY_PROJECT
+    ]
     assert offenders == []
 
 
 def test_function_local_imports_are_optional_dependencies_only():
-    offenders = [f"{MODULES[i.source].relative_to(ROOT)}:{i.line} imports {i.target}"
-                 for i in ALL_IMPORTS
-                 if i.local and _top(i.target) not in ("occsynth", "occsynth_train")
-                 and not any(i.target == a or i.target.startswith(a + ".") for a in LOCAL_IMPORT_ALLOWED)]
+    offenders = [
+        f"{MODULES[i.source].relative_to(ROOT)}:{i.line} imports {i.target}"
+        for i in ALL_IMPORTS
+        if i.local
+        and _top(i.target) not in ("occsynth", "occsynth_train")
+        and not any(i.target == a or i.target.startswith(a + ".") for a in LOCAL_IMPORT_ALLOWED)
+    ]
     assert offenders == []
 
 
@@ -200,8 +210,12 @@ def _registering_modules(names: tuple[str, ...]) -> set[str]:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 for deco in node.decorator_list:
                     func = deco.func if isinstance(deco, ast.Call) else deco
-                    if isinstance(func, ast.Attribute) and func.attr == "register" \
-                            and isinstance(func.value, ast.Name) and func.value.id in names:
+                    if (
+                        isinstance(func, ast.Attribute)
+                        and func.attr == "register"
+                        and isinstance(func.value, ast.Name)
+                        and func.value.id in names
+                    ):
                         found.add(module)
                     elif isinstance(func, ast.Name) and func.id in names:
                         found.add(module)
@@ -228,13 +242,19 @@ def _write_calls(path: Path) -> list[str]:
         elif name in ("os.replace", "os.rename", "shutil.copy", "shutil.copyfile", "shutil.copy2", "shutil.move"):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
         elif name == "open":
-            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            mode = (
+                node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            )
             if isinstance(mode, ast.Constant) and ("w" in mode.value or "x" in mode.value):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} open(..., {mode.value!r})")
     return found
 
 
 def test_files_are_written_through_occsynth_io_atomic():
-    calls = [call for path in MODULES.values() if str(path.relative_to(ROOT)) not in OWN_ATOMIC_WRITERS
-             for call in _write_calls(path)]
+    calls = [
+        call
+        for path in MODULES.values()
+        if str(path.relative_to(ROOT)) not in OWN_ATOMIC_WRITERS
+        for call in _write_calls(path)
+    ]
     assert calls == []

@@ -1,5 +1,6 @@
 """benchmarks/lfw_mini_table.py end to end on tiny fixtures (CPU): the rows train, PDSN's four stages
 chain through train.init_from, every condition is evaluated, and the table is written."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,13 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
-
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.backbone_kw={width: 16, embedding_size: 64}", "model.input_size=[32, 32]", "data.batch_size=8",
-        "data.num_workers=0", "data.shuffle_buffer=64", "data.interleave=2", "train.steps=4", "train.epochs=null",
-        "train.precision=fp32", "train.channels_last=false", "train.progress=false", "train.log_every=1",
-        "eval.batch_size=32", "eval.num_workers=0", "method_kw.seg_width=8"]
+TINY = [
+    "model.backbone_kw={width: 16, embedding_size: 64}",
+    "model.input_size=[32, 32]",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "data.interleave=2",
+    "train.steps=4",
+    "train.epochs=null",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.progress=false",
+    "train.log_every=1",
+    "eval.batch_size=32",
+    "eval.num_workers=0",
+    "method_kw.seg_width=8",
+]
 
 
 def _module():
@@ -33,9 +45,23 @@ def test_table_rows_train_chain_and_report(tiny_train, tiny_pairs, tmp_path, mon
         (bench / rel).parent.mkdir(parents=True, exist_ok=True)
         (bench / rel).symlink_to(tiny_pairs, target_is_directory=True)
     out = tmp_path / "table.json"
-    argv = ["lfw_mini_table.py", "--train", str(tiny_train), "--train-clean", str(tiny_train), "--pdsn-pairs",
-            str(tiny_train), "--bench", str(bench), "--runs", str(tmp_path / "runs"), "--methods", "baseline,pdsn",
-            "--out", str(out)] + [a for o in TINY for a in ("--set", o)]
+    argv = [
+        "lfw_mini_table.py",
+        "--train",
+        str(tiny_train),
+        "--train-clean",
+        str(tiny_train),
+        "--pdsn-pairs",
+        str(tiny_train),
+        "--bench",
+        str(bench),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--methods",
+        "baseline,pdsn",
+        "--out",
+        str(out),
+    ] + [a for o in TINY for a in ("--set", o)]
     monkeypatch.setattr(sys, "argv", argv)
     table.main()
     result = json.loads(out.read_text())
@@ -62,8 +88,11 @@ def test_table_rows_train_chain_and_report(tiny_train, tiny_pairs, tmp_path, mon
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
     table = _module()
-    monkeypatch.setattr(sys, "argv", ["lfw_mini_table.py", "--train", str(tmp_path / "nope"), "--bench",
-                                      str(tmp_path), "--methods", "baseline"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lfw_mini_table.py", "--train", str(tmp_path / "nope"), "--bench", str(tmp_path), "--methods", "baseline"],
+    )
     with pytest.raises(SystemExit):
         table.main()
     assert "PROTOCOL.md" in capsys.readouterr().err

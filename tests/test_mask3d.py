@@ -3,6 +3,7 @@
 The real face is skimage's astronaut aligned to ArcFace 112x112 with landmarks measured once
 by MTCNN (see test_objects.py); turned faces are the mean 3D face model projected at known
 poses (landmarks only: placement is checked on the landmarks, pixels on the real face)."""
+
 from __future__ import annotations
 
 import json
@@ -10,19 +11,17 @@ import math
 
 import numpy as np
 import pytest
+from astronaut_face import aligned_astronaut, covered, render_checked
 
 from occsynth.assets import asset_dir
 from occsynth.authoring import masks as authoring_masks
 from occsynth.faces import pose as posing
+from occsynth.faces.templates import get_template
 from occsynth.occluders import create_occluder
 from occsynth.occluders.families import mask3d as m3d
 from occsynth.seeding import make_rng
-from occsynth.faces.templates import get_template
-
-from astronaut_face import aligned_astronaut, covered, render_checked
 
 FACE, LANDMARKS = aligned_astronaut()
-
 
 
 def turned(yaw, pitch=0.0, roll=0.0, scale=0.56, centre=(56.0, 51.6)):

@@ -1,13 +1,13 @@
 """ALOB: gradient reversal, projection purification, ablation switches, smoke run."""
+
 from __future__ import annotations
 
 import torch
+from methods_helpers import CONFIGS, falls, train_and_evaluate
 
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
 from occsynth_train.methods.alob import grad_reverse, project_out
-from methods_helpers import CONFIGS, falls, train_and_evaluate
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 
 def test_grl_is_identity_forward_and_flips_and_scales_gradient():

@@ -1,16 +1,16 @@
 """LCD: exact channel dropout (training only), regularisers, attention, smoke run."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from methods_helpers import CONFIGS, falls, train_and_evaluate
 
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
 from occsynth_train.methods.lcd import ChannelDropout, filter_orthogonality, response_orthogonality
-from methods_helpers import CONFIGS, falls, train_and_evaluate
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 
 def test_channel_dropout_zeroes_exactly_floor_gamma_c_channels():
@@ -18,9 +18,9 @@ def test_channel_dropout_zeroes_exactly_floor_gamma_c_channels():
     drop = ChannelDropout(0.1, 0.5).train()
     x = torch.rand(16, 40, 3, 3) + 0.1  # strictly positive: a zero means a dropped channel
     y = drop(x)
-    zero = (y.flatten(2).abs().amax(2) == 0)           # [B, C] whole channels zeroed
+    zero = y.flatten(2).abs().amax(2) == 0  # [B, C] whole channels zeroed
     partial = (y == 0).flatten(2).any(2) & ~zero
-    assert not partial.any()                            # only whole channels
+    assert not partial.any()  # only whole channels
     expected = torch.floor(drop.last_gamma * 40).long()
     assert torch.equal(zero.sum(1), expected)
     assert ((drop.last_gamma >= 0.1) & (drop.last_gamma <= 0.5)).all()
@@ -47,8 +47,9 @@ def test_regularisers_vanish_for_orthogonal_inputs():
 
 
 def test_dropout_sits_after_stage3_and_attention_in_stage4():
-    cfg = load_config(CONFIGS / "lcd_tiny_cpu.yaml", ["data.train=[x]", "method_kw.gamma_min=0.25",
-                                                       "method_kw.gamma_max=0.25"])
+    cfg = load_config(
+        CONFIGS / "lcd_tiny_cpu.yaml", ["data.train=[x]", "method_kw.gamma_min=0.25", "method_kw.gamma_max=0.25"]
+    )
     m = create_method("lcd", cfg, 5).train()
     seen = {}
 

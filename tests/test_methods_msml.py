@@ -1,18 +1,18 @@
 """MSML: FM bridging, the stop-gradient into the segmentation branch, param groups, the FM
 design switches (fm_kernel, res_blocks, res_block, fm_activation, fm_combine, fm_layers, variant),
 smoke run."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 import torch
+from methods_helpers import CONFIGS, falls, train_and_evaluate
 
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
 from occsynth_train.methods.msml import BottleneckBlock, FeatureMasking, ResBlock, fm_settings, parse_fm_layers
-from methods_helpers import CONFIGS, falls, train_and_evaluate
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 
 def _method(*overrides):
@@ -87,8 +87,11 @@ def _blocks(fm: FeatureMasking) -> list:
 
 
 def test_default_fm_is_the_original_operator():
-    assert fm_settings(None) == fm_settings(_kw()) == {"res_blocks": 2, "kernel": 3, "res_block": "basic",
-                                                       "activation": "sigmoid", "combine": "multiply"}
+    assert (
+        fm_settings(None)
+        == fm_settings(_kw())
+        == {"res_blocks": 2, "kernel": 3, "res_block": "basic", "activation": "sigmoid", "combine": "multiply"}
+    )
     fm = FeatureMasking(8, 4)
     # 3x3 conv (12->4) + BN + 2 basic blocks (2 x (2 3x3 convs + 2 BNs)) + 1x1 conv with bias
     assert sum(p.numel() for p in fm.parameters()) == 12 * 4 * 9 + 8 + 2 * (2 * 4 * 4 * 9 + 2 * 8) + 4 * 4 + 4
@@ -139,9 +142,15 @@ def test_activation_ranges_sigmoid_in_0_1_tanh_in_minus1_1():
     assert any(v.min() < 0 for v in masks.values())
 
 
-@pytest.mark.parametrize("activation,combine,expect", [
-    ("sigmoid", "multiply", lambda yf: 0.5 * yf), ("sigmoid", "residual", lambda yf: 0.5 + yf),
-    ("tanh", "multiply", lambda yf: torch.zeros_like(yf)), ("tanh", "residual", lambda yf: yf)])
+@pytest.mark.parametrize(
+    "activation,combine,expect",
+    [
+        ("sigmoid", "multiply", lambda yf: 0.5 * yf),
+        ("sigmoid", "residual", lambda yf: 0.5 + yf),
+        ("tanh", "multiply", lambda yf: torch.zeros_like(yf)),
+        ("tanh", "residual", lambda yf: yf),
+    ],
+)
 def test_combine_on_a_zeroed_last_conv(activation, combine, expect):
     fm = FeatureMasking(8, 4, 1, activation=activation, combine=combine).eval()
     torch.nn.init.zeros_(fm.body[-1].weight)
@@ -161,9 +170,18 @@ def test_residual_combine_is_act_of_body_plus_face_feature():
     assert not torch.allclose(z, mask * yf)
 
 
-@pytest.mark.parametrize("variant,kernel,res_blocks,activation", [
-    ("FRS", 3, 2, "sigmoid"), ("FRT", 3, 2, "tanh"), ("FS", 3, 0, "sigmoid"), ("RS", 1, 2, "sigmoid"),
-    ("S", 1, 0, "sigmoid"), ("T", 1, 0, "tanh"), ("tfr", 3, 2, "tanh")])
+@pytest.mark.parametrize(
+    "variant,kernel,res_blocks,activation",
+    [
+        ("FRS", 3, 2, "sigmoid"),
+        ("FRT", 3, 2, "tanh"),
+        ("FS", 3, 0, "sigmoid"),
+        ("RS", 1, 2, "sigmoid"),
+        ("S", 1, 0, "sigmoid"),
+        ("T", 1, 0, "tanh"),
+        ("tfr", 3, 2, "tanh"),
+    ],
+)
 def test_variant_letters_map_to_switches(variant, kernel, res_blocks, activation):
     s = fm_settings(_kw(variant=variant))
     assert (s["kernel"], s["res_blocks"], s["activation"]) == (kernel, res_blocks, activation)
@@ -175,8 +193,7 @@ def test_variant_letters_map_to_switches(variant, kernel, res_blocks, activation
 
 
 def test_variant_builds_the_model():
-    m = _method("method_kw.variant=RT", "method_kw.res_block=bottleneck", "method_kw.fm_combine=residual",
-                *NO_EXPLICIT)
+    m = _method("method_kw.variant=RT", "method_kw.res_block=bottleneck", "method_kw.fm_combine=residual", *NO_EXPLICIT)
     for fm in m.fm.values():
         assert fm.body[0].kernel_size == (1, 1)
         assert [type(b) for b in _blocks(fm)] == [BottleneckBlock] * 2
@@ -186,17 +203,27 @@ def test_variant_builds_the_model():
         _method("method_kw.variant=RT")
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"variant": "FS", "res_blocks": 1}, r"variant 'FS' sets res_blocks=0, contradicting res_blocks=1"),
-    ({"variant": "RS", "res_blocks": 0}, r"variant 'RS'.*contradicts res_blocks=0"),
-    ({"variant": "FRS", "fm_kernel": 1}, r"variant 'FRS' sets fm_kernel=3, contradicting fm_kernel=1"),
-    ({"variant": "FRS", "fm_activation": "tanh"}, r"variant 'FRS' sets fm_activation='sigmoid'.*'tanh'"),
-    ({"variant": "FR"}, r"exactly one of S/T"), ({"variant": "FRST"}, r"exactly one of S/T"),
-    ({"variant": "FFS"}, r"each once"), ({"variant": "XS"}, r"letters from F, R"), ({"variant": ""}, r"variant"),
-    ({"fm_kernel": 5}, r"fm_kernel must be 3 or 1"), ({"res_blocks": -1}, r"res_blocks must be an integer >= 0"),
-    ({"res_blocks": 1.5}, r"res_blocks must be"), ({"res_block": "wide"}, r"res_block must be one of"),
-    ({"fm_activation": "relu"}, r"fm_activation must be one of"), ({"fm_activation": ["tanh"]}, r"fm_activation"),
-    ({"fm_combine": "add"}, r"fm_combine must be one of")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"variant": "FS", "res_blocks": 1}, r"variant 'FS' sets res_blocks=0, contradicting res_blocks=1"),
+        ({"variant": "RS", "res_blocks": 0}, r"variant 'RS'.*contradicts res_blocks=0"),
+        ({"variant": "FRS", "fm_kernel": 1}, r"variant 'FRS' sets fm_kernel=3, contradicting fm_kernel=1"),
+        ({"variant": "FRS", "fm_activation": "tanh"}, r"variant 'FRS' sets fm_activation='sigmoid'.*'tanh'"),
+        ({"variant": "FR"}, r"exactly one of S/T"),
+        ({"variant": "FRST"}, r"exactly one of S/T"),
+        ({"variant": "FFS"}, r"each once"),
+        ({"variant": "XS"}, r"letters from F, R"),
+        ({"variant": ""}, r"variant"),
+        ({"fm_kernel": 5}, r"fm_kernel must be 3 or 1"),
+        ({"res_blocks": -1}, r"res_blocks must be an integer >= 0"),
+        ({"res_blocks": 1.5}, r"res_blocks must be"),
+        ({"res_block": "wide"}, r"res_block must be one of"),
+        ({"fm_activation": "relu"}, r"fm_activation must be one of"),
+        ({"fm_activation": ["tanh"]}, r"fm_activation"),
+        ({"fm_combine": "add"}, r"fm_combine must be one of"),
+    ],
+)
 def test_contradictions_and_bad_switch_values_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         fm_settings(_kw(**kw))
@@ -216,20 +243,40 @@ def test_fm_layers_mask_string_equals_stage_list():
     assert _method("method_kw.fm_layers='0000'").fm_layers == []
 
 
-@pytest.mark.parametrize("value,match", [
-    ("011", r"4 characters of 0/1"), ("0121", r"4 characters of 0/1"), ("abcd", r"4 characters"),
-    (111, r"quoted 0/1 string"), ({"1": 1}, r"list of stage indices"), ([0], r"in 1\.\.4"), ([5], r"in 1\.\.4"),
-    ([1, 1], r"repeated"), ([True], r"stage indices"), (["1"], r"stage indices")])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ("011", r"4 characters of 0/1"),
+        ("0121", r"4 characters of 0/1"),
+        ("abcd", r"4 characters"),
+        (111, r"quoted 0/1 string"),
+        ({"1": 1}, r"list of stage indices"),
+        ([0], r"in 1\.\.4"),
+        ([5], r"in 1\.\.4"),
+        ([1, 1], r"repeated"),
+        ([True], r"stage indices"),
+        (["1"], r"stage indices"),
+    ],
+)
 def test_bad_fm_layers_raise(value, match):
     with pytest.raises(ValueError, match=match):
         parse_fm_layers(value, 4)
 
 
-@pytest.mark.parametrize("overrides", [
-    (), ("method_kw.fm_kernel=1",), ("method_kw.res_blocks=0",), ("method_kw.res_block=bottleneck",),
-    ("method_kw.fm_activation=tanh",), ("method_kw.fm_combine=residual",),
-    ("method_kw.variant=FRT", *NO_EXPLICIT), ("method_kw.variant=S", "method_kw.fm_combine=residual", *NO_EXPLICIT),
-    ("method_kw.variant=RS", "method_kw.res_block=bottleneck", "method_kw.fm_layers='0110'", *NO_EXPLICIT)])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("method_kw.fm_kernel=1",),
+        ("method_kw.res_blocks=0",),
+        ("method_kw.res_block=bottleneck",),
+        ("method_kw.fm_activation=tanh",),
+        ("method_kw.fm_combine=residual",),
+        ("method_kw.variant=FRT", *NO_EXPLICIT),
+        ("method_kw.variant=S", "method_kw.fm_combine=residual", *NO_EXPLICIT),
+        ("method_kw.variant=RS", "method_kw.res_block=bottleneck", "method_kw.fm_layers='0110'", *NO_EXPLICIT),
+    ],
+)
 def test_no_face_gradient_into_segmentation_for_every_variant(overrides):
     m = _method(*overrides)
     x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])

@@ -1,12 +1,12 @@
 """SOIDN: OMA mask range and shape, segmentation supervision, smoke run."""
+
 from __future__ import annotations
 
 import torch
+from methods_helpers import CONFIGS, falls, train_and_evaluate
 
 from occsynth_train.config import load_config
 from occsynth_train.methods import create_method
-from methods_helpers import CONFIGS, falls, train_and_evaluate
-from train_fixtures import one_torch_thread, sk_faces, tiny_pairs, tiny_train  # noqa: F401
 
 
 def test_oma_mask_in_unit_interval_with_face_feature_shape():

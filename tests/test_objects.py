@@ -4,6 +4,7 @@ Real face: skimage's astronaut photo aligned to the ArcFace 112x112 template wit
 landmarks that facenet-pytorch's MTCNN (the project's detector) found on it once:
 ASTRONAUT_LANDMARKS below, in the original 512x512 image.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astronaut_face import aligned_astronaut, centroid, covered, render_checked
 
 from occsynth.assets import catalog as bank
 from occsynth.authoring import objects as authoring
 from occsynth.occluders import create_occluder, list_occluders
 from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha, load_bank, warp_roi
 from occsynth.seeding import make_rng
-
-from astronaut_face import aligned_astronaut, centroid, covered, render_checked
 
 FACE, LANDMARKS = aligned_astronaut()
 IOD = float(np.hypot(*(LANDMARKS[1] - LANDMARKS[0])))
@@ -162,8 +162,15 @@ def test_same_seed_same_output_and_record():
     json.dumps(a[2])  # the record is plain JSON
     # and the record re-creates the sample
     p = a[2]["params"]
-    again = create_occluder("object", template=p["template"], region=p["region"], scale=p["scale"],
-                            rotation=p["rotation"], jitter=0.0, feather=p["feather"])
+    again = create_occluder(
+        "object",
+        template=p["template"],
+        region=p["region"],
+        scale=p["scale"],
+        rotation=p["rotation"],
+        jitter=0.0,
+        feather=p["feather"],
+    )
     _, mask2, rec2 = again.apply(FACE, LANDMARKS, make_rng(0))
     shifted = np.reshape(rec2["matrix"], (2, 3))
     shifted[:, 2] += p["shift"]

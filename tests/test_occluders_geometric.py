@@ -1,5 +1,6 @@
 """Geometric occluders: exact areas, exact masks, shapes inside the image, disjoint pieces,
 determinism. Images are synthetic: these properties do not depend on the face."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -128,7 +129,12 @@ def test_fitting_shapes_lie_inside_the_image_at_their_recorded_box(name):
             continue
         p = record["params"]
         ys, xs = np.nonzero(mask)
-        assert (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (p["x"], p["y"], p["width"], p["height"])
+        assert (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) == (
+            p["x"],
+            p["y"],
+            p["width"],
+            p["height"],
+        )
         assert p["x"] + p["width"] <= 96 and p["y"] + p["height"] <= 112
 
 
@@ -226,7 +232,9 @@ def test_block_keeps_its_original_behaviour():
     side = int(round(np.sqrt(ratio * 112 * 112)))
     x, y = int(rng.integers(0, 112 - side + 1)), int(rng.integers(0, 112 - side + 1))
     expected = image.copy()
-    expected[y : y + side, x : x + side] = rng.integers(0, 256, size=(side * side, 3), dtype=np.uint8).reshape(side, side, 3)
+    expected[y : y + side, x : x + side] = rng.integers(0, 256, size=(side * side, 3), dtype=np.uint8).reshape(
+        side, side, 3
+    )
     assert concrete == {"ratio": ratio, "fill": "noise", "x": x, "y": y, "width": side, "height": side}
     assert np.array_equal(out, expected)
 

@@ -1,5 +1,6 @@
 """End-to-end builds: determinism across worker counts, kill/resume, failure records, reuse of
 stored landmarks, verify. Real faces: LFW from ../shared/data and the embedded photos."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,11 @@ def run_cli(*args: str) -> str:
 
 def dataset_files(out: Path) -> dict[str, bytes]:
     """Everything a build produces that must be reproducible (not the manifest's command)."""
-    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())
-             if p.suffix == ".tar" or p.name in ("index.jsonl", "failures.jsonl", "landmarks.jsonl")}
+    files = {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.suffix == ".tar" or p.name in ("index.jsonl", "failures.jsonl", "landmarks.jsonl")
+    }
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.pop("command")
     files["manifest-without-command"] = json.dumps(manifest, sort_keys=True).encode()
@@ -50,8 +54,25 @@ def small_lfw(lfw_subset_dir, tmp_path_factory) -> Path:
 
 
 def align_args(src: Path, out: Path, workers: int, *extra: str) -> list[str]:
-    return ["align", str(src), "--out", str(out), "--workers", str(workers), "--shard-size", "5",
-            "--occlude", SPEC, "--variants", "2", "--seed", "7", "--no-cache", "--quiet", *extra]
+    return [
+        "align",
+        str(src),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--shard-size",
+        "5",
+        "--occlude",
+        SPEC,
+        "--variants",
+        "2",
+        "--seed",
+        "7",
+        "--no-cache",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +149,7 @@ def test_verify_catches_tampering(reference_build, tmp_path):
 
 def _bad_inputs(folder: Path, real_face: Path) -> dict[str, str]:
     """Write each kind of bad input into identity folders; returns sample_id -> expected stage."""
+
     def put(rel: str, data: bytes) -> None:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
@@ -144,8 +166,14 @@ def _bad_inputs(folder: Path, real_face: Path) -> dict[str, str]:
     flat = io.BytesIO()
     Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(flat, format="PNG")
     put("No_Face/flat.png", flat.getvalue())
-    return {"Bad_Files/empty.jpg": "read", "Bad_Files/notes.txt": "decode", "Bad_Files/corrupt.jpg": "decode",
-            "Bad_Files/truncated.jpg": "decode", "Bad_Files/bomb.png": "decode", "No_Face/flat.png": "detect"}
+    return {
+        "Bad_Files/empty.jpg": "read",
+        "Bad_Files/notes.txt": "decode",
+        "Bad_Files/corrupt.jpg": "decode",
+        "Bad_Files/truncated.jpg": "decode",
+        "Bad_Files/bomb.png": "decode",
+        "No_Face/flat.png": "detect",
+    }
 
 
 def test_every_bad_input_becomes_a_failure_record(small_lfw, tmp_path):
@@ -165,13 +193,39 @@ def test_no_face_policies(small_lfw, tmp_path):
     src = tmp_path / "src"
     _bad_inputs(src, sorted((small_lfw / "Bill_Gates").iterdir())[0])
     shutil.rmtree(src / "Bad_Files")
-    run_cli("align", str(src), "--out", str(tmp_path / "cc"), "--workers", "1", "--no-cache", "--quiet",
-            "--on-no-face", "center-crop")
-    rows = {json.loads(line)["source"]: json.loads(line) for line in (tmp_path / "cc" / "index.jsonl").read_text().splitlines()}
+    run_cli(
+        "align",
+        str(src),
+        "--out",
+        str(tmp_path / "cc"),
+        "--workers",
+        "1",
+        "--no-cache",
+        "--quiet",
+        "--on-no-face",
+        "center-crop",
+    )
+    rows = {
+        json.loads(line)["source"]: json.loads(line)
+        for line in (tmp_path / "cc" / "index.jsonl").read_text().splitlines()
+    }
     assert rows["No_Face/flat.png"]["align_mode"] == "center-crop"
     assert rows["Good_Person/good_0001.jpg"]["align_mode"] == "detected"
-    result = CliRunner().invoke(main, ["align", str(src), "--out", str(tmp_path / "f"), "--workers", "1",
-                                       "--no-cache", "--quiet", "--on-no-face", "fail"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "align",
+            str(src),
+            "--out",
+            str(tmp_path / "f"),
+            "--workers",
+            "1",
+            "--no-cache",
+            "--quiet",
+            "--on-no-face",
+            "fail",
+        ],
+    )
     assert result.exit_code != 0 and "No_Face/flat.png" in result.output
 
 
@@ -182,8 +236,18 @@ def test_aligned_inputs_skip_detection(reference_build, tmp_path):
     for meta, image, _ in read_samples(reference_build, limit=6):
         (src / meta["identity"]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(src / meta["identity"] / f"{meta['key']}.png")
-    run_cli("align", str(src), "--out", str(tmp_path / "out"), "--aligned", "--template", "112x96",
-            "--workers", "1", "--quiet")
+    run_cli(
+        "align",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--aligned",
+        "--template",
+        "112x96",
+        "--workers",
+        "1",
+        "--quiet",
+    )
     rows = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["align_mode"] == "aligned-input" and r["image_size"] == [96, 112] for r in rows)
 

@@ -1,5 +1,6 @@
 """Protocol files: LFW View 1/2 against the official files, MFR2, AR and MegaFace-style
 identification against tiny fixtures laid out with the real naming."""
+
 from __future__ import annotations
 
 import json
@@ -90,22 +91,27 @@ def _tiny_view2(folds=2, n=2) -> str:
 
 def test_tiny_view2_parses_with_folds(tmp_path):
     pairs = lfw.read_lfw_pairs(_write(tmp_path / "p.txt", _tiny_view2()))
-    assert [(p.fold, p.issame) for p in pairs] == [(0, True)] * 2 + [(0, False)] * 2 + [(1, True)] * 2 + [(1, False)] * 2
+    assert [(p.fold, p.issame) for p in pairs] == [(0, True)] * 2 + [(0, False)] * 2 + [(1, True)] * 2 + [
+        (1, False)
+    ] * 2
     assert pairs[2].b == "Q0_0/Q0_0_0003.jpg"
 
 
-@pytest.mark.parametrize("text, where, words", [
-    ("10 300x\nA 1 2\n", ":1:", "not an LFW header"),
-    ("2\t2\nA\t1\t2\nB\t1\t2\nA\t1\tB\t1\nA\t1\tB\t2\n", ":6:", "fold 2 is incomplete"),
-    ("1\t1\nA\t1\t2\nA\t1\tB\t2\nC\t1\t2\n", ":4:", "extra line"),
-    ("1\t2\nA\t1\t2\nB\t1\tC\t2\nA\t1\tB\t1\nA\t1\tB\t2\n", ":3:", "got a mismatched pair"),
-    ("1\t2\nA\t1\t2\nB\t1\t2\nA\t1\t2\nA\t1\tB\t2\n", ":4:", "got a matched pair"),
-    ("1\t2\nA\t1\t2\nB\t1\t2\nA\t1\tA\t3\nA\t1\tB\t2\n", ":4:", "matched pair (A twice) in the mismatched block"),
-    ("1\t2\nA\t1\t2\nB\t0\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "positive integer"),
-    ("1\t2\nA\t1\t2\nB\tx\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "positive integer"),
-    ("1\t2\nA\t1\t2\n\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "0 fields"),
-    ("1\t2\nA\t2\t2\nB\t1\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":2:", "with itself"),
-])
+@pytest.mark.parametrize(
+    "text, where, words",
+    [
+        ("10 300x\nA 1 2\n", ":1:", "not an LFW header"),
+        ("2\t2\nA\t1\t2\nB\t1\t2\nA\t1\tB\t1\nA\t1\tB\t2\n", ":6:", "fold 2 is incomplete"),
+        ("1\t1\nA\t1\t2\nA\t1\tB\t2\nC\t1\t2\n", ":4:", "extra line"),
+        ("1\t2\nA\t1\t2\nB\t1\tC\t2\nA\t1\tB\t1\nA\t1\tB\t2\n", ":3:", "got a mismatched pair"),
+        ("1\t2\nA\t1\t2\nB\t1\t2\nA\t1\t2\nA\t1\tB\t2\n", ":4:", "got a matched pair"),
+        ("1\t2\nA\t1\t2\nB\t1\t2\nA\t1\tA\t3\nA\t1\tB\t2\n", ":4:", "matched pair (A twice) in the mismatched block"),
+        ("1\t2\nA\t1\t2\nB\t0\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "positive integer"),
+        ("1\t2\nA\t1\t2\nB\tx\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "positive integer"),
+        ("1\t2\nA\t1\t2\n\nA\t1\tC\t3\nA\t1\tB\t2\n", ":3:", "0 fields"),
+        ("1\t2\nA\t2\t2\nB\t1\t2\nA\t1\tC\t3\nA\t1\tB\t2\n", ":2:", "with itself"),
+    ],
+)
 def test_malformed_files_name_file_and_line(tmp_path, text, where, words):
     path = _write(tmp_path / "bad.txt", text)
     with pytest.raises(ValueError) as info:
@@ -207,9 +213,11 @@ def _ar_folder(root: Path) -> list[str]:
     """Three people in the real naming: m-001 complete (26 images), w-002 complete in the
     cropped-release spelling (W-002-NN.bmp), m-003 without session 1 (images 14-26)."""
     ids = []
-    for prefix, person, numbers, ext in (("m", "001", range(1, 27), "bmp"),
-                                         ("W", "002", range(1, 27), "bmp"),
-                                         ("m", "003", range(14, 27), "bmp")):
+    for prefix, person, numbers, ext in (
+        ("m", "001", range(1, 27), "bmp"),
+        ("W", "002", range(1, 27), "bmp"),
+        ("m", "003", range(14, 27), "bmp"),
+    ):
         for n in numbers:
             name = f"{prefix}-{person}-{n:02d}.{ext}"
             _png(root / name, n)  # PNG bytes are fine: the protocol reads names only
@@ -233,10 +241,17 @@ def test_ar_protocol_1_and_2(tmp_path):
 
     p1 = ar.ar_protocol(ids, 1)
     assert p1.gallery == [f"m-001-{n:02d}.bmp" for n in range(1, 8)] + [f"W-002-{n:02d}.bmp" for n in range(1, 8)]
-    assert p1.probes["sunglasses"] == [f"m-001-{n:02d}.bmp" for n in (8, 9, 10, 21, 22, 23)] + \
-        [f"W-002-{n:02d}.bmp" for n in (8, 9, 10, 21, 22, 23)]
-    assert p1.probes["scarf_s2"] == ["m-001-24.bmp", "m-001-25.bmp", "m-001-26.bmp",
-                                     "W-002-24.bmp", "W-002-25.bmp", "W-002-26.bmp"]
+    assert p1.probes["sunglasses"] == [f"m-001-{n:02d}.bmp" for n in (8, 9, 10, 21, 22, 23)] + [
+        f"W-002-{n:02d}.bmp" for n in (8, 9, 10, 21, 22, 23)
+    ]
+    assert p1.probes["scarf_s2"] == [
+        "m-001-24.bmp",
+        "m-001-25.bmp",
+        "m-001-26.bmp",
+        "W-002-24.bmp",
+        "W-002-25.bmp",
+        "W-002-26.bmp",
+    ]
     assert p1.identity["W-002-11.bmp"] == "w-002"
     # m-003 has no session-1 image: its probes are excluded with the reason, not dropped
     excluded = {e["sample_id"]: e["reason"] for e in p1.excluded}
@@ -287,12 +302,24 @@ def test_mf1_rotate_and_first(tmp_path):
     distractor_ids = [f"megaface/{i.sample_id}" for i in FolderSource(distractors).items()]
 
     rot = mf1.mf1_protocol(probe_ids, distractor_ids)
-    assert rot.gallery == rot.probes["probes"] == [
-        "Adam_Brody/Adam_Brody_0.jpg", "Adam_Brody/Adam_Brody_1.jpg", "Adam_Brody/Adam_Brody_2.jpg",
-        "Alyssa_Milano/Alyssa_Milano_0.jpg", "Alyssa_Milano/Alyssa_Milano_1.jpg"]
+    assert (
+        rot.gallery
+        == rot.probes["probes"]
+        == [
+            "Adam_Brody/Adam_Brody_0.jpg",
+            "Adam_Brody/Adam_Brody_1.jpg",
+            "Adam_Brody/Adam_Brody_2.jpg",
+            "Alyssa_Milano/Alyssa_Milano_0.jpg",
+            "Alyssa_Milano/Alyssa_Milano_1.jpg",
+        ]
+    )
     assert rot.distractors == sorted(distractor_ids) and len(rot.distractors) == 3
-    assert rot.excluded == [{"sample_id": "Solo/Solo_0.jpg",
-                             "reason": "identity Solo has a single image: no probe is left once it is the gallery"}]
+    assert rot.excluded == [
+        {
+            "sample_id": "Solo/Solo_0.jpg",
+            "reason": "identity Solo has a single image: no probe is left once it is the gallery",
+        }
+    ]
     tests = list(mf1.rotations(rot))
     assert len(tests) == 5 and sum(len(p) for _, p in tests) == 3 * 2 + 2 * 1
     assert tests[0] == ("Adam_Brody/Adam_Brody_0.jpg", ["Adam_Brody/Adam_Brody_1.jpg", "Adam_Brody/Adam_Brody_2.jpg"])

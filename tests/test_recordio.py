@@ -2,6 +2,7 @@
 (dmlc-core recordio.h: magic, lrec = cflag << 29 | length, 4-byte padding, records split where
 the data holds the magic at an aligned position; mxnet recordio.pack: IRHeader "<IfQQ" plus
 `flag` float labels)."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ import pytest
 from PIL import Image
 
 from occsynth.io.images import ImageLoadError, decode_image
-from occsynth.sources.recordio import MAGIC, RecordIOError, RecordIOReader, RecordIOSource, unpack
 from occsynth.sources import SourceError
+from occsynth.sources.recordio import MAGIC, RecordIOError, RecordIOReader, RecordIOSource, unpack
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 
@@ -34,7 +35,7 @@ def encode_record(data: bytes) -> tuple[bytes, int]:
     out, start, splits = [], 0, 0
     aligned_end = len(data) // 4 * 4
     for i in range(0, aligned_end, 4):
-        if data[i:i + 4] == MAGIC_BYTES:
+        if data[i : i + 4] == MAGIC_BYTES:
             out.append(MAGIC_BYTES + struct.pack("<I", ((1 if start == 0 else 2) << 29) | (i - start)))
             out.append(data[start:i])
             start = i + 4
@@ -114,8 +115,11 @@ def test_continuation_records_are_joined(tmp_path):
     rec, idx, splits = write_rec(tmp_path, {0: pack(1, b"first"), 1: data, 2: pack(2, b"last")})
     assert splits == 2
     raw = rec.read_bytes()
-    flags = [struct.unpack_from("<I", raw, m + 4)[0] >> 29 for m in range(0, len(raw) - 3, 4)
-             if raw[m:m + 4] == MAGIC_BYTES and m % 4 == 0]
+    flags = [
+        struct.unpack_from("<I", raw, m + 4)[0] >> 29
+        for m in range(0, len(raw) - 3, 4)
+        if raw[m : m + 4] == MAGIC_BYTES and m % 4 == 0
+    ]
     assert 1 in flags and 2 in flags and 3 in flags
     reader = RecordIOReader(rec, idx)
     assert reader.read_record(1) == data

@@ -1,4 +1,5 @@
 """Sources: folders, tar / compressed tar archives, the embedded demo images, real LFW."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,10 +15,10 @@ import pytest
 from PIL import Image
 
 from occsynth.io import cache as cache_mod
-from occsynth.sources import tar as sources_mod
-from occsynth.sources.embedded import EMBEDDED_IMAGES, EmbeddedSource
 from occsynth.io.images import ImageLoadError, decode_image
 from occsynth.sources import SourceError, SourceItem, open_source
+from occsynth.sources import tar as sources_mod
+from occsynth.sources.embedded import EMBEDDED_IMAGES, EmbeddedSource
 from occsynth.sources.folder import FolderSource
 from occsynth.sources.tar import TarSource
 
@@ -46,8 +47,12 @@ FILES = {
 }
 EXPECTED_IDS = sorted(FILES)
 EXPECTED_IDENTITY = {
-    "Alice/Alice_0001.png": "Alice", "Alice/Alice_0002.png": "Alice", "Bob/Bob_0001.png": "Bob",
-    "Bob/notes.txt": "Bob", "Bob/.DS_Store": "Bob", "Carol/2019/Carol_0001.png": "Carol",
+    "Alice/Alice_0001.png": "Alice",
+    "Alice/Alice_0002.png": "Alice",
+    "Bob/Bob_0001.png": "Bob",
+    "Bob/notes.txt": "Bob",
+    "Bob/.DS_Store": "Bob",
+    "Carol/2019/Carol_0001.png": "Carol",
     "loose_photo.png": "loose_photo",
 }
 
@@ -132,8 +137,7 @@ def test_wrapper_folder_is_stripped(tmp_path):
 
 
 def test_single_identity_folder_is_not_mistaken_for_a_wrapper(tmp_path):
-    files = {"Bill_Gates/Bill_Gates_0001.png": _png((1, 1, 1)),
-             "Bill_Gates/Bill_Gates_0002.png": _png((2, 2, 2))}
+    files = {"Bill_Gates/Bill_Gates_0001.png": _png((1, 1, 1)), "Bill_Gates/Bill_Gates_0002.png": _png((2, 2, 2))}
     source = open_source(_write_tree(tmp_path / "data", files))
     assert source.identities() == ["Bill_Gates"]
     assert [i.sample_id for i in source.items()] == sorted(files)
@@ -213,8 +217,7 @@ def test_items_from_another_source_are_refused(tmp_path):
 @pytest.mark.parametrize("compress", [False, True])
 def test_tar_layout_matches_the_folder(tmp_path, compress):
     name = "data.tgz" if compress else "data.tar"
-    archive = _write_tar(tmp_path / name, FILES, prefix="wrap/", order=sorted(FILES, reverse=True),
-                         compress=compress)
+    archive = _write_tar(tmp_path / name, FILES, prefix="wrap/", order=sorted(FILES, reverse=True), compress=compress)
     source = open_source(archive)
     assert isinstance(source, TarSource) and source.kind == "tar"
     _check_listing(source)
@@ -229,7 +232,7 @@ def test_tar_is_read_in_place_by_offset(tmp_path):
     assert source.tar_path == archive.absolute()
     raw = archive.read_bytes()
     for item in source.items():
-        assert raw[item.offset: item.offset + item.size] == FILES[item.sample_id]
+        assert raw[item.offset : item.offset + item.size] == FILES[item.sample_id]
 
 
 def test_tgz_is_decompressed_once_into_the_cache(tmp_path, _tmp_cache, monkeypatch):
@@ -274,6 +277,7 @@ def test_stale_temp_files_do_not_break_the_cache(tmp_path, _tmp_cache):
 def _forbid_decompression(monkeypatch):
     def no_decompression(*args, **kwargs):
         raise AssertionError("decompressed again although the cached copy is sound")
+
     monkeypatch.setitem(sources_mod._OPENERS, "gzip", no_decompression)
 
 
@@ -315,9 +319,11 @@ def test_tar_links_are_resolved(tmp_path):
         info = tarfile.TarInfo("A/a.png")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
-        for name, kind, target in (("A/hard.png", tarfile.LNKTYPE, "A/a.png"),
-                                   ("B/sym.png", tarfile.SYMTYPE, "../A/a.png"),
-                                   ("B/broken.png", tarfile.SYMTYPE, "missing.png")):
+        for name, kind, target in (
+            ("A/hard.png", tarfile.LNKTYPE, "A/a.png"),
+            ("B/sym.png", tarfile.SYMTYPE, "../A/a.png"),
+            ("B/broken.png", tarfile.SYMTYPE, "missing.png"),
+        ):
             link = tarfile.TarInfo(name)
             link.type, link.linkname = kind, target
             tf.addfile(link)
@@ -411,8 +417,10 @@ def test_embedded_source_holds_four_real_photos():
     source = open_source("embedded")
     assert isinstance(source, EmbeddedSource) and source.kind == "embedded"
     assert [i.sample_id for i in source.items()] == [
-        "Eileen_Collins/astronaut.png", "Grace_Hopper/grace_hopper.jpg",
-        "cameraman/camera.png", "no_face_cat/chelsea.png",
+        "Eileen_Collins/astronaut.png",
+        "Grace_Hopper/grace_hopper.jpg",
+        "cameraman/camera.png",
+        "no_face_cat/chelsea.png",
     ]
     shapes = {}
     for item in source.items():
@@ -421,8 +429,12 @@ def test_embedded_source_holds_four_real_photos():
         image = decode_image(data)
         shapes[item.identity] = image.shape
         assert image.std() > 20  # a photograph, not a flat placeholder
-    assert shapes == {"Eileen_Collins": (512, 512, 3), "Grace_Hopper": (600, 512, 3),
-                      "cameraman": (512, 512, 3), "no_face_cat": (300, 451, 3)}
+    assert shapes == {
+        "Eileen_Collins": (512, 512, 3),
+        "Grace_Hopper": (600, 512, 3),
+        "cameraman": (512, 512, 3),
+        "no_face_cat": (300, 451, 3),
+    }
     grey = decode_image(source.read(source.items()[2]))
     assert (grey[:, :, 0] == grey[:, :, 1]).all() and (grey[:, :, 1] == grey[:, :, 2]).all()
     assert [img.has_face for img in EMBEDDED_IMAGES] == [True, True, True, False]

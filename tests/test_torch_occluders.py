@@ -1,5 +1,6 @@
 """The batched torch path: exact masks, determinism, devices, template bank, and statistical
 equivalence with the CPU path (two-sample KS tests on achieved ratios and positions)."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,11 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from occsynth.faces.templates import get_template
 from occsynth.occluders import Composer
 from occsynth.occluders.families import geometric as G
 from occsynth.occluders.torch import TensorBank, TorchOccluder, kth_smallest
 from occsynth.seeding import make_rng
-from occsynth.faces.templates import get_template
 
 FAMILIES = ("block", "rectangle", "ellipse", "polygon", "blob", "pieces")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,5 +1,6 @@
 """The torchvision stand-in: its NMS against a brute-force reference, the fallback and the
 real-import paths (each with sys.modules restored afterwards)."""
+
 from __future__ import annotations
 
 import builtins
@@ -165,10 +166,16 @@ def _fake_torchvision(with_to_tensor: bool = True) -> dict[str, types.ModuleType
     def nms(boxes, scores, idxs, iou_threshold):  # pragma: no cover - never called
         raise AssertionError
 
-    mods = {name: types.ModuleType(name) for name in (
-        "torchvision", "torchvision.ops", "torchvision.ops.boxes",
-        "torchvision.transforms", "torchvision.transforms.functional",
-    )}
+    mods = {
+        name: types.ModuleType(name)
+        for name in (
+            "torchvision",
+            "torchvision.ops",
+            "torchvision.ops.boxes",
+            "torchvision.transforms",
+            "torchvision.transforms.functional",
+        )
+    }
     for m in mods.values():
         m.__path__ = []
     mods["torchvision.ops.boxes"].batched_nms = nms

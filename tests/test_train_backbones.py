@@ -1,5 +1,6 @@
 """Backbones: canonical shapes (on the meta device: no compute) and a real CPU forward/backward
 at small sizes for every registered net."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,6 @@ import torch
 
 from occsynth_train.models.backbones import create_backbone, list_backbones
 from occsynth_train.models.backbones.base import Backbone
-from train_fixtures import one_torch_thread  # noqa: F401
-
 
 # name -> (canonical input, embedding size, stage (channels, side) at that input)
 CANONICAL = {

@@ -1,4 +1,5 @@
 """The shard stream and the keyed evaluation dataset on contract-following tiny shards."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,13 @@ import json
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from train_fixtures import build_train_set, lfw_faces
 
 from occsynth_train.data.batch import prepare_batch
 from occsynth_train.data.keyed import KeyedDataset
 from occsynth_train.data.labels import LabelMap
 from occsynth_train.data.loaders import make_train_loader
 from occsynth_train.data.stream import ShardStream
-from train_fixtures import build_train_set, lfw_faces, one_torch_thread, sk_faces, tiny_train  # noqa: F401
-
 
 
 def _metas(root):
@@ -44,13 +44,17 @@ def test_batches_follow_the_contract(tiny_train):
 
 
 def test_flip_moves_image_mask_and_landmarks_together(tiny_train):
-    plain = {k: (im, m) for b in [next(iter(_stream(tiny_train, batch_size=50, flip=False)[0]))]
-             for k, im, m in zip(b["keys"], b["images"], b["masks"])}
+    plain = {
+        k: (im, m)
+        for b in [next(iter(_stream(tiny_train, batch_size=50, flip=False)[0]))]
+        for k, im, m in zip(b["keys"], b["images"], b["masks"])
+    }
     flipped = next(iter(_stream(tiny_train, batch_size=50, flip=True)[0]))
     n_flipped = 0
     metas = _metas(tiny_train)
-    for key, image, mask, lm, meta in zip(flipped["keys"], flipped["images"], flipped["masks"], flipped["landmarks"],
-                                          flipped["meta"]):
+    for key, image, mask, lm, meta in zip(
+        flipped["keys"], flipped["images"], flipped["masks"], flipped["landmarks"], flipped["meta"]
+    ):
         # the sample's records travel with it, unflipped, with the loader's flip decision beside them
         assert meta["occluders"] == metas[key]["occluders"] and meta["extra"] == (metas[key].get("extra") or {})
         assert meta["flipped"] == (not torch.equal(image, plain[key][0]))
@@ -60,7 +64,7 @@ def test_flip_moves_image_mask_and_landmarks_together(tiny_train):
             assert lm[0, 0] < lm[1, 0]  # still left eye first, in image order
             for rec in meta["occluders"]:  # the recorded block, mirrored, is where the mask is
                 x, y, side = rec["params"]["x"], rec["params"]["y"], rec["params"]["width"]
-                assert mask[0, y:y + side, 112 - x - side:112 - x].all()
+                assert mask[0, y : y + side, 112 - x - side : 112 - x].all()
     assert 10 < n_flipped < 40  # about half
 
 
@@ -151,7 +155,9 @@ def test_prepare_batch_online_occlusion_resize_normalise(tiny_train):
     assert (batch.masks[..., :14] == 1).all()  # online mask united with the stored one
     assert torch.equal(batch.has_clean, stored_clean)  # stored-clean samples adopt their pre-occlusion image
     i = int(torch.nonzero(stored_clean)[0])
-    assert batch.clean[i, :, :, :14].mean() > -0.95 and torch.allclose(batch.images[i, :, :, :13], torch.tensor(-1.0))  # col 13 blends when resized
+    assert batch.clean[i, :, :, :14].mean() > -0.95 and torch.allclose(
+        batch.images[i, :, :, :13], torch.tensor(-1.0)
+    )  # col 13 blends when resized
     assert torch.allclose(batch.landmarks[0], (raw["landmarks"][0] + 0.5) * 0.5 - 0.5)
 
 

@@ -1,4 +1,5 @@
 """Margin heads and mask losses against hand-computed values."""
+
 from __future__ import annotations
 
 import math

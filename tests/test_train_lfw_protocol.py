@@ -1,4 +1,5 @@
 """The LFW mini-protocol split (occsynth_train/PROTOCOL.md)."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,10 +27,16 @@ def test_split_excludes_every_test_fold_person(tmp_path):
     assert summary == {"test_fold": 1, "test_pairs": 2, "test_people": 3, "train_identities": 2, "train_images": 4}
     assert (tmp_path / "out" / "train_identities.txt").read_text().split() == ["C", "E"]
     assert sorted(p.name for p in (tmp_path / "out" / "train").glob("*/*.jpg")) == [
-        "C_0001.jpg", "C_0002.jpg", "E_0001.jpg", "E_0002.jpg"]
+        "C_0001.jpg",
+        "C_0002.jpg",
+        "E_0001.jpg",
+        "E_0002.jpg",
+    ]
     rows = read_lfw_pairs(tmp_path / "out" / "test_pairs.txt")
-    assert [(p.a, p.b, p.issame) for p in rows] == [("A/A_0001.jpg", "A/A_0002.jpg", True),
-                                                     ("B/B_0001.jpg", "D/D_0001.jpg", False)]
+    assert [(p.a, p.b, p.issame) for p in rows] == [
+        ("A/A_0001.jpg", "A/A_0002.jpg", True),
+        ("B/B_0001.jpg", "D/D_0001.jpg", False),
+    ]
 
 
 @pytest.mark.lfw

@@ -1,5 +1,6 @@
 """The whole loop on tiny shards: train -> checkpoint -> resume -> eval, determinism of resume,
 a learnable toy, the NaN guard, and the method plug-in interface."""
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,6 @@ from occsynth_train.eval.evaluate import evaluate_benchmark
 from occsynth_train.methods import METHODS
 from occsynth_train.methods.base import Method
 from occsynth_train.methods.baseline import Baseline
-from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -38,8 +38,19 @@ def _log(run):
 def test_train_checkpoint_resume_eval_via_cli(tiny_train, tiny_pairs, tiny_ident, tmp_path):
     run = tmp_path / "run"
     runner = CliRunner()
-    args = ["baseline", "--config", str(TINY), "--set", f"data.train=[{tiny_train}]", "--output", str(run),
-            "--set", "train.steps=8", "--set", "train.ckpt_every=100"]
+    args = [
+        "baseline",
+        "--config",
+        str(TINY),
+        "--set",
+        f"data.train=[{tiny_train}]",
+        "--output",
+        str(run),
+        "--set",
+        "train.steps=8",
+        "--set",
+        "train.ckpt_every=100",
+    ]
     first = runner.invoke(main, args + ["--stop-after", "5"], catch_exceptions=False)
     assert first.exit_code == 0, first.output
     assert [p.name for p in list_checkpoints(run)] == ["step_00000005.pt"]
@@ -57,9 +68,25 @@ def test_train_checkpoint_resume_eval_via_cli(tiny_train, tiny_pairs, tiny_ident
     assert [int(r["step"]) for r in _log(run)] == [5, 8]
 
     out = tmp_path / "report.json"
-    result = runner.invoke(main, ["eval", "--model", str(run), "--benchmark", str(tiny_pairs), "--benchmark",
-                                  str(tiny_ident), "--out", str(out), "--workers", "0", "--batch-size", "32"],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        main,
+        [
+            "eval",
+            "--model",
+            str(run),
+            "--benchmark",
+            str(tiny_pairs),
+            "--benchmark",
+            str(tiny_ident),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "32",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     ver = report["benchmarks"]["pairs_bench"]["verification"]
@@ -127,8 +154,20 @@ def test_nan_guard_names_step_and_term(tiny_train, tmp_path, monkeypatch):
         train(_cfg(tiny_train, run, "train.steps=5", "train.ckpt_every=1"))
     # stopped before the update: the newest checkpoint is the last good step
     assert [p.name for p in list_checkpoints(run)][-1] == "step_00000002.pt"
-    result = CliRunner().invoke(main, ["baseline", "--config", str(TINY), "--set", f"data.train=[{tiny_train}]",
-                                       "--output", str(tmp_path / "nan_cli"), "--set", "train.steps=5"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "baseline",
+            "--config",
+            str(TINY),
+            "--set",
+            f"data.train=[{tiny_train}]",
+            "--output",
+            str(tmp_path / "nan_cli"),
+            "--set",
+            "train.steps=5",
+        ],
+    )
     assert result.exit_code == 3 and "non-finite loss at step 2" in result.output
 
 
@@ -185,16 +224,24 @@ def test_online_occlusion_on_device(tiny_train, tmp_path, monkeypatch):
         return original(self, batch, step)
 
     monkeypatch.setattr(Baseline, "forward", spy)
-    train(_cfg(tiny_train, tmp_path / "online", "train.steps=3", "data.online_occlusion=block(ratio=0.25)",
-               "data.pairing=true"))
+    train(
+        _cfg(
+            tiny_train,
+            tmp_path / "online",
+            "train.steps=3",
+            "data.online_occlusion=block(ratio=0.25)",
+            "data.pairing=true",
+        )
+    )
     assert len(seen) == 3
     for masks, has_clean in seen:
         assert (masks.flatten(1).mean(1) > 0.15).all()  # every sample got a ~25 % block (32 px input)
         assert has_clean.all()
 
 
-@pytest.mark.parametrize("args", [["-h"], ["--help"], ["baseline", "-h"], ["eval", "-h"], ["methods", "-h"],
-                                  ["lfw-mini-split", "-h"]])
+@pytest.mark.parametrize(
+    "args", [["-h"], ["--help"], ["baseline", "-h"], ["eval", "-h"], ["methods", "-h"], ["lfw-mini-split", "-h"]]
+)
 def test_short_and_long_help(args):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and result.output.startswith("Usage:"), result.output

@@ -1,11 +1,22 @@
 """Metrics on constructed data with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from occsynth_train.eval.metrics import (MaskIoU, auc, best_threshold, kfold_accuracy, rank1, rank1_rotate, roc_curve,
-                                         tar_at_far, tar_at_far_strict, verification_report)
+from occsynth_train.eval.metrics import (
+    MaskIoU,
+    auc,
+    best_threshold,
+    kfold_accuracy,
+    rank1,
+    rank1_rotate,
+    roc_curve,
+    tar_at_far,
+    tar_at_far_strict,
+    verification_report,
+)
 
 
 def test_separable_scores_give_accuracy_one():
@@ -88,7 +99,7 @@ def test_verification_report_fields():
 
 
 def test_rank1_with_distractors():
-    gallery = np.eye(4)          # identities a, b, c + distractor d
+    gallery = np.eye(4)  # identities a, b, c + distractor d
     gallery_ids = ["a", "b", "c", "d"]
     probes = np.array([[1.0, 0.1, 0, 0], [0, 0.2, 0, 1.0], [0, 0, 1.0, 0], [0.5, 0.5, 0.5, 0.5]])
     probe_ids = ["a", "b", "c", "zz"]  # b's probe is nearest to the distractor; zz has no mate
@@ -112,8 +123,8 @@ def test_rank1_rotate_megaface_style():
 def test_mask_iou_by_hand():
     true = np.zeros((2, 4, 4), bool)
     pred = np.zeros((2, 4, 4), bool)
-    true[0, :2, :2] = True        # 4 px
-    pred[0, :2, :3] = True        # 6 px, 4 shared -> IoU 4/6
+    true[0, :2, :2] = True  # 4 px
+    pred[0, :2, :3] = True  # 6 px, 4 shared -> IoU 4/6
     # image 1: nothing occluded, nothing predicted (no occluded-class evidence)
     iou = MaskIoU()
     iou.update(pred, true)
@@ -154,7 +165,8 @@ def test_roc_auc_and_tar_at_far_agree_with_sklearn(seed, ties):
     fpr, tpr, _ = roc_curve(scores, issame)
     assert auc(fpr, tpr) == pytest.approx(sk.roc_auc_score(issame, scores), abs=1e-12)
     assert verification_report(scores, issame, np.arange(len(scores)) % 2)["auc"] == pytest.approx(
-        sk.roc_auc_score(issame, scores), abs=1e-12)
+        sk.roc_auc_score(issame, scores), abs=1e-12
+    )
 
     sk_fpr, sk_tpr, sk_thr = sk.roc_curve(issame, scores)  # insightface: nearest FPR, first in flipped order
     full_fpr, full_tpr, full_thr = sk.roc_curve(issame, scores, drop_intermediate=False)
@@ -162,7 +174,8 @@ def test_roc_auc_and_tar_at_far_agree_with_sklearn(seed, ties):
         i = int(np.argmin(np.abs(sk_fpr[::-1] - far)))
         got = tar_at_far(scores, issame, far)
         assert (got["tar"], got["far"], got["threshold"]) == pytest.approx(
-            (sk_tpr[::-1][i], sk_fpr[::-1][i], sk_thr[::-1][i]), abs=1e-12)
+            (sk_tpr[::-1][i], sk_fpr[::-1][i], sk_thr[::-1][i]), abs=1e-12
+        )
         ok = full_fpr <= far + 1e-12
         strict = tar_at_far_strict(scores, issame, far)
         assert strict["far"] <= far + 1e-12 and strict["tar"] == pytest.approx(full_tpr[ok].max(), abs=1e-12)

@@ -1,10 +1,12 @@
 """Optimisers per param-group type, the LR schedule, init_from, and statistics-only steps."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from methods_helpers import CONFIGS, tiny_cfg
 from torch import nn
 
 from occsynth_train.config import OptimConfig, load_config
@@ -12,15 +14,20 @@ from occsynth_train.engine.checkpoint import list_checkpoints, load_checkpoint
 from occsynth_train.engine.optim import OptimizerSet, build_optimizer, lr_factor, set_lr
 from occsynth_train.engine.trainer import init_weights, train
 from occsynth_train.methods import create_method
-from methods_helpers import CONFIGS, tiny_cfg
-from train_fixtures import one_torch_thread, sk_faces, tiny_train  # noqa: F401
 
 
 def _groups():
     a, b, c = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(3, 2)
-    return a, b, c, [{"params": a.parameters(), "name": "a", "optimizer": "adam", "lr_scale": 0.5},
-                     {"params": b.parameters(), "name": "b"},
-                     {"params": c.parameters(), "name": "c", "optimizer": "sgd", "lr_scale": 10.0}]
+    return (
+        a,
+        b,
+        c,
+        [
+            {"params": a.parameters(), "name": "a", "optimizer": "adam", "lr_scale": 0.5},
+            {"params": b.parameters(), "name": "b"},
+            {"params": c.parameters(), "name": "c", "optimizer": "sgd", "lr_scale": 10.0},
+        ],
+    )
 
 
 def test_groups_get_the_optimiser_type_they_name():
@@ -39,8 +46,12 @@ def test_groups_get_the_optimiser_type_they_name():
 
 def test_each_optimiser_steps_its_own_groups():
     a, b, c, groups = _groups()
-    opt = build_optimizer(groups, OptimConfig(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0,
-                                              by_type={"adam": {"lr": 1e-2, "weight_decay": 0.0}}))
+    opt = build_optimizer(
+        groups,
+        OptimConfig(
+            name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, by_type={"adam": {"lr": 1e-2, "weight_decay": 0.0}}
+        ),
+    )
     before = [m.weight.detach().clone() for m in (a, b, c)]
     x = torch.randn(4, 3)
     (a(x).sum() + b(x).sum() + c(x).sum()).backward()
@@ -48,7 +59,7 @@ def test_each_optimiser_steps_its_own_groups():
     opt.step()
     # Adam's first step moves every weight by lr * sign(grad) (bias-corrected m / sqrt(v))
     assert torch.allclose(a.weight - before[0], -0.5e-2 * grads[0].sign(), atol=1e-6)
-    assert torch.allclose(b.weight - before[1], -0.1 * grads[1], atol=1e-6)   # plain SGD
+    assert torch.allclose(b.weight - before[1], -0.1 * grads[1], atol=1e-6)  # plain SGD
     assert torch.allclose(c.weight - before[2], -1.0 * grads[2], atol=1e-6)
     opt.zero_grad()
     assert all(m.weight.grad is None for m in (a, b, c))
@@ -74,8 +85,10 @@ def test_bad_types_and_empty_groups():
     with pytest.raises(ValueError, match="unknown optimiser 'rmsprop'"):
         build_optimizer([{"params": nn.Linear(2, 2).parameters(), "optimizer": "rmsprop"}], OptimConfig())
     with pytest.raises(ValueError, match="unknown key"):
-        build_optimizer([{"params": nn.Linear(2, 2).parameters(), "optimizer": "adam"}],
-                        OptimConfig(by_type={"adam": {"learning_rate": 1.0}}))
+        build_optimizer(
+            [{"params": nn.Linear(2, 2).parameters(), "optimizer": "adam"}],
+            OptimConfig(by_type={"adam": {"learning_rate": 1.0}}),
+        )
     empty = build_optimizer([{"params": []}], OptimConfig())
     assert isinstance(empty, OptimizerSet) and empty.optimizers == [] and empty.param_groups == []
     with pytest.raises(ValueError, match="by_type keys"):
@@ -122,8 +135,11 @@ def test_init_weights_loads_matching_tensors_and_reports_the_rest(tmp_path):
 def test_init_from_starts_a_fresh_run_only(tiny_train, tmp_path):
     first = train(tiny_cfg("pdsn", tiny_train, tmp_path / "a", "train.steps=2"))
     ckpt = list_checkpoints(first)[-1]
-    second = train(tiny_cfg("pdsn", tiny_train, tmp_path / "b", "train.steps=2", "method_kw.stage=dictionary",
-                            f"train.init_from={ckpt}"))
+    second = train(
+        tiny_cfg(
+            "pdsn", tiny_train, tmp_path / "b", "train.steps=2", "method_kw.stage=dictionary", f"train.init_from={ckpt}"
+        )
+    )
     report = json.loads((second / "init_from.json").read_text())
     assert report["path"] == str(ckpt) and "head.weight" in report["loaded"] and not report["skipped_shape"]
     a, b = load_checkpoint(ckpt)["model"], load_checkpoint(list_checkpoints(second)[-1])["model"]

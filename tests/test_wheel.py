@@ -2,6 +2,7 @@
 a fresh virtual environment (system site-packages for the heavy dependencies, --no-deps for
 occsynth itself), and run from a folder outside the checkout: the demo, an object-occluder
 align and a small named build. Also: the declared dependencies are exactly the imported ones."""
+
 from __future__ import annotations
 
 import ast
@@ -23,11 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("occsynth", "occsynth_train")
 
 # import name -> distribution name, where they differ
-DIST_OF = {"PIL": "pillow", "cv2": "opencv-python-headless", "yaml": "pyyaml", "skimage": "scikit-image",
-           "facenet_pytorch": "facenet-pytorch", "sklearn": "scikit-learn"}
+DIST_OF = {
+    "PIL": "pillow",
+    "cv2": "opencv-python-headless",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "facenet_pytorch": "facenet-pytorch",
+    "sklearn": "scikit-learn",
+}
 # imported only behind a try/except that explains what to install (or a compatibility shim)
-OPTIONAL_IMPORTS = {"torchvision": "facenet-pytorch's own dependency; occsynth.faces._torchvision_compat"
-                                   " stands in when it cannot be imported"}
+OPTIONAL_IMPORTS = {
+    "torchvision": "facenet-pytorch's own dependency; occsynth.faces._torchvision_compat"
+    " stands in when it cannot be imported"
+}
 
 
 def _third_party_imports() -> set[str]:
@@ -88,16 +97,35 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     leftovers = [ROOT / "build", ROOT / "occsynth.egg-info"]
     existed = [p.exists() for p in leftovers]
     try:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(dist)], check=True, cwd=tmp_path)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                str(ROOT),
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(dist),
+            ],
+            check=True,
+            cwd=tmp_path,
+        )
     finally:  # setuptools builds in the source tree; leave it as it was
         for path, was_there in zip(leftovers, existed):
             if not was_there:
                 shutil.rmtree(path, ignore_errors=True)
     wheel = next(dist.glob("occsynth-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("occsynth/py.typed", "occsynth/assets/templates/bank.json", "occsynth/assets/mask3d/index.json",
-                     "occsynth/benchmarks/definitions/lfw-occ.yaml", "occsynth_train/py.typed"):
+    for required in (
+        "occsynth/py.typed",
+        "occsynth/assets/templates/bank.json",
+        "occsynth/assets/mask3d/index.json",
+        "occsynth/benchmarks/definitions/lfw-occ.yaml",
+        "occsynth_train/py.typed",
+    ):
         assert required in names, f"{required} missing from {wheel.name}"
     assert sum(n.startswith("occsynth/assets/templates/") and n.endswith(".png") for n in names) == 110
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
@@ -105,8 +133,11 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        cwd=tmp_path,
+    )
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OCCSYNTH_ASSETS")}
@@ -127,8 +158,9 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
         return done.stdout
 
     assert "verified" in occsynth("demo", "--out", "demo", "--variants", "2", "--workers", "1", "--quiet")
-    occsynth("align", "embedded", "--out", "objects", "--occlude", "sunglasses | scarf | mask3d", "--workers", "1",
-             "--quiet")
+    occsynth(
+        "align", "embedded", "--out", "objects", "--occlude", "sunglasses | scarf | mask3d", "--workers", "1", "--quiet"
+    )
     index = [json.loads(line) for line in (work / "objects" / "index.jsonl").read_text().splitlines()]
     assert index and all(m["occluders"] and m["occlusion_ratio"] > 0 for m in index)
     # a small named build, its definition read from the installed package

@@ -1,6 +1,7 @@
 """A tiny dataset directory written by hand following occsynth.contract (shards through
 ShardWriter, index.jsonl, failures.jsonl, manifest.json, pairs.jsonl), for the export and card
 tests. Not a test module: imported by them."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from occsynth import __version__, contract
-from occsynth.io.images import encode_image, encode_mask
-from occsynth.build.stats import dataset_stats
 from occsynth.benchmarks.protocols.pairs import Pair, write_pairs_jsonl
-from occsynth.io.tar import ShardWriter
+from occsynth.build.stats import dataset_stats
 from occsynth.faces.templates import get_template
+from occsynth.io.images import encode_image, encode_mask
+from occsynth.io.tar import ShardWriter
 
 TEMPLATE = get_template("arcface-112x112")
 W, H = TEMPLATE.width, TEMPLATE.height
@@ -59,14 +60,20 @@ def build_tiny_dataset(out: Path, *, with_pairs: bool = True, image_format: str 
             identity, number, box, occ = SAMPLES[i]
             key = f"{i:06d}"
             image, mask, clean = make_images(i, box)
-            occluders = [] if occ is None else [
-                {"family": occ[0], "name": occ[1], "params": {"box": list(box)}}]
+            occluders = [] if occ is None else [{"family": occ[0], "name": occ[1], "params": {"box": list(box)}}]
             meta = {
-                "key": key, "sample_id": sample_id(identity, number), "identity": identity,
-                "source": sample_id(identity, number), "template": TEMPLATE.name, "image_size": [W, H],
-                "landmarks": contract.round_points(TEMPLATE.points), "seed": 1000 + i,
-                "spec": "" if occ is None else "demo", "occluders": occluders,
-                "occlusion_ratio": contract.occlusion_ratio(mask), "align_mode": "aligned-input",
+                "key": key,
+                "sample_id": sample_id(identity, number),
+                "identity": identity,
+                "source": sample_id(identity, number),
+                "template": TEMPLATE.name,
+                "image_size": [W, H],
+                "landmarks": contract.round_points(TEMPLATE.points),
+                "seed": 1000 + i,
+                "spec": "" if occ is None else "demo",
+                "occluders": occluders,
+                "occlusion_ratio": contract.occlusion_ratio(mask),
+                "align_mode": "aligned-input",
                 "extra": {"number": number},
             }
             assert contract.validate_sample_meta(json.loads(contract.dumps(meta))) == []
@@ -81,16 +88,35 @@ def build_tiny_dataset(out: Path, *, with_pairs: bool = True, image_format: str 
             images[key], masks[key], cleans[key] = members[image_format], mask, clean
             count += 1
         digest = writer.commit()
-        shards.append({"name": contract.shard_name(shard_index // SHARD_SIZE), "sha256": digest,
-                       "num_samples": count, "num_failures": 0})
-    failures = [{"key": "000099", "sample_id": "Dave/Dave_0001.jpg", "source": "Dave/Dave_0001.jpg",
-                 "stage": "detect", "reason": "no face detected"}]
+        shards.append(
+            {
+                "name": contract.shard_name(shard_index // SHARD_SIZE),
+                "sha256": digest,
+                "num_samples": count,
+                "num_failures": 0,
+            }
+        )
+    failures = [
+        {
+            "key": "000099",
+            "sample_id": "Dave/Dave_0001.jpg",
+            "source": "Dave/Dave_0001.jpg",
+            "stage": "detect",
+            "reason": "no face detected",
+        }
+    ]
     (out / contract.INDEX).write_text(contract.dumps_lines(metas))
     (out / contract.FAILURES).write_text(contract.dumps_lines(failures))
     manifest = {
-        "format": "occsynth-shards/1", "tool": "occsynth", "version": __version__, "name": "tiny",
-        "command": "occsynth build tiny --seed 7", "config": {"seed": 7}, "seed": 7,
-        "template": TEMPLATE.name, "image_size": [W, H],
+        "format": "occsynth-shards/1",
+        "tool": "occsynth",
+        "version": __version__,
+        "name": "tiny",
+        "command": "occsynth build tiny --seed 7",
+        "config": {"seed": 7},
+        "seed": 7,
+        "template": TEMPLATE.name,
+        "image_size": [W, H],
         "source": {"description": "hand-made test samples", "fingerprint": "0" * 64},
         "shards": shards,
         "totals": {"planned": len(metas) + 1, "samples": len(metas), "failures": 1, "shards": len(shards)},
@@ -104,14 +130,22 @@ def build_tiny_dataset(out: Path, *, with_pairs: bool = True, image_format: str 
             Pair(0, 0, True, sample_id("Alice", 1), sample_id("Alice", 2)),
             Pair(1, 0, True, sample_id("Carol", 1), sample_id("Carol", 3)),
             Pair(2, 0, False, sample_id("Alice", 3), sample_id("Bob", 1)),
-            Pair(3, 0, False, sample_id("Bob", 2), sample_id("Dave", 1)),   # Dave failed: flagged
+            Pair(3, 0, False, sample_id("Bob", 2), sample_id("Dave", 1)),  # Dave failed: flagged
             Pair(4, 1, True, sample_id("Bob", 1), sample_id("Bob", 2)),
             Pair(5, 1, True, sample_id("Carol", 2), sample_id("Carol", 3)),
             Pair(6, 1, False, sample_id("Carol", 2), sample_id("Alice", 1)),
             Pair(7, 1, False, sample_id("Bob", 1), sample_id("Carol", 1)),
         ]
         key_of = {m["sample_id"]: m["key"] for m in metas}
-        rows = write_pairs_jsonl(out / "pairs.jsonl", pairs, key_of,
-                                 problems={"Dave/Dave_0001.jpg": "detect: no face detected"})
-    return {"metas": metas, "images": images, "masks": masks, "cleans": cleans, "pairs": pairs,
-            "rows": rows, "manifest": manifest}
+        rows = write_pairs_jsonl(
+            out / "pairs.jsonl", pairs, key_of, problems={"Dave/Dave_0001.jpg": "detect: no face detected"}
+        )
+    return {
+        "metas": metas,
+        "images": images,
+        "masks": masks,
+        "cleans": cleans,
+        "pairs": pairs,
+        "rows": rows,
+        "manifest": manifest,
+    }

@@ -11,6 +11,7 @@ Writers follow occsynth/contract.py exactly (member names, metadata fields, 255 
 manifest/index/failures files) using webdataset.TarWriter, so the tests exercise the reader on
 the same layout `occsynth build` writes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,9 @@ def _jitter(face: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def skimage_faces(num_identities: int = 10, per_identity: int = 5, size: int = 112, seed: int = 0) -> dict[str, list[np.ndarray]]:
+def skimage_faces(
+    num_identities: int = 10, per_identity: int = 5, size: int = 112, seed: int = 0
+) -> dict[str, list[np.ndarray]]:
     """{identity: [RGB uint8 size x size]} from scikit-image's bundled images."""
     from skimage import data
 
@@ -58,7 +61,9 @@ def skimage_faces(num_identities: int = 10, per_identity: int = 5, size: int = 1
     return {name: [_jitter(face, size, rng) for _ in range(per_identity)] for name, face in sources[:num_identities]}
 
 
-def lfw_faces(tgz: Path, num_identities: int = 10, min_images: int = 4, max_images: int = 6, size: int = 112) -> dict[str, list[np.ndarray]]:
+def lfw_faces(
+    tgz: Path, num_identities: int = 10, min_images: int = 4, max_images: int = 6, size: int = 112
+) -> dict[str, list[np.ndarray]]:
     """{identity: [RGB uint8]} from the first LFW identities (archive order) with >= min_images."""
     out: dict[str, list[np.ndarray]] = {}
     current, images = None, []
@@ -91,21 +96,39 @@ def block_occlusion(image: np.ndarray, ratio: float, rng: np.random.Generator) -
     side = max(1, int(round(np.sqrt(ratio * h * w))))
     x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     out, mask = image.copy(), np.zeros((h, w), np.uint8)
-    out[y:y + side, x:x + side] = 0
-    mask[y:y + side, x:x + side] = contract.MASK_OCCLUDED
-    record = {"family": "geometric", "name": "block", "params": {"ratio": ratio, "fill": "black", "x": x, "y": y,
-                                                                  "width": side, "height": side}}
+    out[y : y + side, x : x + side] = 0
+    mask[y : y + side, x : x + side] = contract.MASK_OCCLUDED
+    record = {
+        "family": "geometric",
+        "name": "block",
+        "params": {"ratio": ratio, "fill": "black", "x": x, "y": y, "width": side, "height": side},
+    }
     return out, mask, record
 
 
-def _meta(key: str, sample_id: str, identity: str, source: str, size: int, seed: int, occluders: list,
-          mask: np.ndarray, extra: dict | None) -> dict:
+def _meta(
+    key: str,
+    sample_id: str,
+    identity: str,
+    source: str,
+    size: int,
+    seed: int,
+    occluders: list,
+    mask: np.ndarray,
+    extra: dict | None,
+) -> dict:
     template = get_template("arcface-112x112")
     meta = {
-        "key": key, "sample_id": sample_id, "identity": identity, "source": source,
-        "template": template.name, "image_size": [size, size],
+        "key": key,
+        "sample_id": sample_id,
+        "identity": identity,
+        "source": source,
+        "template": template.name,
+        "image_size": [size, size],
         "landmarks": np.round(template.points * (size / 112.0), 3).tolist(),
-        "seed": seed, "occluders": occluders, "occlusion_ratio": contract.occlusion_ratio(mask),
+        "seed": seed,
+        "occluders": occluders,
+        "occlusion_ratio": contract.occlusion_ratio(mask),
     }
     if extra:
         meta["extra"] = extra
@@ -122,32 +145,51 @@ def write_samples(out_dir: Path, samples: list[dict], shard_size: int = 16) -> P
     samples = sorted(samples, key=lambda s: s["meta"]["key"])
     shards = []
     for index in range(0, len(samples), shard_size):
-        chunk = samples[index:index + shard_size]
+        chunk = samples[index : index + shard_size]
         path = out_dir / contract.shard_name(index // shard_size)
         with open(path, "wb") as f:
             writer = wds.TarWriter(f)
             for s in chunk:
-                record = {"__key__": s["meta"]["key"], contract.EXT_IMAGE_PNG: _png(s["image"]),
-                          contract.EXT_MASK: _png(s["mask"]), contract.EXT_META: contract.dumps(s["meta"]).encode()}
+                record = {
+                    "__key__": s["meta"]["key"],
+                    contract.EXT_IMAGE_PNG: _png(s["image"]),
+                    contract.EXT_MASK: _png(s["mask"]),
+                    contract.EXT_META: contract.dumps(s["meta"]).encode(),
+                }
                 if s.get("clean") is not None:
                     record[contract.EXT_CLEAN] = _png(s["clean"])
                 writer.write(record)
             writer.close()
-        shards.append({"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "num_samples": len(chunk)})
+        shards.append(
+            {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "num_samples": len(chunk)}
+        )
     metas = [s["meta"] for s in samples]
     size = metas[0]["image_size"]
-    manifest = {"format": "occsynth-shards/1", "tool": "tests/train_fixtures.py", "template": metas[0]["template"],
-                "image_size": size, "shards": shards,
-                "totals": {"samples": len(samples), "failures": 0, "shards": len(shards)}}
+    manifest = {
+        "format": "occsynth-shards/1",
+        "tool": "tests/train_fixtures.py",
+        "template": metas[0]["template"],
+        "image_size": size,
+        "shards": shards,
+        "totals": {"samples": len(samples), "failures": 0, "shards": len(shards)},
+    }
     (out_dir / contract.MANIFEST).write_text(json.dumps(manifest, indent=2))
     (out_dir / contract.INDEX).write_text(contract.dumps_lines(metas))
     (out_dir / contract.FAILURES).write_text("")
     return out_dir
 
 
-def build_train_set(out_dir: Path, faces: dict[str, list[np.ndarray]], *, seed: int = 0,
-                    ratio: tuple[float, float] = (0.1, 0.35), occluded_fraction: float = 0.5,
-                    keep_clean: bool = False, clean_variant: bool = False, shard_size: int = 16) -> Path:
+def build_train_set(
+    out_dir: Path,
+    faces: dict[str, list[np.ndarray]],
+    *,
+    seed: int = 0,
+    ratio: tuple[float, float] = (0.1, 0.35),
+    occluded_fraction: float = 0.5,
+    keep_clean: bool = False,
+    clean_variant: bool = False,
+    shard_size: int = 16,
+) -> Path:
     """A training set: every face once, occluded with probability `occluded_fraction`.
 
     keep_clean: occluded samples carry `<key>.clean.png`. clean_variant: each source image is
@@ -168,14 +210,24 @@ def build_train_set(out_dir: Path, faces: dict[str, list[np.ndarray]], *, seed: 
                     occluders = [record]
                 else:
                     image, mask, occluders = face, np.zeros(face.shape[:2], np.uint8), []
-                meta = _meta(key, sample_id, identity, source, face.shape[0], int(rng.integers(2**62)), occluders, mask, None)
-                samples.append({"meta": meta, "image": image, "mask": mask,
-                                "clean": face if (keep_clean and occluded) else None})
+                meta = _meta(
+                    key, sample_id, identity, source, face.shape[0], int(rng.integers(2**62)), occluders, mask, None
+                )
+                samples.append(
+                    {"meta": meta, "image": image, "mask": mask, "clean": face if (keep_clean and occluded) else None}
+                )
     return write_samples(out_dir, samples, shard_size)
 
 
-def build_pairs_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], *, num_folds: int = 2,
-                          ratio: float | None = 0.2, seed: int = 1, shard_size: int = 32) -> tuple[Path, list[dict]]:
+def build_pairs_benchmark(
+    out_dir: Path,
+    faces: dict[str, list[np.ndarray]],
+    *,
+    num_folds: int = 2,
+    ratio: float | None = 0.2,
+    seed: int = 1,
+    shard_size: int = 32,
+) -> tuple[Path, list[dict]]:
     """A verification benchmark: per fold, matched pairs (two images of one identity) and as many
     mismatched pairs; samples carry extra {pair, fold, side, issame}; pairs.jsonl beside."""
     rng = np.random.default_rng(seed)
@@ -187,8 +239,14 @@ def build_pairs_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], *, 
             pairs.append((fold, True, (identity, int(a)), (identity, int(b))))
         for _ in ids:
             i1, i2 = rng.choice(len(ids), size=2, replace=False)
-            pairs.append((fold, False, (ids[i1], int(rng.integers(len(faces[ids[i1]])))),
-                          (ids[i2], int(rng.integers(len(faces[ids[i2]]))))))
+            pairs.append(
+                (
+                    fold,
+                    False,
+                    (ids[i1], int(rng.integers(len(faces[ids[i1]])))),
+                    (ids[i2], int(rng.integers(len(faces[ids[i2]])))),
+                )
+            )
     samples, rows = [], []
     for p, (fold, issame, *sides) in enumerate(pairs):
         row = {"pair": p, "fold": fold, "issame": issame, "flagged": False}
@@ -211,8 +269,14 @@ def build_pairs_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], *, 
     return Path(out_dir), rows
 
 
-def build_identification_benchmark(out_dir: Path, faces: dict[str, list[np.ndarray]], distractors: dict[str, list[np.ndarray]],
-                                   *, ratio: float | None = 0.2, seed: int = 2) -> Path:
+def build_identification_benchmark(
+    out_dir: Path,
+    faces: dict[str, list[np.ndarray]],
+    distractors: dict[str, list[np.ndarray]],
+    *,
+    ratio: float | None = 0.2,
+    seed: int = 2,
+) -> Path:
     """Gallery = first image of each identity, probes = the rest (occluded), plus one image of each
     distractor identity; protocol.json in occsynth's format (occsynth/benchmarks/protocols/identification.py)."""
     rng = np.random.default_rng(seed)
@@ -237,14 +301,29 @@ def build_identification_benchmark(out_dir: Path, faces: dict[str, list[np.ndarr
                 (probe if is_probe else extra_keys if group == "distractor" else gallery).append(key)
     write_samples(out_dir, samples, 64)
     identity = {s["meta"]["key"]: s["meta"]["identity"] for s in samples}
-    doc = {"protocol": "fixture", "info": {"gallery_mode": "first"}, "gallery": gallery, "probes": {"occluded": probe},
-           "distractors": extra_keys, "identity": identity, "flagged": [], "excluded": []}
+    doc = {
+        "protocol": "fixture",
+        "info": {"gallery_mode": "first"},
+        "gallery": gallery,
+        "probes": {"occluded": probe},
+        "distractors": extra_keys,
+        "identity": identity,
+        "flagged": [],
+        "excluded": [],
+    }
     (Path(out_dir) / "protocol.json").write_text(json.dumps(doc))
     return Path(out_dir)
 
 
-__all__ = ["build_identification_benchmark", "build_pairs_benchmark", "build_train_set", "lfw_faces", "skimage_faces",
-           "write_samples", "block_occlusion"]
+__all__ = [
+    "build_identification_benchmark",
+    "build_pairs_benchmark",
+    "build_train_set",
+    "lfw_faces",
+    "skimage_faces",
+    "write_samples",
+    "block_occlusion",
+]
 
 
 # ---------------------------------------------------------------- pytest fixtures
@@ -282,5 +361,7 @@ def tiny_pairs(tmp_path_factory, sk_faces) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ident(tmp_path_factory, sk_faces) -> Path:
     distractors = skimage_faces(14, 1, seed=5)
-    distractors = {f"distractor_{k}": v for k, v in distractors.items() if k.startswith("lfw_subset_") and int(k[-3:]) >= 9}
+    distractors = {
+        f"distractor_{k}": v for k, v in distractors.items() if k.startswith("lfw_subset_") and int(k[-3:]) >= 9
+    }
     return build_identification_benchmark(tmp_path_factory.mktemp("ident") / "ident_bench", sk_faces, distractors)

@@ -5,6 +5,7 @@ the 3D face-mask pose bank (`mask3d/`), both made by this project (`occsynth mak
 `asset_dir(name)` finds them inside the installed package (importlib.resources), so a wheel
 works without the source tree; `$OCCSYNTH_ASSETS/<name>` overrides when it exists.
 """
+
 from __future__ import annotations
 
 import os

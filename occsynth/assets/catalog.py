@@ -4,6 +4,7 @@ that makes them: object categories, regions and the face frame, and the index re
 Face frame: F(fx, fy) = E + fx * (right_eye - left_eye) + fy * (mouth_mid - E), E the eye
 midpoint: (-0.5, 0) / (0.5, 0) are the eyes, (0, 1) the mouth centre, (0, ~0.5) the nose tip.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ from pathlib import Path
 from occsynth.assets import asset_dir
 
 CATEGORIES = (
-    "sunglasses", "eyeglasses", "scarf", "surgical_mask", "cup", "hand",
-    "phone", "book", "hat", "eye_mask", "microphone",
+    "sunglasses",
+    "eyeglasses",
+    "scarf",
+    "surgical_mask",
+    "cup",
+    "hand",
+    "phone",
+    "book",
+    "hat",
+    "eye_mask",
+    "microphone",
 )
 REGIONS = ("eyes", "nose", "mouth", "lower_face", "upper_face", "forehead", "random")
 # Centre of each region in the face frame; "random" is sampled by the occluder.
@@ -33,12 +43,21 @@ BANK_FORMAT = 1
 # 3D face masks (the pose bank)
 MASK_KINDS = ("surgical", "n95", "kn95", "cloth")
 MASK_COLORS = {
-    "blue": (0.45, 0.68, 0.86), "white": (0.93, 0.93, 0.92), "black": (0.09, 0.09, 0.1),
-    "green": (0.5, 0.78, 0.7), "pink": (0.94, 0.68, 0.76), "grey": (0.6, 0.6, 0.62), "navy": (0.12, 0.16, 0.32),
+    "blue": (0.45, 0.68, 0.86),
+    "white": (0.93, 0.93, 0.92),
+    "black": (0.09, 0.09, 0.1),
+    "green": (0.5, 0.78, 0.7),
+    "pink": (0.94, 0.68, 0.76),
+    "grey": (0.6, 0.6, 0.62),
+    "navy": (0.12, 0.16, 0.32),
 }
 MASK_PRINTS = ("print1", "print2", "print3")  # cloth masks: fabric prints drawn from the seed
-MASK_STYLES = {"surgical": ("blue", "white", "black"), "n95": ("white",), "kn95": ("white", "black"),
-               "cloth": ("print1", "print2")}
+MASK_STYLES = {
+    "surgical": ("blue", "white", "black"),
+    "n95": ("white",),
+    "kn95": ("white", "black"),
+    "cloth": ("print1", "print2"),
+}
 POSE_BANK_INDEX = "index.json"
 
 

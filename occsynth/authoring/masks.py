@@ -6,6 +6,7 @@ are rendered with pyrender (authoring/render.py) in "pixel space" (vertices = s 
 a head ellipsoid that hides what lies behind the head (the far loop) without being drawn.
 `render_mask_bank` pre-renders a pose grid: the bank the mask3d occluder ships with.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,6 +58,7 @@ _RASTER = ((-80.0, 80.0), (-5.0, 135.0), 2.0)  # outline raster: x range, y rang
 
 # ----------------------------------------------------------------------------- geometry
 
+
 def head_depth(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Front surface depth of the head proxy ellipsoid (model frame)."""
     (cx, cy, cz), (ax, ay, az) = HEAD
@@ -81,7 +83,11 @@ def _outline(kind: str) -> np.ndarray:
     x, y = _raster_grid()
     ax = np.abs(x)
     if kind == "surgical":
-        return (ax <= 67 - 3 * ((y - 60) / 60) ** 2) & (y >= 13 + 12 * (ax / 66) ** 1.6) & (y <= 126 - 30 * (ax / 66) ** 2.2)
+        return (
+            (ax <= 67 - 3 * ((y - 60) / 60) ** 2)
+            & (y >= 13 + 12 * (ax / 66) ** 1.6)
+            & (y <= 126 - 30 * (ax / 66) ** 2.2)
+        )
     if kind == "cloth":
         return (ax <= 64) & (y >= 8 + 26 * (ax / 63) ** 1.3) & (y <= 128 - 42 * (ax / 63) ** 1.8)
     if kind == "kn95":
@@ -121,7 +127,10 @@ def _texture(kind: str, style: str, rng: np.random.Generator) -> tuple[np.ndarra
     edge = ndimage.distance_transform_edt(outline) / _RASTER[2]  # mm to the outline
     if style in PRINTS:
         fabric, _ = _fabric_texture(make_rng(derive_seed(int(rng.integers(1 << 62)), style)), 256)
-        tex = np.asarray(fabric, dtype=np.float64)[np.arange(h) * 256 // h % 256][:, np.arange(w) * 256 // w % 256] / 255.0
+        tex = (
+            np.asarray(fabric, dtype=np.float64)[np.arange(h) * 256 // h % 256][:, np.arange(w) * 256 // w % 256]
+            / 255.0
+        )
         base = tuple(float(c) for c in tex.reshape(-1, 3).mean(0))
     else:
         base = COLORS[style] if isinstance(style, str) else tuple(style)
@@ -149,8 +158,15 @@ def _catmull(points: np.ndarray, per: int = 8) -> np.ndarray:
     for i in range(1, len(p) - 2):
         for t in np.linspace(0, 1, per, endpoint=False):
             t2, t3 = t * t, t * t * t
-            out.append(0.5 * ((2 * p[i]) + (-p[i - 1] + p[i + 1]) * t + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t2
-                              + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t3))
+            out.append(
+                0.5
+                * (
+                    (2 * p[i])
+                    + (-p[i - 1] + p[i + 1]) * t
+                    + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t2
+                    + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t3
+                )
+            )
     out.append(p[-2])
     return np.array(out)
 
@@ -175,8 +191,9 @@ def _edge_point(kind: str, side: int, top: bool) -> np.ndarray:
     return np.array([px, py, float(_depth(kind, np.array(px), np.array(py)))])
 
 
-def face_mask_parts(kind: str, rng: np.random.Generator, style: str | Sequence[float] | None = None,
-                    straps: str = "full"):
+def face_mask_parts(
+    kind: str, rng: np.random.Generator, style: str | Sequence[float] | None = None, straps: str = "full"
+):
     """Mesh parts (occsynth.authoring.render.Part, model frame) of one mask and its anchors (MODEL_POINTS).
 
     `style` is a colour name (COLORS), an RGB triple in 0..1, or a cloth print name (PRINTS);
@@ -236,15 +253,26 @@ def head_proxy():
 
 # ----------------------------------------------------------------------------- rendering
 
+
 def _light(rng: np.random.Generator | None):
     if rng is None:
         return Light(direction=(-0.2, -0.35, -1.0), intensity=2.2, ambient=0.3)
-    return Light(direction=(float(rng.uniform(-0.5, 0.5)), -float(rng.uniform(0.1, 0.6)), -1.0),
-                 intensity=float(rng.uniform(1.8, 2.6)), ambient=float(rng.uniform(0.25, 0.35)))
+    return Light(
+        direction=(float(rng.uniform(-0.5, 0.5)), -float(rng.uniform(0.1, 0.6)), -1.0),
+        intensity=float(rng.uniform(1.8, 2.6)),
+        ambient=float(rng.uniform(0.25, 0.35)),
+    )
 
 
-def render_posed(parts, rotation: np.ndarray, scale: float, translation: Sequence[float],
-                 size: tuple[int, int], light=None, supersample: int = 2) -> np.ndarray:
+def render_posed(
+    parts,
+    rotation: np.ndarray,
+    scale: float,
+    translation: Sequence[float],
+    size: tuple[int, int],
+    light=None,
+    supersample: int = 2,
+) -> np.ndarray:
     """Render model-frame parts at pixel positions s R X + t into a (W, H) RGBA image; the
     head proxy hides loops behind the head."""
     m = np.eye(4)
@@ -252,7 +280,9 @@ def render_posed(parts, rotation: np.ndarray, scale: float, translation: Sequenc
     m[:2, 3] = translation
     posed = [p.transformed(m) for p in parts]
     head = Part(head_proxy()).transformed(m).mesh
-    rgba, _ = render_pixel_space(posed, int(size[0]), int(size[1]), occluders=[head], light=light, supersample=supersample)
+    rgba, _ = render_pixel_space(
+        posed, int(size[0]), int(size[1]), occluders=[head], light=light, supersample=supersample
+    )
     return rgba
 
 
@@ -285,7 +315,9 @@ def render_mask_bank(
     scale = float(size) / (MODEL_POINTS[1, 0] - MODEL_POINTS[0, 0])
     renders = []
     for kind in kinds:
-        styles = colors.get(kind, DEFAULT_STYLES[kind]) if isinstance(colors, dict) else (colors or DEFAULT_STYLES[kind])
+        styles = (
+            colors.get(kind, DEFAULT_STYLES[kind]) if isinstance(colors, dict) else (colors or DEFAULT_STYLES[kind])
+        )
         for style in styles:
             parts, anchors = face_mask_parts(kind, make_rng(derive_seed(seed, "mask3d", kind, style)), style)
             for yaw in yaws:
@@ -304,12 +336,24 @@ def render_mask_bank(
                         pts = project(anchors, r, scale, t) - [x0, y0]
                         name = f"{kind}_{style}_y{int(round(yaw)):+03d}_p{int(round(pitch)):+03d}_r{int(round(roll)):+03d}.png"
                         Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(out / name, optimize=True)
-                        renders.append({
-                            "file": name, "kind": kind, "style": style,
-                            "yaw": float(yaw), "pitch": float(pitch), "roll": float(roll),
-                            "anchors": np.round(pts, 3).tolist(),
-                            "size": [int(rgba.shape[1]), int(rgba.shape[0])],
-                        })
-    index = {"format": 1, "seed": int(seed), "iod_px": float(size), "model_points": MODEL_POINTS.tolist(), "renders": renders}
+                        renders.append(
+                            {
+                                "file": name,
+                                "kind": kind,
+                                "style": style,
+                                "yaw": float(yaw),
+                                "pitch": float(pitch),
+                                "roll": float(roll),
+                                "anchors": np.round(pts, 3).tolist(),
+                                "size": [int(rgba.shape[1]), int(rgba.shape[0])],
+                            }
+                        )
+    index = {
+        "format": 1,
+        "seed": int(seed),
+        "iod_px": float(size),
+        "model_points": MODEL_POINTS.tolist(),
+        "renders": renders,
+    }
     write_text(out / BANK_INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index

@@ -1,5 +1,6 @@
 """Mesh and texture primitives for authoring occluder banks (trimesh; imported only by the
 authoring code, never on the run-time path of a build)."""
+
 from __future__ import annotations
 
 import math
@@ -126,7 +127,10 @@ def slab(outline: np.ndarray, thickness: float, bend: Callable[[np.ndarray], np.
     f_back = np.stack([np.zeros(n, int), 1 + (i + 1) % n, 1 + i], 1) + (n + 1)
     s0 = 2 * (n + 1)
     f_side = np.concatenate(
-        [np.stack([s0 + i, s0 + n + i, s0 + n + (i + 1) % n], 1), np.stack([s0 + i, s0 + n + (i + 1) % n, s0 + (i + 1) % n], 1)]
+        [
+            np.stack([s0 + i, s0 + n + i, s0 + n + (i + 1) % n], 1),
+            np.stack([s0 + i, s0 + n + (i + 1) % n, s0 + (i + 1) % n], 1),
+        ]
     )
     uv = (verts[:, :2] - lo) / np.maximum(hi - lo, 1e-9)
     if bend is not None:
@@ -190,7 +194,12 @@ def superellipse(n: int, a: float, b: float, power: float = 2.0) -> np.ndarray:
 def rounded_rect(w: float, h: float, r: float, per_corner: int = 10) -> np.ndarray:
     r = min(r, w / 2, h / 2)
     pts = []
-    for cx, cy, a0 in ((w / 2 - r, h / 2 - r, 0), (-w / 2 + r, h / 2 - r, 90), (-w / 2 + r, -h / 2 + r, 180), (w / 2 - r, -h / 2 + r, 270)):
+    for cx, cy, a0 in (
+        (w / 2 - r, h / 2 - r, 0),
+        (-w / 2 + r, h / 2 - r, 90),
+        (-w / 2 + r, -h / 2 + r, 180),
+        (w / 2 - r, -h / 2 + r, 270),
+    ):
         for a in np.radians(np.linspace(a0, a0 + 90, per_corner)):
             pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
     return np.array(pts)
@@ -201,12 +210,12 @@ def revolve(profile: np.ndarray, sections: int = 64):
     profile = np.asarray(profile, dtype=np.float64)
     a = np.linspace(0, 2 * np.pi, sections, endpoint=False)
     r, y = profile[:, 0], profile[:, 1]
-    verts = np.stack(
-        [np.outer(r, np.sin(a)).ravel(), np.repeat(y, sections), np.outer(r, np.cos(a)).ravel()], axis=1
-    )
+    verts = np.stack([np.outer(r, np.sin(a)).ravel(), np.repeat(y, sections), np.outer(r, np.cos(a)).ravel()], axis=1)
     faces = grid_faces(sections, len(profile), wrap_u=True)
     mesh = make_mesh(verts, faces[:, ::-1])
-    param = np.column_stack([np.tile(a / (2 * np.pi), len(profile)), np.repeat(np.linspace(0, 1, len(profile)), sections)])
+    param = np.column_stack(
+        [np.tile(a / (2 * np.pi), len(profile)), np.repeat(np.linspace(0, 1, len(profile)), sections)]
+    )
     return mesh, param
 
 
@@ -229,6 +238,7 @@ def capsule(p0: Sequence[float], p1: Sequence[float], radius: float):
 
 
 # ----------------------------------------------------------------------------- textures
+
 
 def _rgb(color) -> np.ndarray:
     return np.asarray(color, dtype=np.float64).reshape(1, 1, 3)
@@ -294,10 +304,28 @@ def _jitter_color(rng, color, amount=0.06):
     return tuple(float(np.clip(c + rng.uniform(-amount, amount), 0, 1)) for c in color)
 
 
-FABRIC = [(0.75, 0.1, 0.12), (0.1, 0.2, 0.5), (0.15, 0.4, 0.2), (0.85, 0.75, 0.55), (0.3, 0.3, 0.32),
-          (0.9, 0.9, 0.88), (0.55, 0.25, 0.55), (0.95, 0.55, 0.15), (0.2, 0.55, 0.65), (0.45, 0.3, 0.2)]
-SKIN = [(0.96, 0.80, 0.69), (0.92, 0.72, 0.58), (0.85, 0.64, 0.50), (0.76, 0.57, 0.42),
-        (0.63, 0.45, 0.32), (0.50, 0.35, 0.24), (0.38, 0.26, 0.18), (0.28, 0.19, 0.13)]
+FABRIC = [
+    (0.75, 0.1, 0.12),
+    (0.1, 0.2, 0.5),
+    (0.15, 0.4, 0.2),
+    (0.85, 0.75, 0.55),
+    (0.3, 0.3, 0.32),
+    (0.9, 0.9, 0.88),
+    (0.55, 0.25, 0.55),
+    (0.95, 0.55, 0.15),
+    (0.2, 0.55, 0.65),
+    (0.45, 0.3, 0.2),
+]
+SKIN = [
+    (0.96, 0.80, 0.69),
+    (0.92, 0.72, 0.58),
+    (0.85, 0.64, 0.50),
+    (0.76, 0.57, 0.42),
+    (0.63, 0.45, 0.32),
+    (0.50, 0.35, 0.24),
+    (0.38, 0.26, 0.18),
+    (0.28, 0.19, 0.13),
+]
 
 
 def _fabric_texture(rng, size=256):
@@ -306,7 +334,13 @@ def _fabric_texture(rng, size=256):
     if kind == "solid":
         return tex_noise(rng, size, c0, 0.12), kind
     if kind == "stripes":
-        return tex_stripes(rng, size, [c0, c1] if rng.random() < 0.5 else [c0, c1, c0, c2], count=int(rng.integers(6, 14)), angle=float(rng.choice([0, 0, math.pi / 4]))), kind
+        return tex_stripes(
+            rng,
+            size,
+            [c0, c1] if rng.random() < 0.5 else [c0, c1, c0, c2],
+            count=int(rng.integers(6, 14)),
+            angle=float(rng.choice([0, 0, math.pi / 4])),
+        ), kind
     if kind == "checks":
         return tex_checks(rng, size, [c0, c1], count=int(rng.integers(6, 12))), kind
     if kind == "plaid":

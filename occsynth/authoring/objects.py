@@ -19,6 +19,7 @@ frame instead: a key point (the mug's centre, the microphone grille) plus a hori
 reference width, so that the object keeps its rolled pose and its physical size
 (ref_width_cm / IOD_CM inter-ocular distances).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,6 +72,7 @@ HEAD_PIVOT = np.array([0.0, -2.0, -9.0])  # worn objects turn with the head abou
 
 # ----------------------------------------------------------------------------- objects
 
+
 @dataclass
 class Model:
     """One variant: parts in its viewing pose plus how its anchors are defined."""
@@ -102,17 +104,31 @@ def _worn(parts, anchors, rng, region, landmarks, yaw=12.0, pitch=6.0, roll=4.0,
     posed = [p.transformed(m) if isinstance(p, Part) else p for p in parts]
     anchors = np.asarray(anchors, dtype=np.float64)
     moved = anchors @ m[:3, :3].T + m[:3, 3]
-    return Model(posed, region, anchor_points=moved, face_points=_face_points(anchors), landmarks=landmarks,
-                 pose=angles, style=style)
+    return Model(
+        posed,
+        region,
+        anchor_points=moved,
+        face_points=_face_points(anchors),
+        landmarks=landmarks,
+        pose=angles,
+        style=style,
+    )
 
 
 def _held(parts, key_point, key_face, ref_width_cm, angles, region, style=""):
     """Pose a hand-held object about its key point; its anchors stay horizontal on screen."""
     m = rigid(euler_matrix(*angles), key_point)
     posed = [p.transformed(m) for p in parts]
-    return Model(posed, region, key_point=np.asarray(key_point, float), key_face=key_face,
-                 ref_width_cm=ref_width_cm, landmarks=LANDMARK_NAMES[:2] + LANDMARK_NAMES[3:], pose=tuple(angles),
-                 style=style)
+    return Model(
+        posed,
+        region,
+        key_point=np.asarray(key_point, float),
+        key_face=key_face,
+        ref_width_cm=ref_width_cm,
+        landmarks=LANDMARK_NAMES[:2] + LANDMARK_NAMES[3:],
+        pose=tuple(angles),
+        style=style,
+    )
 
 
 def _lens_outline(rng: np.random.Generator, shape: str, w: float, h: float) -> np.ndarray:
@@ -139,7 +155,12 @@ def _lens_outline(rng: np.random.Generator, shape: str, w: float, h: float) -> n
 
 def build_glasses(rng: np.random.Generator, dark: bool):
     """Two lenses (slabs), rims swept around them, a bridge and temples; wrapped slightly."""
-    shape = _pick(rng, ["round", "rect", "wayfarer", "aviator", "cateye"] if dark else ["round", "rect", "wayfarer", "cateye", "round"])
+    shape = _pick(
+        rng,
+        ["round", "rect", "wayfarer", "aviator", "cateye"]
+        if dark
+        else ["round", "rect", "wayfarer", "cateye", "round"],
+    )
     w = float(rng.uniform(4.7, 5.6))
     h = float(rng.uniform(3.3, 4.4)) if shape != "round" else w * float(rng.uniform(0.85, 1.0))
     bridge = float(rng.uniform(1.4, 2.1))
@@ -160,8 +181,12 @@ def build_glasses(rng: np.random.Generator, dark: bool):
     right = _lens_outline(rng, shape, w, h)
     parts = []
     if dark:
-        lens_color = _pick(rng, [(0.04, 0.04, 0.05), (0.16, 0.09, 0.04), (0.04, 0.09, 0.06), (0.05, 0.08, 0.2), (0.3, 0.3, 0.32)])
-        lens_kw = dict(color=lens_color, metallic=float(rng.uniform(0.0, 0.35)), roughness=float(rng.uniform(0.15, 0.35)))
+        lens_color = _pick(
+            rng, [(0.04, 0.04, 0.05), (0.16, 0.09, 0.04), (0.04, 0.09, 0.06), (0.05, 0.08, 0.2), (0.3, 0.3, 0.32)]
+        )
+        lens_kw = dict(
+            color=lens_color, metallic=float(rng.uniform(0.0, 0.35)), roughness=float(rng.uniform(0.15, 0.35))
+        )
     else:
         lens_kw = dict(color=(0.85, 0.9, 0.95), metallic=0.0, roughness=0.05, opacity=float(rng.uniform(0.1, 0.2)))
     tops = []
@@ -172,7 +197,9 @@ def build_glasses(rng: np.random.Generator, dark: bool):
         outline = outline + [side * cx, -pupil_y]
         lens, uv = slab(outline, 0.12, bend=wrap)
         parts.append(Part(lens, **lens_kw))
-        rim_path = np.column_stack([outline * 1.0 + np.sign(outline - [side * cx, -pupil_y]) * 0.0, np.zeros(len(outline))])
+        rim_path = np.column_stack(
+            [outline * 1.0 + np.sign(outline - [side * cx, -pupil_y]) * 0.0, np.zeros(len(outline))]
+        )
         rim = tube(wrap(rim_path), rim_r, sides=10, closed=True)
         parts.append(Part(rim, color=frame_color, **frame_kw))
         top_outer = outline[np.argmax(outline[:, 1] + 0.3 * side * outline[:, 0])]
@@ -180,12 +207,21 @@ def build_glasses(rng: np.random.Generator, dark: bool):
         tops.append((top_inner, top_outer))
         # temple: from the outer top corner straight back along the head
         x0, y0 = top_outer
-        temple = np.array([[x0, y0 - 0.2, 0], [x0 + side * 0.35, y0 - 0.25, -0.8], [x0 + side * 0.55, y0 - 0.4, -6], [x0 + side * 0.6, y0 - 0.9, -13]])
+        temple = np.array(
+            [
+                [x0, y0 - 0.2, 0],
+                [x0 + side * 0.35, y0 - 0.25, -0.8],
+                [x0 + side * 0.55, y0 - 0.4, -6],
+                [x0 + side * 0.6, y0 - 0.9, -13],
+            ]
+        )
         parts.append(Part(tube(wrap(temple), rim_r * 0.9, sides=8), color=frame_color, **frame_kw))
     (li, _), (ri, _) = tops
     arch = float(rng.uniform(0.1, 0.5))
     t = np.linspace(0, 1, 12)
-    bridge_path = np.column_stack([li[0] + (ri[0] - li[0]) * t, li[1] - 0.35 + arch * np.sin(np.pi * t), 0.15 * np.sin(np.pi * t)])
+    bridge_path = np.column_stack(
+        [li[0] + (ri[0] - li[0]) * t, li[1] - 0.35 + arch * np.sin(np.pi * t), 0.15 * np.sin(np.pi * t)]
+    )
     parts.append(Part(tube(wrap(bridge_path), rim_r * 0.9, sides=8), color=frame_color, **frame_kw))
     if shape == "aviator":  # the double bar
         bar = bridge_path.copy()
@@ -220,8 +256,10 @@ def _model_scarf(rng):
         down = 1 - v
         r = radius + 0.9 + amp * np.sin(folds * theta + phase) * (0.3 + down) + 0.8 * down
         x = r * np.sin(theta)
-        z = r * np.cos(theta) - radius + 1.0 + 1.6 * np.exp(-(theta / 0.5) ** 2) * np.exp(-down * 3)
-        sag = 0.9 * (1 - np.cos(theta)) + 0.25 * np.sin(3 * theta + phase)  # stretched over the nose, sagging at the cheeks
+        z = r * np.cos(theta) - radius + 1.0 + 1.6 * np.exp(-((theta / 0.5) ** 2)) * np.exp(-down * 3)
+        sag = 0.9 * (1 - np.cos(theta)) + 0.25 * np.sin(
+            3 * theta + phase
+        )  # stretched over the nose, sagging at the cheeks
         y = top - sag - depth * down
         return np.column_stack([x, y, z])
 
@@ -231,7 +269,15 @@ def _model_scarf(rng):
     # a rolled top edge reads as thick cloth
     t = np.linspace(0, 1, 60)
     edge = surface(t, np.ones_like(t)) + [0, 0.1, 0.15]
-    parts.append(Part(tube(edge, 0.35, sides=10), color=(1, 1, 1), roughness=0.9, texture=texture, uv=np.zeros((60 * 10 + 2, 2)) + 0.3))
+    parts.append(
+        Part(
+            tube(edge, 0.35, sides=10),
+            color=(1, 1, 1),
+            roughness=0.9,
+            texture=texture,
+            uv=np.zeros((60 * 10 + 2, 2)) + 0.3,
+        )
+    )
     anchors = surface(np.array([0.32, 0.68]), np.array([1.0, 1.0]))
     return _worn(parts, anchors, rng, "lower_face", LANDMARK_NAMES, yaw=10, pitch=5, roll=4, style=kind)
 
@@ -247,11 +293,18 @@ def _model_surgical_mask(rng):
 
 def _model_cup(rng):
     """A mug: a revolved profile (wall, rim, base) with a swept handle and a drink inside."""
-    r0, r1, height, wall = float(rng.uniform(3.6, 4.0)), float(rng.uniform(3.9, 4.4)), float(rng.uniform(8.5, 10.5)), 0.35
+    r0, r1, height, wall = (
+        float(rng.uniform(3.6, 4.0)),
+        float(rng.uniform(3.9, 4.4)),
+        float(rng.uniform(8.5, 10.5)),
+        0.35,
+    )
     ys = np.linspace(0.3, height, 48)
     outer = np.column_stack([r0 + (r1 - r0) * ys / height, ys])
     inner = np.column_stack([outer[::-1, 0] - wall, ys[::-1]])
-    profile = np.concatenate([[[0.0, 0.0], [r0 - 0.2, 0.0], [r0, 0.15]], outer, [[r1 - wall / 2, height + 0.12]], inner, [[0.0, 0.5]]])
+    profile = np.concatenate(
+        [[[0.0, 0.0], [r0 - 0.2, 0.0], [r0, 0.15]], outer, [[r1 - wall / 2, height + 0.12]], inner, [[0.0, 0.5]]]
+    )
     mesh, param = revolve(profile, 72)
     base = np.array(_jitter_color(rng, _pick(rng, FABRIC + [(0.95, 0.95, 0.93)] * 3), 0.04))
     accent = np.array(_pick(rng, FABRIC))
@@ -273,15 +326,31 @@ def _model_cup(rng):
     t = np.linspace(-0.1, np.pi + 0.1, 24)
     hx = r1 - 0.2 + 2.6 * np.sin(t)
     hy = height * 0.5 + height * 0.3 * np.cos(t)
-    parts.append(Part(tube(np.column_stack([hx, hy, np.zeros_like(t)]), 0.45, sides=10), color=tuple(base), roughness=0.25))
+    parts.append(
+        Part(tube(np.column_stack([hx, hy, np.zeros_like(t)]), 0.45, sides=10), color=tuple(base), roughness=0.25)
+    )
     drink = _pick(rng, [(0.25, 0.13, 0.06), (0.45, 0.28, 0.15), (0.9, 0.85, 0.75)])
-    parts.append(Part(slab(superellipse(48, r1 - wall - 0.05, r1 - wall - 0.05), 0.05)[0].apply_transform(
-        rigid(euler_matrix(0, -90, 0)) @ np.diag([1, 1, 1, 1.0])).apply_translation([0, height - 1.2, 0]), color=drink, roughness=0.2))
+    parts.append(
+        Part(
+            slab(superellipse(48, r1 - wall - 0.05, r1 - wall - 0.05), 0.05)[0]
+            .apply_transform(rigid(euler_matrix(0, -90, 0)) @ np.diag([1, 1, 1, 1.0]))
+            .apply_translation([0, height - 1.2, 0]),
+            color=drink,
+            roughness=0.2,
+        )
+    )
     if rng.random() < 0.5:  # handle on the left
         parts = [p.transformed(rigid(euler_matrix(180, 0, 0), (0, 0, 0))) for p in parts]
     angles = (float(rng.uniform(-35, 35)), float(rng.uniform(5, 25)), float(rng.uniform(-25, 25)))
-    return _held(parts, (0.0, height * 0.5, 0.0), (float(rng.uniform(-0.15, 0.15)), float(rng.uniform(1.0, 1.2))),
-                 2 * r1, angles, "mouth", style)
+    return _held(
+        parts,
+        (0.0, height * 0.5, 0.0),
+        (float(rng.uniform(-0.15, 0.15)), float(rng.uniform(1.0, 1.2))),
+        2 * r1,
+        angles,
+        "mouth",
+        style,
+    )
 
 
 def _model_hand(rng):
@@ -312,13 +381,22 @@ def _model_hand(rng):
     pose = _pick(rng, ["up", "tilted", "tilted", "across"])
     # over the mouth the palm sits low, so that the fingers reach the nose and cheeks, not the eyes
     if pose == "up":
-        angles, face = (float(rng.uniform(-20, 20)), float(rng.uniform(-10, 10)), float(rng.uniform(-12, 12))), (0.0, 1.6)
+        angles, face = (
+            (float(rng.uniform(-20, 20)), float(rng.uniform(-10, 10)), float(rng.uniform(-12, 12))),
+            (0.0, 1.6),
+        )
         region = "lower_face"
     elif pose == "tilted":
-        angles, face = (float(rng.uniform(-20, 20)), float(rng.uniform(-10, 10)), float(side * rng.uniform(45, 70))), (float(side * 0.35), 1.25)
+        angles, face = (
+            (float(rng.uniform(-20, 20)), float(rng.uniform(-10, 10)), float(side * rng.uniform(45, 70))),
+            (float(side * 0.35), 1.25),
+        )
         region = "mouth"
     else:
-        angles, face = (float(rng.uniform(-15, 15)), float(rng.uniform(-10, 10)), float(side * rng.uniform(75, 95))), (float(-side * 0.3), 0.0)
+        angles, face = (
+            (float(rng.uniform(-15, 15)), float(rng.uniform(-10, 10)), float(side * rng.uniform(75, 95))),
+            (float(-side * 0.3), 0.0),
+        )
         region = "eyes"
     return _held(parts, (0.0, 1.0, 0.0), face, 8.4, angles, region, f"{pose}/{'right' if side > 0 else 'left'}")
 
@@ -343,7 +421,21 @@ def _screen_texture(rng, w=96, h=200) -> np.ndarray:
 def _model_phone(rng):
     """A rounded slab body with an inset screen (front) or camera bump (back)."""
     w, h, d = float(rng.uniform(6.8, 7.8)), float(rng.uniform(14.0, 16.0)), float(rng.uniform(0.75, 0.95))
-    body_color = _jitter_color(rng, _pick(rng, [(0.05, 0.05, 0.06), (0.75, 0.75, 0.78), (0.15, 0.25, 0.45), (0.85, 0.7, 0.65), (0.9, 0.9, 0.9), (0.2, 0.35, 0.25)]), 0.03)
+    body_color = _jitter_color(
+        rng,
+        _pick(
+            rng,
+            [
+                (0.05, 0.05, 0.06),
+                (0.75, 0.75, 0.78),
+                (0.15, 0.25, 0.45),
+                (0.85, 0.7, 0.65),
+                (0.9, 0.9, 0.9),
+                (0.2, 0.35, 0.25),
+            ],
+        ),
+        0.03,
+    )
     body, _ = slab(rounded_rect(w, h, 1.0), d)
     parts = [Part(body, color=body_color, metallic=0.6, roughness=0.3)]
     front = rng.random() < 0.55
@@ -363,8 +455,15 @@ def _model_phone(rng):
     landscape = rng.random() < 0.25
     roll = float(rng.uniform(-30, 30)) + (90.0 if landscape else 0.0)
     angles = (float(rng.uniform(-35, 35)), float(rng.uniform(-20, 20)), roll)
-    return _held(parts, (0.0, 0.0, 0.0), (float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0.9, 1.3))), w if not landscape else w,
-                 angles, "lower_face", "front" if front else "back")
+    return _held(
+        parts,
+        (0.0, 0.0, 0.0),
+        (float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0.9, 1.3))),
+        w if not landscape else w,
+        angles,
+        "lower_face",
+        "front" if front else "back",
+    )
 
 
 def _cover_texture(rng, size=256) -> np.ndarray:
@@ -390,8 +489,10 @@ def _model_book(rng):
     back, _ = slab(rounded_rect(w, h, 0.15, 3), c)
     back.apply_translation([0, 0, -d / 2 + c / 2])
     cover_color = tuple(float(x) for x in cover[5, 5] / 255.0)
-    parts = [Part(front, color=(1, 1, 1), roughness=0.6, texture=cover, uv=uv, smooth=False),
-             Part(back, color=cover_color, roughness=0.6, smooth=False)]
+    parts = [
+        Part(front, color=(1, 1, 1), roughness=0.6, texture=cover, uv=uv, smooth=False),
+        Part(back, color=cover_color, roughness=0.6, smooth=False),
+    ]
     spine, _ = slab(rounded_rect(c * 2, h, 0.05, 2), d + 0.04)  # a hair proud of the covers: no z-fighting
     spine.apply_translation([-w / 2, 0, 0])
     parts.append(Part(spine, color=cover_color, roughness=0.6, smooth=False))
@@ -404,8 +505,15 @@ def _model_book(rng):
     angles = (float(rng.uniform(-35, 35)), float(rng.uniform(-15, 15)), roll)
     half = (h if not landscape else w) / 2
     # the book's centre goes half its height below a top edge just under the nose
-    return _held(parts, (0.0, 0.0, 0.0), (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.55, 0.7)) + half / EYE_MOUTH_CM),
-                 w, angles, "lower_face", "landscape" if landscape else "portrait")
+    return _held(
+        parts,
+        (0.0, 0.0, 0.0),
+        (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.55, 0.7)) + half / EYE_MOUTH_CM),
+        w,
+        angles,
+        "lower_face",
+        "landscape" if landscape else "portrait",
+    )
 
 
 def _cap_brim(rx, rz, cz, base_y, length, curve, droop, thickness=0.3, n_phi=41, n_s=8):
@@ -457,12 +565,18 @@ def _model_hat(rng):
     phi = np.linspace(0, 2 * np.pi, n_phi, endpoint=False)
     th = np.linspace(0, np.pi / 2, n_th)
     P, T = np.meshgrid(phi, th)
-    verts = np.column_stack([(rx * np.sin(T) * np.sin(P)).ravel(), (base_y + ry * np.cos(T)).ravel(), (cz + rz * np.sin(T) * np.cos(P)).ravel()])
+    verts = np.column_stack(
+        [
+            (rx * np.sin(T) * np.sin(P)).ravel(),
+            (base_y + ry * np.cos(T)).ravel(),
+            (cz + rz * np.sin(T) * np.cos(P)).ravel(),
+        ]
+    )
     faces = grid_faces(n_phi, n_th, wrap_u=True)
     crown = make_mesh(verts, faces)
     crown.fix_normals()
     if kind == "cap":
-        seams = (np.abs(((P.ravel() / (2 * np.pi) * 6) % 1) - 0.5) > 0.47)
+        seams = np.abs(((P.ravel() / (2 * np.pi) * 6) % 1) - 0.5) > 0.47
         colors = np.where(seams[:, None], 0.7, 1.0) * np.ones((len(verts), 3))
         parts = [Part(crown, color=color, roughness=0.85, vertex_colors=colors)]
         button = ellipsoid((0.7, 0.35, 0.7), (0, base_y + ry, cz), 2)
@@ -479,14 +593,21 @@ def _model_hat(rng):
         cuff_h = float(rng.uniform(3.0, 4.5))
         prof = np.array([[1.0, -0.3], [1.04, 0.0], [1.05, cuff_h], [1.0, cuff_h + 0.3]])
         a = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-        cv = np.concatenate([np.column_stack([rx * r * np.sin(a), np.full(64, base_y + y - cuff_h * 0.6), cz + rz * r * np.cos(a)]) for r, y in prof])
+        cv = np.concatenate(
+            [
+                np.column_stack([rx * r * np.sin(a), np.full(64, base_y + y - cuff_h * 0.6), cz + rz * r * np.cos(a)])
+                for r, y in prof
+            ]
+        )
         cuff = make_mesh(cv, grid_faces(64, len(prof), wrap_u=True)[:, ::-1])
         cuff.fix_normals()
         cuv = np.column_stack([np.tile(a / (2 * np.pi) * 6, len(prof)), np.repeat(np.linspace(0, 1, len(prof)), 64)])
         parts.append(Part(cuff, color=(1, 1, 1), roughness=0.95, texture=knit, uv=cuv))
         if rng.random() < 0.6:
             pom = ellipsoid((2.4, 2.2, 2.4), (0, base_y + ry + 1.2, cz), 3)
-            pom.vertices += pom.vertex_normals * make_rng(int(rng.integers(1 << 30))).uniform(-0.25, 0.25, (len(pom.vertices), 1))
+            pom.vertices += pom.vertex_normals * make_rng(int(rng.integers(1 << 30))).uniform(
+                -0.25, 0.25, (len(pom.vertices), 1)
+            )
             parts.append(Part(pom, color=_jitter_color(rng, _pick(rng, FABRIC)), roughness=1.0))
         anchors = np.array([[-rx, base_y - cuff_h * 0.6, cz], [rx, base_y - cuff_h * 0.6, cz]])
     return _worn(parts, anchors, rng, "forehead", ("left_eye", "right_eye"), yaw=12, pitch=5, roll=4, style=kind)
@@ -516,7 +637,7 @@ def _eye_mask_shape(rng, px_per_cm: float = 24.0):
             rr, cc = draw_polygon((ys[1] - poly_y) * px_per_cm, (poly_x - xs[0]) * px_per_cm, (h, w))
             shape[rr, cc] = True
     if style == "venetian":
-        shape |= ((X / 3.2) ** 2 + ((Y - 2.4) / 3.0) ** 2 < 1.0)
+        shape |= (X / 3.2) ** 2 + ((Y - 2.4) / 3.0) ** 2 < 1.0
     # nose notch and eye holes
     shape &= ~((X / 1.3) ** 2 + ((Y + 2.4) / 2.3) ** 2 < 1.0)
     hole_w, hole_h = float(rng.uniform(1.5, 1.8)), float(rng.uniform(0.8, 1.05))
@@ -530,7 +651,19 @@ def _model_eye_mask(rng):
     """A carnival mask: a cut sheet bent around the face, with a trim along its edge."""
     shape, (X, Y), style = _eye_mask_shape(rng)
     h, w = shape.shape
-    base = np.array(_pick(rng, [(0.05, 0.05, 0.06), (0.75, 0.08, 0.1), (0.35, 0.1, 0.5), (0.9, 0.9, 0.92), (0.1, 0.25, 0.55), (0.8, 0.62, 0.2)]))
+    base = np.array(
+        _pick(
+            rng,
+            [
+                (0.05, 0.05, 0.06),
+                (0.75, 0.08, 0.1),
+                (0.35, 0.1, 0.5),
+                (0.9, 0.9, 0.92),
+                (0.1, 0.25, 0.55),
+                (0.8, 0.62, 0.2),
+            ],
+        )
+    )
     trim = np.array(_pick(rng, [(0.85, 0.68, 0.25), (0.8, 0.8, 0.82), (0.05, 0.05, 0.05)]))
     edge = ndimage.distance_transform_edt(shape) < 0.28 * 24
     sparkle = make_rng(int(rng.integers(1 << 30))).random((h, w)) < 0.04
@@ -574,8 +707,15 @@ def _model_microphone(rng):
     colors = np.where(lines[:, None], 1.0, 0.35) * np.ones((len(v), 3))
     parts.append(Part(grille, color=grille_color, metallic=0.9, roughness=0.35, vertex_colors=colors))
     angles = (float(rng.uniform(-25, 25)), float(rng.uniform(10, 45)), float(rng.uniform(-35, 35)))
-    return _held(parts, (0.0, r * 0.75, 0.0), (float(rng.uniform(-0.25, 0.25)), float(rng.uniform(1.05, 1.3))), 2 * r,
-                 angles, "mouth", "handheld")
+    return _held(
+        parts,
+        (0.0, r * 0.75, 0.0),
+        (float(rng.uniform(-0.25, 0.25)), float(rng.uniform(1.05, 1.3))),
+        2 * r,
+        angles,
+        "mouth",
+        "handheld",
+    )
 
 
 BUILDERS: dict[str, Callable[[np.random.Generator], Model]] = {
@@ -592,16 +732,28 @@ BUILDERS: dict[str, Callable[[np.random.Generator], Model]] = {
     "microphone": _model_microphone,
 }
 TEMPLATE_PX = {  # long side of each category's template, in pixels
-    "sunglasses": 176, "eyeglasses": 176, "scarf": 192, "surgical_mask": 176, "cup": 144, "hand": 176,
-    "phone": 160, "book": 192, "hat": 192, "eye_mask": 176, "microphone": 160,
+    "sunglasses": 176,
+    "eyeglasses": 176,
+    "scarf": 192,
+    "surgical_mask": 176,
+    "cup": 144,
+    "hand": 176,
+    "phone": 160,
+    "book": 192,
+    "hat": 192,
+    "eye_mask": 176,
+    "microphone": 160,
 }
 
 
 # ----------------------------------------------------------------------------- rendering
 
+
 def _random_light(rng: np.random.Generator):
     sx, sy = float(rng.uniform(-0.7, 0.7)), float(rng.uniform(0.2, 0.8))
-    return Light(direction=(sx, -sy, -1.0), intensity=float(rng.uniform(2.6, 4.0)), ambient=float(rng.uniform(0.3, 0.45)))
+    return Light(
+        direction=(sx, -sy, -1.0), intensity=float(rng.uniform(2.6, 4.0)), ambient=float(rng.uniform(0.3, 0.45))
+    )
 
 
 def render_model(model: Model, long_side: int, light, supersample: int = 3):
@@ -700,22 +852,28 @@ def build_template_bank(
             rgba, anchors, faces, k = render_model(model, TEMPLATE_PX[category], _random_light(rng), supersample)
             name = f"{category}_{i:02d}.png"
             Image.fromarray(rgba, "RGBA").save(out / name, optimize=True)
-            templates.append({
-                "file": name,
-                "category": category,
-                "variant": i,
-                "split": splits[i],
-                "region": model.region,
-                "size": [int(rgba.shape[1]), int(rgba.shape[0])],
-                "style": model.style,
-                "pose": {"yaw": round(model.pose[0], 2), "pitch": round(model.pose[1], 2), "roll": round(model.pose[2], 2)},
-                "anchor": {
-                    "landmarks": list(model.landmarks),
-                    "points": np.round(anchors, 3).tolist(),
-                    "face_points": np.round(faces, 4).tolist(),
-                    "width_iod": round(rgba.shape[1] / (k * IOD_CM), 4),
-                },
-            })
+            templates.append(
+                {
+                    "file": name,
+                    "category": category,
+                    "variant": i,
+                    "split": splits[i],
+                    "region": model.region,
+                    "size": [int(rgba.shape[1]), int(rgba.shape[0])],
+                    "style": model.style,
+                    "pose": {
+                        "yaw": round(model.pose[0], 2),
+                        "pitch": round(model.pose[1], 2),
+                        "roll": round(model.pose[2], 2),
+                    },
+                    "anchor": {
+                        "landmarks": list(model.landmarks),
+                        "points": np.round(anchors, 3).tolist(),
+                        "face_points": np.round(faces, 4).tolist(),
+                        "width_iod": round(rgba.shape[1] / (k * IOD_CM), 4),
+                    },
+                }
+            )
     index = {
         "format": BANK_FORMAT,
         "seed": int(seed),

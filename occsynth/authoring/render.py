@@ -10,6 +10,7 @@ its -z axis, y up). `render_pixel_space` takes meshes whose vertices are already
 pixels (x right, y down, z away from the viewer) and renders them with an orthographic
 camera that maps those pixels 1:1, which is what the 3D face-mask occluder needs.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,11 +129,20 @@ class Part:
     smooth: bool = True
     opacity: float = 1.0
 
-    def transformed(self, matrix: np.ndarray) -> "Part":
+    def transformed(self, matrix: np.ndarray) -> Part:
         mesh = self.mesh.copy()
         mesh.apply_transform(matrix)
-        return Part(mesh, self.color, self.metallic, self.roughness, self.texture, self.uv,
-                    self.vertex_colors, self.smooth, self.opacity)
+        return Part(
+            mesh,
+            self.color,
+            self.metallic,
+            self.roughness,
+            self.texture,
+            self.uv,
+            self.vertex_colors,
+            self.smooth,
+            self.opacity,
+        )
 
 
 def to_pyrender_mesh(item: Any):
@@ -313,9 +323,7 @@ def render_pixel_space(
     def scene_of(items):
         scene = pyrender.Scene(bg_color=np.zeros(4), ambient_light=np.full(3, light.ambient))
         scene.add(combined_mesh(items), pose=node_pose)
-        camera = pyrender.OrthographicCamera(
-            xmag=width / 2.0, ymag=height / 2.0, znear=1.0, zfar=2.0 * depth_range
-        )
+        camera = pyrender.OrthographicCamera(xmag=width / 2.0, ymag=height / 2.0, znear=1.0, zfar=2.0 * depth_range)
         cam_pose = np.eye(4)
         cam_pose[:3, 3] = [width / 2.0, height / 2.0, depth_range]
         scene.add(camera, pose=cam_pose)

@@ -1,5 +1,6 @@
 """Named builds: benchmarks (LFW-OCC, LFW_block, ...) and training sets, one registry; their
 protocol files (protocols/) and definitions as data (definitions/<name>.yaml)."""
+
 from occsynth.benchmarks._registry import BUILDERS
 from occsynth.benchmarks.base import (
     Builder,

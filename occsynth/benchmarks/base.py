@@ -5,6 +5,7 @@ plan of samples and a `finish` step that writes the protocol files (pairs.jsonl,
 protocol.json) once the shards exist. Each builder's facts (what it reproduces, from which
 paper, its default parameters) live as data in occsynth/benchmarks/definitions/<name>.yaml.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ DEFINITIONS = "definitions"  # package data: occsynth/benchmarks/definitions/<na
 
 @dataclass
 class BuildJob:
-    subdir: str                      # "" or e.g. "level-30" for multi-dataset builds
+    subdir: str  # "" or e.g. "level-30" for multi-dataset builds
     config: BuildConfig
     plan: list[PlannedSample]
     source: Any

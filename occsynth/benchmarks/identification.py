@@ -3,6 +3,7 @@
 These datasets are not redistributable; each builder reads the layout the user has and
 writes protocol.json (gallery/probe/distractor keys) or pairs.jsonl beside the shards.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,10 @@ def one_sample_per_image(items, specs_of, tag: str) -> list[PlannedSample]:
     """Keys are the running index over sorted sample ids; specs_of(sample_id) -> spec name."""
     items = sorted(items, key=lambda it: it.sample_id)
     width = max(6, len(str(len(items))))
-    return [PlannedSample(f"{i:0{width}d}", f"{tag}/{it.sample_id}", it, specs_of(it.sample_id))
-            for i, it in enumerate(items)]
+    return [
+        PlannedSample(f"{i:0{width}d}", f"{tag}/{it.sample_id}", it, specs_of(it.sample_id))
+        for i, it in enumerate(items)
+    ]
 
 
 def built_keys(out: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -41,20 +44,37 @@ def built_keys(out: Path) -> tuple[dict[str, str], dict[str, str]]:
 @register_builder
 class MF1Occ(Builder):
     name = "mf1-occ"
-    help = ("MF1_occ: a FaceScrub-style probe folder occluded with objects unseen in training, and a "
-            "distractor folder passed through aligned (MegaFace challenge 1 style identification).")
+    help = (
+        "MF1_occ: a FaceScrub-style probe folder occluded with objects unseen in training, and a "
+        "distractor folder passed through aligned (MegaFace challenge 1 style identification)."
+    )
     options = [
-        click.option("--probes", required=True, type=click.Path(exists=True), help="Probe set <identity>/<images> (folder or archive)."),
-        click.option("--distractors", required=True, type=click.Path(exists=True), help="Distractor images (folder or archive)."),
-        click.option("--gallery-mode", type=click.Choice(GALLERY_MODES), default="rotate", show_default=True,
-                     help="rotate: each probe image in turn joins the distractors (MegaFace devkit); first: one round."),
+        click.option(
+            "--probes",
+            required=True,
+            type=click.Path(exists=True),
+            help="Probe set <identity>/<images> (folder or archive).",
+        ),
+        click.option(
+            "--distractors", required=True, type=click.Path(exists=True), help="Distractor images (folder or archive)."
+        ),
+        click.option(
+            "--gallery-mode",
+            type=click.Choice(GALLERY_MODES),
+            default="rotate",
+            show_default=True,
+            help="rotate: each probe image in turn joins the distractors (MegaFace devkit); first: one round.",
+        ),
     ]
 
     def jobs(self, config: BuildConfig, probes: str, distractors: str, gallery_mode: str) -> list[BuildJob]:
         source = CombinedSource({"probes": open_source(probes), "distractors": open_source(distractors)})
         ids = [it.sample_id for it in source.items()]
-        protocol = mf1_protocol([i for i in ids if i.startswith("probes/")],
-                                [i for i in ids if i.startswith("distractors/")], gallery_mode=gallery_mode)
+        protocol = mf1_protocol(
+            [i for i in ids if i.startswith("probes/")],
+            [i for i in ids if i.startswith("distractors/")],
+            gallery_mode=gallery_mode,
+        )
         spec = {"name": "object", "params": dict(self.definition["defaults"]["object"])}
         job_config = dataclasses.replace(config, name=self.name, specs={"": None, "occ": spec})
         plan = one_sample_per_image(source.items(), lambda sid: "occ" if sid.startswith("probes/") else "", self.name)
@@ -62,8 +82,12 @@ class MF1Occ(Builder):
         def finish(out: Path, manifest: dict) -> dict:
             keys, problems = built_keys(out)
             doc = write_protocol_json(out / "protocol.json", protocol, keys, problems)
-            return {"gallery": len(doc["gallery"]), "probes": {k: len(v) for k, v in doc["probes"].items()},
-                    "distractors": len(doc["distractors"]), "flagged": len(doc["flagged"])}
+            return {
+                "gallery": len(doc["gallery"]),
+                "probes": {k: len(v) for k, v in doc["probes"].items()},
+                "distractors": len(doc["distractors"]),
+                "flagged": len(doc["flagged"]),
+            }
 
         return [BuildJob("", job_config, plan, source, finish)]
 
@@ -71,11 +95,18 @@ class MF1Occ(Builder):
 @register_builder
 class AR(Builder):
     name = "ar"
-    help = ("AR face database protocols 1 (multi-image gallery) and 2 (single neutral gallery image) with "
-            "real sunglasses and scarf probes; one dataset per protocol under DIR/protocol-N.")
+    help = (
+        "AR face database protocols 1 (multi-image gallery) and 2 (single neutral gallery image) with "
+        "real sunglasses and scarf probes; one dataset per protocol under DIR/protocol-N."
+    )
     options = [
-        click.option("--ar", "ar_dir", required=True, type=click.Path(exists=True),
-                     help="AR images as distributed (m-001-01.bmp ...), in one folder or identity folders."),
+        click.option(
+            "--ar",
+            "ar_dir",
+            required=True,
+            type=click.Path(exists=True),
+            help="AR images as distributed (m-001-01.bmp ...), in one folder or identity folders.",
+        ),
         click.option("--protocols", default="1,2", show_default=True, help="Which protocols to build."),
     ]
 
@@ -92,11 +123,22 @@ class AR(Builder):
             def finish(out: Path, manifest: dict, protocol=protocol) -> dict:
                 keys, problems = built_keys(out)
                 doc = write_protocol_json(out / "protocol.json", protocol, keys, problems)
-                return {"gallery": len(doc["gallery"]), "probes": {k: len(v) for k, v in doc["probes"].items()},
-                        "flagged": len(doc["flagged"]), "excluded": len(protocol.excluded)}
+                return {
+                    "gallery": len(doc["gallery"]),
+                    "probes": {k: len(v) for k, v in doc["probes"].items()},
+                    "flagged": len(doc["flagged"]),
+                    "excluded": len(protocol.excluded),
+                }
 
-            jobs.append(BuildJob(f"protocol-{number}", dataclasses.replace(config, name=f"{self.name}-p{number}"),
-                                 plan, source, finish))
+            jobs.append(
+                BuildJob(
+                    f"protocol-{number}",
+                    dataclasses.replace(config, name=f"{self.name}-p{number}"),
+                    plan,
+                    source,
+                    finish,
+                )
+            )
         return jobs
 
 
@@ -105,7 +147,9 @@ class MFR2(Builder):
     name = "mfr2"
     help = "MFR2: real masked faces, aligned, with their verification pairs (pairs.jsonl; flagged when an image is missing)."
     options = [
-        click.option("--mfr2", "mfr2_dir", required=True, type=click.Path(exists=True), help="MFR2 folder <identity>/<images>."),
+        click.option(
+            "--mfr2", "mfr2_dir", required=True, type=click.Path(exists=True), help="MFR2 folder <identity>/<images>."
+        ),
         click.option("--pairs", required=True, type=click.Path(exists=True), help="MFR2's pairs.txt."),
     ]
 

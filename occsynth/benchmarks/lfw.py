@@ -5,6 +5,7 @@ failed is still listed in pairs.jsonl, flagged with the reason. Sample keys are
 `[rr]PPPPs` (repeat, pair index, side a|b), so every pair side is its own sample with its own
 seed, even when LFW uses one image in several pairs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,9 @@ def pair_plan(protocol, items_by_id: dict, specs: dict[str, str], tag: str, repe
                 if repeats > 1:
                     extra["repeat"] = repeat
                 key = (f"{repeat:02d}" if repeats > 1 else "") + f"{pair.index:04d}{side}"
-                plan.append(PlannedSample(key, f"{tag}/r{repeat}/pair{pair.index}/{side}/{sid}", item,
-                                          specs[side], extra))
+                plan.append(
+                    PlannedSample(key, f"{tag}/r{repeat}/pair{pair.index}/{side}/{sid}", item, specs[side], extra)
+                )
     return plan
 
 
@@ -76,7 +78,11 @@ def write_pairs(out: Path, protocol, items_by_id: dict, repeats: int = 1) -> dic
                 row[side] = key
                 if key is None:
                     planned_key = (f"{repeat:02d}" if repeats > 1 else "") + f"{pair.index:04d}{side}"
-                    why = "image missing from the source" if sid not in items_by_id else failures.get(planned_key, "no sample")
+                    why = (
+                        "image missing from the source"
+                        if sid not in items_by_id
+                        else failures.get(planned_key, "no sample")
+                    )
                     reasons.append(f"{side}={sid}: {why}")
             row["flagged"], row["reason"] = bool(reasons), "; ".join(reasons)
             flagged += bool(reasons)
@@ -96,10 +102,18 @@ class LFWBuilder(Builder):
 
     occluded_sides = ("b",)
     base_options = [
-        click.option("--lfw", required=True, type=click.Path(exists=True),
-                     help="LFW folder (<Name>/<Name>_0001.jpg) or lfw-deepfunneled.tgz / lfw.tgz."),
-        click.option("--pairs", type=click.Path(exists=True), default=None,
-                     help="LFW View 2 pairs.txt (default: pairs.txt beside --lfw)."),
+        click.option(
+            "--lfw",
+            required=True,
+            type=click.Path(exists=True),
+            help="LFW folder (<Name>/<Name>_0001.jpg) or lfw-deepfunneled.tgz / lfw.tgz.",
+        ),
+        click.option(
+            "--pairs",
+            type=click.Path(exists=True),
+            default=None,
+            help="LFW View 2 pairs.txt (default: pairs.txt beside --lfw).",
+        ),
         click.option("--folds", default="", help="Only these folds, e.g. 0 or 0,1 (default: all 10)."),
     ]
 
@@ -120,9 +134,21 @@ class LFWBuilder(Builder):
                     facts.update(_achieved(out, side))
                 return facts
 
-            jobs.append(BuildJob(subdir, job_config, plan, source, finish,
-                                 facts={"pairs_file": str(pairs_path), "occluded_sides": list(self.occluded_sides),
-                                        "level": subdir or None, "repeats": repeats}))
+            jobs.append(
+                BuildJob(
+                    subdir,
+                    job_config,
+                    plan,
+                    source,
+                    finish,
+                    facts={
+                        "pairs_file": str(pairs_path),
+                        "occluded_sides": list(self.occluded_sides),
+                        "level": subdir or None,
+                        "repeats": repeats,
+                    },
+                )
+            )
         return jobs
 
     def levels(self, options: dict) -> list[tuple[str, Any]]:
@@ -133,14 +159,25 @@ class LFWBuilder(Builder):
 @register_builder
 class LFWOcc(LFWBuilder):
     name = "lfw-occ"
-    help = ("LFW-OCC: the second image of every official pair occluded by realistic objects from the "
-            "evaluation split, sized so the MEAN occluded area equals --ratio (0.43 -> LFW-OCC-2.0, "
-            "43.09%; 0.52 -> LFW-OCC-3.0, 52.00%).")
+    help = (
+        "LFW-OCC: the second image of every official pair occluded by realistic objects from the "
+        "evaluation split, sized so the MEAN occluded area equals --ratio (0.43 -> LFW-OCC-2.0, "
+        "43.09%; 0.52 -> LFW-OCC-3.0, 52.00%)."
+    )
     options = LFWBuilder.base_options + [
-        click.option("--ratio", type=float, default=0.43, show_default=True,
-                     help="Target mean occluded area (fraction of the aligned image)."),
-        click.option("--spread", type=float, default=None,
-                     help="Per-image targets are uniform in ratio +- spread (default from the definition)."),
+        click.option(
+            "--ratio",
+            type=float,
+            default=0.43,
+            show_default=True,
+            help="Target mean occluded area (fraction of the aligned image).",
+        ),
+        click.option(
+            "--spread",
+            type=float,
+            default=None,
+            help="Per-image targets are uniform in ratio +- spread (default from the definition).",
+        ),
     ]
 
     def target(self, ratio: float) -> tuple[float, str | None]:
@@ -161,12 +198,16 @@ class LFWOcc(LFWBuilder):
 @register_builder
 class LFWBlock(LFWBuilder):
     name = "lfw-block"
-    help = ("LFW_block (MSML's protocol): both images of every pair occluded by a black square covering "
-            "level% of the image, one dataset per level under DIR/level-XX.")
+    help = (
+        "LFW_block (MSML's protocol): both images of every pair occluded by a black square covering "
+        "level% of the image, one dataset per level under DIR/level-XX."
+    )
     occluded_sides = ("a", "b")
     options = LFWBuilder.base_options + [
         click.option("--levels", default=None, help="Comma-separated percentages (default 0,10,...,90)."),
-        click.option("--repeats", type=int, default=None, help="Repetitions with distinct seeds (default from the definition)."),
+        click.option(
+            "--repeats", type=int, default=None, help="Repetitions with distinct seeds (default from the definition)."
+        ),
         click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
     ]
     shape = "block"
@@ -178,7 +219,11 @@ class LFWBlock(LFWBuilder):
         for level in (int(v) for v in levels.split(",")):
             if not 0 <= level <= 100:
                 raise click.BadParameter(f"level {level} is not a percentage")
-            spec = None if level == 0 else {"name": self.shape, "params": {"ratio": level / 100, "fill": options.get("fill", "black")}}
+            spec = (
+                None
+                if level == 0
+                else {"name": self.shape, "params": {"ratio": level / 100, "fill": options.get("fill", "black")}}
+            )
             out.append((f"level-{level:02d}", spec))
         return out
 
@@ -191,8 +236,10 @@ class LFWBlock(LFWBuilder):
 @register_builder
 class LFWPoly(LFWBlock):
     name = "lfw-poly"
-    help = ("LFW_poly: both images of every pair occluded by a random connected polygon covering level% "
-            "of the image, one dataset per level under DIR/level-XX.")
+    help = (
+        "LFW_poly: both images of every pair occluded by a random connected polygon covering level% "
+        "of the image, one dataset per level under DIR/level-XX."
+    )
     shape = "polygon"
 
 
@@ -209,7 +256,9 @@ class LFWMasked(LFWBuilder):
 def _category_builder(category: str, label: str):
     class LFWCategory(LFWBuilder):
         name = f"lfw-occ-{category.replace('_', '-')}"
-        help = f"LFW with one occluder category on the second image of every pair: {label} (SOIDN's per-category table)."
+        help = (
+            f"LFW with one occluder category on the second image of every pair: {label} (SOIDN's per-category table)."
+        )
         options = LFWBuilder.base_options
 
         @property
@@ -224,6 +273,11 @@ def _category_builder(category: str, label: str):
     return register_builder(LFWCategory)
 
 
-for _category, _label in (("sunglasses", "sunglasses"), ("eye_mask", "party mask"), ("scarf", "scarf"),
-                          ("surgical_mask", "doctor mask"), ("cup", "cup")):
+for _category, _label in (
+    ("sunglasses", "sunglasses"),
+    ("eye_mask", "party mask"),
+    ("scarf", "scarf"),
+    ("surgical_mask", "doctor mask"),
+    ("cup", "cup"),
+):
     _category_builder(_category, _label)

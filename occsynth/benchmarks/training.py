@@ -1,5 +1,6 @@
 """Training sets from any identity-folder dataset (CASIA-WebFace / MS1M layout) or a
 `train.rec`: occluded variants for FROM/ALOB-style training, and PDSN's grid pairs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,15 @@ from occsynth.occluders import load_spec
 from occsynth.sources import open_source
 
 SRC_OPTIONS = [
-    click.option("--src", required=True, type=click.Path(exists=True),
-                 help="Identity folders, a .tar/.tgz of them, or an insightface train.rec (train.idx beside it)."),
-    click.option("--aligned", is_flag=True, help="Inputs are already aligned crops (e.g. a train.rec): skip detection."),
+    click.option(
+        "--src",
+        required=True,
+        type=click.Path(exists=True),
+        help="Identity folders, a .tar/.tgz of them, or an insightface train.rec (train.idx beside it).",
+    ),
+    click.option(
+        "--aligned", is_flag=True, help="Inputs are already aligned crops (e.g. a train.rec): skip detection."
+    ),
     click.option("--keep-clean", is_flag=True, help="Store the unoccluded face beside each occluded one (.clean.png)."),
 ]
 
@@ -29,9 +36,15 @@ def variant_plan(items, tag: str, clean: int, occluded: int, occluded_spec: str 
     for i, item in enumerate(items):
         for v in range(per):
             is_clean = v < clean
-            plan.append(PlannedSample(f"{i * per + v:0{width}d}", f"{tag}/{item.sample_id}#{v}", item,
-                                      "" if is_clean else occluded_spec,
-                                      {"group": i, "variant": v, "clean": is_clean}))
+            plan.append(
+                PlannedSample(
+                    f"{i * per + v:0{width}d}",
+                    f"{tag}/{item.sample_id}#{v}",
+                    item,
+                    "" if is_clean else occluded_spec,
+                    {"group": i, "variant": v, "clean": is_clean},
+                )
+            )
     return plan
 
 
@@ -48,45 +61,80 @@ def parse_ratio(text: str) -> tuple[int, int]:
 @register_builder
 class OccTrain(Builder):
     name = "occ-train"
-    help = ("Occluded training set (OCC-CASIA-WebFace style): each image CLEAN times clean and OCCLUDED "
-            "times occluded (--ratio 1:2 by default, FROM/ALOB), with training-split occluders.")
+    help = (
+        "Occluded training set (OCC-CASIA-WebFace style): each image CLEAN times clean and OCCLUDED "
+        "times occluded (--ratio 1:2 by default, FROM/ALOB), with training-split occluders."
+    )
     on_no_face = "skip"
     options = SRC_OPTIONS + [
-        click.option("--ratio", "clean_occluded", default="1:2", show_default=True,
-                     help="Clean:occluded samples per source image."),
+        click.option(
+            "--ratio",
+            "clean_occluded",
+            default="1:2",
+            show_default=True,
+            help="Clean:occluded samples per source image.",
+        ),
         click.option("--occlude", "spec", default=None, help="Occlusion spec (default: the definition's preset)."),
     ]
 
-    def jobs(self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str,
-             spec: str | None) -> list[BuildJob]:
+    def jobs(
+        self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str, spec: str | None
+    ) -> list[BuildJob]:
         clean, occluded = parse_ratio(clean_occluded)
         source = open_source(src)
         spec = load_spec(spec or self.definition["defaults"]["spec"])
-        job_config = dataclasses.replace(config, name=self.name, aligned_input=aligned, keep_clean=keep_clean,
-                                         specs={"": None, "occ": spec})
+        job_config = dataclasses.replace(
+            config, name=self.name, aligned_input=aligned, keep_clean=keep_clean, specs={"": None, "occ": spec}
+        )
         plan = variant_plan(source.items(), self.name, clean, occluded)
-        return [BuildJob("", job_config, plan, source, facts={"clean_per_image": clean, "occluded_per_image": occluded})]
+        return [
+            BuildJob("", job_config, plan, source, facts={"clean_per_image": clean, "occluded_per_image": occluded})
+        ]
 
 
 @register_builder
 class PDSNPairs(Builder):
     name = "pdsn-pairs"
-    help = ("PDSN mask-generator pairs: each image clean, plus variants with one cell of the 5x5 grid "
-            "occluded (optionally with its 4-neighbours); the cell index is in the occluder record.")
+    help = (
+        "PDSN mask-generator pairs: each image clean, plus variants with one cell of the 5x5 grid "
+        "occluded (optionally with its 4-neighbours); the cell index is in the occluder record."
+    )
     on_no_face = "skip"
     options = SRC_OPTIONS + [
-        click.option("--cells", type=click.Choice(["all", "central"]), default="all", show_default=True,
-                     help="Draw the occluded cell from all 25 or from the 9 central cells."),
+        click.option(
+            "--cells",
+            type=click.Choice(["all", "central"]),
+            default="all",
+            show_default=True,
+            help="Draw the occluded cell from all 25 or from the 9 central cells.",
+        ),
         click.option("--with-neighbours", is_flag=True, help="Also occlude the cell's 4-neighbours."),
         click.option("--variants", type=int, default=1, show_default=True, help="Occluded variants per image."),
         click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
     ]
 
-    def jobs(self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, cells: str,
-             with_neighbours: bool, variants: int, fill: str) -> list[BuildJob]:
+    def jobs(
+        self,
+        config: BuildConfig,
+        src: str,
+        aligned: bool,
+        keep_clean: bool,
+        cells: str,
+        with_neighbours: bool,
+        variants: int,
+        fill: str,
+    ) -> list[BuildJob]:
         source = open_source(src)
-        spec = {"name": "grid_cell", "params": {"cell": cells, "grid": self.definition["defaults"]["grid"],
-                                                "with_neighbours": with_neighbours, "fill": fill}}
-        job_config = dataclasses.replace(config, name=self.name, aligned_input=aligned, keep_clean=keep_clean,
-                                         specs={"": None, "occ": spec})
+        spec = {
+            "name": "grid_cell",
+            "params": {
+                "cell": cells,
+                "grid": self.definition["defaults"]["grid"],
+                "with_neighbours": with_neighbours,
+                "fill": fill,
+            },
+        }
+        job_config = dataclasses.replace(
+            config, name=self.name, aligned_input=aligned, keep_clean=keep_clean, specs={"": None, "occ": spec}
+        )
         return [BuildJob("", job_config, variant_plan(source.items(), self.name, 1, variants), source)]

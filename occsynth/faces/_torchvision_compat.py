@@ -7,6 +7,7 @@ torch wheel (``RuntimeError: operator torchvision::nms does not exist``; see DEV
 ``ensure_torchvision`` keeps a working torchvision when there is one and otherwise registers a
 minimal stand-in package providing exactly those two functions.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,9 +26,7 @@ _REQUIRED = (
 import_error: str | None = None
 
 
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Per-class greedy NMS with torchvision's semantics.
 
     A box is dropped when its IoU with a kept, higher-scoring box of the same class is
@@ -40,9 +39,7 @@ def batched_nms(
         raise ValueError(f"boxes must be (N, 4), got shape {tuple(boxes.shape)}")
     n = boxes.shape[0]
     if scores.shape != (n,) or idxs.shape != (n,):
-        raise ValueError(
-            f"scores and idxs must be ({n},), got {tuple(scores.shape)} and {tuple(idxs.shape)}"
-        )
+        raise ValueError(f"scores and idxs must be ({n},), got {tuple(scores.shape)} and {tuple(idxs.shape)}")
     if n == 0:
         return torch.empty((0,), dtype=torch.int64, device=device)
 

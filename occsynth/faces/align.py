@@ -3,6 +3,7 @@
 The warp follows the insightface convention: least-squares similarity from the 5 detected
 landmarks to the template points, cv2.warpAffine with bilinear sampling and a black border.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -46,8 +47,11 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     for name, pts in (("src", src), ("dst", dst)):
         spread = float(np.sum((pts - pts.mean(axis=0)) ** 2))
         if spread <= 1e-18 * max(1.0, float(np.max(np.abs(pts)))) ** 2 * len(pts):
-            raise ValueError("src points coincide: a similarity is not defined" if name == "src" else
-                             "dst points coincide: the similarity would collapse to a point")
+            raise ValueError(
+                "src points coincide: a similarity is not defined"
+                if name == "src"
+                else "dst points coincide: the similarity would collapse to a point"
+            )
     m = similarity_matrix(src, dst)
     if m[0, 0] == 0.0 and m[1, 0] == 0.0:
         raise ValueError("src and dst are uncorrelated: the least-squares similarity has zero scale")
@@ -102,7 +106,11 @@ def center_crop_landmarks(
     ``crop_fraction * min(width, height)`` centred ``crop_offset * min(width, height)`` from
     the image centre. The defaults are measured on LFW deep-funneled (see LFW_CROP_FRACTION).
     """
-    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))) or width <= 0 or height <= 0:
+    if (
+        not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)))
+        or width <= 0
+        or height <= 0
+    ):
         raise ValueError(f"width and height must be positive ints, got {width!r} x {height!r}")
     if not 0.0 < crop_fraction:
         raise ValueError(f"crop_fraction must be positive, got {crop_fraction}")

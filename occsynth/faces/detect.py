@@ -3,6 +3,7 @@
 Landmark order: left eye, right eye, nose tip, left mouth corner, right mouth corner (left/right
 as seen in the image), in source-image pixel coordinates, rounded with contract.round_points.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,11 +50,7 @@ class Face:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Face):
             return NotImplemented
-        return (
-            self.box == other.box
-            and self.score == other.score
-            and np.array_equal(self.landmarks, other.landmarks)
-        )
+        return self.box == other.box and self.score == other.score and np.array_equal(self.landmarks, other.landmarks)
 
     def __hash__(self) -> int:
         return hash((self.box, self.score, self.landmarks.tobytes()))
@@ -93,7 +90,7 @@ class FaceDetector:
 
     def __init__(
         self,
-        device: "str | torch.device" = "cpu",
+        device: str | torch.device = "cpu",
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
@@ -186,8 +183,7 @@ def _faces_from_mtcnn(boxes, probs, points, scale_xy: tuple[float, float]) -> li
     points = np.asarray(points).astype(np.float64).reshape(-1, 5, 2)
     if not (len(boxes) == len(probs) == len(points)):
         raise RuntimeError(
-            f"MTCNN returned inconsistent counts: {len(boxes)} boxes, {len(probs)} scores, "
-            f"{len(points)} landmark sets"
+            f"MTCNN returned inconsistent counts: {len(boxes)} boxes, {len(probs)} scores, {len(points)} landmark sets"
         )
     sx, sy = scale_xy
     if (sx, sy) != (1.0, 1.0):

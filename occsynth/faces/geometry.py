@@ -3,6 +3,7 @@
 The face frame F(fx, fy) = E + fx * (right_eye - left_eye) + fy * (mouth_mid - E), E the eye
 midpoint, places occluders relative to the 5 landmarks whatever the face's size and roll.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,9 @@ def inter_ocular(landmarks: np.ndarray) -> float:
     return float(math.hypot(*(lm[1] - lm[0])))
 
 
-def compose_about(m: np.ndarray, centre: np.ndarray, scale: float, angle_deg: float, shift: Sequence[float]) -> np.ndarray:
+def compose_about(
+    m: np.ndarray, centre: np.ndarray, scale: float, angle_deg: float, shift: Sequence[float]
+) -> np.ndarray:
     """Follow the 2x3 map `m` by a scale and rotation about `centre` and a shift (pixels);
     positive angles turn clockwise on screen (y points down)."""
     t = math.radians(angle_deg)
@@ -73,15 +76,19 @@ def face_points_fast(lm: list, points: list) -> list[tuple[float, float]]:
     return [(ex + fx * ax + fy * bx, ey + fx * ay + fy * by) for fx, fy in points]
 
 
-def compose_fast(m: list[float], cx: float, cy: float, scale: float, angle_deg: float, sx: float, sy: float) -> np.ndarray:
+def compose_fast(
+    m: list[float], cx: float, cy: float, scale: float, angle_deg: float, sx: float, sy: float
+) -> np.ndarray:
     """compose_about in plain floats, returning the 2x3 numpy matrix."""
     t = math.radians(angle_deg)
     c, s = scale * math.cos(t), scale * math.sin(t)
     a, b, tx, d, e, ty = m
-    return np.array([
-        [c * a - s * d, c * b - s * e, c * (tx - cx) - s * (ty - cy) + cx + sx],
-        [s * a + c * d, s * b + c * e, s * (tx - cx) + c * (ty - cy) + cy + sy],
-    ])
+    return np.array(
+        [
+            [c * a - s * d, c * b - s * e, c * (tx - cx) - s * (ty - cy) + cx + sx],
+            [s * a + c * d, s * b + c * e, s * (tx - cx) + c * (ty - cy) + cy + sy],
+        ]
+    )
 
 
 def similarity_matrix(src, dst) -> np.ndarray:

@@ -4,6 +4,7 @@ each source file's bytes.
 A dataset is detected once: every build adds its new detections here, and later builds of the
 same images (from a folder, an archive, a renamed copy) reuse them instead of running MTCNN.
 """
+
 from __future__ import annotations
 
 import json

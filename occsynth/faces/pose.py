@@ -13,6 +13,7 @@ R = Rz(roll) Rx(pitch) Ry(yaw): yaw > 0 turns the nose toward the image right, p
 lifts it (face looking up), roll > 0 turns the face clockwise on screen. The estimate is a few
 microseconds, so it runs per image.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,8 @@ import numpy as np
 
 MODEL_POINTS = np.array(
     [
-        [-31.5, 0.0, 0.0],   # left eye
-        [31.5, 0.0, 0.0],    # right eye
+        [-31.5, 0.0, 0.0],  # left eye
+        [31.5, 0.0, 0.0],  # right eye
         [0.1, 36.0, -24.0],  # nose tip
         [-25.7, 72.9, -3.0],  # left mouth corner
         [26.5, 72.6, -3.0],  # right mouth corner
@@ -85,8 +86,9 @@ def estimate_pose(landmarks: np.ndarray) -> dict:
     rotation = np.array([r1, r2, r3])
     yaw, pitch, roll = pose_angles(rotation)
     cx, cy, cz = _MODEL_MEAN
-    translation = np.array([mx - scale * (r1[0] * cx + r1[1] * cy + r1[2] * cz),
-                            my - scale * (r2[0] * cx + r2[1] * cy + r2[2] * cz)])
+    translation = np.array(
+        [mx - scale * (r1[0] * cx + r1[1] * cy + r1[2] * cz), my - scale * (r2[0] * cx + r2[1] * cy + r2[2] * cz)]
+    )
     return {"yaw": yaw, "pitch": pitch, "roll": roll, "scale": scale, "rotation": rotation, "translation": translation}
 
 

@@ -8,6 +8,7 @@ insightface/ArcFace (112x112, the 112x96 points shifted +8 px in x). 128x128 and
 are the ArcFace points scaled by 128/112 and 224/112 (the convention of LightCNN- and
 VGG-sized pipelines that reuse the ArcFace crop).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -24,6 +24,7 @@
 Target names the card can measure: see :data:`MEASURES`; others are listed as "not measured".
 Plots are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend change).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,12 +69,12 @@ MEASURES = {
 
 @dataclass
 class OcclusionMaps:
-    frequency: np.ndarray   # HxW float64, mean of masks / 255 (1 = always occluded)
-    mean_face: np.ndarray   # HxWx3 float64, mean RGB image
+    frequency: np.ndarray  # HxW float64, mean of masks / 255 (1 = always occluded)
+    mean_face: np.ndarray  # HxWx3 float64, mean RGB image
     mean_landmarks: np.ndarray | None  # 5x2 mean landmarks in the image, None when absent
-    count: int              # samples averaged
-    size: tuple[int, int]   # (width, height)
-    other_sizes: int        # samples of another size, not averaged (said in the card)
+    count: int  # samples averaged
+    size: tuple[int, int]  # (width, height)
+    other_sizes: int  # samples of another size, not averaged (said in the card)
 
 
 def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
@@ -96,8 +97,10 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
         ext = contract.EXT_IMAGE_PNG if contract.EXT_IMAGE_PNG in members else contract.EXT_IMAGE_JPG
         image = decode_image(members[ext])
         if mask.shape != (height, width) or image.shape[:2] != (height, width):
-            raise ValueError(f"sample {key}: image {image.shape[1::-1]} / mask {mask.shape[::-1]} differ "
-                             f"from image_size {list(size)}")
+            raise ValueError(
+                f"sample {key}: image {image.shape[1::-1]} / mask {mask.shape[::-1]} differ "
+                f"from image_size {list(size)}"
+            )
         mask_sum += mask
         face_sum += image
         count += 1
@@ -106,13 +109,15 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
             lm_sum += landmarks
             lm_count += 1
     if count == 0:
-        raise ValueError(f"{dataset_dir}: index.jsonl lists {sizes[size]} samples of {width}x{height}, "
-                         "the shards none")
+        raise ValueError(f"{dataset_dir}: index.jsonl lists {sizes[size]} samples of {width}x{height}, the shards none")
     return OcclusionMaps(
         frequency=mask_sum / (count * float(contract.MASK_OCCLUDED)),
         mean_face=face_sum / count,
         mean_landmarks=lm_sum / lm_count if lm_count else None,
-        count=count, size=size, other_sizes=sum(sizes.values()) - sizes[size])
+        count=count,
+        size=size,
+        other_sizes=sum(sizes.values()) - sizes[size],
+    )
 
 
 def measure(dataset_dir: str | os.PathLike) -> dict:
@@ -131,10 +136,13 @@ def measure(dataset_dir: str | os.PathLike) -> dict:
     }
     if (dataset_dir / PAIRS_FILE).exists():
         rows = read_pairs_jsonl(dataset_dir / PAIRS_FILE)
-        values.update(pairs=len(rows), matched_pairs=sum(bool(r["issame"]) for r in rows),
-                      mismatched_pairs=sum(not r["issame"] for r in rows),
-                      flagged_pairs=sum(bool(r["flagged"]) for r in rows),
-                      folds=len({r["fold"] for r in rows}))
+        values.update(
+            pairs=len(rows),
+            matched_pairs=sum(bool(r["issame"]) for r in rows),
+            mismatched_pairs=sum(not r["issame"] for r in rows),
+            flagged_pairs=sum(bool(r["flagged"]) for r in rows),
+            folds=len({r["fold"] for r in rows}),
+        )
     return values
 
 
@@ -198,8 +206,9 @@ def _plot_ratios(path: Path, ratios: np.ndarray, targets: dict) -> None:
         ax.axvline(ratios.mean(), color="#cc3311", linestyle="-", label=f"mean {ratios.mean():.2%}")
         occluded = ratios[ratios > 0]
         if len(occluded) and len(occluded) != len(ratios):
-            ax.axvline(occluded.mean(), color="#ee7733", linestyle="--",
-                       label=f"mean of occluded {occluded.mean():.2%}")
+            ax.axvline(
+                occluded.mean(), color="#ee7733", linestyle="--", label=f"mean of occluded {occluded.mean():.2%}"
+            )
     for name in ("mean_occlusion_ratio", "mean_occlusion_ratio_occluded"):
         if isinstance(targets.get(name), (int, float)):
             ax.axvline(targets[name], color="black", linestyle=":", label=f"target {name} {targets[name]:.2%}")
@@ -266,9 +275,13 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, families, names) -> str:
     title = facts.get("benchmark") or manifest.get("name") or dataset_dir.name
     totals = manifest.get("totals", {})
-    lines = [f"# {title}", "",
-             f"Dataset card written by occsynth {__version__} from `{contract.MANIFEST}`, `{contract.INDEX}`, "
-             f"`{contract.FAILURES}` and the shards.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Dataset card written by occsynth {__version__} from `{contract.MANIFEST}`, `{contract.INDEX}`, "
+        f"`{contract.FAILURES}` and the shards.",
+        "",
+    ]
 
     if facts:
         lines += ["## Benchmark", ""]
@@ -284,40 +297,80 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
                 if name in values:
                     achieved = values[name]
                     diff = (achieved - target) if isinstance(target, (int, float)) else None
-                    rows.append([MEASURES.get(name, name), f"`{name}`", _fmt(name, target), _fmt(name, achieved),
-                                 "" if diff is None else (f"{diff:+.2%}" if isinstance(achieved, float) and
-                                                          ("ratio" in name or "fraction" in name) else f"{diff:+,}")])
+                    rows.append(
+                        [
+                            MEASURES.get(name, name),
+                            f"`{name}`",
+                            _fmt(name, target),
+                            _fmt(name, achieved),
+                            ""
+                            if diff is None
+                            else (
+                                f"{diff:+.2%}"
+                                if isinstance(achieved, float) and ("ratio" in name or "fraction" in name)
+                                else f"{diff:+,}"
+                            ),
+                        ]
+                    )
                 else:
                     rows.append([name, f"`{name}`", _fmt(name, target), "not measured by occsynth", ""])
             lines += ["", *_table(["quantity", "name", "target (paper)", "achieved (this build)", "difference"], rows)]
         lines.append("")
 
     source = manifest.get("source", {})
-    lines += ["## Build", "",
-              f"- **Command:** `{manifest.get('command', '')}`",
-              f"- **Seed:** {manifest.get('seed')}",
-              f"- **Tool:** {manifest.get('tool', 'occsynth')} {manifest.get('version', '')}",
-              f"- **Template:** {manifest.get('template')} ({'x'.join(str(v) for v in manifest.get('image_size', []))})",
-              f"- **Source:** {source.get('description', '')} (fingerprint `{source.get('fingerprint', '')}`)",
-              ""]
-    lines += ["## Totals", "", *_table(["planned", "samples", "failures", "shards", "identities"], [[
-        _fmt("n", totals.get("planned", len(metas) + len(failures))), _fmt("n", len(metas)),
-        _fmt("n", len(failures)), _fmt("n", totals.get("shards", len(manifest.get("shards", [])))),
-        _fmt("n", values["identities"])]]), ""]
+    lines += [
+        "## Build",
+        "",
+        f"- **Command:** `{manifest.get('command', '')}`",
+        f"- **Seed:** {manifest.get('seed')}",
+        f"- **Tool:** {manifest.get('tool', 'occsynth')} {manifest.get('version', '')}",
+        f"- **Template:** {manifest.get('template')} ({'x'.join(str(v) for v in manifest.get('image_size', []))})",
+        f"- **Source:** {source.get('description', '')} (fingerprint `{source.get('fingerprint', '')}`)",
+        "",
+    ]
+    lines += [
+        "## Totals",
+        "",
+        *_table(
+            ["planned", "samples", "failures", "shards", "identities"],
+            [
+                [
+                    _fmt("n", totals.get("planned", len(metas) + len(failures))),
+                    _fmt("n", len(metas)),
+                    _fmt("n", len(failures)),
+                    _fmt("n", totals.get("shards", len(manifest.get("shards", [])))),
+                    _fmt("n", values["identities"]),
+                ]
+            ],
+        ),
+        "",
+    ]
 
     ratios = np.array([m["occlusion_ratio"] for m in metas], np.float64)
     lines += ["## Occlusion", ""]
     if len(ratios):
-        lines += _table(["mean", "mean (occluded only)", "occluded samples", "std", "min", "max"], [[
-            f"{ratios.mean():.2%}", f"{values['mean_occlusion_ratio_occluded']:.2%}",
-            f"{int((ratios > 0).sum()):,} ({values['occluded_fraction']:.1%})", f"{ratios.std():.2%}",
-            f"{ratios.min():.2%}", f"{ratios.max():.2%}"]])
+        lines += _table(
+            ["mean", "mean (occluded only)", "occluded samples", "std", "min", "max"],
+            [
+                [
+                    f"{ratios.mean():.2%}",
+                    f"{values['mean_occlusion_ratio_occluded']:.2%}",
+                    f"{int((ratios > 0).sum()):,} ({values['occluded_fraction']:.1%})",
+                    f"{ratios.std():.2%}",
+                    f"{ratios.min():.2%}",
+                    f"{ratios.max():.2%}",
+                ]
+            ],
+        )
     lines += ["", f"![occlusion ratio histogram]({PLOT_RATIO})", ""]
     if maps is not None:
-        lines += [f"![occlusion frequency heat map]({PLOT_HEATMAP})", "",
-                  f"Heat map: mean of the masks of {maps.count:,} samples of {maps.size[0]}x{maps.size[1]} "
-                  f"(values in `{FREQUENCY_NPY}`); highest per-pixel frequency {maps.frequency.max():.2%}, "
-                  f"mean {maps.frequency.mean():.2%}."]
+        lines += [
+            f"![occlusion frequency heat map]({PLOT_HEATMAP})",
+            "",
+            f"Heat map: mean of the masks of {maps.count:,} samples of {maps.size[0]}x{maps.size[1]} "
+            f"(values in `{FREQUENCY_NPY}`); highest per-pixel frequency {maps.frequency.max():.2%}, "
+            f"mean {maps.frequency.mean():.2%}.",
+        ]
         if maps.other_sizes:
             lines.append(f"{maps.other_sizes:,} samples of other sizes are not part of the heat map.")
         lines.append("")
@@ -333,8 +386,10 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
         stages = Counter(f["stage"] for f in failures)
         reasons = Counter(f["reason"] for f in failures)
         lines += _table(["stage", "inputs"], [[k, f"{v:,}"] for k, v in sorted(stages.items())]) + [""]
-        lines += _table(["reason (most common first)", "inputs"],
-                        [[r.replace("|", "\\|"), f"{n:,}"] for r, n in reasons.most_common(10)])
+        lines += _table(
+            ["reason (most common first)", "inputs"],
+            [[r.replace("|", "\\|"), f"{n:,}"] for r, n in reasons.most_common(10)],
+        )
         if len(reasons) > 10:
             lines.append(f"\n... and {len(reasons) - 10} other reasons; see `{contract.FAILURES}`.")
     else:
@@ -342,10 +397,25 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
     lines.append("")
 
     if "pairs" in values:
-        lines += ["## Pairs", "", *_table(["pairs", "matched", "mismatched", "folds", "flagged"], [[
-            f"{values['pairs']:,}", f"{values['matched_pairs']:,}", f"{values['mismatched_pairs']:,}",
-            f"{values['folds']:,}", f"{values['flagged_pairs']:,}"]]), "",
-            f"Flagged pairs stay in `{PAIRS_FILE}` with their reason; they are never removed.", ""]
+        lines += [
+            "## Pairs",
+            "",
+            *_table(
+                ["pairs", "matched", "mismatched", "folds", "flagged"],
+                [
+                    [
+                        f"{values['pairs']:,}",
+                        f"{values['matched_pairs']:,}",
+                        f"{values['mismatched_pairs']:,}",
+                        f"{values['folds']:,}",
+                        f"{values['flagged_pairs']:,}",
+                    ]
+                ],
+            ),
+            "",
+            f"Flagged pairs stay in `{PAIRS_FILE}` with their reason; they are never removed.",
+            "",
+        ]
 
     protocol_path = dataset_dir / PROTOCOL_FILE
     if protocol_path.exists():
@@ -356,16 +426,23 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
             lines.append(f"- **Convention:** {info['source']}")
         for name in ("gallery_images", "probe_sets", "gallery_mode", "rule"):
             if name in info:
-                lines.append(f"- **{name}:** `{json.dumps(info[name])}`" if not isinstance(info[name], str)
-                             else f"- **{name}:** {info[name]}")
+                lines.append(
+                    f"- **{name}:** `{json.dumps(info[name])}`"
+                    if not isinstance(info[name], str)
+                    else f"- **{name}:** {info[name]}"
+                )
         rows = [["gallery", f"{len(doc.get('gallery', [])):,}"]]
         rows += [[f"probes: {k}", f"{len(v):,}"] for k, v in doc.get("probes", {}).items()]
-        rows += [["distractors", f"{len(doc.get('distractors', [])):,}"],
-                 ["flagged (listed, no sample)", f"{len(doc.get('flagged', [])):,}"],
-                 ["excluded source images", f"{len(doc.get('excluded', [])):,}"]]
+        rows += [
+            ["distractors", f"{len(doc.get('distractors', [])):,}"],
+            ["flagged (listed, no sample)", f"{len(doc.get('flagged', [])):,}"],
+            ["excluded source images", f"{len(doc.get('excluded', [])):,}"],
+        ]
         lines += ["", *_table(["role", "samples"], rows), ""]
 
-    shard_rows = [[f"`{s['name']}`", f"`{s['sha256']}`", f"{s.get('num_samples', '')}",
-                   f"{s.get('num_failures', '')}"] for s in manifest.get("shards", [])]
+    shard_rows = [
+        [f"`{s['name']}`", f"`{s['sha256']}`", f"{s.get('num_samples', '')}", f"{s.get('num_failures', '')}"]
+        for s in manifest.get("shards", [])
+    ]
     lines += ["## Shards", "", *_table(["shard", "sha256", "samples", "failures"], shard_rows), ""]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """`occsynth preview DIR --out sheet.png`: a contact sheet of samples with the mask overlaid."""
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,21 @@ def read_samples(out_dir: str | Path, limit: int, every: int = 1) -> list[tuple[
         if seen % every:
             continue
         image_ext = contract.EXT_IMAGE_PNG if contract.EXT_IMAGE_PNG in members else contract.EXT_IMAGE_JPG
-        samples.append((json.loads(members[contract.EXT_META]), decode_image(members[image_ext]),
-                        decode_mask(members[contract.EXT_MASK])))
+        samples.append(
+            (
+                json.loads(members[contract.EXT_META]),
+                decode_image(members[image_ext]),
+                decode_mask(members[contract.EXT_MASK]),
+            )
+        )
         if len(samples) >= limit:
             break
     return samples
 
 
-def contact_sheet(samples: list[tuple[dict, np.ndarray, np.ndarray]], columns: int = 8,
-                  cell: int = 128, show_image: bool = True) -> np.ndarray:
+def contact_sheet(
+    samples: list[tuple[dict, np.ndarray, np.ndarray]], columns: int = 8, cell: int = 128, show_image: bool = True
+) -> np.ndarray:
     """Grid of cells; each cell is the image and, beside it, the image with the mask overlay."""
     if not samples:
         raise ValueError("no samples to preview")
@@ -57,16 +64,27 @@ def contact_sheet(samples: list[tuple[dict, np.ndarray, np.ndarray]], columns: i
             y0, x0 = r * (cell + label_h), (c * per + j) * cell
             sheet[y0 : y0 + resized.shape[0], x0 : x0 + resized.shape[1]] = resized
         # objects show their category ("object" alone says little)
-        names = "+".join(o["params"].get("category") or o["params"].get("kind") or o["name"]
-                         for o in meta.get("occluders", [])) or "clean"
+        names = (
+            "+".join(
+                o["params"].get("category") or o["params"].get("kind") or o["name"] for o in meta.get("occluders", [])
+            )
+            or "clean"
+        )
         label = f"{names} {100 * meta.get('occlusion_ratio', 0):.0f}%"
-        cv2.putText(sheet, label[: 3 * per * cell // 16], (c * per * cell + 2, r * (cell + label_h) + cell + 11),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (230, 230, 230), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet,
+            label[: 3 * per * cell // 16],
+            (c * per * cell + 2, r * (cell + label_h) + cell + 11),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (230, 230, 230),
+            1,
+            cv2.LINE_AA,
+        )
     return sheet
 
 
-def write_preview(out_dir: str | Path, out_png: str | Path, limit: int = 32, columns: int = 8,
-                  every: int = 1) -> Path:
+def write_preview(out_dir: str | Path, out_png: str | Path, limit: int = 32, columns: int = 8, every: int = 1) -> Path:
     sheet = contact_sheet(read_samples(out_dir, limit, every), columns=columns)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

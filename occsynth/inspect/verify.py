@@ -1,4 +1,5 @@
 """`occsynth verify DIR`: re-hash shards and check every sample against the data contract."""
+
 from __future__ import annotations
 
 import json
@@ -102,5 +103,7 @@ def verify_dataset(out_dir: str | Path, *, decode: bool = True, max_problems: in
     if index_keys and index_keys != seen_keys:
         problem(f"{contract.INDEX} lists {len(index_keys)} samples that differ from the {len(seen_keys)} in the shards")
     if manifest.get("totals", {}).get("samples") != len(seen_keys):
-        problem(f"manifest totals say {manifest.get('totals', {}).get('samples')} samples, shards hold {len(seen_keys)}")
+        problem(
+            f"manifest totals say {manifest.get('totals', {}).get('samples')} samples, shards hold {len(seen_keys)}"
+        )
     return problems

@@ -6,6 +6,7 @@ some extractors turn into `/b`), links, devices and FIFOs are refused with the m
 Files are created with O_NOFOLLOW under a destination that is resolved once, so neither a name
 nor a link already inside the destination can lead a write outside it.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,11 @@ def iter_files(archive: str | os.PathLike) -> Iterator[tuple[PurePosixPath, tarf
                 yield path, info, tf
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
-                 select: Callable[[PurePosixPath], PurePosixPath | None] | None = None) -> list[Path]:
+def safe_extract(
+    archive: str | os.PathLike,
+    dest: str | os.PathLike,
+    select: Callable[[PurePosixPath], PurePosixPath | None] | None = None,
+) -> list[Path]:
     """Unpack the regular files of a tar archive (any compression) under `dest`.
 
     `select(path)` maps a member's checked path to its path below `dest` (None: leave it);
@@ -84,8 +88,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
         target = root.joinpath(*rel.parts)
         parent = target.parent.resolve()
         if parent != root and root not in parent.parents:
-            raise UnsafeArchiveError(f"{archive}: member {info.name!r} would be written outside {root} "
-                                     f"(through a link already in the destination)")
+            raise UnsafeArchiveError(
+                f"{archive}: member {info.name!r} would be written outside {root} "
+                f"(through a link already in the destination)"
+            )
         parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(parent / target.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
         with os.fdopen(fd, "wb") as out, tf.extractfile(info) as src:

@@ -4,6 +4,7 @@ A reader (or a resumed run) never sees a half-written file under its final name,
 loss cannot leave a renamed but empty file: the data is fsynced before the rename and the folder
 after it. The temporary name carries the PID so concurrent writers never share one.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 Order: an explicit argument, then ``$OCCSYNTH_CACHE``, then ``$XDG_CACHE_HOME/occsynth``, then
 ``~/.cache/occsynth``. Deleting the folder is always safe.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ verify, preview, export, the card, the builders' finish steps and occsynth_train
 dataset through `Dataset`, so a missing or malformed file gives the same one-line DatasetError
 everywhere instead of a KeyError or JSONDecodeError somewhere deep.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,15 @@ class Dataset:
         for i, entry in enumerate(self.manifest["shards"]):
             try:
                 name = entry["name"]
-                out.append(ShardEntry(name, self.root / name, entry.get("sha256", ""), int(entry["num_samples"]),
-                                      int(entry.get("num_failures", 0))))
+                out.append(
+                    ShardEntry(
+                        name,
+                        self.root / name,
+                        entry.get("sha256", ""),
+                        int(entry["num_samples"]),
+                        int(entry.get("num_failures", 0)),
+                    )
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise DatasetError(f"{self.root / contract.MANIFEST}: shards[{i}] is malformed ({exc})") from None
         return sorted(out, key=lambda s: s.name)

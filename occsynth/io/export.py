@@ -22,6 +22,7 @@
 
 Every export is written to a temporary name and renamed into place when complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -130,8 +131,9 @@ def _export_bin(dataset_dir: Path, out: Path) -> dict:
             sizes[tuple(meta["image_size"])] += 1
     unknown = sorted(wanted - set(images))
     if unknown:
-        raise ValueError(f"{pairs_path} names keys that are not in the shards: {unknown[:5]}"
-                         f"{' ...' if len(unknown) > 5 else ''}")
+        raise ValueError(
+            f"{pairs_path} names keys that are not in the shards: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
     if len(sizes) > 1:
         raise ValueError(f"the paired images have several sizes {sorted(sizes)}; a .bin holds one size")
 
@@ -144,15 +146,26 @@ def _export_bin(dataset_dir: Path, out: Path) -> dict:
     warnings = []
     excluded = [{"pair": r["pair"], "fold": r["fold"], "reason": r["reason"]} for r in rows if r["flagged"]]
     if excluded:
-        warnings.append(f"{len(excluded)} flagged pair(s) left out (the .bin format cannot mark them); "
-                        "arcface_torch's 10-fold split over pair order no longer matches the protocol folds")
+        warnings.append(
+            f"{len(excluded)} flagged pair(s) left out (the .bin format cannot mark them); "
+            "arcface_torch's 10-fold split over pair order no longer matches the protocol folds"
+        )
     if tuple(size) != ARCFACE_SIZE:
-        warnings.append(f"images are {size[0]}x{size[1]}; arcface_torch's load_bin expects 112x112 "
-                        "(call load_bin with image_size=[height, width])")
+        warnings.append(
+            f"images are {size[0]}x{size[1]}; arcface_torch's load_bin expects 112x112 "
+            "(call load_bin with image_size=[height, width])"
+        )
     summary = {
-        "format": "insightface-bin", "path": str(out), "pickle_protocol": BIN_PICKLE_PROTOCOL,
-        "pairs": len(usable), "pairs_in_protocol": len(rows), "matched": sum(issame),
-        "images": len(bins), "image_size": list(size), "excluded": excluded, "warnings": warnings,
+        "format": "insightface-bin",
+        "path": str(out),
+        "pickle_protocol": BIN_PICKLE_PROTOCOL,
+        "pairs": len(usable),
+        "pairs_in_protocol": len(rows),
+        "matched": sum(issame),
+        "images": len(bins),
+        "image_size": list(size),
+        "excluded": excluded,
+        "warnings": warnings,
         "dataset": str(dataset_dir.absolute()),
     }
     _write_json(out.with_name(out.name + ".json"), summary)
@@ -181,8 +194,12 @@ def _write_folder(dataset_dir: Path, out: Path, tmp: Path) -> dict:
         metas.append(meta)
     (tmp / "metadata.jsonl").write_text(contract.dumps_lines(metas), encoding="utf-8")
 
-    summary = {"format": "folder", "path": str(out), "samples": len(metas),
-               "identities": len({m["identity"] for m in metas})}
+    summary = {
+        "format": "folder",
+        "path": str(out),
+        "samples": len(metas),
+        "identities": len({m["identity"] for m in metas}),
+    }
     pairs_path = dataset_dir / PAIRS_FILE
     if pairs_path.exists():
         rows = read_pairs_jsonl(pairs_path)
@@ -190,8 +207,7 @@ def _write_folder(dataset_dir: Path, out: Path, tmp: Path) -> dict:
         summary["pairs"] = len(rows)
         missing_ids = [r["pair"] for r in rows if "a_id" not in r or "b_id" not in r]
         if missing_ids:
-            raise ValueError(f"{pairs_path}: rows lack a_id/b_id (e.g. pair {missing_ids[0]}); "
-                             "cannot write pairs.txt")
+            raise ValueError(f"{pairs_path}: rows lack a_id/b_id (e.g. pair {missing_ids[0]}); cannot write pairs.txt")
         pairs = [Pair(r["pair"], r["fold"], r["issame"], r["a_id"], r["b_id"]) for r in rows]
         summary["pairs_txt_layout"] = write_pairs_txt(tmp / "pairs.txt", pairs)
     return summary
@@ -205,18 +221,31 @@ def _export_parquet(dataset_dir: Path, out: Path, rows_per_group: int = 1000) ->
     except ImportError:
         raise ImportError("parquet export needs pyarrow: pip install 'occsynth[parquet]'") from None
 
-    schema = pa.schema([
-        ("key", pa.string()), ("sample_id", pa.string()), ("identity", pa.string()),
-        ("source", pa.string()), ("template", pa.string()),
-        ("image_width", pa.int32()), ("image_height", pa.int32()),
-        ("landmarks", pa.list_(pa.float64())),          # x0, y0, ..., x4, y4
-        ("seed", pa.int64()), ("spec", pa.string()), ("occlusion_ratio", pa.float64()),
-        ("occluder_names", pa.list_(pa.string())), ("occluder_families", pa.list_(pa.string())),
-        ("occluders_json", pa.string()), ("align_mode", pa.string()), ("extra_json", pa.string()),
-        ("metadata_json", pa.string()),
-        ("image_format", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
-        ("clean", pa.binary()),
-    ])
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("sample_id", pa.string()),
+            ("identity", pa.string()),
+            ("source", pa.string()),
+            ("template", pa.string()),
+            ("image_width", pa.int32()),
+            ("image_height", pa.int32()),
+            ("landmarks", pa.list_(pa.float64())),  # x0, y0, ..., x4, y4
+            ("seed", pa.int64()),
+            ("spec", pa.string()),
+            ("occlusion_ratio", pa.float64()),
+            ("occluder_names", pa.list_(pa.string())),
+            ("occluder_families", pa.list_(pa.string())),
+            ("occluders_json", pa.string()),
+            ("align_mode", pa.string()),
+            ("extra_json", pa.string()),
+            ("metadata_json", pa.string()),
+            ("image_format", pa.string()),
+            ("image", pa.binary()),
+            ("mask", pa.binary()),
+            ("clean", pa.binary()),
+        ]
+    )
     with _staged(out) as tmp:
         count = _write_parquet(dataset_dir, tmp, schema, rows_per_group, pa, pq)
     return {"format": "parquet", "path": str(out), "rows": count, "columns": schema.names}
@@ -237,11 +266,16 @@ def _write_parquet(dataset_dir: Path, tmp: Path, schema, rows_per_group: int, pa
             ext, data = _image_member(key, members)
             width, height = meta["image_size"]
             row = {
-                "key": key, "sample_id": meta["sample_id"], "identity": str(meta["identity"]),
-                "source": meta["source"], "template": meta["template"],
-                "image_width": width, "image_height": height,
+                "key": key,
+                "sample_id": meta["sample_id"],
+                "identity": str(meta["identity"]),
+                "source": meta["source"],
+                "template": meta["template"],
+                "image_width": width,
+                "image_height": height,
                 "landmarks": [float(v) for point in meta["landmarks"] for v in point],
-                "seed": meta["seed"], "spec": meta.get("spec", ""),
+                "seed": meta["seed"],
+                "spec": meta.get("spec", ""),
                 "occlusion_ratio": float(meta["occlusion_ratio"]),
                 "occluder_names": [o["name"] for o in meta["occluders"]],
                 "occluder_families": [o["family"] for o in meta["occluders"]],
@@ -249,7 +283,9 @@ def _write_parquet(dataset_dir: Path, tmp: Path, schema, rows_per_group: int, pa
                 "align_mode": meta.get("align_mode", ""),
                 "extra_json": contract.dumps(meta.get("extra", {})),
                 "metadata_json": contract.dumps(meta),
-                "image_format": ext, "image": data, "mask": members[contract.EXT_MASK],
+                "image_format": ext,
+                "image": data,
+                "mask": members[contract.EXT_MASK],
                 "clean": members.get(contract.EXT_CLEAN),
             }
             for name, value in row.items():

@@ -21,6 +21,7 @@ Decisions worth knowing:
   what Photoshop and nearly every CMYK JPEG writer produce, then converts naively to RGB
   (no ICC colour management). Good enough for face detection; colours are approximate.
 """
+
 from __future__ import annotations
 
 import io
@@ -292,8 +293,9 @@ def _decode_16bit_colour(data: bytes, im: Image.Image, bg: np.ndarray) -> np.nda
         raise ImageLoadError("decode", f"OpenCV cannot decode this 16-bit {im.format}")
     if arr.shape[:2] != (im.size[1], im.size[0]):
         raise ImageLoadError(
-            "decode", f"OpenCV and Pillow disagree on the size ({arr.shape[1]}x{arr.shape[0]} "
-            f"vs {im.size[0]}x{im.size[1]})")
+            "decode",
+            f"OpenCV and Pillow disagree on the size ({arr.shape[1]}x{arr.shape[0]} vs {im.size[0]}x{im.size[1]})",
+        )
     arr = _scale16(arr) if arr.dtype == np.uint16 else arr
     if arr.dtype != np.uint8:
         raise ImageLoadError("decode", f"unsupported sample type {arr.dtype} in {im.format}")

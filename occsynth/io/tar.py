@@ -9,6 +9,7 @@ no user names, mode 0644), so equal samples give byte-identical shards on any ma
 Atomicity: a shard is written to `<name>.tmp`, fsynced, then renamed; a reader never sees a
 half-written shard under its final name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,7 +82,7 @@ class ShardWriter:
             self._file.close()
             self.tmp_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -5,6 +5,7 @@ polygon, blob, pieces, grid_cell), object templates (object + one name per categ
 importers of third-party template sets, 3D face masks (mask3d), and fit_area, which sizes any
 of them to a target area. `TorchOccluder` (torch_ops) applies the same specs to GPU batches.
 """
+
 from occsynth.occluders.base import (
     Occluder,
     Occlusion,

@@ -4,6 +4,7 @@ An occluder takes an aligned face and returns the occluded image AND its exact o
 together (the albumentations image+mask convention). The mask comes from the occluder's own
 geometry or alpha, never from diffing pixels. Inputs are never modified in place.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,7 @@ class Occluder:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ValueError(
-                f"occluder {self.name!r} got unknown parameter(s) {unknown}; "
-                f"known: {sorted(self.defaults)}"
+                f"occluder {self.name!r} got unknown parameter(s) {unknown}; known: {sorted(self.defaults)}"
             )
         self.params = {**self.defaults, **params}
 
@@ -64,7 +64,9 @@ class Occluder:
     ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Apply on top of an existing mask; the new mask is the union of both."""
         seed = int(rng.integers(0, 2**63 - 1))
-        out, own, concrete = self.apply(image, np.asarray(landmarks, dtype=np.float64), np.random.Generator(np.random.PCG64(seed)))
+        out, own, concrete = self.apply(
+            image, np.asarray(landmarks, dtype=np.float64), np.random.Generator(np.random.PCG64(seed))
+        )
         if own.shape != image.shape[:2] or own.dtype != np.bool_:
             raise TypeError(f"{self.name}: apply() must return a bool mask of shape {image.shape[:2]}")
         new_mask = np.where(own, np.uint8(MASK_OCCLUDED), mask)  # one pass, no copy + scatter

@@ -6,6 +6,7 @@ Records. Every occluder applied adds one record to Occlusion.records: base.Occlu
 the occluder's full parameters as compiled (spec values and defaults). `replay` re-creates an
 occlusion from these records alone.
 """
+
 from __future__ import annotations
 
 import json

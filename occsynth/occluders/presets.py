@@ -26,6 +26,7 @@ template and ends at 1.5x. The place is the object occluder's region "random": a
 forehead to chin and cheek to cheek (FROM draws the centre over the whole image), the template
 cut by the border where it overhangs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,12 @@ MSML_TRAIN = {
         {"p": 0.10, "spec": SHAPES},
         {"p": 0.10, "spec": _uniform(_one("sunglasses", split="train"), _one("eyeglasses", split="train"))},
         {"p": 0.10, "spec": _one("scarf", split="train")},
-        {"p": 0.10, "spec": _uniform(*(_one(n, split="train") for n in ("cup", "hand", "phone", "book", "microphone", "hat", "eye_mask")))},
+        {
+            "p": 0.10,
+            "spec": _uniform(
+                *(_one(n, split="train") for n in ("cup", "hand", "phone", "book", "microphone", "hat", "eye_mask"))
+            ),
+        },
     ]
 }
 
@@ -62,8 +68,12 @@ MSML_TRAIN = {
 # FROM_BASE_SCALE keeps factor 1 at ~a third of the natural size and factor 5 at 1.5x, instead
 # of burying the face (measured: with the raw factors 1 in 5 samples were fully covered).
 FROM_BASE_SCALE = 0.3
-FROM_OCCLUDER = _one("object", region="random", split="train",
-                     scale={"choice": [round(FROM_BASE_SCALE * f, 3) for f in FROM_SIZE_FACTORS]})
+FROM_OCCLUDER = _one(
+    "object",
+    region="random",
+    split="train",
+    scale={"choice": [round(FROM_BASE_SCALE * f, 3) for f in FROM_SIZE_FACTORS]},
+)
 FROM_TRAIN = {"mix": [{"p": 1.0, "spec": None}, {"p": 2.0, "spec": FROM_OCCLUDER}]}
 
 PRESETS: dict[str, Any] = {
@@ -95,7 +105,7 @@ def get_preset(name: str) -> Any:
     """The data spec of a preset (a copy); accepts an optional "preset:" prefix."""
     key = name.strip()
     if key.startswith(PREFIX):
-        key = key[len(PREFIX):].strip()
+        key = key[len(PREFIX) :].strip()
     if key in PRESETS:
         return copy.deepcopy(PRESETS[key])
     m = _LFW_BLOCK.match(key)

@@ -18,6 +18,7 @@ CLI string grammar (whitespace ignored):
 e.g. "0.5*clean | 0.5*block(ratio=0.2..0.4, fill=black) + ellipse"
 A bare atom that is a preset name means the preset (no preset shadows an occluder name).
 """
+
 from __future__ import annotations
 
 import json

@@ -26,6 +26,7 @@ into the cache as a plain tar, keyed by the archive's (absolute path, size, mtim
 a temporary file and moved into place with ``os.replace`` so an interrupted run never leaves a
 partial cache. Indexes are cached beside it as JSON.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The source interface: a sorted, fixed list of items and a way to read each one's bytes,
 plus the layout rule shared by folders and archives (see the package docstring)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,7 @@ class Source(ABC):
         return False
 
     @classmethod
-    def open(cls, spec: str | os.PathLike, path: Path, cache_dir: str | os.PathLike | None) -> "Source":
+    def open(cls, spec: str | os.PathLike, path: Path, cache_dir: str | os.PathLike | None) -> Source:
         return cls(path)  # type: ignore[call-arg]
 
     def __init__(self, root: str, description: str, items: Iterable[SourceItem]):
@@ -111,14 +112,17 @@ class Source(ABC):
         return f"<{type(self).__name__} {self.root} items={len(self._items)}>"
 
 
-
 def _layout(paths: list[str]) -> tuple[dict[str, tuple[str, str]], str]:
     """Map each file path (posix, relative) to (sample_id, identity); also return the stripped
     wrapper folder name ("" when none)."""
     split = [p.split("/") for p in paths]
     wrapper = ""
-    if split and len({parts[0] for parts in split}) == 1 \
-            and all(len(parts) >= 2 for parts in split) and any(len(parts) >= 3 for parts in split):
+    if (
+        split
+        and len({parts[0] for parts in split}) == 1
+        and all(len(parts) >= 2 for parts in split)
+        and any(len(parts) >= 3 for parts in split)
+    ):
         wrapper = split[0][0]
         split = [parts[1:] for parts in split]
     mapping = {}
@@ -143,4 +147,3 @@ def _summary(items: list[SourceItem], wrapper: str) -> str:
     identities = len({item.identity for item in items})
     text = f"{len(items):,} files, {identities:,} identities"
     return text + (f", wrapper folder '{wrapper}/' stripped" if wrapper else "")
-

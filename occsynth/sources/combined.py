@@ -1,4 +1,5 @@
 """Several sources under name prefixes, read as one."""
+
 from __future__ import annotations
 
 from occsynth.sources._registry import SOURCES
@@ -16,7 +17,8 @@ class CombinedSource(Source):
         self.parts = dict(sorted(parts.items()))
         items = [
             SourceItem(f"{prefix}/{item.sample_id}", item.identity, item.member, item.size, item.offset, item.problem)
-            for prefix, source in self.parts.items() for item in source.items()
+            for prefix, source in self.parts.items()
+            for item in source.items()
         ]
         description = "; ".join(f"{prefix}: {source.description}" for prefix, source in self.parts.items())
         super().__init__("+".join(source.root for source in self.parts.values()), description, items)
@@ -25,4 +27,3 @@ class CombinedSource(Source):
         prefix, _, rest = item.sample_id.partition("/")
         source = self.parts[prefix]
         return source.read(source._by_id[rest])
-

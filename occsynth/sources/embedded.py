@@ -9,6 +9,7 @@ and laid out as ``<identity>/<file>`` like any identity-folder dataset:
 * ``cameraman/camera.png``         scikit-image, 8-bit greyscale: exercises the grey path
 * ``no_face_cat/chelsea.png``      scikit-image, a cat: exercises the no-face policy
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ __all__ = ["EMBEDDED_IMAGES", "EmbeddedImage", "EmbeddedSource"]
 class EmbeddedImage:
     identity: str
     filename: str
-    package: str        # the pip distribution that ships the file
-    has_face: bool      # whether the photo shows a human face (not a detector result)
+    package: str  # the pip distribution that ships the file
+    has_face: bool  # whether the photo shows a human face (not a detector result)
     note: str
 
 
@@ -53,7 +54,8 @@ def _package_dir(package: str) -> Path:
     except ImportError as exc:
         raise SourceError(
             f"the embedded demo images need {package}, which cannot be imported ({exc}); "
-            f"install it with `pip install {package}`") from exc
+            f"install it with `pip install {package}`"
+        ) from exc
     raise ValueError(f"no embedded images come from {package!r}")
 
 
@@ -62,7 +64,8 @@ def _locate(image: EmbeddedImage) -> Path:
     if not path.is_file():
         raise SourceError(
             f"embedded demo image {image.filename} not found at {path}: it ships with "
-            f"{image.package}; reinstall it with `pip install --force-reinstall {image.package}`")
+            f"{image.package}; reinstall it with `pip install --force-reinstall {image.package}`"
+        )
     return path
 
 
@@ -78,16 +81,21 @@ class EmbeddedSource(Source):
         return isinstance(spec, str) and spec == "embedded"
 
     @classmethod
-    def open(cls, spec, path, cache_dir) -> "EmbeddedSource":
+    def open(cls, spec, path, cache_dir) -> EmbeddedSource:
         return cls()
 
     def __init__(self) -> None:
         items = []
         for image in EMBEDDED_IMAGES:
             path = _locate(image)
-            items.append(SourceItem(
-                sample_id=f"{image.identity}/{image.filename}", identity=image.identity,
-                member=str(path), size=path.stat().st_size))
+            items.append(
+                SourceItem(
+                    sample_id=f"{image.identity}/{image.filename}",
+                    identity=image.identity,
+                    member=str(path),
+                    size=path.stat().st_size,
+                )
+            )
         listing = ", ".join(f"{i.filename} ({i.package})" for i in EMBEDDED_IMAGES)
         super().__init__("embedded", f"embedded demo images: {listing}", items)
 

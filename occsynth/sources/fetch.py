@@ -10,6 +10,7 @@ file.
 each file's mirrors in order; ``base_url`` replaces the mirrors by ``<base_url>/<file name>``
 (a local mirror, or the loopback server of the tests).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -40,8 +41,8 @@ class _Interrupted(Exception):
 
 @dataclass(frozen=True)
 class RemoteFile:
-    name: str                 # file name in the target folder
-    urls: tuple[str, ...]     # mirrors, tried in order
+    name: str  # file name in the target folder
+    urls: tuple[str, ...]  # mirrors, tried in order
     sha256: str
 
 
@@ -53,14 +54,26 @@ class RemoteFile:
 _LFW = "http://vis-www.cs.umass.edu/lfw"
 KNOWN_DATASETS: dict[str, list[RemoteFile]] = {
     "lfw": [
-        RemoteFile("lfw-deepfunneled.tgz", (f"{_LFW}/lfw-deepfunneled.tgz",),
-                   "d8b343af6e6ceaf0e002b243f095127f1a5ae1a56860801c77ce6351542a2cd8"),
-        RemoteFile("pairs.txt", (f"{_LFW}/pairs.txt", "https://ndownloader.figshare.com/files/5976006"),
-                   "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592"),
-        RemoteFile("pairsDevTrain.txt", (f"{_LFW}/pairsDevTrain.txt", "https://ndownloader.figshare.com/files/5976012"),
-                   "1d454dada7dfeca0e7eab6f65dc4e97a6312d44cf142207be28d688be92aabfa"),
-        RemoteFile("pairsDevTest.txt", (f"{_LFW}/pairsDevTest.txt", "https://ndownloader.figshare.com/files/5976009"),
-                   "7cb06600ea8b2814ac26e946201cdb304296262aad67d046a16a7ec85d0ff87c"),
+        RemoteFile(
+            "lfw-deepfunneled.tgz",
+            (f"{_LFW}/lfw-deepfunneled.tgz",),
+            "d8b343af6e6ceaf0e002b243f095127f1a5ae1a56860801c77ce6351542a2cd8",
+        ),
+        RemoteFile(
+            "pairs.txt",
+            (f"{_LFW}/pairs.txt", "https://ndownloader.figshare.com/files/5976006"),
+            "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
+        ),
+        RemoteFile(
+            "pairsDevTrain.txt",
+            (f"{_LFW}/pairsDevTrain.txt", "https://ndownloader.figshare.com/files/5976012"),
+            "1d454dada7dfeca0e7eab6f65dc4e97a6312d44cf142207be28d688be92aabfa",
+        ),
+        RemoteFile(
+            "pairsDevTest.txt",
+            (f"{_LFW}/pairsDevTest.txt", "https://ndownloader.figshare.com/files/5976009"),
+            "7cb06600ea8b2814ac26e946201cdb304296262aad67d046a16a7ec85d0ff87c",
+        ),
     ],
 }
 
@@ -112,15 +125,18 @@ def fetch(
         except _Interrupted as exc:
             if attempt == retries:
                 have = part.stat().st_size if part.exists() else 0
-                raise FetchError(f"download of {url} interrupted ({exc}); {have:,} bytes kept in {part}; "
-                                 "run again to resume") from None
+                raise FetchError(
+                    f"download of {url} interrupted ({exc}); {have:,} bytes kept in {part}; run again to resume"
+                ) from None
 
     if sha256 is not None:
         digest = sha256_file(part)
         if digest != sha256:
             part.unlink(missing_ok=True)
-            raise FetchError(f"{url}: sha256 of the download is {digest}, expected {sha256}; the file was "
-                             "deleted (a wrong mirror, a changed file, or corruption in transit)")
+            raise FetchError(
+                f"{url}: sha256 of the download is {digest}, expected {sha256}; the file was "
+                "deleted (a wrong mirror, a changed file, or corruption in transit)"
+            )
     os.replace(part, dest)
     return dest
 
@@ -191,8 +207,17 @@ def _parse_content_range(value: str) -> tuple[int | None, int | None, int | None
 
 
 def _progress_bar(name: str, total: int | None, initial: int, enabled: bool):
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def fetch_dataset(
@@ -218,8 +243,9 @@ def fetch_dataset(
         errors = []
         for url in urls:
             try:
-                fetched[remote.name] = fetch(url, to_dir / remote.name, sha256=remote.sha256,
-                                             progress=progress, retries=retries)
+                fetched[remote.name] = fetch(
+                    url, to_dir / remote.name, sha256=remote.sha256, progress=progress, retries=retries
+                )
                 break
             except FetchError as exc:
                 errors.append(str(exc))

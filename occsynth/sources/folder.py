@@ -1,4 +1,5 @@
 """Identity folders on disk: ``<root>/<identity>/<image>``, symbolic links followed."""
+
 from __future__ import annotations
 
 import errno
@@ -59,8 +60,8 @@ def _walk(root: Path) -> list[tuple[str, int, int, str]]:
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
                     raise SourceError(
-                        f"symbolic link loop: {entry.path} -> {os.path.realpath(entry.path)}, "
-                        "which encloses it")
+                        f"symbolic link loop: {entry.path} -> {os.path.realpath(entry.path)}, which encloses it"
+                    )
                 visit(entry.path, relpath, ancestors | {key})
             elif stat.S_ISREG(st.st_mode):
                 found.append((relpath, st.st_size, -1, ""))
@@ -76,9 +77,12 @@ def _walk(root: Path) -> list[tuple[str, int, int, str]]:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
         if test(mode):
             return name
     return "special file"
-

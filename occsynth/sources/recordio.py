@@ -20,6 +20,7 @@ Format (dmlc-core ``include/dmlc/recordio.h``, ``src/recordio.cc``; mxnet ``reco
   class is its label, or the first value of a label array (``label[0]``, as arcface_torch's
   ``MXFaceDataset`` reads it).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,7 @@ class RecordIOError(ValueError):
 @dataclass(frozen=True)
 class IRHeader:
     flag: int
-    label: float | tuple[float, ...]   # a tuple when flag > 0
+    label: float | tuple[float, ...]  # a tuple when flag > 0
     id: int
     id2: int
 
@@ -80,7 +81,7 @@ def unpack(data: bytes, where: str = "record") -> tuple[IRHeader, bytes]:
         if len(payload) < 4 * flag:
             raise RecordIOError(f"{where}: header announces {flag} float labels, only {len(payload)} bytes follow")
         label = tuple(float(v) for v in struct.unpack_from(f"<{flag}f", payload))
-        payload = payload[4 * flag:]
+        payload = payload[4 * flag :]
     return IRHeader(flag, float(label) if flag == 0 else label, rid, rid2), payload
 
 
@@ -151,7 +152,7 @@ class RecordIOReader:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "RecordIOReader":
+    def __enter__(self) -> RecordIOReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -170,8 +171,10 @@ class RecordIOReader:
         if header.flag <= 0:
             return list(self.keys)
         if header.flag < 2:
-            raise RecordIOError(f"{self.rec_path} record 0: header record with flag {header.flag}, "
-                                "expected the [end_of_images, end_of_identities] label pair")
+            raise RecordIOError(
+                f"{self.rec_path} record 0: header record with flag {header.flag}, "
+                "expected the [end_of_images, end_of_identities] label pair"
+            )
         self.header0 = header
         end = header.label[0]
         if end != int(end) or end < 1:
@@ -179,8 +182,10 @@ class RecordIOReader:
         keys = list(range(1, int(end)))
         absent = [k for k in keys if k not in self.offsets]
         if absent:
-            raise RecordIOError(f"{self.idx_path}: header record announces images 1..{int(end) - 1}, but "
-                                f"{len(absent)} have no index line (first: {absent[0]})")
+            raise RecordIOError(
+                f"{self.idx_path}: header record announces images 1..{int(end) - 1}, but "
+                f"{len(absent)} have no index line (first: {absent[0]})"
+            )
         return keys
 
     def _file(self):
@@ -200,12 +205,16 @@ class RecordIOReader:
             head = fh.read(8)
             where = f"{self.rec_path}: record {key} at offset {pos}"
             if len(head) < 8:
-                raise RecordIOError(f"{where}: file ends inside the record header (truncated .rec, or "
-                                    f"an .idx offset past the end of the {self.rec_size}-byte file)")
+                raise RecordIOError(
+                    f"{where}: file ends inside the record header (truncated .rec, or "
+                    f"an .idx offset past the end of the {self.rec_size}-byte file)"
+                )
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise RecordIOError(f"{where}: bad magic 0x{magic:08x} (expected 0x{MAGIC:08x}); not a "
-                                    "RecordIO file, or the .idx does not belong to this .rec")
+                raise RecordIOError(
+                    f"{where}: bad magic 0x{magic:08x} (expected 0x{MAGIC:08x}); not a "
+                    "RecordIO file, or the .idx does not belong to this .rec"
+                )
             cflag, length = lrec >> _LENGTH_BITS, lrec & _LENGTH_MASK
             first = not parts
             if (first and cflag not in (0, 1)) or (not first and cflag not in (2, 3)):
@@ -214,8 +223,9 @@ class RecordIOReader:
             padded = (length + 3) & ~3
             data = fh.read(padded)
             if len(data) < padded:
-                raise RecordIOError(f"{where}: truncated, {length} data bytes announced, "
-                                    f"{max(len(data), 0)} left in the file")
+                raise RecordIOError(
+                    f"{where}: truncated, {length} data bytes announced, {max(len(data), 0)} left in the file"
+                )
             if not first:
                 parts.append(_MAGIC_BYTES)  # the writer dropped it where it split the record
             parts.append(data[:length])
@@ -266,7 +276,7 @@ class RecordIOSource(Source):
         return st is not None and stat.S_ISREG(st.st_mode) and path.suffix == ".rec"  # insightface train.rec (+ .idx)
 
     @classmethod
-    def open(cls, spec, path, cache_dir) -> "RecordIOSource":
+    def open(cls, spec, path, cache_dir) -> RecordIOSource:
         return cls(path)
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
@@ -292,6 +302,7 @@ class RecordIOSource(Source):
         except RecordIOError as exc:
             raise ImageLoadError("read", str(exc)) from None
         except OSError as exc:
-            raise ImageLoadError("read", f"cannot read record {item.member} of {self.root}: "
-                                         f"{exc.strerror or exc}") from None
+            raise ImageLoadError(
+                "read", f"cannot read record {item.member} of {self.root}: {exc.strerror or exc}"
+            ) from None
         return payload

@@ -1,5 +1,6 @@
 """Tar archives read in place (see the package docstring): plain tars are indexed and read by
 seek; compressed ones are decompressed once into the cache."""
+
 from __future__ import annotations
 
 import bz2
@@ -39,7 +40,7 @@ class TarSource(Source):
         return st is not None and stat.S_ISREG(st.st_mode)
 
     @classmethod
-    def open(cls, spec, path, cache_dir) -> "TarSource":
+    def open(cls, spec, path, cache_dir) -> TarSource:
         return cls(path, cache_dir=cache_dir)
 
     def __init__(self, archive: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
@@ -52,8 +53,9 @@ class TarSource(Source):
         except OSError as exc:
             raise SourceError(f"{self.archive}: {exc.strerror or exc}") from exc
         if magic.startswith(b"PK\x03\x04"):
-            raise SourceError(f"{self.archive}: zip archives are not supported; unpack it into a "
-                              "folder or repack it as a tar")
+            raise SourceError(
+                f"{self.archive}: zip archives are not supported; unpack it into a folder or repack it as a tar"
+            )
         key = _cache_key(self.archive, st)
         index_path = self.cache_dir / f"{key}.index.json"
         compression = _compression(magic)
@@ -86,8 +88,7 @@ class TarSource(Source):
                     raise SourceError(_cache_hint(self.cache_dir, exc)) from exc
             how = f"{compression}, decompressed once to {self.tar_path}"
         items, wrapper = _make_items(entries)
-        super().__init__(str(self.archive),
-                         f"tar archive {self.archive} ({how}; {_summary(items, wrapper)})", items)
+        super().__init__(str(self.archive), f"tar archive {self.archive} ({how}; {_summary(items, wrapper)})", items)
 
     def _read(self, item: SourceItem) -> bytes:
         # A fresh handle per read: safe in forked workers and threads (no shared file offset),
@@ -98,11 +99,14 @@ class TarSource(Source):
                 data = fh.read(item.size)
         except OSError as exc:
             raise ImageLoadError(
-                "read", f"cannot read {item.member} from {self.tar_path}: {exc.strerror or exc}") from exc
+                "read", f"cannot read {item.member} from {self.tar_path}: {exc.strerror or exc}"
+            ) from exc
         if len(data) != item.size:
             raise ImageLoadError(
-                "read", f"{self.tar_path} ended early: {item.member} needs {item.size} bytes at "
-                f"offset {item.offset}, got {len(data)}")
+                "read",
+                f"{self.tar_path} ended early: {item.member} needs {item.size} bytes at "
+                f"offset {item.offset}, got {len(data)}",
+            )
         return data
 
 
@@ -155,8 +159,10 @@ def _decompress(archive: Path, compression: str, final: Path) -> list[list]:
 
 
 def _cache_hint(cache: Path, exc: OSError) -> str:
-    return (f"cannot write the cache folder {cache}: {exc.strerror or exc} "
-            f"(choose another with ${_cache.ENV_VAR} or cache_dir=)")
+    return (
+        f"cannot write the cache folder {cache}: {exc.strerror or exc} "
+        f"(choose another with ${_cache.ENV_VAR} or cache_dir=)"
+    )
 
 
 def _remove_stale_temps(cache: Path, key: str) -> None:
@@ -182,8 +188,9 @@ def _read_index(tar_path: Path, index_path: Path) -> list | None:
 
 
 def _write_index(index_path: Path, tar_path: Path, archive: Path, entries: list) -> None:
-    payload = json.dumps({"format": _INDEX_FORMAT, "archive": str(archive),
-                          "tar_size": tar_path.stat().st_size, "entries": entries})
+    payload = json.dumps(
+        {"format": _INDEX_FORMAT, "archive": str(archive), "tar_size": tar_path.stat().st_size, "entries": entries}
+    )
     write_text(index_path, payload)
 
 
@@ -219,8 +226,11 @@ def _index_tar(tar_path: Path, archive: Path) -> list[list]:
         elif m.islnk():
             links[path] = posixpath.normpath(m.linkname.lstrip("/"))
         elif m.issym():
-            links[path] = "" if m.linkname.startswith("/") else \
-                posixpath.normpath(posixpath.join(posixpath.dirname(path), m.linkname))
+            links[path] = (
+                ""
+                if m.linkname.startswith("/")
+                else posixpath.normpath(posixpath.join(posixpath.dirname(path), m.linkname))
+            )
         else:
             others[path] = f"not a regular file (tar member type {m.type!r})"
 
@@ -261,4 +271,3 @@ def _resolve_link(path, files, links, folders, archive) -> tuple[int, int, str]:
         seen.append(target)
         target = links[target]
     raise SourceError(f"{archive}: link chain too long from {path}")
-

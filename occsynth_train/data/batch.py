@@ -1,6 +1,7 @@
 """The training batch: decoded samples collated into uint8 tensors in the loader workers
 (`collate`), then moved to the device, occluded online (optional), resized and normalised to
 [-1, 1] as a `Batch` (`prepare_batch`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,9 +69,15 @@ def normalize(images01: torch.Tensor) -> torch.Tensor:
     return (images01 - 0.5) / 0.5
 
 
-def prepare_batch(raw: dict, device: torch.device, *, input_size: tuple[int, int] | None = None,
-                  occluder=None, generator: torch.Generator | None = None,
-                  channels_last: bool = False) -> Batch:
+def prepare_batch(
+    raw: dict,
+    device: torch.device,
+    *,
+    input_size: tuple[int, int] | None = None,
+    occluder=None,
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
+) -> Batch:
     """Move a collated batch to `device`, occlude online (optional), resize, normalise.
 
     The online occluder is called as `occluder(images, landmarks, generator)` with images float

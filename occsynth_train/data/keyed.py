@@ -1,4 +1,5 @@
 """Evaluation data: every sample of a dataset directory, by index or key, with random access."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ class KeyedDataset(Dataset):
     def __init__(self, root: str | Path):
         self.root = Path(root)
         dataset = OccsynthDataset(self.root)
-        self._readers: dict[str, ShardReader] = {}   # shard name -> random-access reader
-        self._shard_of: dict[str, str] = {}          # key -> shard name
+        self._readers: dict[str, ShardReader] = {}  # shard name -> random-access reader
+        self._shard_of: dict[str, str] = {}  # key -> shard name
         for shard in dataset.shards:
             reader = dataset.reader(shard)
             self._readers[shard.name] = reader
@@ -51,6 +52,13 @@ class KeyedDataset(Dataset):
         exts = self._readers[self._shard_of[key]].exts(key)
         ext = next(e for e in IMAGE_EXTS if e in exts)
         image = decode_rgb(self._read(key, ext))
-        mask = decode_mask(self._read(key, contract.EXT_MASK)) if contract.EXT_MASK in exts else np.zeros(image.shape[:2], np.uint8)
-        return {"index": i, "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
-                "mask": torch.from_numpy(np.ascontiguousarray(mask))[None]}
+        mask = (
+            decode_mask(self._read(key, contract.EXT_MASK))
+            if contract.EXT_MASK in exts
+            else np.zeros(image.shape[:2], np.uint8)
+        )
+        return {
+            "index": i,
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None],
+        }

@@ -1,4 +1,5 @@
 """The run's label map: identity name <-> contiguous class id, saved with the run as labels.json."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ class LabelMap:
         self.sources = list(sources)
 
     @classmethod
-    def from_datasets(cls, roots: Sequence[str | Path]) -> "LabelMap":
+    def from_datasets(cls, roots: Sequence[str | Path]) -> LabelMap:
         names = {m["identity"] for root in roots for m in read_index(root)}
         return cls(names, [str(Path(r).resolve()) for r in roots])
 
@@ -39,7 +40,6 @@ class LabelMap:
         write_json(path, data, indent=1)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LabelMap":
+    def load(cls, path: str | Path) -> LabelMap:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(data["identities"], data.get("sources", ()))
-

@@ -1,6 +1,7 @@
 """The LFW mini-protocol split (PROTOCOL.md): train on LFW people with >= 2 images that do not
 appear in the held-out fold of pairs.txt; test on that fold's 600 pairs. `test_fold` counts
 from 1 as the LFW README does (occsynth's fold ids count from 0: fold 1 is `--folds 0`)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def lfw_images(lfw: str | Path) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in found.items()}
 
 
-def write_split(pairs_path: str | Path, lfw: str | Path, out_dir: str | Path, test_fold: int = 1,
-                extract: bool = True) -> dict:
+def write_split(
+    pairs_path: str | Path, lfw: str | Path, out_dir: str | Path, test_fold: int = 1, extract: bool = True
+) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs = read_lfw_pairs(pairs_path)  # strict parser; occsynth numbers folds from 0
@@ -45,8 +47,13 @@ def write_split(pairs_path: str | Path, lfw: str | Path, out_dir: str | Path, te
     write_pairs_txt(out / "test_pairs.txt", test, layout="lfw")  # pairs.txt format, one fold
     if extract:
         _extract(lfw, set(train_images), out / "train")
-    summary = {"test_fold": test_fold, "test_pairs": len(test), "test_people": len(test_people),
-               "train_identities": len(train_ids), "train_images": len(train_images)}
+    summary = {
+        "test_fold": test_fold,
+        "test_pairs": len(test),
+        "test_people": len(test_people),
+        "train_identities": len(train_ids),
+        "train_images": len(train_images),
+    }
     write_text(out / "split.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -60,6 +67,7 @@ def _extract(lfw: Path, wanted: set[str], target: Path) -> None:
             if not dst.exists():  # written whole or not at all, so a rerun never keeps a cut copy
                 write_bytes(dst, (lfw / rel).read_bytes())
         return
+
     def select(path: PurePosixPath) -> PurePosixPath | None:
         rel = PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else None  # drop the wrapper folder
         return rel if rel is not None and str(rel) in wanted else None

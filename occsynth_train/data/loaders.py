@@ -1,4 +1,5 @@
 """DataLoaders over the training stream."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,9 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False, prefetch_factor: int = 4) -> DataLoader:
+def make_train_loader(
+    stream: ShardStream, num_workers: int, pin_memory: bool = False, prefetch_factor: int = 4
+) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)

@@ -1,6 +1,7 @@
 """An occsynth dataset directory as training sees it: shard list, per-sample index, raw samples and
 their decoding. Reading goes through occsynth.io.dataset and occsynth.io.tar (the project's one
 dataset reader and one tar reader)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,7 +62,6 @@ def image_ext(sample: dict) -> str:
         if ext in sample:
             return ext
     raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image member")
-
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -24,6 +24,7 @@ Batches leave the workers as uint8 tensors (batch.py's `collate`); `prepare_batc
 to the device, applies the optional on-device occluder, resizes to the model input and
 normalises to [-1, 1].
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,6 @@ def _paired_by_source(samples: Iterator[dict], pairing: bool) -> Iterator[dict]:
     yield from flush()
 
 
-
 def slot_batches_done(steps_done: int, workers: int, worker: int) -> int:
     """Batches worker `worker` produced in the first `steps_done` steps (DataLoader round-robin)."""
     return max(0, (steps_done - worker + workers - 1) // workers)
@@ -85,9 +85,21 @@ def slot_batches_done(steps_done: int, workers: int, worker: int) -> int:
 class ShardStream(IterableDataset):
     """Endless per-rank batches (dicts of uint8 tensors) over occsynth shards; see module doc."""
 
-    def __init__(self, roots: Sequence[str | Path], labels: LabelMap, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000, interleave: int = 4,
-                 flip: bool = True, pairing: bool = True, samples_seen: int = 0):
+    def __init__(
+        self,
+        roots: Sequence[str | Path],
+        labels: LabelMap,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        interleave: int = 4,
+        flip: bool = True,
+        pairing: bool = True,
+        samples_seen: int = 0,
+    ):
         super().__init__()
         self.roots = [str(r) for r in roots]
         self.shards = [s for root in self.roots for s in list_shards(root)]
@@ -191,9 +203,15 @@ class ShardStream(IterableDataset):
             clean = None if clean is None else clean[:, ::-1]
             landmarks = landmarks[FLIP_LANDMARKS].copy()
             landmarks[:, 0] = image.shape[1] - 1 - landmarks[:, 0]
-        return {"key": raw["__key__"], "image": image, "mask": mask, "clean": clean,
-                "label": self.labels[meta["identity"]], "landmarks": landmarks,
-                "meta": {"occluders": meta.get("occluders") or [], "extra": meta.get("extra") or {}, "flipped": flipped}}
+        return {
+            "key": raw["__key__"],
+            "image": image,
+            "mask": mask,
+            "clean": clean,
+            "label": self.labels[meta["identity"]],
+            "landmarks": landmarks,
+            "meta": {"occluders": meta.get("occluders") or [], "extra": meta.get("extra") or {}, "flipped": flipped},
+        }
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

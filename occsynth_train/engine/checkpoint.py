@@ -10,6 +10,7 @@ crafted pickle that would import or call anything is refused with one line namin
 make our own files load that way, RNG states are stored as tensors and plain Python numbers
 (NumPy's generator state is split into its parts), never as pickled NumPy objects.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,10 +53,14 @@ def rng_state() -> dict[str, Any]:
     version, internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss": py_gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -65,8 +70,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -98,16 +104,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # weights_only refused a global: the file wants to import or call something
         first = str(exc).strip().splitlines()
         detail = next((line.strip() for line in first if "GLOBAL" in line or "global" in line), "")
-        raise CheckpointError(f"{path}: refused, it holds Python objects other than tensors and plain "
-                              f"data (loaded with weights_only=True; nothing was run)"
-                              + (f": {detail}" if detail else "")) from None
+        raise CheckpointError(
+            f"{path}: refused, it holds Python objects other than tensors and plain "
+            f"data (loaded with weights_only=True; nothing was run)" + (f": {detail}" if detail else "")
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from None
 
 
-def load_latest_intact(run_dir: str | Path, map_location: str | torch.device = "cpu"
-                       ) -> tuple[Path | None, Any, list[tuple[Path, str]]]:
+def load_latest_intact(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path | None, Any, list[tuple[Path, str]]]:
     """(path, state, skipped) of the newest checkpoint that loads; `skipped` lists the newer
     ones that did not, each with its reason. (None, None, skipped) when none loads."""
     skipped: list[tuple[Path, str]] = []

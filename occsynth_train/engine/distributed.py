@@ -1,4 +1,5 @@
 """Single process or torchrun DDP, initialised from the environment torchrun sets."""
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ Every group's LR is base_lr * schedule factor, where base_lr = (its type's lr) *
 naming a type other than optim.name needs an optim.by_type entry (its LR would otherwise be an
 SGD-sized LR for Adam, or the reverse).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def _hyper(cfg: OptimConfig, kind: str) -> dict:
 
 def _make(kind: str, groups: list[dict], h: dict) -> torch.optim.Optimizer:
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=h["lr"], momentum=h["momentum"], nesterov=h["nesterov"],
-                               weight_decay=h["weight_decay"])
+        return torch.optim.SGD(
+            groups, lr=h["lr"], momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"]
+        )
     if kind == "adam":
         return torch.optim.Adam(groups, lr=h["lr"], betas=tuple(h["betas"]), weight_decay=h["weight_decay"])
     return torch.optim.AdamW(groups, lr=h["lr"], betas=tuple(h["betas"]), weight_decay=h["weight_decay"])
@@ -98,8 +100,10 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> OptimizerSet:
         if kind not in OPTIMIZERS:
             raise ValueError(f"param group {g.get('name', '?')!r}: unknown optimiser {kind!r}; known: {OPTIMIZERS}")
         if kind != cfg.name and kind not in (cfg.by_type or {}):  # never inherit another type's LR silently
-            raise ValueError(f"param group {g.get('name', '?')!r} trains with {kind}, but optim.name is {cfg.name!r} "
-                             f"and optim.by_type has no {kind!r} entry: set e.g. optim.by_type.{kind}.lr")
+            raise ValueError(
+                f"param group {g.get('name', '?')!r} trains with {kind}, but optim.name is {cfg.name!r} "
+                f"and optim.by_type has no {kind!r} entry: set e.g. optim.by_type.{kind}.lr"
+            )
         h = _hyper(cfg, kind)
         g.setdefault("lr_scale", 1.0)
         g["base_lr"] = h["lr"] * g["lr_scale"]

@@ -4,6 +4,7 @@ Rows are appended; the two rewrites of the whole file (dropping rows a resumed r
 widening the header when a new term appears) go through occsynth.io.atomic, so a kill during a
 rewrite leaves the old file or the new one, never a cut one.
 """
+
 from __future__ import annotations
 
 import csv

@@ -10,6 +10,7 @@ restored, the LR is recomputed from the step, and the data stream is repositione
 seen (exactly when the GPU/worker layout is unchanged; see data/stream.py). RNG states are restored
 per rank when the world size is unchanged, otherwise re-derived from (seed, step, rank).
 """
+
 from __future__ import annotations
 
 import json
@@ -91,9 +92,11 @@ def check_finite(terms: dict[str, torch.Tensor], loss: torch.Tensor, step: int, 
         where = f"loss term(s) {', '.join(bad)}" if bad else f"total loss={loss.item()}"
     else:
         where = "a loss term on another rank"
-    raise NonFiniteLossError(f"non-finite loss at step {step} (rank {info.rank}): {where}. "
-                             "Stopped before the update; the last checkpoint is intact. Lower the LR, "
-                             "check the data, or use bf16/fp32.")
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step} (rank {info.rank}): {where}. "
+        "Stopped before the update; the last checkpoint is intact. Lower the LR, "
+        "check the data, or use bf16/fp32."
+    )
 
 
 def init_weights(method: torch.nn.Module, path: str | Path) -> dict:
@@ -109,9 +112,13 @@ def init_weights(method: torch.nn.Module, path: str | Path) -> dict:
     own = method.state_dict()
     fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     method.load_state_dict(fits, strict=False)
-    return {"path": str(path), "loaded": sorted(fits),
-            "missing": sorted(set(own) - set(state)), "unexpected": sorted(set(state) - set(own)),
-            "skipped_shape": sorted(k for k in state if k in own and k not in fits)}
+    return {
+        "path": str(path),
+        "loaded": sorted(fits),
+        "missing": sorted(set(own) - set(state)),
+        "unexpected": sorted(set(state) - set(own)),
+        "skipped_shape": sorted(k for k in state if k in own and k not in fits),
+    }
 
 
 def train(cfg: Config, *, stop_after: int | None = None) -> Path:
@@ -152,8 +159,10 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method.param_groups(), cfg.optim)
     if not optimizer.optimizers and info.world_size > 1:
-        raise ValueError(f"{cfg.method}: nothing to train in this configuration (a statistics-only stage); "
-                         "run it in one process, not under torchrun, so its statistics are not split over ranks")
+        raise ValueError(
+            f"{cfg.method}: nothing to train in this configuration (a statistics-only stage); "
+            "run it in one process, not under torchrun, so its statistics are not split over ranks"
+        )
     use_scaler = cfg.train.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     if cfg.train.precision == "fp16" and device.type == "cpu":
@@ -162,8 +171,10 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     step, samples_seen = 0, 0
     ckpt, state, skipped = load_latest_intact(run_dir, map_location=device)
     if ckpt is None and skipped:
-        raise CheckpointError(f"{run_dir}: none of its {len(skipped)} checkpoint(s) can be resumed "
-                              f"(newest: {skipped[0][1]}); move them away to start over")
+        raise CheckpointError(
+            f"{run_dir}: none of its {len(skipped)} checkpoint(s) can be resumed "
+            f"(newest: {skipped[0][1]}); move them away to start over"
+        )
     barrier(info)  # every rank has looked before the main one moves damaged files aside
     if info.is_main:
         for bad, why in skipped:
@@ -188,29 +199,49 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             report = init_weights(method, cfg.train.init_from)
             if info.is_main:
                 write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
-                log.info("initialised from %s: %d tensors loaded, %d missing, %d skipped (shape)", cfg.train.init_from,
-                         len(report["loaded"]), len(report["missing"]), len(report["skipped_shape"]))
+                log.info(
+                    "initialised from %s: %d tensors loaded, %d missing, %d skipped (shape)",
+                    cfg.train.init_from,
+                    len(report["loaded"]),
+                    len(report["missing"]),
+                    len(report["skipped_shape"]),
+                )
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
         seed_everything(derive_seed(cfg.seed, "rank", info.rank, "step", 0))
 
     pairing = method.requires_clean if cfg.data.pairing is None else cfg.data.pairing
-    stream = ShardStream(cfg.data.train, labels, cfg.data.batch_size, seed=cfg.seed, rank=info.rank,
-                         world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer,
-                         interleave=cfg.data.interleave, flip=cfg.data.flip, pairing=pairing,
-                         samples_seen=samples_seen)
+    stream = ShardStream(
+        cfg.data.train,
+        labels,
+        cfg.data.batch_size,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        interleave=cfg.data.interleave,
+        flip=cfg.data.flip,
+        pairing=pairing,
+        samples_seen=samples_seen,
+    )
     total = total_steps(cfg, stream.num_samples, info.world_size)
-    loader = make_train_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda",
-                               prefetch_factor=cfg.data.prefetch_factor)
+    loader = make_train_loader(
+        stream, cfg.data.num_workers, pin_memory=device.type == "cuda", prefetch_factor=cfg.data.prefetch_factor
+    )
     occluder = load_online_occluder(cfg.data.online_occlusion, device) if cfg.data.online_occlusion else None
     if method.requires_clean and not pairing and occluder is None:
-        raise ValueError(f"method {cfg.method!r} needs clean/occluded pairs: set data.pairing: true "
-                         "(datasets with clean.png or clean variants) or data.online_occlusion")
+        raise ValueError(
+            f"method {cfg.method!r} needs clean/occluded pairs: set data.pairing: true "
+            "(datasets with clean.png or clean variants) or data.online_occlusion"
+        )
 
     model = method
     if info.enabled:
-        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=method.find_unused_parameters)
+        model = DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.find_unused_parameters,
+        )
     global_batch = cfg.data.batch_size * info.world_size
     run_log = RunLog(run_dir, enabled=info.is_main)
     run_log.truncate_after(step)
@@ -225,10 +256,18 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         saved_at = step
         rngs = all_gather_object(info, rng_state())
         if info.is_main:
-            payload = {"step": step, "samples_seen": samples_seen, "world_size": info.world_size,
-                       "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scaler": scaler.state_dict(), "rng": rngs, "config": cfg.to_dict(),
-                       "num_classes": len(labels), "version": __version__}
+            payload = {
+                "step": step,
+                "samples_seen": samples_seen,
+                "world_size": info.world_size,
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rngs,
+                "config": cfg.to_dict(),
+                "num_classes": len(labels),
+                "version": __version__,
+            }
             save_checkpoint(checkpoint_path(run_dir, step), payload, keep=cfg.train.keep_checkpoints)
         barrier(info)
 
@@ -237,7 +276,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
     count, t_log, start_step = 0, time.perf_counter(), step
     end = total if stop_after is None else min(total, start_step + stop_after)
     try:
-        for raw in (loader if step < end else ()):  # a finished run only re-evaluates
+        for raw in loader if step < end else ():  # a finished run only re-evaluates
             if step >= end:
                 break
             method.on_step_start(step, total)
@@ -246,12 +285,22 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
             if occluder is not None:
-                generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "occlude", step, info.rank))
-            batch = prepare_batch(raw, device, input_size=method.input_size, occluder=occluder,
-                                  generator=generator, channels_last=cfg.train.channels_last)
+                generator = torch.Generator(device=device).manual_seed(
+                    derive_seed(cfg.seed, "occlude", step, info.rank)
+                )
+            batch = prepare_batch(
+                raw,
+                device,
+                input_size=method.input_size,
+                occluder=occluder,
+                generator=generator,
+                channels_last=cfg.train.channels_last,
+            )
             with autocast_context(device, cfg.train.precision):
                 terms = model(batch, step)
-            loss = sum((v.float() for k, v in terms.items() if not k.startswith("log/")), torch.zeros((), device=device))
+            loss = sum(
+                (v.float() for k, v in terms.items() if not k.startswith("log/")), torch.zeros((), device=device)
+            )
             if cfg.train.nan_guard:
                 check_finite(terms, loss, step, info)
             if loss.requires_grad:
@@ -265,8 +314,10 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                     scaler.step(o)
                 scaler.update()
             elif optimizer.optimizers:
-                raise RuntimeError(f"step {step}: the loss of {cfg.method!r} has no gradient although the method has "
-                                   "trainable parameters (a method must return loss terms built from them)")
+                raise RuntimeError(
+                    f"step {step}: the loss of {cfg.method!r} has no gradient although the method has "
+                    "trainable parameters (a method must return loss terms built from them)"
+                )
             step += 1
             samples_seen += global_batch
 
@@ -277,9 +328,14 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                 bar.update(1)
             if step % cfg.train.log_every == 0 or step == total:
                 now = time.perf_counter()
-                row = {"step": step, "samples_seen": samples_seen, "epoch": round(samples_seen / stream.num_samples, 4),
-                       "lr": lr, **{k: round(float(v) / count, 6) for k, v in sums.items()},
-                       "samples_per_s": round(count * global_batch / max(now - t_log, 1e-9), 1)}
+                row = {
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "epoch": round(samples_seen / stream.num_samples, 4),
+                    "lr": lr,
+                    **{k: round(float(v) / count, 6) for k, v in sums.items()},
+                    "samples_per_s": round(count * global_batch / max(now - t_log, 1e-9), 1),
+                }
                 run_log.write(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
@@ -293,6 +349,13 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             bar.close()
         run_log.close()
     if step >= total and info.is_main and cfg.eval.benchmarks:
-        evaluate_run(run_dir, cfg.eval.benchmarks, out=run_dir / "eval_report.json", device=device,
-                     batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, flip=cfg.eval.flip)
+        evaluate_run(
+            run_dir,
+            cfg.eval.benchmarks,
+            out=run_dir / "eval_report.json",
+            device=device,
+            batch_size=cfg.eval.batch_size,
+            num_workers=cfg.eval.num_workers,
+            flip=cfg.eval.flip,
+        )
     return run_dir

@@ -18,6 +18,7 @@ ground-truth occlusion), and `pairwise` methods score each verification pair wit
 embed_pair(a, b, masks_a, masks_b) instead of independent embeddings (PDSN's FDM of a
 comparison); identification always uses per-image embeddings.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,17 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     else:
         path, state, skipped = load_latest_intact(run_dir, map_location="cpu")
         if path is None:
-            raise CheckpointError(f"{run_dir}: no usable checkpoint in checkpoints/"
-                                  + (f" ({len(skipped)} damaged; newest: {skipped[0][1]})" if skipped else ""))
+            raise CheckpointError(
+                f"{run_dir}: no usable checkpoint in checkpoints/"
+                + (f" ({len(skipped)} damaged; newest: {skipped[0][1]})" if skipped else "")
+            )
     if not isinstance(state, dict) or "model" not in state or "num_classes" not in state:
         raise CheckpointError(f"{path}: not an occsynth-train checkpoint (no model / num_classes)")
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else config_from_dict(state["config"])
+    cfg = (
+        load_config(run_dir / "config.yaml")
+        if (run_dir / "config.yaml").exists()
+        else config_from_dict(state["config"])
+    )
     method = create_method(cfg.method, cfg, num_classes=state["num_classes"])
     method.load_state_dict(state["model"])
     return method.to(device).eval(), cfg, path, int(state["step"])
@@ -78,8 +85,15 @@ def _flip(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def embed_dataset(method, ds: KeyedDataset, device: torch.device, batch_size: int = 256, num_workers: int = 2,
-                  flip: bool = True, iou: MaskIoU | None = None) -> np.ndarray:
+def embed_dataset(
+    method,
+    ds: KeyedDataset,
+    device: torch.device,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
+    iou: MaskIoU | None = None,
+) -> np.ndarray:
     """L2-normalised (flip-summed) embeddings of every sample of `ds`, in ds order; updates
     `iou` with predicted vs true masks when given and the method segments."""
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
@@ -121,8 +135,16 @@ class _PairData(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def pair_scores(method, ds: KeyedDataset, a: np.ndarray, b: np.ndarray, device: torch.device,
-                batch_size: int = 256, num_workers: int = 2, flip: bool = True) -> np.ndarray:
+def pair_scores(
+    method,
+    ds: KeyedDataset,
+    a: np.ndarray,
+    b: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
+) -> np.ndarray:
     """Cosine similarity of each pair from method.embed_pair (flip-summed like embed_dataset)."""
     loader = DataLoader(_PairData(ds, a, b), batch_size=max(1, batch_size // 2), num_workers=num_workers, shuffle=False)
     size = method.input_size
@@ -204,8 +226,12 @@ def _identification(protocol: dict, ds: KeyedDataset, emb: np.ndarray) -> dict:
         if rotate:
             out[name] = rank1_rotate(rows(keys), [ident(k) for k in keys], rows(distractors))
         else:
-            out[name] = rank1(rows(gallery + distractors), [ident(k) for k in gallery + distractors],
-                              rows(keys), [ident(k) for k in keys])
+            out[name] = rank1(
+                rows(gallery + distractors),
+                [ident(k) for k in gallery + distractors],
+                rows(keys),
+                [ident(k) for k in keys],
+            )
     scored = [v for v in out.values() if isinstance(v, dict) and np.isfinite(v["rank1"])]
     weights = [v.get("tests", v.get("probes", 0)) for v in scored]
     out["rank1"] = float(np.average([v["rank1"] for v in scored], weights=weights)) if sum(weights) else float("nan")
@@ -214,8 +240,9 @@ def _identification(protocol: dict, ds: KeyedDataset, emb: np.ndarray) -> dict:
     return out
 
 
-def evaluate_benchmark(method, root: str | Path, device: torch.device, batch_size: int = 256,
-                       num_workers: int = 2, flip: bool = True) -> tuple[dict, tuple | None]:
+def evaluate_benchmark(
+    method, root: str | Path, device: torch.device, batch_size: int = 256, num_workers: int = 2, flip: bool = True
+) -> tuple[dict, tuple | None]:
     """Report of one benchmark directory, and (scores, issame) for the ROC plot when it has pairs."""
     root = Path(root)
     ds = KeyedDataset(root)
@@ -264,17 +291,30 @@ def plot_roc(curves: dict[str, tuple], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run_dir: str | Path, benchmarks: list[str | Path], out: str | Path | None = None,
-                 checkpoint: str | Path | None = None, device: str | torch.device = "auto",
-                 batch_size: int = 256, num_workers: int = 2, flip: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    benchmarks: list[str | Path],
+    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
+) -> dict:
     """Evaluate a run on benchmark directories; writes the JSON report (+ ROC PNG) to `out`
     (default RUN/eval_report.json) and returns it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     method, cfg, ckpt, step = load_run(run_dir, checkpoint, device)
-    report = {"model": str(run_dir), "checkpoint": str(ckpt), "step": step, "method": cfg.method,
-              "backbone": cfg.model.backbone, "benchmarks": {}}
+    report = {
+        "model": str(run_dir),
+        "checkpoint": str(ckpt),
+        "step": step,
+        "method": cfg.method,
+        "backbone": cfg.model.backbone,
+        "benchmarks": {},
+    }
     curves = {}
     for bench in benchmarks:
         name = Path(bench).name

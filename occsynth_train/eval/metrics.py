@@ -27,6 +27,7 @@ not the std. insightface's LFW-style `verification.py` picks the max-accuracy th
 "VAL@FAR" (FaceNet's) interpolates, per fold, the threshold that gives the target FAR on the
 training folds and averages the test-fold TARs; that is not the IJB-style TAR@FAR used here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,7 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     pos = np.sort(scores[issame])
     neg = np.sort(scores[~issame])
     tp = len(pos) - np.searchsorted(pos, cands, side="right")  # positives above each threshold
-    tn = np.searchsorted(neg, cands, side="right")              # negatives at or below
+    tn = np.searchsorted(neg, cands, side="right")  # negatives at or below
     correct = tp + tn
     best = np.flatnonzero(correct == correct.max())
     # the first contiguous run of optimal candidates, its middle (robust to where test scores fall)
@@ -74,11 +75,18 @@ def kfold_accuracy(scores: np.ndarray, issame: np.ndarray, folds: np.ndarray) ->
         thr = best_threshold(scores[~test], issame[~test])
         thresholds.append(thr)
         accs.append(accuracy_at(scores[test], issame[test], thr))
-    return {"accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
-            "fold_accuracy": accs, "fold_threshold": thresholds, "folds": fold_ids}
+    return {
+        "accuracy": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "fold_accuracy": accs,
+        "fold_threshold": thresholds,
+        "folds": fold_ids,
+    }
 
 
-def roc_curve(scores: np.ndarray, issame: np.ndarray, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    scores: np.ndarray, issame: np.ndarray, drop_intermediate: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) with sklearn.metrics.roc_curve's semantics (first point at
     threshold +inf; with drop_intermediate, points inside straight horizontal/vertical runs are
     dropped), so TAR@FAR reproduces insightface's numbers without sklearn (the agreement with
@@ -122,8 +130,9 @@ def tar_at_far_strict(scores: np.ndarray, issame: np.ndarray, far: float) -> dic
     return {"tar": float(tpr[i]), "far": float(fpr[i]), "threshold": float(thr[i])}
 
 
-def verification_report(scores: np.ndarray, issame: np.ndarray, folds: np.ndarray,
-                        fars: tuple[float, ...] = (1e-3, 1e-4)) -> dict:
+def verification_report(
+    scores: np.ndarray, issame: np.ndarray, folds: np.ndarray, fars: tuple[float, ...] = (1e-3, 1e-4)
+) -> dict:
     """Accuracy (k-fold), AUC and TAR@FAR of one set of pairs."""
     scores, issame = np.asarray(scores, float), np.asarray(issame, bool)
     out = {"pairs": int(len(scores)), "positives": int(issame.sum()), "negatives": int((~issame).sum())}
@@ -145,9 +154,13 @@ def rank1(gallery: np.ndarray, gallery_ids: list, probes: np.ndarray, probe_ids:
     mated = np.isin(probe_ids, gallery_ids)
     sims = probes[mated] @ gallery.T
     hits = gallery_ids[np.argmax(sims, axis=1)] == probe_ids[mated] if mated.any() else np.zeros(0, bool)
-    return {"rank1": float(hits.mean()) if len(hits) else float("nan"), "probes": int(mated.sum()),
-            "probes_without_mate": int((~mated).sum()), "gallery": int(len(gallery_ids)),
-            "gallery_identities": int(len(set(gallery_ids.tolist())))}
+    return {
+        "rank1": float(hits.mean()) if len(hits) else float("nan"),
+        "probes": int(mated.sum()),
+        "probes_without_mate": int((~mated).sum()),
+        "gallery": int(len(gallery_ids)),
+        "gallery_identities": int(len(set(gallery_ids.tolist()))),
+    }
 
 
 def rank1_rotate(probes: np.ndarray, probe_ids: list, distractors: np.ndarray) -> dict:
@@ -162,13 +175,17 @@ def rank1_rotate(probes: np.ndarray, probe_ids: list, distractors: np.ndarray) -
         idx = np.flatnonzero(probe_ids == identity)
         if len(idx) < 2:
             continue
-        sims = probes[idx] @ probes[idx].T          # [probe, gallery]
+        sims = probes[idx] @ probes[idx].T  # [probe, gallery]
         beat = sims > best_distractor[idx][:, None]
-        np.fill_diagonal(beat, False)               # an image is never its own probe
+        np.fill_diagonal(beat, False)  # an image is never its own probe
         hits += int(beat.sum())
         tests += len(idx) * (len(idx) - 1)
-    return {"rank1": hits / tests if tests else float("nan"), "tests": tests, "distractors": int(len(distractors)),
-            "identities": int(len(np.unique(probe_ids)))}
+    return {
+        "rank1": hits / tests if tests else float("nan"),
+        "tests": tests,
+        "distractors": int(len(distractors)),
+        "identities": int(len(np.unique(probe_ids))),
+    }
 
 
 # ---------------------------------------------------------------- segmentation
@@ -199,6 +216,10 @@ class MaskIoU:
     def result(self) -> dict:
         iou = [float(i / u) if u > 0 else None for i, u in zip(self.inter, self.union)]
         valid = [v for v in iou if v is not None]
-        return {"iou_visible": iou[0], "iou_occluded": iou[1], "miou": float(np.mean(valid)) if valid else None,
-                "image_iou_occluded": float(np.mean(self.per_image)) if self.per_image else None,
-                "images_with_occlusion": len(self.per_image)}
+        return {
+            "iou_visible": iou[0],
+            "iou_occluded": iou[1],
+            "miou": float(np.mean(valid)) if valid else None,
+            "image_iou_occluded": float(np.mean(self.per_image)) if self.per_image else None,
+            "images_with_occlusion": len(self.per_image),
+        }

@@ -5,6 +5,7 @@ this package that _registry.py lists (the modules are imported on the first look
 `msml.py` with a registered class and its line in _registry.py is all it takes to get
 `occsynth-train msml`. A class registered anywhere else (a plug-in) becomes a command too.
 """
+
 from __future__ import annotations
 
 from ._registry import METHODS

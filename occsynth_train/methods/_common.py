@@ -1,4 +1,5 @@
 """Small helpers shared by the occlusion methods (msml, pdsn, alob, soidn, lcd)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,8 +18,9 @@ def opt(cfg, key: str, default):
     return (cfg.method_kw or {}).get(key, default)
 
 
-def run_stages(backbone: nn.Module, x: torch.Tensor,
-               hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+def run_stages(
+    backbone: nn.Module, x: torch.Tensor, hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """A face backbone's stage maps with `hook(i, map)` (0-based stage i) applied after each stage,
     its output feeding the next stage: the place where MSML's FM and LCD's dropout act.
     Works for IResNet (stem + stages), LightCNN (grey conversion + stages) and VGG (stages)."""
@@ -36,8 +38,10 @@ def run_stages(backbone: nn.Module, x: torch.Tensor,
 
 
 def id_terms(logits: torch.Tensor, labels: torch.Tensor, name: str = "id") -> dict[str, torch.Tensor]:
-    return {name: F.cross_entropy(logits, labels),
-            f"log/acc{'' if name == 'id' else '_' + name}": (logits.detach().argmax(1) == labels).float().mean()}
+    return {
+        name: F.cross_entropy(logits, labels),
+        f"log/acc{'' if name == 'id' else '_' + name}": (logits.detach().argmax(1) == labels).float().mean(),
+    }
 
 
 def resize_to(x: torch.Tensor, size) -> torch.Tensor:

@@ -22,6 +22,7 @@ and the trainer builds one torch optimiser per type; each type's hyper-parameter
 optim.by_type (e.g. {adam: {lr: 1.0e-3}}); build_optimizer refuses a type other than optim.name
 without an optim.by_type entry, so the Adam group never silently inherits an SGD LR.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,8 @@ class ALOB(Method):
 
     def __init__(self, cfg, num_classes: int):
         super().__init__(cfg, num_classes)
-        self.backbone = build_backbone(cfg)   # the Identifier
-        self.trimmer = build_backbone(cfg)    # same architecture, separate weights
+        self.backbone = build_backbone(cfg)  # the Identifier
+        self.trimmer = build_backbone(cfg)  # same architecture, separate weights
         self.fusion = str(opt(cfg, "fusion", "project"))
         if self.fusion not in ("project", "none", "sum", "concat"):
             raise ValueError(f"alob fusion must be project, none, sum or concat, got {self.fusion!r}")
@@ -72,8 +73,10 @@ class ALOB(Method):
         self.grl = bool(opt(cfg, "grl", True))
         self.grl_scale = float(opt(cfg, "grl_scale", 1.0))
         self.m_weight = float(opt(cfg, "m_weight", 1.0))
-        self.optimizers = {"identifier": str(opt(cfg, "identifier_optimizer", "adam")),
-                           "trimmer": str(opt(cfg, "trimmer_optimizer", "sgd"))}
+        self.optimizers = {
+            "identifier": str(opt(cfg, "identifier_optimizer", "adam")),
+            "trimmer": str(opt(cfg, "trimmer_optimizer", "sgd")),
+        }
 
     def _fuse(self, f: torch.Tensor, fm: torch.Tensor) -> torch.Tensor:
         if self.fusion == "project":
@@ -101,7 +104,17 @@ class ALOB(Method):
         trim = list(self.trimmer.parameters()) + list(self.trimmer_head.parameters())
         ids = {id(p) for p in trim}
         ident = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": [p for p in ident if p.requires_grad], "name": "identifier", "optimizer": self.optimizers["identifier"],
-                 "lr_scale": float(opt(self.cfg, "identifier_lr_scale", 1.0))},
-                {"params": [p for p in trim if p.requires_grad], "name": "trimmer", "optimizer": self.optimizers["trimmer"],
-                 "lr_scale": float(opt(self.cfg, "trimmer_lr_scale", 1.0))}]
+        return [
+            {
+                "params": [p for p in ident if p.requires_grad],
+                "name": "identifier",
+                "optimizer": self.optimizers["identifier"],
+                "lr_scale": float(opt(self.cfg, "identifier_lr_scale", 1.0)),
+            },
+            {
+                "params": [p for p in trim if p.requires_grad],
+                "name": "trimmer",
+                "optimizer": self.optimizers["trimmer"],
+                "lr_scale": float(opt(self.cfg, "trimmer_lr_scale", 1.0)),
+            },
+        ]

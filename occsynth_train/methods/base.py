@@ -36,6 +36,7 @@ with that type's hyper-parameters from cfg.optim.by_type (engine/optim.py). A co
 nothing to train (a statistics pass) returns loss terms without gradient; the trainer then only
 counts the step.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -74,8 +75,9 @@ class Method(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed_pair(self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None,
-                   masks_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_pair(
+        self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None, masks_b: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of the two faces of each comparison; default: independent of each other."""
         if self.uses_gt_masks:
             return self.embed(a, masks_a), self.embed(b, masks_b)

@@ -1,4 +1,5 @@
 """Baseline: backbone + margin head, identity cross-entropy only (occlusion seen as data only)."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,10 @@ class Baseline(Method):
 
     def forward(self, batch, step: int) -> dict[str, torch.Tensor]:
         logits = self.head(self.backbone(batch.images), batch.labels)
-        return {"id": F.cross_entropy(logits, batch.labels),
-                "log/acc": (logits.detach().argmax(1) == batch.labels).float().mean()}
+        return {
+            "id": F.cross_entropy(logits, batch.labels),
+            "log/acc": (logits.detach().argmax(1) == batch.labels).float().mean(),
+        }
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)

@@ -18,6 +18,7 @@ On an IResNet:
 method_kw: gamma_min 0.0, gamma_max 0.3, filter_orth 100.0, response_orth 1.0, sam_hidden 128,
 sam: true, dropout: true.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,9 +47,9 @@ class ChannelDropout(nn.Module):
         b, c = x.shape[:2]
         gamma = torch.empty(b, device=x.device).uniform_(self.gamma_min, self.gamma_max)
         self.last_gamma = gamma
-        n = torch.floor(gamma * c).long()                              # channels to drop per sample
+        n = torch.floor(gamma * c).long()  # channels to drop per sample
         rank = torch.rand(b, c, device=x.device).argsort(1).argsort(1)  # a random permutation rank
-        keep = (rank >= n[:, None]).to(x.dtype)                        # exactly n ranks < n dropped
+        keep = (rank >= n[:, None]).to(x.dtype)  # exactly n ranks < n dropped
         if self.rescale:
             keep = keep * (c / (c - n).clamp(min=1).to(x.dtype))[:, None]
         return x * keep[:, :, None, None]
@@ -58,8 +59,9 @@ class SpatialAttention(nn.Module):
     def __init__(self, channels: int, spatial: tuple[int, int], hidden: int = 128):
         super().__init__()
         self.conv = nn.Conv2d(channels, 1, 1)
-        self.fc = nn.Sequential(nn.Linear(spatial[0] * spatial[1], hidden), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, channels))
+        self.fc = nn.Sequential(
+            nn.Linear(spatial[0] * spatial[1], hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        )
         nn.init.zeros_(self.fc[2].weight)
         nn.init.constant_(self.fc[2].bias, 3.0)  # start near identity (sigmoid(3) = 0.95)
 
@@ -81,7 +83,7 @@ def filter_orthogonality(weights: list[torch.Tensor]) -> torch.Tensor:
 
 def response_orthogonality(x: torch.Tensor) -> torch.Tensor:
     """Mean squared off-diagonal of the per-sample Gram of normalised channel responses."""
-    r = F.normalize(x.flatten(2).float(), dim=2)      # [B, C, hw]
+    r = F.normalize(x.flatten(2).float(), dim=2)  # [B, C, hw]
     g = r @ r.transpose(1, 2)
     c = g.shape[-1]
     off = g - torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))
@@ -101,8 +103,11 @@ class LCD(Method):
         self.drop = ChannelDropout(float(opt(cfg, "gamma_min", 0.0)), float(opt(cfg, "gamma_max", 0.3)))
         self.use_drop = bool(opt(cfg, "dropout", True))
         c4 = self.backbone.stage_channels[3]
-        self.sam = SpatialAttention(c4, down(self.backbone.input_size, 4), int(opt(cfg, "sam_hidden", 128))) \
-            if bool(opt(cfg, "sam", True)) else None
+        self.sam = (
+            SpatialAttention(c4, down(self.backbone.input_size, 4), int(opt(cfg, "sam_hidden", 128)))
+            if bool(opt(cfg, "sam", True))
+            else None
+        )
         self.w_filter = float(opt(cfg, "filter_orth", 100.0))
         self.w_response = float(opt(cfg, "response_orth", 1.0))
 
@@ -120,7 +125,9 @@ class LCD(Method):
     def forward(self, batch, step: int) -> dict[str, torch.Tensor]:
         emb, x4 = self._features(batch.images)
         terms = id_terms(self.head(emb, batch.labels), batch.labels)
-        convs = [m.weight for m in self.backbone.stages[3].modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        convs = [
+            m.weight for m in self.backbone.stages[3].modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+        ]
         if self.w_filter:
             terms["filter_orth"] = self.w_filter * filter_orthogonality(convs)
         if self.w_response:

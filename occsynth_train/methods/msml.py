@@ -46,6 +46,7 @@ variant letters (any order, each at most once):
   Table 4 could not be consulted when this was written. Check it against the paper before quoting
   results as Table-4 entries.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,13 @@ FM_COMBINES = ("multiply", "residual")
 class ResBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                                  nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, x):
         return torch.relu(x + self.body(x))
@@ -79,9 +85,16 @@ class BottleneckBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         b = max(1, c // 2) if c <= 128 else 128
-        self.body = nn.Sequential(nn.Conv2d(c, b, 1, bias=False), nn.BatchNorm2d(b), nn.PReLU(b),
-                                  nn.Conv2d(b, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.PReLU(b),
-                                  nn.Conv2d(b, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.body = nn.Sequential(
+            nn.Conv2d(c, b, 1, bias=False),
+            nn.BatchNorm2d(b),
+            nn.PReLU(b),
+            nn.Conv2d(b, b, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(b),
+            nn.PReLU(b),
+            nn.Conv2d(b, c, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
         self.act = nn.PReLU(c)
 
     def forward(self, x):
@@ -92,18 +105,39 @@ class FeatureMasking(nn.Module):
     """concat[Y_s, Y_f] -> kxk conv -> BN-ReLU -> R res blocks -> 1x1 conv -> act = M;
     returns (Z, M) with Z = M * Y_f ("multiply") or M + Y_f ("residual")."""
 
-    def __init__(self, c_seg: int, c_face: int, res_blocks: int = 2, detach: bool = True, *, kernel: int = 3,
-                 res_block: str = "basic", activation: str = "sigmoid", combine: str = "multiply"):
+    def __init__(
+        self,
+        c_seg: int,
+        c_face: int,
+        res_blocks: int = 2,
+        detach: bool = True,
+        *,
+        kernel: int = 3,
+        res_block: str = "basic",
+        activation: str = "sigmoid",
+        combine: str = "multiply",
+    ):
         super().__init__()
-        if kernel not in FM_KERNELS or res_block not in RES_BLOCKS or activation not in FM_ACTIVATIONS \
-                or combine not in FM_COMBINES or res_blocks < 0:
-            raise ValueError(f"bad FeatureMasking settings: kernel={kernel!r} res_blocks={res_blocks!r} "
-                             f"res_block={res_block!r} activation={activation!r} combine={combine!r}")
+        if (
+            kernel not in FM_KERNELS
+            or res_block not in RES_BLOCKS
+            or activation not in FM_ACTIVATIONS
+            or combine not in FM_COMBINES
+            or res_blocks < 0
+        ):
+            raise ValueError(
+                f"bad FeatureMasking settings: kernel={kernel!r} res_blocks={res_blocks!r} "
+                f"res_block={res_block!r} activation={activation!r} combine={combine!r}"
+            )
         self.detach, self.activation, self.combine = detach, activation, combine
         block = ResBlock if res_block == "basic" else BottleneckBlock
-        self.body = nn.Sequential(nn.Conv2d(c_seg + c_face, c_face, kernel, 1, kernel // 2, bias=False),
-                                  nn.BatchNorm2d(c_face), nn.ReLU(inplace=True),
-                                  *[block(c_face) for _ in range(res_blocks)], nn.Conv2d(c_face, c_face, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(c_seg + c_face, c_face, kernel, 1, kernel // 2, bias=False),
+            nn.BatchNorm2d(c_face),
+            nn.ReLU(inplace=True),
+            *[block(c_face) for _ in range(res_blocks)],
+            nn.Conv2d(c_face, c_face, 1),
+        )
 
     def forward(self, y_seg: torch.Tensor, y_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.detach:
@@ -120,8 +154,10 @@ def parse_fm_layers(value, k: int = 4) -> list[int]:
             raise ValueError(f"msml fm_layers string must be {k} characters of 0/1 like '0111', got {value!r}")
         return [i + 1 for i, ch in enumerate(value) if ch == "1"]
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"msml fm_layers must be a list of stage indices in 1..{k} or a quoted 0/1 string "
-                         f"like '0111' (YAML reads an unquoted 0111 as a number), got {value!r}")
+        raise ValueError(
+            f"msml fm_layers must be a list of stage indices in 1..{k} or a quoted 0/1 string "
+            f"like '0111' (YAML reads an unquoted 0111 as a number), got {value!r}"
+        )
     for i in value:
         if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= k:
             raise ValueError(f"msml fm_layers entries must be stage indices in 1..{k}, got {i!r} in {value!r}")
@@ -134,10 +170,15 @@ def _parse_variant(variant: str) -> dict:
     """Variant letters -> the switches they fix (res_blocks: None = 'present, count from res_blocks')."""
     letters = str(variant).upper()
     if set(letters) - set("FRST") or len(set(letters)) != len(letters) or ("S" in letters) == ("T" in letters):
-        raise ValueError(f"msml variant must be letters from F, R and exactly one of S/T, each once "
-                         f"(e.g. 'FRS', 'FRT', 'FS', 'RS', 'S'), got {variant!r}")
-    return {"fm_kernel": 3 if "F" in letters else 1, "res_blocks": None if "R" in letters else 0,
-            "fm_activation": "sigmoid" if "S" in letters else "tanh"}
+        raise ValueError(
+            f"msml variant must be letters from F, R and exactly one of S/T, each once "
+            f"(e.g. 'FRS', 'FRT', 'FS', 'RS', 'S'), got {variant!r}"
+        )
+    return {
+        "fm_kernel": 3 if "F" in letters else 1,
+        "res_blocks": None if "R" in letters else 0,
+        "fm_activation": "sigmoid" if "S" in letters else "tanh",
+    }
 
 
 def fm_settings(cfg) -> dict:
@@ -168,8 +209,13 @@ def fm_settings(cfg) -> dict:
         raise ValueError(f"msml fm_activation must be one of {tuple(FM_ACTIVATIONS)}, got {s['fm_activation']!r}")
     if not isinstance(combine, str) or combine not in FM_COMBINES:
         raise ValueError(f"msml fm_combine must be one of {FM_COMBINES}, got {combine!r}")
-    return {"res_blocks": s["res_blocks"], "kernel": s["fm_kernel"], "res_block": res_block,
-            "activation": s["fm_activation"], "combine": combine}
+    return {
+        "res_blocks": s["res_blocks"],
+        "kernel": s["fm_kernel"],
+        "res_block": res_block,
+        "activation": s["fm_activation"],
+        "combine": combine,
+    }
 
 
 @METHODS.register("msml")
@@ -190,8 +236,12 @@ class MSML(Method):
         fms = {}
         for i in self.fm_layers:
             j = k + 1 - i  # decoder scale (1 = coarsest) of the same resolution as face stage i
-            fms[str(i)] = FeatureMasking(dec[j - 1], self.backbone.stage_channels[i - 1],
-                                         detach=bool(opt(cfg, "detach_seg", True)), **self.fm_settings)
+            fms[str(i)] = FeatureMasking(
+                dec[j - 1],
+                self.backbone.stage_channels[i - 1],
+                detach=bool(opt(cfg, "detach_seg", True)),
+                **self.fm_settings,
+            )
         self.fm = nn.ModuleDict(fms)
 
     def _forward_all(self, images: torch.Tensor):
@@ -225,5 +275,7 @@ class MSML(Method):
         seg = [p for p in self.seg.parameters() if p.requires_grad]
         seg_ids = {id(p) for p in seg}
         face = [p for p in self.parameters() if p.requires_grad and id(p) not in seg_ids]
-        return [{"params": face, "lr_scale": float(opt(self.cfg, "face_lr_scale", 1.0)), "name": "face"},
-                {"params": seg, "lr_scale": float(opt(self.cfg, "seg_lr_scale", 1.0)), "name": "seg"}]
+        return [
+            {"params": face, "lr_scale": float(opt(self.cfg, "face_lr_scale", 1.0)), "name": "face"},
+            {"params": seg, "lr_scale": float(opt(self.cfg, "seg_lr_scale", 1.0)), "name": "seg"},
+        ]

@@ -37,6 +37,7 @@ method_kw: stage, grid 5, blocks central|all, l1_weight 10, tau 0.25, iou_thresh
 block_score iou|coverage, occlusion_source segmentation|gt, pairwise_fdm true, seg_width 64. Each stage starts from
 the previous stage's checkpoint with `train.init_from` (loaded non-strictly by the trainer).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,8 @@ def block_iou(masks: torch.Tensor, grid: int) -> torch.Tensor:
     occ = m.flatten(1).sum(1, keepdim=True).float()
     ys = torch.arange(h, device=masks.device) * grid // h
     xs = torch.arange(w, device=masks.device) * grid // w
-    cell_of = (ys[:, None] * grid + xs[None, :]).flatten()                # pixel -> cell
-    area = torch.bincount(cell_of, minlength=grid * grid).float()[None]   # [1, G]
+    cell_of = (ys[:, None] * grid + xs[None, :]).flatten()  # pixel -> cell
+    area = torch.bincount(cell_of, minlength=grid * grid).float()[None]  # [1, G]
     inter = torch.zeros(b, grid * grid, device=masks.device).index_add_(1, cell_of, m.flatten(1).float())
     return inter / (area + occ - inter).clamp(min=1)
 
@@ -99,8 +100,9 @@ def min_max(m: torch.Tensor) -> torch.Tensor:
 class MaskGenerator(nn.Module):
     def __init__(self, c: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.PReLU(c),
-                                  nn.Conv2d(c, c, 3, 1, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.PReLU(c), nn.Conv2d(c, c, 3, 1, 1)
+        )
         nn.init.zeros_(self.body[3].weight)
         nn.init.constant_(self.body[3].bias, 3.0)  # start near 'keep everything'
 
@@ -135,7 +137,9 @@ class PDSN(Method):
         self.has_segmentation = self.source == "segmentation"
         self.uses_gt_masks = self.source == "gt"
         self.pairwise = self.stage == "finetune" and bool(opt(cfg, "pairwise_fdm", True))
-        self.seg = scaled_unet(int(opt(cfg, "seg_width", 64)), 1, tuple(self.input_size)) if self.has_segmentation else None
+        self.seg = (
+            scaled_unet(int(opt(cfg, "seg_width", 64)), 1, tuple(self.input_size)) if self.has_segmentation else None
+        )
         fh, fw = self._feature_size()
         self.register_buffer("dict_sum", torch.zeros(len(self.blocks), c, fh, fw))
         self.register_buffer("dict_count", torch.zeros(len(self.blocks)))
@@ -180,8 +184,8 @@ class PDSN(Method):
     def fdm(self, masks: torch.Tensor) -> torch.Tensor:
         """FDM per image [B, C, h, w]: product (AND) of the entries of blocks scoring >= threshold."""
         score = block_iou(masks, self.grid) if self.block_score == "iou" else cell_fractions(masks, self.grid)
-        chosen = score[:, self.blocks] >= self.iou_threshold               # [B, n_blocks]
-        entries = self.dictionary()                                        # [n, C, h, w]
+        chosen = score[:, self.blocks] >= self.iou_threshold  # [B, n_blocks]
+        entries = self.dictionary()  # [n, C, h, w]
         # AND of binary entries = product; unchosen blocks contribute 1
         factors = torch.where(chosen[:, :, None, None, None], entries[None], torch.ones_like(entries)[None])
         return factors.prod(1)
@@ -208,8 +212,11 @@ class PDSN(Method):
         best = torch.where(frac.amax(1) > 0, frac.argmax(1), torch.full_like(frac[:, 0], -1, dtype=torch.long))
         if metas:
             recorded = [self._recorded_cell(m) for m in metas]
-            best = torch.tensor([int(b) if r is None else r for b, r in zip(best.tolist(), recorded)],
-                                dtype=torch.long, device=masks.device)
+            best = torch.tensor(
+                [int(b) if r is None else r for b, r in zip(best.tolist(), recorded)],
+                dtype=torch.long,
+                device=masks.device,
+            )
         lookup = torch.full((self.grid * self.grid + 1,), -1, dtype=torch.long, device=masks.device)
         lookup[torch.tensor(self.blocks, device=masks.device)] = torch.arange(len(self.blocks), device=masks.device)
         return lookup[best]  # best == -1 reads the extra last entry: -1
@@ -275,8 +282,9 @@ class PDSN(Method):
         fdm = self._image_fdm(images, masks)
         return self.backbone.forward_head(top if fdm is None else top * fdm)
 
-    def embed_pair(self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None,
-                   masks_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_pair(
+        self, a: torch.Tensor, b: torch.Tensor, masks_a: torch.Tensor | None = None, masks_b: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's test protocol: one FDM (AND of both faces' FDMs) applied to both faces."""
         fa = self.backbone.forward_features(a)[-1]
         fb = self.backbone.forward_features(b)[-1]

@@ -13,6 +13,7 @@ Loss: CE(identity) + lambda * pixel CE (lambda = 1).
 method_kw: seg_weight 1.0, fcn_hidden 4096 (fc6/fc7 width of FCN-8s), fcn_kernel 7 (fc6 as a
 7x7 conv, as in FCN; use 1 at small inputs), seg_lr_scale 1.0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,14 @@ class FCN8s(nn.Module):
         # the VGG16 trunk only (its FC layers are replaced by conv6/conv7 below)
         trunk = create_backbone("vgg16", input_size=input_size, batch_norm=batch_norm, hidden=8, embedding_size=8)
         self.stages = trunk.stages
-        self.conv67 = nn.Sequential(nn.Conv2d(512, hidden, kernel, 1, kernel // 2), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
-                                    nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5))
+        self.conv67 = nn.Sequential(
+            nn.Conv2d(512, hidden, kernel, 1, kernel // 2),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.5),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.5),
+        )
         self.score7 = nn.Conv2d(hidden, classes, 1)
         self.score4 = nn.Conv2d(512, classes, 1)
         self.score3 = nn.Conv2d(256, classes, 1)
@@ -68,8 +75,12 @@ class FCN8s(nn.Module):
             feats.append(x)
         pool3, pool4, pool5 = feats[2], feats[3], feats[4]
         s = self.score7(self.conv67(pool5))
-        s = F.interpolate(self.up2a(s), size=pool4.shape[-2:], mode="bilinear", align_corners=False) + self.score4(pool4)
-        s = F.interpolate(self.up2b(s), size=pool3.shape[-2:], mode="bilinear", align_corners=False) + self.score3(pool3)
+        s = F.interpolate(self.up2a(s), size=pool4.shape[-2:], mode="bilinear", align_corners=False) + self.score4(
+            pool4
+        )
+        s = F.interpolate(self.up2b(s), size=pool3.shape[-2:], mode="bilinear", align_corners=False) + self.score3(
+            pool3
+        )
         logits = F.interpolate(self.up8(s), size=size, mode="bilinear", align_corners=False)
         return {"logits": logits, "top": pool5}
 
@@ -88,8 +99,12 @@ class SOIDN(Method):
         if cfg.model.backbone != "vgg16":
             raise ValueError("soidn is defined on the vgg16 face network")
         self.head = build_head(cfg, self.backbone.embedding_size, num_classes)
-        self.seg = FCN8s(tuple(self.input_size), int(opt(cfg, "fcn_hidden", 4096)), int(opt(cfg, "fcn_kernel", 7)),
-                         batch_norm=bool(cfg.model.backbone_kw.get("batch_norm", True)))
+        self.seg = FCN8s(
+            tuple(self.input_size),
+            int(opt(cfg, "fcn_hidden", 4096)),
+            int(opt(cfg, "fcn_kernel", 7)),
+            batch_norm=bool(cfg.model.backbone_kw.get("batch_norm", True)),
+        )
         c = self.backbone.stage_channels[-1]
         self.oma = nn.Conv2d(512, c, 1)
         nn.init.zeros_(self.oma.weight)
@@ -120,6 +135,11 @@ class SOIDN(Method):
         seg = list(self.seg.parameters())
         ids = {id(p) for p in seg}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest, "name": "face"},
-                {"params": [p for p in seg if p.requires_grad], "name": "seg",
-                 "lr_scale": float(opt(self.cfg, "seg_lr_scale", 1.0))}]
+        return [
+            {"params": rest, "name": "face"},
+            {
+                "params": [p for p in seg if p.requires_grad],
+                "name": "seg",
+                "lr_scale": float(opt(self.cfg, "seg_lr_scale", 1.0)),
+            },
+        ]

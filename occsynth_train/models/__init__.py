@@ -4,6 +4,7 @@ of segmentation branches (losses.py) and mixed-precision helpers (amp.py).
 Heads are created by name: `create_head("arcface", 512, 10572, s=64.0, m=0.5)`; a head module
 registers its factories with `@HEADS.register("name")` and is listed in _registry.py.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Mixed-precision helpers."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -17,6 +17,7 @@ cosine. sin(theta) is sqrt(max(1 - cos^2, 1e-6)): its gradient (like arccos') is
 cos = +-1 without the floor.
 `easy_margin=True` instead applies the margin only where cos(theta) > 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,16 @@ from .amp import autocast_off
 
 
 class CombinedMarginHead(nn.Module):
-    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0,
-                 m2: float = 0.5, m3: float = 0.0, easy_margin: bool = False):
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        s: float = 64.0,
+        m1: float = 1.0,
+        m2: float = 0.5,
+        m3: float = 0.0,
+        easy_margin: bool = False,
+    ):
         super().__init__()
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.easy_margin = easy_margin
@@ -81,8 +90,15 @@ def cosface(embedding_size: int, num_classes: int, s: float = 30.0, m: float = 0
 
 
 @HEADS.register("combined")
-def combined(embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.5,
-             m3: float = 0.0, easy_margin: bool = False):
+def combined(
+    embedding_size: int,
+    num_classes: int,
+    s: float = 64.0,
+    m1: float = 1.0,
+    m2: float = 0.5,
+    m3: float = 0.0,
+    easy_margin: bool = False,
+):
     return CombinedMarginHead(embedding_size, num_classes, s=s, m1=m1, m2=m2, m3=m3, easy_margin=easy_margin)
 
 

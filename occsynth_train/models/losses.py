@@ -4,6 +4,7 @@ Masks follow the occsynth contract after loading: float [B, 1, H, W], 1 = occlud
 Logits are either one channel (binary: sigmoid -> P(occluded)) or two channels
 (softmax over [visible, occluded]).
 """
+
 from __future__ import annotations
 
 import torch

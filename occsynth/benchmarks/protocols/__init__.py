@@ -7,6 +7,7 @@ public occluded-face benchmarks, parsed strictly and written back in their own f
 * :mod:`.mf1`   MegaFace challenge 1 style identification (FaceScrub probes + distractors)
 * :mod:`.pairs` the Pair record and the pairs.jsonl / pairs.txt files shared by pair protocols
 """
+
 from occsynth.benchmarks.protocols.pairs import (
     PAIRS_FILE,
     MissingImage,

@@ -40,6 +40,7 @@ folders are not published with the code, so occsynth fixes them here, explicitly
 The numbers are recorded in the protocol's ``info`` (and so in protocol.json and the card), and
 ``gallery_images=`` / ``probe_sets=`` override them to reproduce another paper's split.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,10 +59,19 @@ __all__ = [
 ]
 
 AR_CONDITIONS = {
-    1: "neutral", 2: "smile", 3: "anger", 4: "scream",
-    5: "left light", 6: "right light", 7: "both side lights",
-    8: "sunglasses", 9: "sunglasses, left light", 10: "sunglasses, right light",
-    11: "scarf", 12: "scarf, left light", 13: "scarf, right light",
+    1: "neutral",
+    2: "smile",
+    3: "anger",
+    4: "scream",
+    5: "left light",
+    6: "right light",
+    7: "both side lights",
+    8: "sunglasses",
+    9: "sunglasses, left light",
+    10: "sunglasses, right light",
+    11: "scarf",
+    12: "scarf, left light",
+    13: "scarf, right light",
 }
 AR_IMAGES_PER_SESSION = 13
 
@@ -75,10 +85,12 @@ PROBE_SETS = {
     "scarf_s2": (24, 25, 26),
 }
 
-SOURCE = ("Martinez & Benavente, The AR Face Database, CVC Technical Report #24, 1998 (image numbers); "
-          "protocols as evaluated by PDSN (Song et al., ICCV 2019) and FROM (Qiu et al., TPAMI 2021, "
-          "github.com/haibo-qiu/FROM lib/core/ar_dataset.py): rank-1 identification, sunglasses and "
-          "scarf probe sets reported separately")
+SOURCE = (
+    "Martinez & Benavente, The AR Face Database, CVC Technical Report #24, 1998 (image numbers); "
+    "protocols as evaluated by PDSN (Song et al., ICCV 2019) and FROM (Qiu et al., TPAMI 2021, "
+    "github.com/haibo-qiu/FROM lib/core/ar_dataset.py): rank-1 identification, sunglasses and "
+    "scarf probe sets reported separately"
+)
 
 _NAME_RE = re.compile(r"^(?P<sex>[mwfMWF])-(?P<person>\d{1,3})-(?P<number>\d{1,2})\.[A-Za-z0-9]+$")
 
@@ -86,9 +98,9 @@ _NAME_RE = re.compile(r"^(?P<sex>[mwfMWF])-(?P<person>\d{1,3})-(?P<number>\d{1,2
 @dataclass(frozen=True)
 class ARImage:
     sample_id: str
-    sex: str       # "m" or "w"
+    sex: str  # "m" or "w"
     person: int
-    number: int    # 1..26
+    number: int  # 1..26
 
     @property
     def identity(self) -> str:
@@ -132,8 +144,7 @@ def ar_protocol(
     """
     if protocol not in GALLERY_IMAGES:
         raise ValueError(f"AR protocol must be 1 or 2, got {protocol!r}")
-    gallery_numbers = tuple(sorted(set(gallery_images if gallery_images is not None
-                                       else GALLERY_IMAGES[protocol])))
+    gallery_numbers = tuple(sorted(set(gallery_images if gallery_images is not None else GALLERY_IMAGES[protocol])))
     sets = {name: tuple(sorted(set(nums))) for name, nums in (probe_sets or PROBE_SETS).items()}
     for nums in (gallery_numbers, *sets.values()):
         bad = [n for n in nums if not 1 <= n <= 2 * AR_IMAGES_PER_SESSION]
@@ -152,8 +163,10 @@ def ar_protocol(
             continue
         slot = (image.identity, image.number)
         if slot in images:
-            raise ValueError(f"{image.identity} image {image.number} appears twice: "
-                             f"{images[slot].sample_id} and {sid}; keep one of them")
+            raise ValueError(
+                f"{image.identity} image {image.number} appears twice: "
+                f"{images[slot].sample_id} and {sid}; keep one of them"
+            )
         images[slot] = image
 
     with_gallery = {ident for (ident, number) in images if number in gallery_numbers}
@@ -167,9 +180,12 @@ def ar_protocol(
             gallery.append(image.sample_id)
         elif in_sets:
             if ident not in with_gallery:
-                excluded.append({"sample_id": image.sample_id,
-                                 "reason": f"identity {ident} has no gallery image (needs one of "
-                                           f"{list(gallery_numbers)})"})
+                excluded.append(
+                    {
+                        "sample_id": image.sample_id,
+                        "reason": f"identity {ident} has no gallery image (needs one of {list(gallery_numbers)})",
+                    }
+                )
                 continue
             for name in in_sets:
                 probes[name].append(image.sample_id)
@@ -189,5 +205,6 @@ def ar_protocol(
         "unused": unused,
         "source": SOURCE,
     }
-    return Protocol(name=f"ar-protocol-{protocol}", gallery=gallery, probes=probes, identity=identity,
-                    excluded=excluded, info=info)
+    return Protocol(
+        name=f"ar-protocol-{protocol}", gallery=gallery, probes=probes, identity=identity, excluded=excluded, info=info
+    )

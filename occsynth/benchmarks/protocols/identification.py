@@ -16,6 +16,7 @@ Nothing is dropped silently: an image the protocol names whose sample could not 
 in ``flagged``; a source image the protocol cannot use (unknown name, identity without a
 gallery image, ...) is in ``excluded`` with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ class Protocol:
     probes: dict[str, list[str]]
     identity: dict[str, str]
     distractors: list[str] = field(default_factory=list)
-    excluded: list[dict] = field(default_factory=list)   # {"sample_id", "reason"}
+    excluded: list[dict] = field(default_factory=list)  # {"sample_id", "reason"}
     info: dict = field(default_factory=dict)
 
     def sample_ids(self) -> list[str]:
@@ -67,8 +68,9 @@ def protocol_document(
         for sid in ids:
             key = lookup(sid)
             if key is None:
-                flagged.append({"sample_id": sid, "role": role,
-                                "reason": problems.get(sid, "no sample in the dataset")})
+                flagged.append(
+                    {"sample_id": sid, "role": role, "reason": problems.get(sid, "no sample in the dataset")}
+                )
                 continue
             out.append(key)
             if sid in protocol.identity:

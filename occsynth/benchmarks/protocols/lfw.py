@@ -10,6 +10,7 @@ Parsing is strict: a wrong header, a wrong number of lines, a malformed line or 
 wrong kind in a block is a ValueError naming ``file:line``. A protocol that silently lost or
 mislabelled a pair would give a benchmark number that is not comparable with published ones.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,19 +65,22 @@ def read_lfw_pairs(
 
     folds, n = _header(path, lines[0])
     if expect is not None and (folds, n) != tuple(expect):
-        raise ValueError(f"{path}:1: header announces {folds} fold(s) x {n} pairs, expected "
-                         f"{expect[0]} x {expect[1]}")
+        raise ValueError(f"{path}:1: header announces {folds} fold(s) x {n} pairs, expected {expect[0]} x {expect[1]}")
     per_fold = 2 * n
     body = lines[1:]
     expected = folds * per_fold
     if len(body) < expected:
         fold = len(body) // per_fold + 1
-        raise ValueError(f"{path}:{len(lines) + 1}: file ends after line {len(lines)}: expected {expected} "
-                         f"pair lines ({folds} fold(s) x ({n} matched + {n} mismatched)), found "
-                         f"{len(body)} (fold {fold} is incomplete)")
+        raise ValueError(
+            f"{path}:{len(lines) + 1}: file ends after line {len(lines)}: expected {expected} "
+            f"pair lines ({folds} fold(s) x ({n} matched + {n} mismatched)), found "
+            f"{len(body)} (fold {fold} is incomplete)"
+        )
     if len(body) > expected:
-        raise ValueError(f"{path}:{expected + 2}: extra line(s): the header announces {expected} pair "
-                         f"lines ({folds} fold(s) x ({n} matched + {n} mismatched)), found {len(body)}")
+        raise ValueError(
+            f"{path}:{expected + 2}: extra line(s): the header announces {expected} pair "
+            f"lines ({folds} fold(s) x ({n} matched + {n} mismatched)), found {len(body)}"
+        )
 
     pairs = []
     for i, line in enumerate(body):
@@ -98,8 +102,9 @@ def read_lfw_pairs(
         else:
             if len(fields) != 4:
                 kind = "a matched pair" if len(fields) == 3 else f"{len(fields)} fields"
-                raise ValueError(f"{where}: expected a mismatched pair 'name1 i name2 j' ({block}), "
-                                 f"got {kind}: {line!r}")
+                raise ValueError(
+                    f"{where}: expected a mismatched pair 'name1 i name2 j' ({block}), got {kind}: {line!r}"
+                )
             n1, i1, n2, i2 = fields[0], _number(where, fields[1]), fields[2], _number(where, fields[3])
             _check_name(where, n1)
             _check_name(where, n2)
@@ -120,8 +125,9 @@ def _header(path: Path, line: str) -> tuple[int, int]:
         return values[0], values[1]
     if len(values) == 1 and values[0] >= 1:
         return 1, values[0]
-    raise ValueError(f"{path}:1: not an LFW header (expected 'folds<TAB>n' such as '10\\t300', "
-                     f"or 'n' such as '1100'): {line!r}")
+    raise ValueError(
+        f"{path}:1: not an LFW header (expected 'folds<TAB>n' such as '10\\t300', or 'n' such as '1100'): {line!r}"
+    )
 
 
 def _number(where: str, text: str) -> int:

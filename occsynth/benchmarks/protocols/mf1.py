@@ -14,6 +14,7 @@ identity (sorted by sample id) is the gallery image, the rest are probes.
 An identity with a single image cannot take part (no probe is left once it is the gallery): its
 image goes to ``excluded`` with that reason.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator
@@ -23,8 +24,10 @@ from occsynth.benchmarks.protocols.identification import Protocol
 __all__ = ["GALLERY_MODES", "mf1_protocol", "rotations"]
 
 GALLERY_MODES = ("rotate", "first")
-SOURCE = ("MegaFace challenge 1 (Kemelmacher-Shlizerman et al., CVPR 2016), FaceScrub probes; "
-          "rank-1 identification with each probe image in turn added to the distractors")
+SOURCE = (
+    "MegaFace challenge 1 (Kemelmacher-Shlizerman et al., CVPR 2016), FaceScrub probes; "
+    "rank-1 identification with each probe image in turn added to the distractors"
+)
 
 
 def mf1_protocol(
@@ -45,8 +48,9 @@ def mf1_protocol(
     distractors = sorted(set(distractor_ids))
     shared = sorted(set(probe_ids) & set(distractors))
     if shared:
-        raise ValueError(f"{len(shared)} id(s) are both probe and distractor, e.g. {shared[:3]}; "
-                         "prefix the two sources differently")
+        raise ValueError(
+            f"{len(shared)} id(s) are both probe and distractor, e.g. {shared[:3]}; prefix the two sources differently"
+        )
 
     by_identity: dict[str, list[str]] = {}
     excluded: list[dict] = []
@@ -62,8 +66,12 @@ def mf1_protocol(
     identity_of: dict[str, str] = {}
     for identity, ids in sorted(by_identity.items()):
         if len(ids) < 2:
-            excluded.append({"sample_id": ids[0], "reason": f"identity {identity} has a single image: "
-                                                            "no probe is left once it is the gallery"})
+            excluded.append(
+                {
+                    "sample_id": ids[0],
+                    "reason": f"identity {identity} has a single image: no probe is left once it is the gallery",
+                }
+            )
             continue
         if gallery_mode == "rotate":
             gallery.extend(ids)
@@ -78,16 +86,25 @@ def mf1_protocol(
         "dataset": "MegaFace challenge 1 style",
         "task": "rank-1 identification against the distractors",
         "gallery_mode": gallery_mode,
-        "rule": ("rotate: each probe image in turn is the gallery image of its identity (added to the "
-                 "distractors); the identity's other images are its probes" if gallery_mode == "rotate"
-                 else "first: the first image (by sample id) of each identity is its gallery image; the "
-                      "others are probes"),
+        "rule": (
+            "rotate: each probe image in turn is the gallery image of its identity (added to the "
+            "distractors); the identity's other images are its probes"
+            if gallery_mode == "rotate"
+            else "first: the first image (by sample id) of each identity is its gallery image; the others are probes"
+        ),
         "identities": sum(1 for ids in by_identity.values() if len(ids) >= 2),
         "distractors": len(distractors),
         "source": SOURCE,
     }
-    return Protocol(name=f"mf1-{gallery_mode}", gallery=gallery, probes={"probes": probes},
-                    identity=identity_of, distractors=distractors, excluded=excluded, info=info)
+    return Protocol(
+        name=f"mf1-{gallery_mode}",
+        gallery=gallery,
+        probes={"probes": probes},
+        identity=identity_of,
+        distractors=distractors,
+        excluded=excluded,
+        info=info,
+    )
 
 
 def rotations(protocol: Protocol) -> Iterator[tuple[str, list[str]]]:

@@ -17,6 +17,7 @@ layout is required, see :mod:`.lfw`), and when ``available_ids`` is given, each 
 resolves to the existing file ``<Name>/<Name>_NNNN.<any ext>``. Without a header all pairs are
 in fold 0 (MFR2 defines no folds).
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,7 @@ def read_mfr2_pairs(
                 raise ValueError(f"{where}: 4-field (mismatched) pair names {name1} twice")
             a, b, same = lfw.lfw_sample_id(name1, n1, ext), lfw.lfw_sample_id(name2, n2, ext), False
         else:
-            raise ValueError(f"{where}: expected 'name i j' or 'name1 i name2 j', got {len(fields)} "
-                             f"field(s): {line!r}")
+            raise ValueError(f"{where}: expected 'name i j' or 'name1 i name2 j', got {len(fields)} field(s): {line!r}")
         pairs.append(Pair(index=i, fold=0, issame=same, a=resolve(a), b=resolve(b)))
     return pairs
 

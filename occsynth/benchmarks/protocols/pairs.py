@@ -12,6 +12,7 @@ A pair is never dropped: a pair whose image is missing from the source, or whose
 not be built, is written with ``flagged: true`` and the reason. ``a_id``/``b_id`` keep the
 protocol's own image references so the official ``pairs.txt`` can be written back exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ _ID_RE = re.compile(r"^(?P<name>[^/]+)/(?P=name)_(?P<num>\d+)(?P<ext>\.[^./]+)$"
 class Pair:
     """One verification pair. ``a``/``b`` are source sample ids ("Name/Name_0001.jpg")."""
 
-    index: int   # position in the protocol file (0-based, file order)
+    index: int  # position in the protocol file (0-based, file order)
     fold: int
     issame: bool
     a: str
@@ -56,8 +57,8 @@ class Pair:
 
 @dataclass(frozen=True)
 class MissingImage:
-    pair: int     # Pair.index
-    side: str     # "a" or "b"
+    pair: int  # Pair.index
+    side: str  # "a" or "b"
     sample_id: str
 
 
@@ -100,11 +101,19 @@ def pair_rows(
             if keys[side] is None:
                 why = problems.get(sid, "no sample in the dataset")
                 reasons.append(f"{side}={sid}: {why}")
-        rows.append({
-            "pair": pair.index, "fold": pair.fold, "issame": bool(pair.issame),
-            "a": keys["a"], "b": keys["b"], "a_id": pair.a, "b_id": pair.b,
-            "flagged": bool(reasons), "reason": "; ".join(reasons),
-        })
+        rows.append(
+            {
+                "pair": pair.index,
+                "fold": pair.fold,
+                "issame": bool(pair.issame),
+                "a": keys["a"],
+                "b": keys["b"],
+                "a_id": pair.a,
+                "b_id": pair.b,
+                "flagged": bool(reasons),
+                "reason": "; ".join(reasons),
+            }
+        )
     return rows
 
 

@@ -6,6 +6,7 @@ templates: `factor`) and searches the size multiplier by bisection with the occl
 seed held fixed, so every attempt places the same template at the same spot and only its
 size changes. The record is the inner occluder's, plus what the fit aimed for and reached.
 """
+
 from __future__ import annotations
 
 import math

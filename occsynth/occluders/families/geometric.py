@@ -28,6 +28,7 @@ the concrete (scalar) parameters of a record and its seed therefore re-creates t
 exactly, which compose.replay relies on. (block predates this: it samples with
 base.sample_value, which draws nothing for a scalar, so only its spec replays it.)
 """
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,7 @@ def fill_pixels(image: np.ndarray, mask: np.ndarray, fill: str, rng: np.random.G
     return paint(image, mask, 0, 0, fill, rng)
 
 
-def paint(
-    image: np.ndarray, local: np.ndarray, x: int, y: int, fill: str, rng: np.random.Generator
-) -> np.ndarray:
+def paint(image: np.ndarray, local: np.ndarray, x: int, y: int, fill: str, rng: np.random.Generator) -> np.ndarray:
     """A copy of `image` with the True pixels of `local` (placed with its top-left at x, y) filled.
     Only the window is touched, which keeps small shapes cheap."""
     out = image.copy()
@@ -329,8 +328,7 @@ def rasterise(
 def overflow_origin(shape: GaugeShape, width: int, height: int, s0: float) -> tuple[float, float]:
     """Origin that centres the unit box at scale s0 on the image (fixed while the scale varies,
     so the clipped sets stay nested and their pixel count grows with the scale)."""
-    return (width / 2.0 - s0 * (shape.xmin + shape.xmax) / 2.0,
-            height / 2.0 - s0 * (shape.ymin + shape.ymax) / 2.0)
+    return (width / 2.0 - s0 * (shape.xmin + shape.xmax) / 2.0, height / 2.0 - s0 * (shape.ymin + shape.ymax) / 2.0)
 
 
 def _overflow(shape, pixels, width, height, overflow, s0):
@@ -487,7 +485,9 @@ class _GaugeOccluder(_Shape):
 
     def draw(self, image, width, height, c, rng):
         shape = self.shape(c, rng)
-        local, x, y, fits = rasterise(shape, target_pixels(c["ratio"], width, height), width, height, c["overflow"], rng)
+        local, x, y, fits = rasterise(
+            shape, target_pixels(c["ratio"], width, height), width, height, c["overflow"], rng
+        )
         out, mask = _place(image, local, x, y, c["fill"], rng)
         bh, bw = local.shape
         return out, mask, {**c, "x": x, "y": y, "width": bw, "height": bh, "fits": fits}

@@ -1,6 +1,7 @@
 """PDSN's grid occlusions: the aligned face cut into a K x K grid (5 x 5 in the paper); one
 cell (optionally with its 4-neighbours) is occluded, and the cell index is the label the
 mask generators are trained on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,4 +58,8 @@ class GridCell(Occluder):
             x0, y0, x1, y1 = cell_bounds(c, grid, w, h)
             mask[y0:y1, x0:x1] = True
         fill = sample_value(self.params["fill"], rng)
-        return fill_pixels(image, mask, fill, rng), mask, {"cell": cell, "cells": sorted(cells), "grid": grid, "fill": fill}
+        return (
+            fill_pixels(image, mask, fill, rng),
+            mask,
+            {"cell": cell, "cells": sorted(cells), "grid": grid, "fill": fill},
+        )

@@ -16,6 +16,7 @@
 
 The mask is the warped template's alpha >= 0.5, as for every template occluder.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -60,6 +61,7 @@ def _template(path: str) -> Template:
 
 # ----------------------------------------------------------------------------- template_folder
 
+
 @functools.lru_cache(maxsize=16)
 def folder_templates(path: str, recursive: bool = False) -> tuple[Template, ...]:
     """All PNGs of a folder (sorted by relative path), decoded once per process."""
@@ -82,8 +84,15 @@ class TemplateFolder(TemplateOccluder):
 
     family = "importer"
     name = "template_folder"
-    defaults = {"path": None, "factor": [0.3, 0.6], "rotation": [-20.0, 20.0], "region": "random",
-                "recursive": False, "feather": 1.0, "template": None}
+    defaults = {
+        "path": None,
+        "factor": [0.3, 0.6],
+        "rotation": [-20.0, 20.0],
+        "region": "random",
+        "recursive": False,
+        "feather": 1.0,
+        "template": None,
+    }
 
     def place(self, image, landmarks, rng):
         if not self.params["path"]:
@@ -109,11 +118,21 @@ class TemplateFolder(TemplateOccluder):
         roll = math.degrees(math.atan2(ax[1], ax[0]))  # follow the face's roll
         base = np.array([[1.0, 0.0, centre[0] - (w - 1) / 2], [0.0, 1.0, centre[1] - (h - 1) / 2]])
         matrix = compose_about(base, centre, scale, roll + angle, (0.0, 0.0))
-        return template, matrix, {"template": template.name, "factor": factor, "rotation": angle,
-                                  "region": region, "centre": [float(c) for c in centre_f]}
+        return (
+            template,
+            matrix,
+            {
+                "template": template.name,
+                "factor": factor,
+                "rotation": angle,
+                "region": region,
+                "centre": [float(c) for c in centre_f],
+            },
+        )
 
 
 # ----------------------------------------------------------------------------- OCFR-2022
+
 
 @dataclass(frozen=True)
 class OcfrEntry:
@@ -161,7 +180,9 @@ def load_ocfr(path: str) -> tuple[OcfrEntry, ...]:
             for index in OCFR_REGIONS[region]:
                 p = _point(fields[OCFR_COLUMNS[4 + index]])
                 if p is None:
-                    raise ValueError(f"{csv_path}: {fields['path']} ({region}) lacks its {OCFR_COLUMNS[4 + index]} point")
+                    raise ValueError(
+                        f"{csv_path}: {fields['path']} ({region}) lacks its {OCFR_COLUMNS[4 + index]} point"
+                    )
                 points[index] = p
             # eye templates state their size; anchors refer to that size
             if fields["width"].strip() and fields["height"].strip():
@@ -185,8 +206,14 @@ class Ocfr2022(TemplateOccluder):
 
     family = "importer"
     name = "ocfr2022"
-    defaults = {"path": None, "region": None, "include_disabled": False, "anchor_jitter": 0.05,
-                "feather": 1.0, "template": None}
+    defaults = {
+        "path": None,
+        "region": None,
+        "include_disabled": False,
+        "anchor_jitter": 0.05,
+        "feather": 1.0,
+        "template": None,
+    }
 
     def place(self, image, landmarks, rng):
         if not self.params["path"]:
@@ -201,10 +228,15 @@ class Ocfr2022(TemplateOccluder):
             if isinstance(region, dict):
                 region = sample_value(region, rng)
             regions = None if region is None else ((region,) if isinstance(region, str) else tuple(region))
-            pool = [e for e in entries if (self.params["include_disabled"] or not e.disabled)
-                    and (regions is None or e.region in regions)]
+            pool = [
+                e
+                for e in entries
+                if (self.params["include_disabled"] or not e.disabled) and (regions is None or e.region in regions)
+            ]
         if not pool:
-            raise ValueError(f"no OCFR-2022 templates match region={self.params['region']!r} template={self.params['template']!r}")
+            raise ValueError(
+                f"no OCFR-2022 templates match region={self.params['region']!r} template={self.params['template']!r}"
+            )
         entry = pool[int(rng.integers(len(pool)))]
         indices = sorted(entry.points)
         src = np.array([entry.points[i] for i in indices], dtype=np.float64)
@@ -214,11 +246,15 @@ class Ocfr2022(TemplateOccluder):
             src[:, 0] += rng.normal(0.0, jitter * span, size=len(src))
         dst = np.asarray(landmarks, dtype=np.float64)[indices]
         matrix = similarity_matrix(src, dst)
-        return entry.template, matrix, {"template": entry.file, "region": entry.region,
-                                        "anchor_jitter": jitter, "anchors": src.tolist()}
+        return (
+            entry.template,
+            matrix,
+            {"template": entry.file, "region": entry.region, "anchor_jitter": jitter, "anchors": src.tolist()},
+        )
 
 
 # ----------------------------------------------------------------------------- MaskTheFace
+
 
 @dataclass(frozen=True)
 class MtfEntry:
@@ -328,8 +364,11 @@ class MaskTheFace(TemplateOccluder):
         entry = entries[name]
         dst = maskthefaces_face_points(landmarks)
         matrix, fit = _mask_transform(entry, dst)
-        return entry.template, matrix, {"mask": name, "yaw": round(yaw, 2), "fit": fit,
-                                        "face_points": dst.round(3).tolist()}
+        return (
+            entry.template,
+            matrix,
+            {"mask": name, "yaw": round(yaw, 2), "fit": fit, "face_points": dst.round(3).tolist()},
+        )
 
 
 def _mask_transform(entry: MtfEntry, dst: np.ndarray) -> tuple[np.ndarray, str]:
@@ -352,6 +391,12 @@ def _mask_transform(entry: MtfEntry, dst: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 __all__ = [
-    "FACE_WIDTH_IOD", "MaskTheFace", "Ocfr2022", "TemplateFolder", "folder_templates", "load_maskthefaces",
-    "load_ocfr", "maskthefaces_face_points",
+    "FACE_WIDTH_IOD",
+    "MaskTheFace",
+    "Ocfr2022",
+    "TemplateFolder",
+    "folder_templates",
+    "load_maskthefaces",
+    "load_ocfr",
+    "maskthefaces_face_points",
 ]

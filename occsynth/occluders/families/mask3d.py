@@ -23,6 +23,7 @@ mode="bank" (default) uses pre-rendered poses (render_mask_bank, shipped in asse
 the nearest (yaw, pitch) render is mapped onto the landmarks by the least-squares similarity
 of its projected model points; no OpenGL needed. mode="direct" renders each image.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,7 +68,8 @@ class PoseBank:
         key = (kind, style)
         if key not in self._groups:
             self._groups[key] = np.array(
-                [i for i, r in enumerate(self.renders) if r["kind"] == kind and (style is None or r["style"] == style)], dtype=np.int64
+                [i for i, r in enumerate(self.renders) if r["kind"] == kind and (style is None or r["style"] == style)],
+                dtype=np.int64,
             )
         return self._groups[key]
 
@@ -92,8 +94,10 @@ class PoseBank:
 def _load_pose_bank(root: str) -> PoseBank:
     path = Path(root) / BANK_INDEX
     if not path.exists():
-        raise FileNotFoundError(f"no 3D mask pose bank at {root} ({BANK_INDEX} missing); build it with "
-                                "`occsynth render-masks` or occsynth.occluders.families.mask3d.render_mask_bank()")
+        raise FileNotFoundError(
+            f"no 3D mask pose bank at {root} ({BANK_INDEX} missing); build it with "
+            "`occsynth render-masks` or occsynth.occluders.families.mask3d.render_mask_bank()"
+        )
     return PoseBank(Path(root), json.loads(path.read_text()))
 
 
@@ -111,6 +115,7 @@ def _direct_parts(kind: str, style: Any, seed: int):
 
 
 # ----------------------------------------------------------------------------- occluder
+
 
 @register_occluder
 class FaceMask3D(Occluder):
@@ -144,12 +149,19 @@ class FaceMask3D(Occluder):
             kind = kind[int(rng.integers(len(kind)))]
         if kind not in KINDS:
             raise ValueError(f"unknown mask kind {kind!r}; choose from {', '.join(KINDS)}")
-        color = sample_value(self.params["color"], rng) if isinstance(self.params["color"], dict) else self.params["color"]
+        color = (
+            sample_value(self.params["color"], rng) if isinstance(self.params["color"], dict) else self.params["color"]
+        )
         scale = float(sample_value(self.params["scale"], rng))
         feather = float(sample_value(self.params["feather"], rng))
         pose = estimate_pose(landmarks)
-        concrete = {"kind": kind, "mode": self.params["mode"], "scale": scale, "feather": feather,
-                    "pose": {k: round(float(pose[k]), 3) for k in ("yaw", "pitch", "roll")}}
+        concrete = {
+            "kind": kind,
+            "mode": self.params["mode"],
+            "scale": scale,
+            "feather": feather,
+            "pose": {k: round(float(pose[k]), 3) for k in ("yaw", "pitch", "roll")},
+        }
         if self.params["mode"] == "bank":
             if getattr(self, "_bank_cache", None) is None:  # path resolution costs more than a composite
                 self._bank_cache = load_pose_bank(self.params["bank_dir"])
@@ -169,8 +181,12 @@ class FaceMask3D(Occluder):
             cx, cy = (lm[2][0] + lm[3][0] + lm[4][0]) / 3.0, (lm[2][1] + lm[3][1] + lm[4][1]) / 3.0
             matrix = compose_fast(base, cx, cy, scale, 0.0, 0.0, 0.0)
             warped = warp_roi(bank.templates[index].rgba, matrix, image.shape[:2], margin=_pad(feather))
-            concrete.update(style=style, render=bank.renders[index]["file"], matrix=matrix.ravel().tolist(),
-                            bank_dir=None if self.params["bank_dir"] is None else str(self.params["bank_dir"]))
+            concrete.update(
+                style=style,
+                render=bank.renders[index]["file"],
+                matrix=matrix.ravel().tolist(),
+                bank_dir=None if self.params["bank_dir"] is None else str(self.params["bank_dir"]),
+            )
         else:
             style = color if color is not None else DEFAULT_STYLES[kind][int(rng.integers(len(DEFAULT_STYLES[kind])))]
             style_key = tuple(style) if isinstance(style, (list, tuple)) else style
@@ -196,8 +212,9 @@ class FaceMask3D(Occluder):
         x1, y1 = min(int(math.ceil(hi[0])) + 3, w_img), min(int(math.ceil(hi[1])) + 3, h_img)
         if x1 <= x0 or y1 <= y0:
             return None
-        rgba = render_posed(parts, pose["rotation"], s, t - [x0, y0], (x1 - x0, y1 - y0), _light(rng),
-                            int(self.params["supersample"]))
+        rgba = render_posed(
+            parts, pose["rotation"], s, t - [x0, y0], (x1 - x0, y1 - y0), _light(rng), int(self.params["supersample"])
+        )
         return rgba, x0, y0
 
     def apply(self, image, landmarks, rng):

@@ -13,6 +13,7 @@ The mask is exactly `warped alpha >= 0.5`; the blend uses the alpha of the mask 
 blurred by a Gaussian whose (2r+1)-square kernel has r = ceil(feather), so every changed pixel
 lies within r pixels (chessboard distance) of the mask and feather=0 changes only mask pixels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,6 +44,7 @@ RANDOM_BOX = ((-0.7, 0.7), (-0.6, 1.3))
 # ----------------------------------------------------------------------------- face geometry
 
 # ----------------------------------------------------------------------------- templates
+
 
 @dataclass
 class Template:
@@ -128,12 +130,14 @@ def load_bank(bank_dir: str | Path | None = None) -> TemplateBank:
 
 # ----------------------------------------------------------------------------- warping
 
+
 def _pad(feather: float) -> int:
     return int(math.ceil(max(0.0, float(feather)))) + 1
 
 
-def warp_roi(rgba: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], margin: int = 1,
-             perspective: bool = False) -> tuple[np.ndarray, int, int] | None:
+def warp_roi(
+    rgba: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], margin: int = 1, perspective: bool = False
+) -> tuple[np.ndarray, int, int] | None:
     """Warp a template into the image-space bounding box of its corners (+ `margin` px),
     clipped to the image. Returns (warped RGBA, x0, y0), or None when it lands outside."""
     h_img, w_img = shape
@@ -157,14 +161,21 @@ def warp_roi(rgba: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], margi
         return None
     if perspective:
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64)
-        out = cv2.warpPerspective(rgba, shift @ np.asarray(matrix), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.warpPerspective(
+            rgba,
+            shift @ np.asarray(matrix),
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     else:
         m = np.array(matrix, dtype=np.float64)
         m[0, 2] -= x0
         m[1, 2] -= y0
-        out = cv2.warpAffine(rgba, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.warpAffine(
+            rgba, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return out, x0, y0
 
 
@@ -179,8 +190,9 @@ def blend_alpha(alpha: np.ndarray, feather: float) -> np.ndarray:
     return cv2.GaussianBlur(hard, (2 * radius + 1, 2 * radius + 1), feather / 2.0)
 
 
-def paste(image: np.ndarray, warped: tuple[np.ndarray, int, int] | None, feather: float
-          ) -> tuple[np.ndarray, np.ndarray]:
+def paste(
+    image: np.ndarray, warped: tuple[np.ndarray, int, int] | None, feather: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Blend a warped RGBA box into a copy of the image; returns (image, bool mask)."""
     out = image.copy()
     mask = np.zeros(image.shape[:2], dtype=bool)
@@ -206,6 +218,7 @@ def full_alpha(warped: tuple[np.ndarray, int, int] | None, shape: tuple[int, int
 
 
 # ----------------------------------------------------------------------------- occluders
+
 
 def _choose(value: Any, rng: np.random.Generator) -> Any:
     """sample_value plus plain lists of options (["cup", "phone"] -> one of them)."""

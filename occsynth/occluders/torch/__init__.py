@@ -33,6 +33,7 @@ Template bank (`bank` family): see TensorBank and _BankOp. Templates are pasted 
 (alpha >= 0.5) so that the mask is exact. The CPU object families (objects.py) are not mirrored
 op for op: load their templates into a TensorBank (anchors and targets in the same face frame).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -82,8 +83,13 @@ class TorchOccluder:
     On CPU, run with torch.set_num_threads(1) per process when several processes share the cores
     (DataLoader workers): intra-op threads that spin against each other slowed it 40x in tests."""
 
-    def __init__(self, spec: Any, device: str | torch.device = "cpu", banks: dict[str, TensorBank] | None = None,
-                 value_range: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        spec: Any,
+        device: str | torch.device = "cpu",
+        banks: dict[str, TensorBank] | None = None,
+        value_range: tuple[float, float] | None = None,
+    ):
         self.spec = load_spec(spec)
         self.device = torch.device(device)
         self.banks = dict(banks or {})
@@ -95,8 +101,10 @@ class TorchOccluder:
     def _compile(self, spec):
         def leaf(name: str, params: dict):
             if name not in _OPS:
-                raise KeyError(f"occluder {name!r} has no torch implementation; supported: {', '.join(SUPPORTED)} "
-                               f"(load object templates into a TensorBank and use 'bank')")
+                raise KeyError(
+                    f"occluder {name!r} has no torch implementation; supported: {', '.join(SUPPORTED)} "
+                    f"(load object templates into a TensorBank and use 'bank')"
+                )
             return ("one", _OPS[name](params))
 
         return _cumulative(compile_tree(spec, leaf))

@@ -1,6 +1,7 @@
 """Shared machinery of the batched ops: the draw context, per-sample parameter draws, fills,
 the exact k-th smallest value, and the op base class (parameters checked against the CPU
 occluder's defaults, so both paths accept the same specs)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,14 @@ from occsynth.occluders.families import geometric as G
 
 Tensor = torch.Tensor
 
-_CPU_CLASSES = {"block": G.Block, "rectangle": G.Rectangle, "ellipse": G.Ellipse, "polygon": G.Polygon,
-                "blob": G.Blob, "pieces": G.Pieces}
+_CPU_CLASSES = {
+    "block": G.Block,
+    "rectangle": G.Rectangle,
+    "ellipse": G.Ellipse,
+    "polygon": G.Polygon,
+    "blob": G.Blob,
+    "pieces": G.Pieces,
+}
 
 
 # ----------------------------------------------------------------------------- context, draws

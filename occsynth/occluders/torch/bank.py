@@ -1,4 +1,5 @@
 """Templates on batches: TensorBank (RGBA templates on a device) and the `bank` op."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -47,8 +48,13 @@ class TensorBank:
         self.premultiplied = torch.cat([rgba[:, :3] * rgba[:, 3:4], rgba[:, 3:4]], dim=1)
         self.sizes = (sizes if sizes is not None else torch.tensor([[w, h]] * n)).to(torch.float64)
         if anchors is None:
-            anchors = torch.stack([torch.stack([torch.zeros(n), self.sizes[:, 1] / 2], 1),
-                                   torch.stack([self.sizes[:, 0], self.sizes[:, 1] / 2], 1)], 1)
+            anchors = torch.stack(
+                [
+                    torch.stack([torch.zeros(n), self.sizes[:, 1] / 2], 1),
+                    torch.stack([self.sizes[:, 0], self.sizes[:, 1] / 2], 1),
+                ],
+                1,
+            )
         if targets is None:
             targets = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]] * n)
         self.anchors = anchors.to(torch.float64).reshape(n, 2, 2)
@@ -60,7 +66,7 @@ class TensorBank:
         return self.premultiplied.shape[0]
 
     @classmethod
-    def from_arrays(cls, images: Sequence[np.ndarray], anchors=None, targets=None, names=None) -> "TensorBank":
+    def from_arrays(cls, images: Sequence[np.ndarray], anchors=None, targets=None, names=None) -> TensorBank:
         """From HxWx4 uint8 arrays of any sizes (padded to a common size with alpha 0)."""
         h = max(a.shape[0] for a in images)
         w = max(a.shape[1] for a in images)
@@ -68,12 +74,16 @@ class TensorBank:
         for i, a in enumerate(images):
             stack[i, : a.shape[0], : a.shape[1]] = a
         sizes = torch.tensor([[a.shape[1], a.shape[0]] for a in images])
-        to_t = (lambda v: None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64)))
+
+        def to_t(v):
+            return None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64))
+
         return cls(torch.from_numpy(stack).permute(0, 3, 1, 2), to_t(anchors), to_t(targets), sizes, names)
 
     @classmethod
-    def from_template_bank(cls, bank=None, *, categories: Sequence[str] | None = None,
-                           split: str = "any") -> "TensorBank":
+    def from_template_bank(
+        cls, bank=None, *, categories: Sequence[str] | None = None, split: str = "any"
+    ) -> TensorBank:
         """The object occluders' template bank (default: the shipped one) as a TensorBank.
 
         A template of the object bank is placed by the least-squares similarity of its k anchor
@@ -102,7 +112,9 @@ class TensorBank:
     def on(self, device: torch.device):
         key = str(device)
         if key not in self._by_device:
-            self._by_device[key] = tuple(t.to(device) for t in (self.premultiplied, self.anchors, self.targets, self.sizes))
+            self._by_device[key] = tuple(
+                t.to(device) for t in (self.premultiplied, self.anchors, self.targets, self.sizes)
+            )
         return self._by_device[key]
 
 
@@ -171,8 +183,9 @@ class _BankOp(_Op):
         gz = ((2 * idx.double() + 1) / n - 1).view(b, 1, 1).expand(b, H, W)
         grid = torch.stack([tx / tw * 2 - 1, ty / th * 2 - 1, gz], -1).float().unsqueeze(0)  # [1,b,H,W,3]
         # one 3-D sample over the stack: depth picks the template exactly (at a slice centre)
-        sample = F.grid_sample(prem.permute(1, 0, 2, 3).unsqueeze(0), grid, mode="bilinear",
-                               padding_mode="zeros", align_corners=False)[0].permute(1, 0, 2, 3)
+        sample = F.grid_sample(
+            prem.permute(1, 0, 2, 3).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0].permute(1, 0, 2, 3)
         alpha = sample[:, 3]
         own = alpha >= 0.5
         rgb = sample[:, :3] / alpha.clamp(min=1e-6).unsqueeze(1)

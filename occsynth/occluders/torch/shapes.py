@@ -1,5 +1,6 @@
 """The geometric families on batches: block, rectangle, ellipse, polygon, blob, pieces (see the
 package docstring for how each matches the CPU path)."""
+
 from __future__ import annotations
 
 import math
@@ -153,8 +154,12 @@ class _GaugeOp(_Op):
         W, H = ctx.width, ctx.height
         xs = torch.arange(-1, W + 1, device=ctx.device, dtype=torch.float32)
         ys = torch.arange(-1, H + 1, device=ctx.device, dtype=torch.float32)
-        rx = torch.cat([xs, xs, torch.full((H + 2,), -1.0, device=ctx.device), torch.full((H + 2,), float(W), device=ctx.device)])
-        ry = torch.cat([torch.full((W + 2,), -1.0, device=ctx.device), torch.full((W + 2,), float(H), device=ctx.device), ys, ys])
+        rx = torch.cat(
+            [xs, xs, torch.full((H + 2,), -1.0, device=ctx.device), torch.full((H + 2,), float(W), device=ctx.device)]
+        )
+        ry = torch.cat(
+            [torch.full((W + 2,), -1.0, device=ctx.device), torch.full((W + 2,), float(H), device=ctx.device), ys, ys]
+        )
         dx = rx.view(1, 1, -1) + 0.5 - cx.float().view(-1, 1, 1)
         dy = ry.view(1, 1, -1) + 0.5 - cy.float().view(-1, 1, 1)
         return sh.gauge(dx, dy).reshape(len(cx), -1).amin(1)
@@ -214,12 +219,19 @@ class _PolygonOp(_GaugeOp):
             shape = pa.shape
             idx = torch.searchsorted(bounds, pa.reshape(b, -1), right=True) - 1
             idx = torch.remainder(idx, n.view(b, 1))  # -1 (before the first vertex): the last sector
-            return (dx * cxs.gather(1, idx).view(shape) + dy * cys.gather(1, idx).view(shape))
+            return dx * cxs.gather(1, idx).view(shape) + dy * cys.gather(1, idx).view(shape)
 
         big = torch.full_like(px, float("inf"))
         area = 0.5 * torch.where(active, d, torch.zeros_like(d)).sum(1)
-        return _Shapes(gauge, area, torch.where(active, px, big).amin(1), torch.where(active, px, -big).amax(1),
-                       torch.where(active, py, big).amin(1), torch.where(active, py, -big).amax(1), power=1)
+        return _Shapes(
+            gauge,
+            area,
+            torch.where(active, px, big).amin(1),
+            torch.where(active, px, -big).amax(1),
+            torch.where(active, py, big).amin(1),
+            torch.where(active, py, -big).amax(1),
+            power=1,
+        )
 
 
 _BLOB_TABLES: dict[str, tuple[Tensor, ...]] = {}
@@ -231,8 +243,10 @@ def _blob_tables(device) -> tuple[Tensor, ...]:
         n = G.BLOB_BINS
         edges = np.arctan2(*G.pseudo_angle_inverse(np.arange(n + 1) * (4.0 / n))[::-1])
         widths = np.mod(np.diff(edges), 2.0 * math.pi)
-        _BLOB_TABLES[key] = tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in (
-            G._BLOB_COS, G._BLOB_SIN, G._BLOB_COS_DIR, G._BLOB_SIN_DIR, widths))
+        _BLOB_TABLES[key] = tuple(
+            torch.as_tensor(a, dtype=torch.float64, device=device)
+            for a in (G._BLOB_COS, G._BLOB_SIN, G._BLOB_COS_DIR, G._BLOB_SIN_DIR, widths)
+        )
     return _BLOB_TABLES[key]
 
 
@@ -247,7 +261,11 @@ class _BlobOp(_GaugeOp):
         M = int(K.max())
         k = torch.arange(1, M + 1, device=ctx.device, dtype=torch.float64).view(1, M)
         on = k <= K.view(b, 1)
-        size = torch.where(on, c["amplitude"].view(b, 1) * ctx.randn(b, M) / k, torch.zeros(b, M, dtype=torch.float64, device=ctx.device))
+        size = torch.where(
+            on,
+            c["amplitude"].view(b, 1) * ctx.randn(b, M) / k,
+            torch.zeros(b, M, dtype=torch.float64, device=ctx.device),
+        )
         phases = ctx.rand(b, M) * (2 * math.pi)
         radius = torch.exp((size * torch.cos(phases)) @ cos_k[:M] - (size * torch.sin(phases)) @ sin_k[:M])
         inv_sq = (1.0 / radius**2).float()
@@ -284,8 +302,9 @@ class _PiecesOp(_Op):
         total = _round_half_even(ratio * W * H)
         counts = _split(total, weights, active)
         mixed = shape == G.Pieces.SHAPES.index("mixed")
-        ellipse = torch.where(mixed.view(b, 1), ctx.rand(b, N) < 0.5,
-                              (shape == G.Pieces.SHAPES.index("ellipse")).view(b, 1).expand(b, N))
+        ellipse = torch.where(
+            mixed.view(b, 1), ctx.rand(b, N) < 0.5, (shape == G.Pieces.SHAPES.index("ellipse")).view(b, 1).expand(b, N)
+        )
         aspect = G.PIECE_ASPECT[0] + (G.PIECE_ASPECT[1] - G.PIECE_ASPECT[0]) * ctx.rand(b, N)
         counts, order = torch.sort(counts, dim=1, descending=True, stable=True)
         ellipse, aspect = ellipse.gather(1, order), aspect.gather(1, order)

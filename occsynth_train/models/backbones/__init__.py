@@ -10,6 +10,7 @@ decoder maps (`forward_all`).
 A new backbone module registers its factories with `@BACKBONES.register("name")` and is listed in
 _registry.py, which imports it on the first lookup.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The common face-backbone interface."""
+
 from __future__ import annotations
 
 import torch
@@ -13,9 +14,9 @@ class Backbone(nn.Module):
     act between stages (e.g. mask a middle map, then go on) run `stem` and `stages[i]` directly.
     """
 
-    input_size: tuple[int, int]      # (H, W) the head's flatten size was built for
+    input_size: tuple[int, int]  # (H, W) the head's flatten size was built for
     embedding_size: int
-    stage_channels: list[int]        # channels of each map forward_features returns
+    stage_channels: list[int]  # channels of each map forward_features returns
     stem: nn.Module
     stages: nn.ModuleList
 

@@ -6,6 +6,7 @@ size (112 -> 56 -> 28 -> 14 -> 7), pre-activation-style blocks BN-conv-BN-PReLU-
 rescaled by a learnt gamma).
 `width` scales the stage widths (64 = the published nets; smaller values are for quick tests).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,16 +40,24 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(Backbone):
-    def __init__(self, depth: int = 50, embedding_size: int = 512, dropout: float = 0.0,
-                 input_size: int | tuple[int, int] = 112, in_channels: int = 3, width: int = 64):
+    def __init__(
+        self,
+        depth: int = 50,
+        embedding_size: int = 512,
+        dropout: float = 0.0,
+        input_size: int | tuple[int, int] = 112,
+        in_channels: int = 3,
+        width: int = 64,
+    ):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"IResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
         self.input_size = as_size(input_size)
         self.embedding_size = embedding_size
         self.stage_channels = [w * width // 64 for w in WIDTHS]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width, eps=1e-5),
-                                  nn.PReLU(width))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width, eps=1e-5), nn.PReLU(width)
+        )
         stages, cin = [], width
         for cout, blocks in zip(self.stage_channels, DEPTHS[depth]):
             layers = [IBasicBlock(cin, cout, 2)] + [IBasicBlock(cout, cout, 1) for _ in range(blocks - 1)]

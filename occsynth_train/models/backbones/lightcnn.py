@@ -4,6 +4,7 @@ Labels"): 128x128 input, Max-Feature-Map activations, 256-d embedding.
 The original nets take grayscale; `in_channels=1` converts the RGB input to luma inside
 forward, so the data path stays RGB. Stage maps: 64, 32, 16 and 8 px (at 128 input).
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,8 +55,14 @@ def _pool() -> nn.MaxPool2d:
 
 
 class LightCNN(Backbone):
-    def __init__(self, depth: int = 9, embedding_size: int = 256, dropout: float = 0.0,
-                 input_size: int | tuple[int, int] = 128, in_channels: int = 3):
+    def __init__(
+        self,
+        depth: int = 9,
+        embedding_size: int = 256,
+        dropout: float = 0.0,
+        input_size: int | tuple[int, int] = 128,
+        in_channels: int = 3,
+    ):
         super().__init__()
         if depth not in (9, 29):
             raise ValueError(f"LightCNN depth must be 9 or 29, got {depth}")
@@ -64,12 +71,14 @@ class LightCNN(Backbone):
         self.stage_channels = [48, 96, 192, 128]
         self.stem = ToGray() if in_channels == 1 else nn.Identity()
         res = (lambda c, n: [ResBlock(c) for _ in range(n)]) if depth == 29 else (lambda c, n: [])
-        self.stages = nn.ModuleList([
-            nn.Sequential(MFM(in_channels, 48, 5, 1, 2), _pool(), *res(48, 1)),
-            nn.Sequential(Group(48, 96), _pool(), *res(96, 2)),
-            nn.Sequential(Group(96, 192), _pool(), *res(192, 3)),
-            nn.Sequential(Group(192, 128), *res(128, 4), Group(128, 128), _pool()),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(MFM(in_channels, 48, 5, 1, 2), _pool(), *res(48, 1)),
+                nn.Sequential(Group(48, 96), _pool(), *res(96, 2)),
+                nn.Sequential(Group(96, 192), _pool(), *res(192, 3)),
+                nn.Sequential(Group(192, 128), *res(128, 4), Group(128, 128), _pool()),
+            ]
+        )
         fh, fw = down(self.input_size, 4)
         self.dropout = nn.Dropout(dropout)
         self.fc = MFM(128 * fh * fw, embedding_size, linear=True)

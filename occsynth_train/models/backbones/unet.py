@@ -7,6 +7,7 @@ conv-BN-ReLU. Output: `out_channels` logits at the input resolution (1 channel =
 occluded-vs-visible logits, the contract's mask). Sizes that are not multiples of 32 (112!)
 are handled by resizing each up-sampled map to its skip's size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,11 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.shortcut = None
         if stride != 1 or cin != cout:
@@ -56,8 +60,9 @@ class ResNet18UNet(nn.Module):
     encoder_channels = [64, 64, 128, 256, 512]
     decoder_channels = [256, 128, 64, 64, 32]
 
-    def __init__(self, out_channels: int = 1, in_channels: int = 3, input_size: int | tuple[int, int] = 112,
-                 width: int = 64):
+    def __init__(
+        self, out_channels: int = 1, in_channels: int = 3, input_size: int | tuple[int, int] = 112, width: int = 64
+    ):
         """`width` is the stem width (64 = the standard ResNet-18); every channel count scales
         with it, which keeps CPU tests of the methods that embed this net fast."""
         super().__init__()
@@ -66,8 +71,9 @@ class ResNet18UNet(nn.Module):
         s = lambda c: max(1, c * width // 64)  # noqa: E731
         self.encoder_channels = [s(c) for c in ResNet18UNet.encoder_channels]
         self.decoder_channels = [s(c) for c in ResNet18UNet.decoder_channels]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, s(64), 7, 2, 3, bias=False), nn.BatchNorm2d(s(64)),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, s(64), 7, 2, 3, bias=False), nn.BatchNorm2d(s(64)), nn.ReLU(inplace=True)
+        )
         self.pool = nn.MaxPool2d(3, 2, 1)
         widths, cin, layers = [s(64), s(128), s(256), s(512)], s(64), []
         for i, w in enumerate(widths):

@@ -5,6 +5,7 @@ Two deliberate departures from VGG-Face, both switchable: BatchNorm after each c
 embedding itself followed by a BN1d instead of ReLU (a ReLU'd embedding is non-negative, a
 poor fit for cosine-margin heads). VGG-Face's 4096-d descriptor is `embedding_size=4096`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,15 @@ BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512
 
 
 class VGG(Backbone):
-    def __init__(self, embedding_size: int = 512, dropout: float = 0.5, input_size: int | tuple[int, int] = 224,
-                 batch_norm: bool = True, in_channels: int = 3, hidden: int = 4096):
+    def __init__(
+        self,
+        embedding_size: int = 512,
+        dropout: float = 0.5,
+        input_size: int | tuple[int, int] = 224,
+        batch_norm: bool = True,
+        in_channels: int = 3,
+        hidden: int = 4096,
+    ):
         super().__init__()
         self.input_size = as_size(input_size)
         self.embedding_size = embedding_size
