@@ -7,13 +7,13 @@ same images (from a folder, an archive, a renamed copy) reuse them instead of ru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from occsynth import contract
 from occsynth.io.atomic import write_text
 from occsynth.io.cache import cache_dir
+from occsynth.io.dataset import iter_jsonl
 
 
 def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
@@ -28,14 +28,10 @@ def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
             path = path / "landmarks.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"landmarks file not found: {path}")
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                        store[record["sha256"]] = record
-                    except (ValueError, KeyError) as exc:
-                        raise ValueError(f"{path}:{line_no}: not a landmarks record ({exc})") from None
+        for line_no, record in iter_jsonl(path, "landmarks"):
+            if "sha256" not in record:
+                raise ValueError(f"{path}:{line_no}: not a landmarks record (no sha256)")
+            store[record["sha256"]] = record
     return store
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from occsynth import contract
 from occsynth.io.tar import ShardReader, iter_shard
 
-__all__ = ["Dataset", "DatasetError", "ShardEntry", "read_jsonl"]
+__all__ = ["Dataset", "DatasetError", "ShardEntry", "iter_jsonl", "read_jsonl"]
 
 _MANIFEST_KEYS = ("shards", "totals", "template", "image_size")
 
@@ -34,9 +34,9 @@ class ShardEntry:
     num_failures: int
 
 
-def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict]:
-    """Every JSON line of a file; a bad line is a DatasetError naming file and line."""
-    out = []
+def iter_jsonl(path: str | os.PathLike, what: str = "") -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank JSON line; a bad line is a DatasetError naming
+    the file and the line."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -47,8 +47,12 @@ def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict]:
                 raise DatasetError(f"{path}:{line_no}: not a JSON line{f' ({what})' if what else ''}: {exc}") from None
             if not isinstance(record, dict):
                 raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            out.append(record)
-    return out
+            yield line_no, record
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict]:
+    """Every JSON line of a file (see iter_jsonl)."""
+    return [record for _, record in iter_jsonl(path, what)]
 
 
 class Dataset:

@@ -15,7 +15,6 @@ protocol's own image references so the official ``pairs.txt`` can be written bac
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 
 from occsynth import contract
 from occsynth.io.atomic import write_text
+from occsynth.io.dataset import iter_jsonl
 
 __all__ = [
     "PAIRS_FILE",
@@ -133,23 +133,16 @@ def read_pairs_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a pairs.jsonl, checked for the required fields and protocol order."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from None
-            lacking = [k for k in ("pair", "fold", "issame", "a", "b", "flagged", "reason") if k not in row]
-            if lacking:
-                raise ValueError(f"{path}:{line_no}: pairs.jsonl row lacks {lacking}")
-            # repeated protocols (lfw-block --repeats) list all pairs once per repeat
-            if rows and (row.get("repeat", 0), row["pair"]) <= (rows[-1].get("repeat", 0), rows[-1]["pair"]):
-                raise ValueError(f"{path}:{line_no}: pair {row['pair']} is out of order")
-            if not row["flagged"] and (row["a"] is None or row["b"] is None):
-                raise ValueError(f"{path}:{line_no}: pair {row['pair']} has no key but is not flagged")
-            rows.append(row)
+    for line_no, row in iter_jsonl(path, "pairs.jsonl"):  # the project's one JSON-lines reader
+        lacking = [k for k in ("pair", "fold", "issame", "a", "b", "flagged", "reason") if k not in row]
+        if lacking:
+            raise ValueError(f"{path}:{line_no}: pairs.jsonl row lacks {lacking}")
+        # repeated protocols (lfw-block --repeats) list all pairs once per repeat
+        if rows and (row.get("repeat", 0), row["pair"]) <= (rows[-1].get("repeat", 0), rows[-1]["pair"]):
+            raise ValueError(f"{path}:{line_no}: pair {row['pair']} is out of order")
+        if not row["flagged"] and (row["a"] is None or row["b"] is None):
+            raise ValueError(f"{path}:{line_no}: pair {row['pair']} has no key but is not flagged")
+        rows.append(row)
     return rows
 
 

@@ -1,17 +1,6 @@
 """3D face masks: parametric surgical / N95 / KN95 / cloth meshes fitted to the face pose.
 
-Model frame: millimetres, x to the image right, y down, z away from the viewer, origin at the
-eye midpoint. MODEL_POINTS is a mean 5-point face whose frontal projection is exactly the
-ArcFace reference (scaled to a 63 mm inter-ocular distance); depths are anthropometric means
-(nose tip 24 mm in front of the eyes, mouth corners 3 mm).
-
-Pose from 5 landmarks (weak perspective): with centred model points X and image points x,
-the affine camera A (2x3) = x^T X (X^T X)^-1 is fitted by least squares (exact for a
-weak-perspective projection of the model); its nearest scaled rotation s * [r1; r2] comes from
-the SVD (s = mean singular value), r3 = r1 x r2, and the rotation is read as
-R = Rz(roll) Rx(pitch) Ry(yaw): yaw > 0 turns the nose toward the image right, pitch > 0
-lifts it (face looking up), roll > 0 turns the face clockwise on screen. The estimate is a few
-microseconds, so it runs per image.
+The head pose comes from the 5 landmarks (faces/pose.py: a mean 3D face, weak perspective).
 
 Masks are meshes in the model frame (trimesh), cut from a 2D outline and shaped by a depth
 function (pleats, a folded KN95 crease, an N95 dome), with ear loops or head straps. They are
