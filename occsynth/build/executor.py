@@ -4,6 +4,7 @@ Results arrive in completion order; callers sort by shard id, so the output neve
 on which worker finished first. Workers are started with 'spawn' because torch/OpenMP state
 does not survive fork reliably.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -12,6 +13,8 @@ import sys
 from typing import Any, Callable, Iterable, Iterator
 
 import cv2
+
+from occsynth.registry import Registry
 
 Task = Any
 Result = Any
@@ -91,8 +94,12 @@ class RayExecutor:
         self.ray = ray
         self.workers = workers
         if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                     **({"num_cpus": workers} if workers else {}))
+            ray.init(
+                ignore_reinit_error=True,
+                include_dashboard=False,
+                log_to_driver=False,
+                **({"num_cpus": workers} if workers else {}),
+            )
 
     def map_unordered(self, fn: Callable[[Task], Result], tasks: Iterable[Task]) -> Iterator[Result]:
         ray = self.ray
@@ -108,13 +115,14 @@ class RayExecutor:
             yield ray.get(done[0])
 
 
-EXECUTORS: dict[str, type] = {e.name: e for e in (SerialExecutor, ProcessExecutor, RayExecutor)}
+EXECUTORS: Registry[type] = Registry("executor")
+for _executor in (SerialExecutor, ProcessExecutor, RayExecutor):
+    EXECUTORS.register(_executor.name)(_executor)
 
 
 def create_executor(name: str, workers: int):
     """`process` with workers=1 runs serially in-process (no pool start-up cost)."""
-    if name not in EXECUTORS:
-        raise KeyError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+    cls = EXECUTORS.get(name)
     if name == "process" and workers == 1:
         return SerialExecutor()
-    return EXECUTORS[name](workers)
+    return cls(workers)
