@@ -4,6 +4,7 @@ evaluated on fold 1 clean, with 30 % blocks, LFW-OCC-2.0 style objects and face 
     python benchmarks/lfw_mini_table.py                       # every row (a GPU: hours, not minutes)
     python benchmarks/lfw_mini_table.py --methods baseline,msml
     python benchmarks/lfw_mini_table.py --set train.epochs=10 # overrides for every run
+    python benchmarks/lfw_mini_table.py --cpu --prepare       # CPU scale (configs/cpu_mini), data built first
 
 Data and commands to build it: occsynth_train/PROTOCOL.md. Every row trains from
 configs/lfw_mini_r18_occ.yaml (IResNet-18, CosFace s=30 m=0.35, the same recipe and epochs) with
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,8 +62,119 @@ ROWS = {  # row (also its run directory) -> (label, overrides of the base config
     ),
     "lcd": ("LCD", ["method=lcd"]),
 }
-PDSN_STAGES = (("trunk", 1.0), ("masks", 0.25), ("dictionary", None), ("finetune", 0.25))
+# PDSN's chained stages share one row's sample budget (every row spends the same samples): the
+# trunk half, the mask generators and the fine-tuning a quarter each; the dictionary is a
+# statistics pass (no gradient) of DICTIONARY_STEPS batches on top.
+PDSN_STAGES = (("trunk", 0.5), ("masks", 0.25), ("dictionary", None), ("finetune", 0.25))
 DICTIONARY_STEPS = 200
+# CPU scale (configs/cpu_mini/lfw_mini_cpu.yaml): what each row needs beyond the method switch
+CPU_ROWS = {
+    "msml": ["method_kw={seg_width: 16, seg_classes: 2, variant: FRS}"],
+    "pdsn": ["method_kw={blocks: central, seg_width: 16}"],
+}
+CPU_DICTIONARY_STEPS = 50
+# The data of the protocol (occsynth_train/PROTOCOL.md), as occsynth commands; --prepare runs
+# them in order, each resuming or skipping what is already built.
+PREPARE = (
+    ("split", ["occsynth-train", "lfw-mini-split", "--pairs", "{pairs}", "--lfw", "{lfw}", "--out", "{data}/split"]),
+    (
+        "train_occ",
+        [
+            "occsynth",
+            "build",
+            "occ-train",
+            "--src",
+            "{data}/split/train",
+            "--ratio",
+            "1:2",
+            "--keep-clean",
+            "--out",
+            "{data}/train_occ",
+        ],
+    ),
+    (
+        "train_clean",
+        [
+            "occsynth",
+            "build",
+            "occ-train",
+            "--src",
+            "{data}/split/train",
+            "--ratio",
+            "1:0",
+            "--out",
+            "{data}/train_clean",
+        ],
+    ),
+    (
+        "train_pdsn_pairs",
+        [
+            "occsynth",
+            "build",
+            "pdsn-pairs",
+            "--src",
+            "{data}/split/train",
+            "--cells",
+            "central",
+            "--out",
+            "{data}/train_pdsn_pairs",
+        ],
+    ),
+    (
+        "bench/block",
+        [
+            "occsynth",
+            "build",
+            "lfw-block",
+            "--lfw",
+            "{lfw}",
+            "--pairs",
+            "{pairs}",
+            "--folds",
+            "0",
+            "--levels",
+            "0,30",
+            "--repeats",
+            "1",
+            "--out",
+            "{data}/bench/block",
+        ],
+    ),
+    (
+        "bench/occ2",
+        [
+            "occsynth",
+            "build",
+            "lfw-occ",
+            "--lfw",
+            "{lfw}",
+            "--pairs",
+            "{pairs}",
+            "--folds",
+            "0",
+            "--ratio",
+            "0.43",
+            "--out",
+            "{data}/bench/occ2",
+        ],
+    ),
+    (
+        "bench/masked",
+        [
+            "occsynth",
+            "build",
+            "lfw-masked",
+            "--lfw",
+            "{lfw}",
+            "--pairs",
+            "{pairs}",
+            "--folds",
+            "0",
+            "--out",
+            "{data}/bench/masked",
+        ],
+    ),
+)
 
 
 def _budget(cfg, fraction: float) -> list[str]:
@@ -77,9 +190,28 @@ def _last(run: Path) -> Path:
     return ckpts[-1]
 
 
+def prepare(data: Path, lfw: Path, pairs: Path, workers: int) -> None:
+    """Build the protocol's data under `data` (each step resumes; finished ones are skipped)."""
+    for name, argv in PREPARE:
+        target = data / name
+        if (
+            (target / "manifest.json").exists()
+            or (name == "split" and (target / "split.json").exists())
+            or (name == "bench/block" and (target / "level-30" / "manifest.json").exists())
+        ):
+            continue
+        cmd = [a.format(data=data, lfw=lfw, pairs=pairs) for a in argv]
+        if cmd[0] == "occsynth":
+            cmd += ["--workers", str(workers), "--quiet"]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
 def run_row(name: str, args, extra: list[str]) -> Path:
     """Train (or resume / re-evaluate) one row; returns the run whose eval_report.json it wrote."""
     rows = [o.replace("{train_clean}", str(args.train_clean)) for o in ROWS[name][1]]
+    if args.cpu:
+        rows = [o for o in rows if not o.startswith("method_kw=")] + CPU_ROWS.get(name, [])
     benches = [str(args.bench / d) for d in CONDITIONS.values() if (args.bench / d).exists()]
     common = [f"data.train=[{args.train}]", f"eval.benchmarks={json.dumps(benches)}"]
     if name != "pdsn":
@@ -88,8 +220,9 @@ def run_row(name: str, args, extra: list[str]) -> Path:
     base = load_config(args.config, common + rows + extra)
     prev = None
     for stage, fraction in PDSN_STAGES:
+        dictionary_steps = CPU_DICTIONARY_STEPS if args.cpu else DICTIONARY_STEPS
         budget = (
-            [f"train.steps={DICTIONARY_STEPS}", "train.epochs=null"] if fraction is None else _budget(base, fraction)
+            [f"train.steps={dictionary_steps}", "train.epochs=null"] if fraction is None else _budget(base, fraction)
         )
         stage_set = [f"method_kw.stage={stage}", f"output={args.runs / f'pdsn_{stage}'}", *budget]
         if stage in ("masks", "dictionary"):
@@ -144,16 +277,45 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lfw_mini_r18_occ.yaml")
-    parser.add_argument("--train", type=Path, default=Path("out/lfw_mini/train_occ"))
-    parser.add_argument("--train-clean", type=Path, default=Path("out/lfw_mini/train_clean"))
-    parser.add_argument("--pdsn-pairs", type=Path, default=Path("out/lfw_mini/train_pdsn_pairs"))
-    parser.add_argument("--bench", type=Path, default=Path("out/lfw_mini/bench"))
-    parser.add_argument("--runs", type=Path, default=Path("runs/lfw_mini"))
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="Base config (default: configs/lfw_mini_r18_occ.yaml, or the CPU-scale one with --cpu).",
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU scale: configs/cpu_mini/lfw_mini_cpu.yaml, runs under runs/lfw_mini_cpu.",
+    )
+    parser.add_argument("--prepare", action="store_true", help="Build the protocol's data first (resumable).")
+    parser.add_argument("--lfw", type=Path, default=ROOT.parent / "shared" / "data" / "lfw" / "lfw-deepfunneled.tgz")
+    parser.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "lfw" / "pairs.txt")
+    parser.add_argument("--data", type=Path, default=Path("out/lfw_mini"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--train", type=Path, default=None, help="Default: DATA/train_occ.")
+    parser.add_argument("--train-clean", type=Path, default=None, help="Default: DATA/train_clean.")
+    parser.add_argument("--pdsn-pairs", type=Path, default=None, help="Default: DATA/train_pdsn_pairs.")
+    parser.add_argument("--bench", type=Path, default=None, help="Default: DATA/bench.")
+    parser.add_argument("--runs", type=Path, default=None, help="Run folders (default runs/lfw_mini[_cpu]).")
     parser.add_argument("--methods", default=",".join(ROWS), help=f"Rows, comma-separated: {', '.join(ROWS)}.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value for every run.")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.config is None:
+        args.config = ROOT / "configs" / ("cpu_mini/lfw_mini_cpu.yaml" if args.cpu else "lfw_mini_r18_occ.yaml")
+    if args.runs is None:
+        args.runs = Path("runs/lfw_mini_cpu" if args.cpu else "runs/lfw_mini")
+    for attr, sub in (
+        ("train", "train_occ"),
+        ("train_clean", "train_clean"),
+        ("pdsn_pairs", "train_pdsn_pairs"),
+        ("bench", "bench"),
+    ):
+        if getattr(args, attr) is None:
+            setattr(args, attr, args.data / sub)
+    if args.prepare:
+        prepare(args.data, args.lfw, args.pairs, args.workers)
     names = {m.strip() for m in args.methods.split(",") if m.strip()}
     unknown = names - set(ROWS)
     if unknown:
