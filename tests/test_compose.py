@@ -11,7 +11,14 @@ import pytest
 from occsynth import contract
 from occsynth.occluders import Composer, list_occluders, load_spec, occlude, parse_cli_spec
 from occsynth.occluders.compose import replay
-from occsynth.occluders.presets import FROM_BASE_SCALE, FROM_SIZE_FACTORS, get_preset, list_presets
+from occsynth.occluders.presets import (
+    FROM_BASE_SCALE,
+    FROM_SIZE_FACTORS,
+    PDSN_AREA,
+    PDSN_SHAPES,
+    get_preset,
+    list_presets,
+)
 from occsynth.seeding import make_rng
 
 LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
@@ -156,6 +163,37 @@ def test_from_train_reads_1_0p5_5_as_nine_factors():
     assert get_preset("from-occluder") == spec["mix"][1]["spec"]
 
 
+def test_pdsn_train_25_covers_a_quarter_of_the_face_anywhere():
+    assert PDSN_AREA == 0.25
+    spec = get_preset("pdsn-train-25")
+    assert [b["p"] for b in spec["mix"]] == [0.5, 0.5]
+    composer = Composer("pdsn-train-25")
+    image, n = _image(), 120
+    names, centres = [], []
+    for seed in range(n):
+        occ = composer(image, LANDMARKS, make_rng(seed))
+        (record,) = occ.records  # one occluder, never a clean sample
+        names.append(record["name"])
+        if record["family"] == "geometric":
+            # exact pixel counts (ellipse, polygon, blob; block: a 56 px square is 3136 = 12544 / 4
+            # pixels), rectangle within its integer sides
+            assert abs(occ.ratio - 0.25) <= (0.003 if record["name"] == "rectangle" else 1e-9), record
+            p = record["params"]
+            assert 0 <= p["x"] and p["x"] + p["width"] <= 112 and 0 <= p["y"] and p["y"] + p["height"] <= 112
+            assert p.get("fits", True)  # wholly inside the image, never cut by the border
+            centres.append((p["x"] + p["width"] / 2, p["y"] + p["height"] / 2))
+        else:
+            assert record["name"] == "object" and record["params"]["split"] == "train"
+            assert record["params"]["region"] == "random" and record["fit"]["target"] == 0.25
+            assert abs(occ.ratio - 0.25) <= 0.002  # fit_area's tolerance
+    objects = names.count("object")
+    assert abs(objects - n / 2) < 4.5 * math.sqrt(n / 4)  # half objects, half shapes
+    assert set(names) - {"object"} == set(PDSN_SHAPES)
+    # shapes are placed anywhere: their centres reach every side of the 112 x 112 image
+    xs, ys = np.array(centres).T
+    assert xs.min() < 40 and xs.max() > 72 and ys.min() < 40 and ys.max() > 72
+
+
 # ------------------------------------------------------------------ composition
 
 
@@ -259,7 +297,7 @@ def test_training_presets_never_draw_evaluation_templates():
     face = np.full((112, 112, 3), 120, np.uint8)
     landmarks = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
     seen = set()
-    for preset in ("msml-train", "from-train"):
+    for preset in ("msml-train", "from-train", "pdsn-train-25"):
         for seed in range(150):
             for record in occlude(face, landmarks, f"preset:{preset}", seed).records:
                 if record["family"] == "object":

@@ -1,4 +1,5 @@
-"""LFW pair benchmarks: LFW-OCC, LFW_block, LFW_poly, LFW-Masked, one category per benchmark.
+"""LFW pair benchmarks: LFW-OCC, LFW_block, LFW_poly, MSML's random blocks, LFW-Masked, one
+category per benchmark.
 
 All keep the 6,000 official View 2 pairs in their 10 folds: a pair whose image is missing or
 failed is still listed in pairs.jsonl, flagged with the reason. Sample keys are
@@ -20,9 +21,12 @@ from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 from occsynth.build import BuildConfig, PlannedSample
 from occsynth.io.atomic import write_text
 from occsynth.io.dataset import Dataset
+from occsynth.occluders.families.importers import load_maskthefaces
 from occsynth.sources import open_source
 
 PAIRS_FILE = "pairs.jsonl"
+DRAWS = ("percent", "uniform")  # lfw-randblock: how the block area is drawn from its range
+MASK_STYLES = ("mask3d", "maskthefaces")  # lfw-masked
 
 
 def lfw_inputs(lfw: str, pairs: str | None, folds: tuple[int, ...] = ()):
@@ -119,18 +123,19 @@ class LFWBuilder(Builder):
 
     def jobs(self, config: BuildConfig, lfw: str, pairs: str | None, folds: str, **options) -> list[BuildJob]:
         fold_ids = tuple(int(f) for f in folds.split(",") if f.strip())
+        levels, occluded_sides = self.levels(options), self.sides(options)  # bad options fail before any work
         source, protocol, pairs_path = lfw_inputs(lfw, pairs, fold_ids)
         items_by_id = {item.sample_id: item for item in source.items()}
         repeats = int(options.get("repeats", 1))
         jobs = []
-        for subdir, spec in self.levels(options):
-            side_specs = {side: ("occ" if side in self.occluded_sides else "") for side in ("a", "b")}
+        for subdir, spec in levels:
+            side_specs = {side: ("occ" if side in occluded_sides else "") for side in ("a", "b")}
             job_config = dataclasses.replace(config, name=self.name, specs={"": None, "occ": spec})
             plan = pair_plan(protocol, items_by_id, side_specs, tag=f"{self.name}/{subdir or 'all'}", repeats=repeats)
 
             def finish(out: Path, manifest: dict, protocol=protocol, repeats=repeats) -> dict:
                 facts = write_pairs(out, protocol, items_by_id, repeats)
-                for side in self.occluded_sides:
+                for side in occluded_sides:
                     facts.update(_achieved(out, side))
                 return facts
 
@@ -143,7 +148,7 @@ class LFWBuilder(Builder):
                     finish,
                     facts={
                         "pairs_file": str(pairs_path),
-                        "occluded_sides": list(self.occluded_sides),
+                        "occluded_sides": list(occluded_sides),
                         "level": subdir or None,
                         "repeats": repeats,
                     },
@@ -154,6 +159,10 @@ class LFWBuilder(Builder):
     def levels(self, options: dict) -> list[tuple[str, Any]]:
         """[(dataset subdir, occlusion spec of the occluded sides)], one dataset each."""
         raise NotImplementedError
+
+    def sides(self, options: dict) -> tuple[str, ...]:
+        """The pair sides that get the occlusion ("a", "b" or both)."""
+        return self.occluded_sides
 
 
 @register_builder
@@ -244,13 +253,127 @@ class LFWPoly(LFWBlock):
 
 
 @register_builder
-class LFWMasked(LFWBuilder):
-    name = "lfw-masked"
-    help = "LFW-Masked: the second image of every pair wears a face mask (3D-rendered or template)."
-    options = LFWBuilder.base_options
+class LFWRandBlock(LFWBuilder):
+    name = "lfw-randblock"
+    help = (
+        "MSML's random-block set: both images of every pair occluded by one black square whose area "
+        "is drawn per image from --range (1-40% of the image by default), at a uniform random position."
+    )
+    occluded_sides = ("a", "b")
+    options = LFWBuilder.base_options + [
+        click.option(
+            "--range",
+            "area_range",
+            default=None,
+            help="LO,HI: block area in percent of the image, both ends included (default 1,40).",
+        ),
+        click.option(
+            "--draw",
+            type=click.Choice(DRAWS),
+            default=None,
+            help="percent: whole percentages LO..HI equally likely (MSML's released code, default); "
+            "uniform: any area in [LO, HI] percent.",
+        ),
+        click.option(
+            "--repeats", type=int, default=None, help="Repetitions with distinct seeds (default from the definition)."
+        ),
+        click.option(
+            "--fill",
+            type=click.Choice(["black", "white", "noise", "mean"]),
+            default=None,
+            help="Block fill (default black, as MSML; its 'gauss' fill is closest to noise).",
+        ),
+    ]
 
     def levels(self, options):
-        return [("", self.definition["occlusion"])]
+        defaults = self.definition["defaults"]
+        text = options.get("area_range") or ",".join(str(v) for v in defaults["range_percent"])
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            raise click.BadParameter(f"--range expects LO,HI in percent such as 1,40, got {text!r}") from None
+        if not 0 < lo <= hi <= 100:
+            raise click.BadParameter(f"--range {text!r}: need 0 < LO <= HI <= 100 (percent of the image)")
+        draw = options.get("draw") or defaults["draw"]
+        if draw == "percent":
+            if lo != int(lo) or hi != int(hi):
+                raise click.BadParameter(f"--range {text!r}: --draw percent needs whole percentages")
+            ratio: Any = {"choice": [round(p / 100.0, 2) for p in range(int(lo), int(hi) + 1)]}
+        else:
+            ratio = [lo / 100.0, hi / 100.0]
+        return [("", {"name": "block", "params": {"ratio": ratio, "fill": options.get("fill") or defaults["fill"]}})]
+
+    def jobs(self, config, **options):
+        if options.get("repeats") is None:
+            options["repeats"] = self.definition["defaults"]["repeats"]
+        return super().jobs(config, **options)
+
+
+@register_builder
+class LFWMasked(LFWBuilder):
+    name = "lfw-masked"
+    help = (
+        "LFW-Masked: the second image of every pair wears a face mask: 3D-rendered or template "
+        "(--style mask3d, default), or MaskTheFace's templates as ALOB built it "
+        "(--style maskthefaces --maskthefaces PATH)."
+    )
+    options = LFWBuilder.base_options + [
+        click.option(
+            "--style",
+            type=click.Choice(MASK_STYLES),
+            default="mask3d",
+            show_default=True,
+            help="mask3d: 3D masks and surgical templates; maskthefaces: MaskTheFace templates (ALOB).",
+        ),
+        click.option(
+            "--maskthefaces",
+            "maskthefaces_path",
+            type=click.Path(exists=True),
+            default=None,
+            help="MaskTheFace checkout (the folder holding masks/masks.cfg); needed by --style maskthefaces.",
+        ),
+        click.option(
+            "--mask-types",
+            default=None,
+            help="--style maskthefaces: comma-separated masks.cfg names (e.g. surgical), or random "
+            "(default: each masked image draws one of the frontal templates, MaskTheFace's random).",
+        ),
+        click.option(
+            "--masked-sides",
+            type=click.Choice(["b", "both"]),
+            default="b",
+            show_default=True,
+            help="Which image of a pair wears the mask.",
+        ),
+    ]
+
+    def sides(self, options):
+        return ("a", "b") if options.get("masked_sides") == "both" else ("b",)
+
+    def levels(self, options):
+        style = options.get("style") or "mask3d"
+        path, types = options.get("maskthefaces_path"), options.get("mask_types")
+        if style == "mask3d":
+            if path or types:
+                raise click.UsageError("--maskthefaces and --mask-types apply to --style maskthefaces only")
+            return [("", self.definition["occlusion"])]
+        if not path:
+            raise click.UsageError(
+                "--style maskthefaces needs --maskthefaces PATH: a MaskTheFace checkout "
+                "(github.com/aqeelanwar/MaskTheFace) holding masks/masks.cfg and masks/templates/*.png"
+            )
+        root = str(Path(path).resolve())
+        entries = load_maskthefaces(root)  # a clear error now when the folder is not MaskTheFace's
+        params = dict(self.definition["styles"]["maskthefaces"]["params"], path=root)
+        if types and types.strip() != "random":
+            names = [t.strip() for t in types.split(",") if t.strip()]
+            unknown = [n for n in names if n not in entries]
+            if unknown:
+                raise click.BadParameter(
+                    f"--mask-types {', '.join(unknown)} not in {root}/masks/masks.cfg; known: {', '.join(sorted(entries))}"
+                )
+            params["mask"] = names[0] if len(names) == 1 else names
+        return [("", {"name": "maskthefaces", "params": params})]
 
 
 def _category_builder(category: str, label: str):

@@ -17,6 +17,12 @@ names occluders not registered (yet) fails when compiled, with the registry's Ke
     from-train         FROM's training occlusion (Qiu et al., TPAMI 2021): one image in three
                        stays clean (their ratio=3); otherwise one random object template at a
                        uniformly random place, scaled by a factor drawn from 1:0.5:5.
+    pdsn-train-25      PDSN's training occlusion at 25% of the face (Song et al., ICCV 2019): one
+                       occluder covering 25% of the aligned image at a random place; equally
+                       likely a geometric shape (block, rectangle, ellipse, polygon, blob; any
+                       fill of `shapes`) or a training-split object template sized to 25% by
+                       fit_area. Occluded samples only: pair it with clean ones through
+                       `occsynth build occ-train --ratio 1:1 --occlude pdsn-train-25 --keep-clean`.
 
 How from-train reads "1:0.5:5": MATLAB start:step:stop, i.e. the nine factors 1, 1.5, ..., 5
 (FROM's code draws np.linspace(1, 5, 9)); each is equally likely and multiplies the template's
@@ -25,6 +31,17 @@ images' small pixel size, so its factor 1 is a small object; ours starts at 0.3x
 template and ends at 1.5x. The place is the object occluder's region "random": a uniform centre over the face, from
 forehead to chin and cheek to cheek (FROM draws the centre over the whole image), the template
 cut by the border where it overhangs.
+
+How pdsn-train-25 reads "25%-area" (PDSN's paper could not be read offline: not verified):
+PDSN learns its mask dictionary from pairs occluded on one cell of a 5x5 grid (the pdsn-pairs
+build: one cell is 4% of the face, with its 4-neighbours at most 20%) and trains/tests the
+final model on faces with random partial occlusions. No union of grid cells is 25% of the face
+(a cell is 1/25), so "25%-area" is read as the occluded fraction of the aligned image of ONE
+random occluder, PDSN_AREA = 0.25 exactly (geometric shapes: exact pixel counts; objects:
+fit_area to within its 0.002 tolerance), placed independently of the grid: shapes uniformly over
+the image (wholly inside it), objects with their centre uniform over the face (region
+"random", as from-train; the template may be cut by the border, fit_area then grows it back to
+25%). The grid-cell reading is the pdsn-pairs build itself.
 """
 
 from __future__ import annotations
@@ -36,6 +53,8 @@ from typing import Any
 SHAPE_FILLS = {"choice": ["black", "white", "mean", "noise", "texture"]}
 SHAPE_NAMES = ("block", "rectangle", "ellipse", "polygon", "blob", "pieces")
 FROM_SIZE_FACTORS = [1.0 + 0.5 * i for i in range(9)]  # 1:0.5:5
+PDSN_AREA = 0.25  # pdsn-train-25: the occluded fraction of the aligned image
+PDSN_SHAPES = ("block", "rectangle", "ellipse", "polygon", "blob")  # one connected occluder each
 
 
 def _one(name: str, **params: Any) -> dict:
@@ -76,12 +95,20 @@ FROM_OCCLUDER = _one(
 )
 FROM_TRAIN = {"mix": [{"p": 1.0, "spec": None}, {"p": 2.0, "spec": FROM_OCCLUDER}]}
 
+PDSN_TRAIN_25 = {
+    "mix": [
+        {"p": 0.5, "spec": _uniform(*(_one(n, ratio=PDSN_AREA, fill=SHAPE_FILLS) for n in PDSN_SHAPES))},
+        {"p": 0.5, "spec": _one("fit_area", ratio=PDSN_AREA, occluder=_one("object", split="train", region="random"))},
+    ]
+}
+
 PRESETS: dict[str, Any] = {
     "block-0.3": _one("block", ratio=0.3, fill="black"),
     "shapes": SHAPES,
     "msml-train": MSML_TRAIN,
     "from-train": FROM_TRAIN,
     "from-occluder": FROM_OCCLUDER,  # the occluded branch alone (occ-train sets the 1:2 itself)
+    "pdsn-train-25": PDSN_TRAIN_25,
     # the usual LFW_block levels, listed; any other level resolves through the pattern below
     **{f"lfw-block-{p}": _one("block", ratio=p / 100.0, fill="black") for p in (10, 20, 30, 40, 50)},
 }
