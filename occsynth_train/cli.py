@@ -6,15 +6,25 @@ the config's `method` key is set to the subcommand's name.
 The library logs through `logging` and never configures it; this command line owns the
 handler: messages of the occsynth_train and occsynth loggers go to stderr as
 `occsynth-train: message`, at INFO (default), DEBUG (-v/--verbose) or WARNING (--quiet).
+
+Errors are handled as by the `occsynth` command (its OccsynthGroup, one implementation): an
+expected error is one `Error: ...` line on stderr, exit code 2 for bad usage (options, the
+config and --set values: nothing was run) and 1 for failed work; a non-finite loss exits with 3;
+--debug shows the traceback instead. A DataLoader worker's error, which torch re-raises with the
+worker's traceback in its message, is reported by its last line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import click
+import yaml
+
+from occsynth.cli import OccsynthGroup, _one_line
 
 from . import __version__
 from .config import load_config
@@ -60,6 +70,47 @@ def configure_logging(level: int) -> Callable[[], None]:
     return restore
 
 
+class ConfigError(click.ClickException):
+    """A config file or --set value that cannot be used: one `Error:` line, exit code 2 (usage)."""
+
+    exit_code = 2
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+
+
+def _worker_message(exc: BaseException) -> str | None:
+    """The original error line of an exception a DataLoader worker raised (torch re-raises it in
+    the main process with the worker's whole traceback as its message), else None."""
+    text = str(exc.args[0]) if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    head = text.splitlines()[0].removeprefix("Caught ").rstrip(".")  # "ValueError in DataLoader worker process 0"
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    kind = type(exc)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        last = last.removeprefix(prefix)
+    return f"{last} ({head.partition(' ')[2]})"
+
+
+@contextmanager
+def _worker_errors() -> Iterator[None]:
+    """Re-raise a DataLoader worker's error with its own one-line message (same type)."""
+    try:
+        yield
+    except Exception as exc:
+        message = _worker_message(exc)
+        if message is None or _debug():
+            raise
+        try:
+            rebuilt = type(exc)(message)
+        except Exception:  # noqa: BLE001 - a type that takes other arguments
+            rebuilt = RuntimeError(message)
+        raise rebuilt from None
+
+
 def _method_command(name: str) -> click.Command:
     @click.command(
         name=name, help=f"Train the {name!r} method (resumes when OUTPUT holds checkpoints).", context_settings=CONTEXT
@@ -87,20 +138,30 @@ def _method_command(name: str) -> click.Command:
     )
     def command(config_path, overrides, output, stop_after):
         overrides = [f"method={name}", *overrides] + ([f"output={output}"] if output else [])
+        if stop_after is not None and stop_after < 1:
+            raise click.BadParameter("must be >= 1", param_hint="--stop-after")
         try:
             cfg = load_config(config_path, overrides)
-            run_dir = train(cfg, stop_after=stop_after)
+        except (ValueError, TypeError, LookupError, yaml.YAMLError) as exc:
+            if _debug():
+                raise
+            raise ConfigError(f"{config_path}: {_one_line(exc)}") from None
+        try:
+            with _worker_errors():
+                run_dir = train(cfg, stop_after=stop_after)
         except NonFiniteLossError as exc:
-            click.echo(f"occsynth-train: {exc}", err=True)
+            if _debug():
+                raise
+            click.echo(f"Error: {_one_line(exc)}", err=True)
             sys.exit(3)
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from exc
         click.echo(f"run: {run_dir}")
 
     return command
 
 
-class MethodGroup(click.Group):
+class MethodGroup(OccsynthGroup):
+    """The registered methods as subcommands; errors as the occsynth command reports them."""
+
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(list_methods()))
 
@@ -115,9 +176,11 @@ class MethodGroup(click.Group):
 @click.version_option(__version__, prog_name="occsynth-train")
 @click.option("-v", "--verbose", is_flag=True, help="Also print debug messages.")
 @click.option("--quiet", is_flag=True, help="Print warnings and errors only.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: bool, quiet: bool, debug: bool) -> None:
     """Train and evaluate occluded-face recognition methods on occsynth shards."""
+    ctx.obj = {"debug": debug}
     if verbose and quiet:
         raise click.UsageError("--verbose and --quiet exclude each other")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -152,7 +215,9 @@ def methods_cmd() -> None:
 @click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
 def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
     """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
-    try:
+    if batch_size < 1 or workers < 0:
+        raise click.UsageError("--batch-size must be >= 1 and --workers >= 0")
+    with _worker_errors():
         report = evaluate_run(
             run_dir,
             list(benchmarks),
@@ -163,8 +228,6 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
             num_workers=workers,
             flip=not no_flip,
         )
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
     for name, result in report["benchmarks"].items():
         parts = [name]
         if "verification" in result:
@@ -202,10 +265,7 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
 )
 def lfw_mini_split_cmd(pairs_path, lfw_path, out_dir, test_fold, extract) -> None:
     """Write the LFW mini-protocol split (see occsynth_train/PROTOCOL.md)."""
-    try:
-        summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
-    except (ValueError, OSError) as exc:  # UnsafeArchiveError is a ValueError
-        raise click.ClickException(str(exc)) from exc
+    summary = write_split(pairs_path, lfw_path, out_dir, test_fold=test_fold, extract=extract)
     click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 

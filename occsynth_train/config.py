@@ -41,6 +41,8 @@ class DataConfig:
     # null = when the method requires_clean (decoding costs)
     online_occlusion: Any = None  # occlusion spec for the on-device TorchOccluder
     prefetch_factor: int = 4
+    max_bad_share: float = 0.01  # corrupt samples are skipped (logged with shard and key); the run
+    # stops once the distinct skipped ones exceed this share of the samples (0: stop at the first)
 
 
 @dataclass
@@ -127,6 +129,9 @@ class Config:
             raise ValueError("optim.warmup is a fraction of the total steps, in [0, 1)")
         if any(not 0.0 < m < 1.0 for m in self.optim.milestones):
             raise ValueError("optim.milestones are fractions of the total steps, each in (0, 1)")
+        share = self.data.max_bad_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+            raise ValueError(f"data.max_bad_share must be in [0, 1), got {self.data.max_bad_share!r}")
         if self.data.batch_size < 1:
             raise ValueError("data.batch_size must be >= 1")
         if not self.data.train:
@@ -176,6 +181,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     data = yaml.safe_load(Path(path).read_text()) if path else {}
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"a config is a mapping of keys and sections, got a {type(data).__name__}")
     cfg = config_from_dict(apply_overrides(data or {}, list(overrides)))
     cfg.validate()
     return cfg

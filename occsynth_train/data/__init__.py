@@ -2,7 +2,8 @@
 
 shards.py        a dataset directory: manifest, shard list, index, raw tar samples, decoding
 labels.py        LabelMap: identity <-> class id, the run's labels.json
-stream.py        ShardStream: the endless training stream (rank/worker split, pairing, resume)
+stream.py        ShardStream: the endless training stream (rank/worker split, pairing, resume,
+                 corrupt samples skipped and counted by BadSamples)
 loaders.py       make_train_loader: the DataLoader over a ShardStream
 batch.py         collate (uint8 tensors), Batch, prepare_batch (device, online occlusion,
                  resize, normalise to [-1, 1])

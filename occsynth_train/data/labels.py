@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 from occsynth.io.atomic import write_json
 
-from .shards import read_index
+from .shards import checked_index
 
 LABELS_FILE = "labels.json"
 
@@ -23,7 +23,7 @@ class LabelMap:
 
     @classmethod
     def from_datasets(cls, roots: Sequence[str | Path]) -> LabelMap:
-        names = {m["identity"] for root in roots for m in read_index(root)}
+        names = {m["identity"] for root in roots for m in checked_index(root)}
         return cls(names, [str(Path(r).resolve()) for r in roots])
 
     def __len__(self) -> int:

@@ -5,6 +5,8 @@ from 1 as the LFW README does (occsynth's fold ids count from 0: fold 1 is `--fo
 from __future__ import annotations
 
 import json
+import tarfile
+import zlib
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -17,14 +19,19 @@ def lfw_images(lfw: str | Path) -> dict[str, list[str]]:
     """identity -> sorted relative image paths, from the tgz or an extracted folder."""
     lfw = Path(lfw)
     found: dict[str, list[str]] = defaultdict(list)
+    if not lfw.is_dir() and not tarfile.is_tarfile(lfw):
+        raise ValueError(f"{lfw}: neither an LFW tar archive (lfw-deepfunneled.tgz) nor an identity folder")
     if lfw.is_dir():
         for p in lfw.glob("*/*.jpg"):
             found[p.parent.name].append(f"{p.parent.name}/{p.name}")
     else:
-        for path, _, _ in iter_files(lfw):
-            parts = path.parts
-            if path.suffix == ".jpg" and len(parts) == 3:
-                found[parts[1]].append(f"{parts[1]}/{parts[2]}")
+        try:
+            for path, _, _ in iter_files(lfw):
+                parts = path.parts
+                if path.suffix == ".jpg" and len(parts) == 3:
+                    found[parts[1]].append(f"{parts[1]}/{parts[2]}")
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{lfw}: damaged archive ({exc})") from None
     return {k: sorted(v) for k, v in found.items()}
 
 
@@ -32,7 +39,6 @@ def write_split(
     pairs_path: str | Path, lfw: str | Path, out_dir: str | Path, test_fold: int = 1, extract: bool = True
 ) -> dict:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pairs = read_lfw_pairs(pairs_path)  # strict parser; occsynth numbers folds from 0
     folds = sorted({p.fold for p in pairs})
     if not 1 <= test_fold <= len(folds):
@@ -40,6 +46,9 @@ def write_split(
     test = [p for p in pairs if p.fold == folds[test_fold - 1]]
     test_people = {sid.split("/")[0] for p in test for sid in (p.a, p.b)}
     images = lfw_images(lfw)
+    if not images:
+        raise ValueError(f"{lfw}: no LFW images (<identity>/<name>.jpg) found")
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs have been read
     train_ids = sorted(k for k, v in images.items() if len(v) >= 2 and k not in test_people)
     train_images = [img for k in train_ids for img in images[k]]
     write_text(out / "train_identities.txt", "".join(k + "\n" for k in train_ids))

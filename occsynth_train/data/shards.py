@@ -12,10 +12,16 @@ import cv2
 import numpy as np
 
 from occsynth import contract
-from occsynth.io.dataset import Dataset
+from occsynth.io.dataset import Dataset, DatasetError
 from occsynth.io.tar import iter_shard
 
 IMAGE_EXTS = (contract.EXT_IMAGE_PNG, contract.EXT_IMAGE_JPG)
+
+# Real-occlusion datasets (MFR2, AR) have no pixel masks: their samples carry
+# `"mask_known": false` in the sample metadata (json member and index line). A sample without
+# the field has an exact mask (every synthetic build). This is the one place occsynth_train reads
+# the marker; when occsynth.contract names it, this constant is to point there.
+MASK_KNOWN_FIELD = "mask_known"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,48 @@ def list_shards(root: str | Path) -> list[ShardInfo]:
 def read_index(root: str | Path) -> list[dict]:
     """Per-sample metadata in key order: index.jsonl, or the shards' json members without it."""
     return Dataset(root).index()
+
+
+def checked_index(root: str | Path) -> list[dict]:
+    """read_index, refusing an index that cannot describe the shards: a line without a key, a key
+    listed twice, or a line count other than the manifest's sample count (a line lost or one from
+    another build). Cheap (no shard is opened); KeyedDataset compares the keys themselves."""
+    dataset = Dataset(root)
+    rows = dataset.index()
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        key = row.get("key")
+        if not isinstance(key, str):
+            raise DatasetError(f"{dataset.root / contract.INDEX}: line {i + 1} has no key")
+        if key in seen:
+            raise DatasetError(f"{dataset.root / contract.INDEX}: key {key!r} is listed twice (mixed or merged index)")
+        seen.add(key)
+    expected = sum(s.num_samples for s in dataset.shards)
+    if len(rows) != expected:
+        raise DatasetError(
+            f"{dataset.root / contract.INDEX}: {len(rows)} lines for the {expected} samples of the manifest's "
+            f"shards (incomplete or from another build); rebuild the dataset, or delete {contract.INDEX} "
+            "to read the metadata from the shards' json members"
+        )
+    return rows
+
+
+def mask_known(meta: dict) -> bool:
+    """False for a sample whose pixel mask is unknown (real occlusions): its stored mask, if any,
+    is not ground truth and must not supervise or score anything."""
+    return meta.get(MASK_KNOWN_FIELD, True) is not False
+
+
+def refuse_unknown_masks(roots: Sequence[str | Path], why: str) -> None:
+    """ValueError naming the first dataset of `roots` with samples whose masks are unknown
+    (`why` says what needs the masks)."""
+    for root in roots:
+        unknown = sum(not mask_known(m) for m in read_index(root))
+        if unknown:
+            raise ValueError(
+                f"{root}: {unknown} sample(s) have no pixel masks ({MASK_KNOWN_FIELD}=false: real occlusions), "
+                f"but {why} needs true masks"
+            )
 
 
 def dataset_image_size(roots: Sequence[str | Path]) -> tuple[int, int]:
@@ -65,7 +113,7 @@ def image_ext(sample: dict) -> str:
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = _imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("cannot decode image member")
     # BGR -> RGB by slicing, not cv2.cvtColor: that would start OpenCV's thread pool, and a pool
@@ -74,7 +122,18 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    mask = _imdecode(data, cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise ValueError("cannot decode mask member")
     return (mask >= 128).astype(np.uint8)  # contract: 255 = occluded
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, None for bytes it cannot decode (it raises instead of answering None for
+    an empty buffer)."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None

@@ -34,7 +34,7 @@ from ..config import Config, dump_config
 from ..data.batch import load_online_occluder, prepare_batch
 from ..data.labels import LABELS_FILE, LabelMap
 from ..data.loaders import make_train_loader
-from ..data.stream import ShardStream
+from ..data.stream import BadSamples, ShardStream
 from ..eval.evaluate import evaluate_run
 from ..methods import create_method
 from .checkpoint import (
@@ -223,6 +223,15 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         flip=cfg.data.flip,
         pairing=pairing,
         samples_seen=samples_seen,
+        bad_seen=state.get("bad_samples") if ckpt is not None else None,
+        need_masks=f"method {cfg.method!r}" if method.has_segmentation or method.uses_gt_masks else None,
+    )
+    bad = BadSamples(
+        cfg.data.max_bad_share,
+        stream.num_samples,
+        world_size=info.world_size,
+        rank=info.rank,
+        state=state.get("bad_samples") if ckpt is not None else None,
     )
     total = total_steps(cfg, stream.num_samples, info.world_size)
     loader = make_train_loader(
@@ -255,6 +264,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         nonlocal saved_at
         saved_at = step
         rngs = all_gather_object(info, rng_state())
+        bad_states = all_gather_object(info, bad.state())
         if info.is_main:
             payload = {
                 "step": step,
@@ -264,6 +274,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": rngs,
+                "bad_samples": BadSamples.merge(bad_states),
                 "config": cfg.to_dict(),
                 "num_classes": len(labels),
                 "version": __version__,
@@ -279,6 +290,8 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
         for raw in loader if step < end else ():  # a finished run only re-evaluates
             if step >= end:
                 break
+            if any_true(info, bad.account(raw), device):  # corrupt samples were skipped; too many stop
+                raise bad.error()
             method.on_step_start(step, total)
             factor = lr_factor(step, total, cfg.optim)
             set_lr(optimizer, factor)

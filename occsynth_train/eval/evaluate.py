@@ -111,9 +111,10 @@ def embed_dataset(
             if flip:
                 e = e + method.embed(_flip(x)).float()
         out.append(F.normalize(e, dim=1).cpu())
-        if iou is not None and method.has_segmentation:
-            logits = method.predict_mask(x)
-            true = batch["mask"].bool()
+        known = batch["mask_known"].bool()  # real occlusions have no true mask to score against
+        if iou is not None and method.has_segmentation and known.any():
+            logits = method.predict_mask(x[known.to(x.device)])
+            true = batch["mask"][known].bool()
             prob = occlusion_probability(logits)
             if prob.shape[-2:] != true.shape[-2:]:
                 prob = F.interpolate(prob, size=true.shape[-2:], mode="bilinear", align_corners=False)
@@ -246,6 +247,12 @@ def evaluate_benchmark(
     """Report of one benchmark directory, and (scores, issame) for the ROC plot when it has pairs."""
     root = Path(root)
     ds = KeyedDataset(root)
+    unknown = len(ds) - sum(ds.mask_known)
+    if unknown and method.uses_gt_masks:
+        raise ValueError(
+            f"{root}: {unknown} of {len(ds)} samples have no pixel masks (mask_known=false: real occlusions), "
+            f"but method {method.name!r} is set to take the true masks at test time (uses_gt_masks)"
+        )
     iou = MaskIoU() if method.has_segmentation else None
     emb = embed_dataset(method, ds, device, batch_size, num_workers, flip, iou)
     report: dict = {"benchmark": str(root), "samples": len(ds), "embedding_dim": int(emb.shape[1]), "flip": flip}
@@ -263,6 +270,8 @@ def evaluate_benchmark(
         report["identification"] = _identification(json.loads((root / "protocol.json").read_text()), ds, emb)
     if iou is not None:
         report["segmentation"] = iou.result()
+        if unknown:  # scored on the samples with exact masks only (None when there are none)
+            report["segmentation"]["not_scored"] = f"{unknown} samples without pixel masks (real occlusions)"
     if not pairs and "identification" not in report:
         raise ValueError(f"{root} has neither pairs (pairs.jsonl / extra.pair) nor protocol.json")
     return report, roc_data
