@@ -280,7 +280,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             if step >= end:
                 break
             method.on_step_start(step, total)
-            factor = lr_factor(step, total, cfg.optim)
+            factor = lr_factor(step, total, cfg.optim, cfg.train.epochs)
             set_lr(optimizer, factor)
             lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
