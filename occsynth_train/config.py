@@ -12,8 +12,9 @@
     method_kw: {...}            # free-form options of the chosen method
 
 Schedule points (warmup, milestones) are fractions of the total steps, so a config does not
-change meaning with the dataset size or the GPU count. `lr` is the learning rate of the
-whole (global) batch; it is not rescaled when the GPU count changes.
+change meaning with the dataset size or the GPU count; a step schedule may instead name its
+points in epochs (optim.milestone_epochs, with train.epochs), as papers state them. `lr` is the
+learning rate of the whole (global) batch; it is not rescaled when the GPU count changes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | step | poly | constant
     warmup: float = 0.0  # fraction of total steps, linear from 0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])  # step schedule
+    milestone_epochs: list[float] | None = None  # step schedule points in completed epochs (torch
+    # MultiStepLR's convention: [10] = LR * gamma from the 11th epoch on); replaces milestones;
+    # needs train.epochs
     gamma: float = 0.1
     power: float = 2.0  # poly schedule exponent (arcface_torch uses 2)
     min_lr: float = 0.0  # floor of cosine / poly, as a fraction of lr
@@ -132,6 +136,11 @@ class Config:
         share = self.data.max_bad_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
             raise ValueError(f"data.max_bad_share must be in [0, 1), got {self.data.max_bad_share!r}")
+        if self.optim.milestone_epochs is not None:
+            if self.optim.schedule != "step" or self.train.epochs is None:
+                raise ValueError("optim.milestone_epochs needs optim.schedule=step and train.epochs")
+            if any(not 0.0 < m < self.train.epochs for m in self.optim.milestone_epochs):
+                raise ValueError(f"optim.milestone_epochs must each lie in (0, train.epochs={self.train.epochs})")
         if self.data.batch_size < 1:
             raise ValueError("data.batch_size must be >= 1")
         if not self.data.train:

@@ -4,6 +4,7 @@ smoke run."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +12,10 @@ import torch
 from methods_helpers import CONFIGS, falls, train_and_evaluate
 
 from occsynth_train.config import load_config
+from occsynth_train.engine.optim import build_optimizer, lr_factor
 from occsynth_train.methods import create_method
 from occsynth_train.methods.msml import BottleneckBlock, FeatureMasking, ResBlock, fm_settings, parse_fm_layers
+from occsynth_train.models.losses import occlusion_probability, pixel_cross_entropy, structure_consensus_loss
 
 
 def _method(*overrides):
@@ -286,3 +289,192 @@ def test_no_face_gradient_into_segmentation_for_every_variant(overrides):
     fm_grads = [p.grad for p in m.fm.parameters()]
     assert fm_grads and all(g is not None for g in fm_grads)
     assert any(g.abs().max() > 0 for g in fm_grads)
+
+
+# ---- the occlusion loss: structure-via-consensus (default) or pixel CE -------------------------
+
+
+def _kl2(a: float, b: float) -> float:
+    """KL([a, 1-a] || [b, 1-b]) for two-class distributions, by hand."""
+    return a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
+
+
+def _logits_for(q: torch.Tensor) -> torch.Tensor:
+    """Two-channel logits [visible, occluded] whose softmax gives P(occluded) = q."""
+    return torch.stack([torch.zeros_like(q), torch.log(q / (1 - q))], 1)
+
+
+def test_consensus_loss_matches_a_hand_computed_case():
+    # sample 1: top row visible, bottom row occluded; sample 2: all visible (no occluded blob)
+    masks = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])[:, None]
+    q = torch.tensor([[[0.2, 0.4], [0.7, 0.9]], [[0.1, 0.1], [0.3, 0.5]]], dtype=torch.float64)
+    logits = _logits_for(q)
+    # blob "visible": P(visible) averaged over each sample's visible pixels
+    vis1, vis2 = (0.8 + 0.6) / 2, (0.9 + 0.9 + 0.7 + 0.5) / 4  # 0.7, 0.75
+    label_vis = (-math.log(vis1) - math.log(vis2)) / 2
+    dev_vis = (_kl2(vis1, 0.8) + _kl2(vis1, 0.6) + sum(_kl2(vis2, p) for p in (0.9, 0.9, 0.7, 0.5))) / (2 * 6)
+    # blob "occluded": only sample 1 has it; sample 2 counts as 0 in the batch mean
+    occ1 = (0.7 + 0.9) / 2
+    label_occ = (-math.log(occ1) + 0.0) / 2
+    dev_occ = (_kl2(occ1, 0.7) + _kl2(occ1, 0.9)) / (2 * 2)
+    want = ((10 * label_vis + 5 * dev_vis) + (10 * label_occ + 5 * dev_occ)) / 2
+    got = structure_consensus_loss(logits, masks)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    # one-channel (binary) logits are the same model of P(occluded)
+    assert structure_consensus_loss(torch.log(q / (1 - q))[:, None], masks).item() == pytest.approx(want, rel=1e-9)
+    # alpha / beta weight the label and the consensus (deviation) parts
+    assert structure_consensus_loss(logits, masks, alpha=1.0, beta=0.0).item() == pytest.approx(
+        (label_vis + label_occ) / 2, rel=1e-9
+    )
+
+
+def test_consensus_deviation_vanishes_when_each_blob_agrees_and_penalises_speckle():
+    masks = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])[:, None]
+    flat = _logits_for(torch.tensor([[[0.3, 0.3], [0.6, 0.6]]], dtype=torch.float64))
+    assert structure_consensus_loss(flat, masks, alpha=0.0, beta=1.0).item() == pytest.approx(0.0, abs=1e-12)
+    # same per-blob mean probability, spread out inside the blobs: only the deviation part grows
+    speckle = _logits_for(torch.tensor([[[0.1, 0.5], [0.4, 0.8]]], dtype=torch.float64))
+    assert structure_consensus_loss(speckle, masks, alpha=1.0, beta=0.0).item() == pytest.approx(
+        structure_consensus_loss(flat, masks, alpha=1.0, beta=0.0).item()
+    )
+    assert structure_consensus_loss(speckle, masks, alpha=0.0, beta=1.0).item() > 0.01
+
+
+def test_consensus_loss_gradient_flows_and_blobs_must_carry_one_label():
+    masks = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    structure_consensus_loss(logits, masks).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().max() > 0
+    blobs = torch.zeros(2, 1, 8, 8)  # one blob over pixels of both labels
+    with pytest.raises(ValueError, match="blob"):
+        structure_consensus_loss(logits.detach(), masks, blobs=blobs)
+
+
+def _batch(m, n=2):
+    torch.manual_seed(1)
+    h, w = m.input_size
+    masks = torch.zeros(n, 1, h, w)
+    masks[:, :, h // 2 :] = 1.0
+    return SimpleNamespace(images=torch.randn(n, 3, h, w), masks=masks, labels=torch.arange(n) % 5)
+
+
+def test_occlusion_loss_is_the_consensus_loss_by_default_and_ce_as_an_option():
+    m = _method()
+    batch = _batch(m)
+    with torch.no_grad():
+        terms = m(batch, 0)
+        logits = m.seg(batch.images)
+    assert terms["occ"].item() == pytest.approx(structure_consensus_loss(logits, batch.masks).item(), rel=1e-5)
+    m_ce = _method("method_kw.occlusion_loss=ce", "method_kw.seg_weight=0.5")
+    with torch.no_grad():
+        terms = m_ce(batch, 0)
+        logits = m_ce.seg(batch.images)
+    assert terms["occ"].item() == pytest.approx(0.5 * pixel_cross_entropy(logits, batch.masks).item(), rel=1e-5)
+    m_ab = _method("method_kw.consensus_alpha=1.0", "method_kw.consensus_beta=0.0")
+    with torch.no_grad():
+        got = m_ab(batch, 0)["occ"].item()
+        want = structure_consensus_loss(m_ab.seg(batch.images), batch.masks, alpha=1.0, beta=0.0).item()
+    assert got == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="occlusion_loss"):
+        _method("method_kw.occlusion_loss=dice")
+
+
+# ---- Table-4 switches: segmentation-only FM input, binarised mask ------------------------------
+
+
+def test_seg_only_fm_input_ignores_the_face_feature():
+    fm = FeatureMasking(8, 4, 1, fm_input="seg").eval()
+    assert fm.body[0].in_channels == 8  # Y_s alone, no concat with Y_f
+    ys, yf = torch.randn(1, 8, 5, 5), torch.randn(1, 4, 5, 5)
+    z, mask = fm(ys, yf)
+    z2, mask2 = fm(ys, 3 * yf + 1)
+    assert torch.allclose(mask, mask2) and torch.allclose(z, mask * yf)
+    assert FeatureMasking(8, 4, 1).body[0].in_channels == 12  # the default concatenates
+    m = _method("method_kw.fm_input=seg")
+    for i, fm in m.fm.items():
+        assert fm.body[0].in_channels == m.seg.decoder_channels[4 - int(i)]
+    assert all(v.shape[0] == 2 for v in m._forward_all(torch.randn(2, 3, 32, 32))[2].values())
+    with pytest.raises(ValueError, match="fm_input"):
+        _method("method_kw.fm_input=face")
+
+
+def test_binary_mask_is_hard_forward_and_straight_through_backward():
+    torch.manual_seed(0)
+    soft = FeatureMasking(8, 4, 1).eval()
+    hard = FeatureMasking(8, 4, 1, binary=True).eval()
+    hard.load_state_dict(soft.state_dict())
+    ys, yf, w = torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    z_s, m_s = soft(ys, yf)
+    z_h, m_h = hard(ys, yf)
+    assert set(m_h.unique().tolist()) <= {0.0, 1.0} and 0 < m_h.mean() < 1
+    assert torch.equal(m_h, (m_s > 0.5).float()) and torch.allclose(z_h, m_h * yf)
+    # straight-through: d(hard M)/dx is taken as d(sigmoid)/dx, so with z = M * Y_f the FM
+    # weights get the gradient the soft operator would get for the same upstream gradient
+    (z_s * w).sum().backward()
+    (z_h * w).sum().backward()
+    for (name, a), b in zip(soft.named_parameters(), hard.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    tanh = FeatureMasking(8, 4, 1, activation="tanh", binary=True).eval()
+    _, m_t = tanh(ys, yf)
+    assert set(m_t.unique().tolist()) <= {0.0, 1.0}  # tanh masks binarise at 0 (act(0)) to {0, 1}
+
+
+def test_binary_mask_switch_builds_hard_fms():
+    m = _method("method_kw.fm_mask=binary")
+    masks = m._forward_all(torch.randn(2, 3, 32, 32))[2]
+    assert masks and all(set(v.unique().tolist()) <= {0.0, 1.0} for v in masks.values())
+    with pytest.raises(ValueError, match="fm_mask"):
+        _method("method_kw.fm_mask=hard")
+
+
+def test_segmentation_mask_reading_uses_the_branch_prediction_and_no_gradient():
+    m = _method("method_kw.fm_mask=segmentation", "method_kw.detach_seg=false")
+    assert len(m.fm) == 0 and m.fm_layers == [1, 2, 3, 4]  # no FM operator: the mask is the prediction
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    m.eval()
+    emb, logits, masks = m._forward_all(x)
+    visible = (occlusion_probability(logits) < 0.5).float()
+    for i, mask in masks.items():
+        size = m.backbone.stage_channels[i - 1], 32 >> i, 32 >> i
+        assert mask.shape[1:] == size
+        want = torch.nn.functional.interpolate(visible, size=size[1:], mode="nearest")
+        assert torch.equal(mask, want.expand_as(mask))
+    m.train()
+    emb, _, _ = m._forward_all(x)
+    torch.nn.functional.cross_entropy(m.head(emb, labels), labels).backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in m.seg.parameters())
+    for bad in ("method_kw.fm_combine=residual", "method_kw.fm_input=seg"):
+        with pytest.raises(ValueError, match="fm_mask"):
+            _method("method_kw.fm_mask=segmentation", bad)
+
+
+# ---- the paper's two Table-1 models and their optimiser ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,backbone,size,dim,in_ch",
+    [("msml_a18", "iresnet18", (112, 112), 512, 3), ("msml_l29", "lightcnn29", (128, 128), 128, 1)],
+)
+def test_paper_configs_build_with_the_paper_optimiser(name, backbone, size, dim, in_ch):
+    cfg = load_config(CONFIGS / f"{name}.yaml", ["data.train=[x]"])
+    assert (cfg.model.backbone, tuple(cfg.model.input_size)) == (backbone, size)
+    assert cfg.data.batch_size == 512 and cfg.optim.weight_decay == 1e-5 and cfg.optim.momentum == 0.9
+    assert cfg.method_kw.get("occlusion_loss", "consensus") == "consensus"
+    torch.manual_seed(0)
+    m = create_method("msml", cfg, num_classes=5)
+    assert m.backbone.embedding_size == dim and m.input_size == size
+    assert cfg.model.backbone_kw.get("in_channels", 3) == in_ch and m.fm_layers == [1, 2, 3, 4]
+    opt = build_optimizer(m.param_groups(), cfg.optim)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["seg"]["lr"] == pytest.approx(0.1 * groups["face"]["lr"]) and groups["face"]["lr"] == cfg.optim.lr
+    assert all(g["weight_decay"] == 1e-5 and g["momentum"] == 0.9 for g in groups.values())
+    assert {id(p) for p in groups["seg"]["params"]} == {id(p) for p in m.seg.parameters()}
+    # LR / 10 when epochs 11, 16 and 21 begin (after 10, 15, 20 complete epochs) of 25
+    assert cfg.train.epochs == 25 and cfg.optim.milestone_epochs == [10, 15, 20]
+    per_epoch, total = 100, 2500
+    factors = [lr_factor(e * per_epoch + s, total, cfg.optim, cfg.train.epochs) for e in range(25) for s in (0, 99)]
+    want = [0.1 ** sum(e >= k for k in (10, 15, 20)) for e in range(25) for _ in (0, 99)]
+    assert factors == pytest.approx(want)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.no_grad():
+        assert m.eval().embed(x).shape == (2, dim)

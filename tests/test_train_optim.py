@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -101,6 +102,36 @@ def test_lr_schedules():
     assert lr_factor(10, 100, cfg) == pytest.approx(1.0) and lr_factor(99, 100, cfg) < 0.01
     step = OptimConfig(schedule="step", milestones=[0.5, 0.75], gamma=0.1)
     assert [lr_factor(s, 100, step) for s in (49, 50, 75)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_step_schedule_in_epochs():
+    cfg = OptimConfig(schedule="step", milestone_epochs=[2, 3], gamma=0.5)
+    # 4 epochs of 25 steps: LR halves when epoch 3 begins (step 50) and again at epoch 4 (step 75)
+    assert [lr_factor(s, 100, cfg, 4) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
+    with pytest.raises(ValueError, match="train.epochs"):
+        lr_factor(0, 100, cfg)
+    base = ["data.train=[x]", "optim.schedule=step", "optim.milestone_epochs=[10]"]
+    assert load_config(None, [*base, "train.epochs=21"]).optim.milestone_epochs == [10]
+    for bad, match in (
+        ("train.steps=100", "needs optim.schedule=step and train.epochs"),
+        ("train.epochs=10", "in \\(0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            load_config(None, [*base, bad])
+
+
+def test_trainer_places_epoch_milestones(tiny_train, tmp_path):
+    over = ["train.steps=null", "train.epochs=2", "optim.schedule=step", "optim.milestone_epochs=[1]", "optim.warmup=0"]
+    cfg = load_config(
+        CONFIGS / "tiny_cpu.yaml",
+        [f"data.train=[{tiny_train}]", f"output={tmp_path / 'run'}", "train.log_every=1", *over],
+    )
+    run = train(cfg)
+    with open(run / "train_log.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    half = int(round(0.5 * len(lrs)))  # 2 epochs of 50 samples at batch 8: 13 steps, LR / 10 from step 6
+    assert len(lrs) == 13 and lrs[:half] == pytest.approx([cfg.optim.lr] * half)
+    assert lrs[half:] == pytest.approx([0.1 * cfg.optim.lr] * (len(lrs) - half))
 
 
 def test_alob_refuses_an_adam_group_without_adam_settings():

@@ -112,8 +112,9 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> OptimizerSet:
     return OptimizerSet({k: _make(k, gs, _hyper(cfg, k)) for k, gs in by_kind.items()})
 
 
-def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
-    """Multiplier of every group's base LR at 0-based `step` of `total`: linear warmup, then the schedule."""
+def lr_factor(step: int, total: int, cfg: OptimConfig, epochs: float | None = None) -> float:
+    """Multiplier of every group's base LR at 0-based `step` of `total`: linear warmup, then the schedule.
+    `epochs` (the run's train.epochs) places cfg.milestone_epochs at fractions m / epochs of `total`."""
     warmup = int(round(cfg.warmup * total))
     if step < warmup:
         return (step + 1) / warmup
@@ -124,7 +125,12 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "poly":
         return floor + (1 - floor) * (1 - progress) ** cfg.power
     if cfg.schedule == "step":
-        return cfg.gamma ** sum(step >= int(round(m * total)) for m in cfg.milestones)
+        points = cfg.milestones
+        if cfg.milestone_epochs is not None:
+            if not epochs:
+                raise ValueError("optim.milestone_epochs needs the run's epoch count (train.epochs)")
+            points = [m / epochs for m in cfg.milestone_epochs]
+        return cfg.gamma ** sum(step >= int(round(m * total)) for m in points)
     return 1.0
 
 

@@ -293,7 +293,7 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             if any_true(info, bad.account(raw), device):  # corrupt samples were skipped; too many stop
                 raise bad.error()
             method.on_step_start(step, total)
-            factor = lr_factor(step, total, cfg.optim)
+            factor = lr_factor(step, total, cfg.optim, cfg.train.epochs)
             set_lr(optimizer, factor)
             lr = cfg.optim.lr * factor  # the logged LR: cfg.optim.lr's schedule (groups scale it)
             generator = None
