@@ -16,7 +16,10 @@ benchmark's true masks. A ROC plot (PNG) is written beside the JSON report.
 Methods that declare `uses_gt_masks` get the benchmark's true masks with the images (PDSN with
 ground-truth occlusion), and `pairwise` methods score each verification pair with
 embed_pair(a, b, masks_a, masks_b) instead of independent embeddings (PDSN's FDM of a
-comparison); identification always uses per-image embeddings.
+comparison); in identification each probe's condition (method.pair_condition: PDSN's FDM) is
+applied to the gallery too (method.embed_conditioned), probes grouped by condition so that the
+gallery is embedded once per distinct condition. A probe listed by several subsets (AR's
+"sunglasses" and "sunglasses_s1") counts once in the aggregate rank-1.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..data.keyed import KeyedDataset
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
 from ..methods import create_method
 from ..models.losses import occlusion_probability
-from .metrics import MaskIoU, rank1, rank1_rotate, roc_curve, verification_report
+from .metrics import MaskIoU, rank1_from_nearest, rank1_rotate_from_hits, roc_curve, rotate_tests, verification_report
 
 FARS = (1e-3, 1e-4)
 
@@ -206,39 +209,162 @@ def _verification(pairs: list[dict], ds: KeyedDataset, emb: np.ndarray, scorer=N
     return report, (scores, issame)
 
 
-def _identification(protocol: dict, ds: KeyedDataset, emb: np.ndarray) -> dict:
+CHUNK = 50_000_000  # similarity-matrix elements computed at once (rows x candidates)
+
+
+def _argmax_rows(probes: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """Index of each probe's most similar candidate, in row chunks of at most CHUNK similarities."""
+    step = max(1, CHUNK // max(1, len(cands)))
+    return np.concatenate(
+        [np.argmax(probes[i : i + step] @ cands.T, axis=1) for i in range(0, len(probes), step)] or [np.zeros(0, int)]
+    )
+
+
+def _max_rows(probes: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    step = max(1, CHUNK // max(1, len(cands)))
+    return np.concatenate(
+        [(probes[i : i + step] @ cands.T).max(axis=1) for i in range(0, len(probes), step)] or [np.zeros(0)]
+    )
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """a[rows_a[i]] . b[rows_b[i]] for every i, in chunks."""
+    step = max(1, CHUNK // max(1, a.shape[1]))
+    return np.concatenate(
+        [np.einsum("ij,ij->i", a[rows_a[i : i + step]], b[rows_b[i : i + step]]) for i in range(0, len(rows_a), step)]
+        or [np.zeros(0)]
+    )
+
+
+def _identification(protocol: dict, ds: KeyedDataset, emb: np.ndarray, groups=None) -> dict:
     """Rank-1 per probe subset (closed set: nearest of gallery + distractors), or MegaFace's
-    rotating gallery when the protocol says gallery_mode "rotate"."""
+    rotating gallery when the protocol says gallery_mode "rotate".
+
+    Every probe is scored once, and the aggregate "rank1" is over the union of the subsets, so a
+    probe listed by several subsets (AR's "sunglasses" and "sunglasses_s1") counts once (rotate:
+    each (gallery, probe) test once). `groups(probe_positions, candidate_positions)` yields
+    (probe indices, probe embeddings, candidate embeddings) with the candidates embedded as those
+    probes need them (pairwise methods: under each distinct probe condition); by default one
+    group of the per-image embeddings `emb`.
+    """
     present = lambda keys: [k for k in keys if k in ds.position]  # noqa: E731
     identity = protocol.get("identity") or {}
     ident = lambda k: identity.get(k) or ds.metas[ds.position[k]]["identity"]  # noqa: E731
-    rows = lambda keys: emb[np.array([ds.position[k] for k in keys], dtype=int)].reshape(len(keys), emb.shape[1])  # noqa: E731
+    positions = lambda keys: np.array([ds.position[k] for k in keys], dtype=int)  # noqa: E731
+    if groups is None:
+        groups = lambda p, c: [(np.arange(len(p)), emb[p], emb[c])]  # noqa: E731
     probes = protocol.get("probes", protocol.get("probe", []))
     subsets = probes if isinstance(probes, dict) else {"probe": probes}
     distractors = present(protocol.get("distractors", []))
     gallery = present(protocol.get("gallery", []))
     listed = len(protocol.get("gallery", [])) + len(protocol.get("distractors", [])) + sum(map(len, subsets.values()))
+    members = {name: present(keys) for name, keys in subsets.items()}
+    union = list(dict.fromkeys(k for keys in members.values() for k in keys))  # each probe once
+    where = {k: i for i, k in enumerate(union)}
+    index = {name: np.array([where[k] for k in keys], dtype=int) for name, keys in members.items()}
+    uids = np.array([ident(k) for k in union], dtype=object)
+    upos = positions(union)
     out: dict = {"gallery": len(gallery), "distractors": len(distractors)}
     rotate = (protocol.get("info") or {}).get("gallery_mode") == "rotate"
-    found = len(gallery) + len(distractors)
-    for name, keys in subsets.items():
-        keys = present(keys)
-        found += len(keys)
-        if rotate:
-            out[name] = rank1_rotate(rows(keys), [ident(k) for k in keys], rows(distractors))
-        else:
-            out[name] = rank1(
-                rows(gallery + distractors),
-                [ident(k) for k in gallery + distractors],
-                rows(keys),
-                [ident(k) for k in keys],
-            )
-    scored = [v for v in out.values() if isinstance(v, dict) and np.isfinite(v["rank1"])]
-    weights = [v.get("tests", v.get("probes", 0)) for v in scored]
-    out["rank1"] = float(np.average([v["rank1"] for v in scored], weights=weights)) if sum(weights) else float("nan")
+    if rotate:
+        dpos = positions(distractors)
+        p, g = rotate_tests(uids)
+        sims, best = np.full(len(p), -np.inf), np.full(len(union), -np.inf)
+        for idx, pe, ce in groups(upos, np.concatenate([upos, dpos])) if len(union) else []:
+            if len(dpos):
+                best[idx] = _max_rows(pe, ce[len(upos) :])
+            row = np.full(len(union), -1)
+            row[idx] = np.arange(len(idx))
+            t = np.flatnonzero(row[p] >= 0)
+            sims[t] = _row_dots(pe, ce, row[p[t]], g[t])
+        hits = sims > best[p]
+        counted = np.zeros(len(p), bool)
+        for name, idx in index.items():
+            inside = np.zeros(len(union), bool)
+            inside[idx] = True
+            keep = inside[p] & inside[g]
+            counted |= keep
+            out[name] = rank1_rotate_from_hits(hits[keep], len(set(uids[idx].tolist())), len(distractors))
+        agg = rank1_rotate_from_hits(hits[counted], len(set(uids.tolist())), len(distractors))
+        out["aggregate"] = {"tests": agg["tests"], "rule": "each (gallery, probe) test once, whatever subsets list it"}
+    else:
+        cand = gallery + distractors
+        cand_ids = np.array([ident(k) for k in cand], dtype=object)
+        nearest = np.full(len(union), None, dtype=object)
+        if len(cand) and len(union):
+            for idx, pe, ce in groups(upos, positions(cand)):
+                nearest[idx] = cand_ids[_argmax_rows(pe, ce)]
+        for name, idx in index.items():
+            out[name] = rank1_from_nearest(nearest[idx], uids[idx], cand_ids)
+        agg = rank1_from_nearest(nearest, uids, cand_ids)
+        out["aggregate"] = {"probes": agg["probes"], "rule": "each probe once, whatever subsets list it"}
+    out["rank1"] = agg["rank1"]
     out["gallery_mode"] = "rotate" if rotate else "closed-set"
-    out["missing_keys"] = listed - found
+    out["missing_keys"] = listed - len(gallery) - len(distractors) - sum(map(len, members.values()))
     return out
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, ds: KeyedDataset, positions: np.ndarray):
+        self.ds, self.positions = ds, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.ds[int(self.positions[i])]
+
+
+@torch.no_grad()
+def pair_conditions(method, ds, positions, device, batch_size=256, num_workers=2, flip=True) -> np.ndarray:
+    """method.pair_condition of each listed sample (then of its mirror image when flip), [N, K]."""
+    loader = DataLoader(_Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    size, out = method.input_size, []
+    for batch in loader:
+        x = _images(batch["image"], size, device)
+        m = _masks(batch["mask"], size, device) if method.uses_gt_masks else None
+        c = method.pair_condition(x, m)
+        if flip:
+            c = torch.cat([c, method.pair_condition(_flip(x), _flip(m))], 1)
+        out.append(c.to(torch.uint8).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.uint8)
+
+
+@torch.no_grad()
+def embed_conditioned(method, ds, positions, condition, device, batch_size=256, num_workers=2, flip=True):
+    """L2-normalised (flip-summed) embeddings of the listed samples under one condition (a row of
+    pair_conditions: the mirror image gets the condition's second half)."""
+    half = len(condition) // 2 if flip else len(condition)
+    cond, cond_flip = torch.as_tensor(condition[:half]), torch.as_tensor(condition[half:])
+    loader = DataLoader(_Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    out = []
+    for batch in loader:
+        x = _images(batch["image"], method.input_size, device)
+        e = method.embed_conditioned(x, cond).float()
+        if flip:
+            e = e + method.embed_conditioned(_flip(x), cond_flip).float()
+        out.append(F.normalize(e, dim=1).cpu())
+    return torch.cat(out).numpy() if out else None
+
+
+def conditioned_groups(method, ds, device, batch_size=256, num_workers=2, flip=True, stats: dict | None = None):
+    """The `groups` of _identification for pairwise methods: probes grouped by their condition
+    (PDSN: the FDM's blocks), the candidates embedded under each group's condition: one candidate
+    pass per distinct condition. stats["conditions"] gets the number of distinct conditions."""
+
+    def groups(probe_pos: np.ndarray, cand_pos: np.ndarray):
+        codes = pair_conditions(method, ds, probe_pos, device, batch_size, num_workers, flip)
+        uniq, inverse = np.unique(codes, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        if stats is not None:
+            stats["conditions"] = int(len(uniq))
+        for u, code in enumerate(uniq):
+            idx = np.flatnonzero(inverse == u)
+            pe = embed_conditioned(method, ds, probe_pos[idx], code, device, batch_size, num_workers, flip)
+            ce = embed_conditioned(method, ds, cand_pos, code, device, batch_size, num_workers, flip)
+            yield idx, pe, ce
+
+    return groups
 
 
 def evaluate_benchmark(
@@ -267,7 +393,15 @@ def evaluate_benchmark(
         report["verification"], roc_data = _verification(pairs, ds, emb, scorer)
         report["verification"]["scoring"] = "pairwise" if method.pairwise else "embeddings"
     if (root / "protocol.json").exists():
-        report["identification"] = _identification(json.loads((root / "protocol.json").read_text()), ds, emb)
+        protocol = json.loads((root / "protocol.json").read_text())
+        if method.pairwise:  # the probe's condition (PDSN: its FDM) applied to the gallery too
+            stats: dict = {}
+            groups = conditioned_groups(method, ds, device, batch_size, num_workers, flip, stats)
+            report["identification"] = _identification(protocol, ds, emb, groups)
+            report["identification"].update(scoring="pairwise", conditions=stats.get("conditions", 0))
+        else:
+            report["identification"] = _identification(protocol, ds, emb)
+            report["identification"]["scoring"] = "embeddings"
     if iou is not None:
         report["segmentation"] = iou.result()
         if unknown:  # scored on the samples with exact masks only (None when there are none)

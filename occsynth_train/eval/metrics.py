@@ -146,20 +146,55 @@ def verification_report(
 
 
 # ---------------------------------------------------------------- identification
-def rank1(gallery: np.ndarray, gallery_ids: list, probes: np.ndarray, probe_ids: list) -> dict:
-    """Closed-set rank-1: each probe's nearest gallery entry (cosine) has its identity.
-    Gallery entries of identities without probes act as distractors; probes whose identity has
-    no gallery entry cannot be identified and are counted apart, not scored."""
-    gallery_ids, probe_ids = np.asarray(gallery_ids), np.asarray(probe_ids)
+def rank1_from_nearest(nearest_ids, probe_ids, gallery_ids) -> dict:
+    """Closed-set rank-1 from the identity of each probe's nearest gallery entry. Gallery entries of
+    identities without probes act as distractors; probes whose identity has no gallery entry
+    cannot be identified and are counted apart, not scored."""
+    nearest_ids, probe_ids, gallery_ids = np.asarray(nearest_ids), np.asarray(probe_ids), np.asarray(gallery_ids)
     mated = np.isin(probe_ids, gallery_ids)
-    sims = probes[mated] @ gallery.T
-    hits = gallery_ids[np.argmax(sims, axis=1)] == probe_ids[mated] if mated.any() else np.zeros(0, bool)
+    hits = nearest_ids[mated] == probe_ids[mated] if mated.any() else np.zeros(0, bool)
     return {
         "rank1": float(hits.mean()) if len(hits) else float("nan"),
         "probes": int(mated.sum()),
         "probes_without_mate": int((~mated).sum()),
         "gallery": int(len(gallery_ids)),
         "gallery_identities": int(len(set(gallery_ids.tolist()))),
+    }
+
+
+def rank1(gallery: np.ndarray, gallery_ids: list, probes: np.ndarray, probe_ids: list) -> dict:
+    """Closed-set rank-1: each probe's nearest gallery entry (cosine) has its identity
+    (rank1_from_nearest has the counting rules)."""
+    gallery_ids = np.asarray(gallery_ids)
+    if len(gallery_ids) and len(probes):
+        nearest = gallery_ids[np.argmax(probes @ gallery.T, axis=1)]
+    else:
+        nearest = np.full(len(probes), None, dtype=object)
+    return rank1_from_nearest(nearest, probe_ids, gallery_ids)
+
+
+def rotate_tests(probe_ids) -> tuple[np.ndarray, np.ndarray]:
+    """MegaFace's rotating-gallery tests: (probe, gallery) index arrays of every ordered pair of two
+    distinct images of one identity, identity by identity (np.unique order), row-major within it."""
+    probe_ids = np.asarray(probe_ids)
+    ps, gs = [], []
+    for identity in np.unique(probe_ids):
+        idx = np.flatnonzero(probe_ids == identity)
+        rows, cols = np.nonzero(~np.eye(len(idx), dtype=bool))
+        ps.append(idx[rows])
+        gs.append(idx[cols])
+    cat = lambda parts: np.concatenate(parts).astype(int) if parts else np.zeros(0, int)  # noqa: E731
+    return cat(ps), cat(gs)
+
+
+def rank1_rotate_from_hits(hits: np.ndarray, identities: int, distractors: int) -> dict:
+    """The rotate summary of the tests' outcomes (True: sim(probe, gallery) beat every distractor)."""
+    hits = np.asarray(hits, bool)
+    return {
+        "rank1": float(hits.mean()) if len(hits) else float("nan"),
+        "tests": int(len(hits)),
+        "distractors": int(distractors),
+        "identities": int(identities),
     }
 
 
@@ -170,22 +205,9 @@ def rank1_rotate(probes: np.ndarray, probe_ids: list, distractors: np.ndarray) -
     distractor. Returns the hit rate over all such tests."""
     probe_ids = np.asarray(probe_ids)
     best_distractor = (probes @ distractors.T).max(axis=1) if len(distractors) else np.full(len(probes), -np.inf)
-    hits = tests = 0
-    for identity in np.unique(probe_ids):
-        idx = np.flatnonzero(probe_ids == identity)
-        if len(idx) < 2:
-            continue
-        sims = probes[idx] @ probes[idx].T  # [probe, gallery]
-        beat = sims > best_distractor[idx][:, None]
-        np.fill_diagonal(beat, False)  # an image is never its own probe
-        hits += int(beat.sum())
-        tests += len(idx) * (len(idx) - 1)
-    return {
-        "rank1": hits / tests if tests else float("nan"),
-        "tests": tests,
-        "distractors": int(len(distractors)),
-        "identities": int(len(np.unique(probe_ids))),
-    }
+    p, g = rotate_tests(probe_ids)
+    hits = np.einsum("ij,ij->i", probes[p], probes[g]) > best_distractor[p]
+    return rank1_rotate_from_hits(hits, len(np.unique(probe_ids)), len(distractors))
 
 
 # ---------------------------------------------------------------- segmentation

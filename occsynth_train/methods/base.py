@@ -9,12 +9,16 @@ logging and the NaN guard; a method owns its models and losses:
         uses_gt_masks = False                  # True: the evaluator passes the benchmark's true
                                                # masks, embed(images, masks) / embed_pair(..)
         pairwise = False                       # True: verification scores pairs with embed_pair
-                                               # (a comparison-dependent embedding, PDSN's FDM)
+                                               # (a comparison-dependent embedding, PDSN's FDM),
+                                               # identification with pair_condition +
+                                               # embed_conditioned (the probe's on the gallery)
 
         def __init__(self, cfg, num_classes):  # build modules from cfg.model / cfg.method_kw
         def forward(self, batch, step) -> dict[str, Tensor]   # loss terms, see below
         def embed(self, images) -> Tensor                      # [B, D] for evaluation
         def embed_pair(self, a, b, masks_a, masks_b)           # ([B, D], [B, D]) of both faces
+        def pair_condition(self, images, masks) -> Tensor      # pairwise identification: [B, K]
+        def embed_conditioned(self, images, condition)         # gallery seen under a probe's [K]
         def predict_mask(self, images) -> Tensor | None        # occlusion logits [B, 1, H, W]
         def param_groups(self) -> list[dict]                   # optimiser groups
         def on_step_start(self, step, total_steps)             # stage switches, freezing
@@ -82,6 +86,16 @@ class Method(nn.Module):
         if self.uses_gt_masks:
             return self.embed(a, masks_a), self.embed(b, masks_b)
         return self.embed(a), self.embed(b)
+
+    def pair_condition(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Pairwise methods: what each image imposes on the other face of a comparison, a small
+        integer code [B, K] (PDSN: the blocks its FDM discards). Identification applies each
+        probe's code to the gallery (embed_conditioned), one gallery pass per distinct code."""
+        raise NotImplementedError(f"{self.name}: pairwise identification needs pair_condition and embed_conditioned")
+
+    def embed_conditioned(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, D] of `images` under one pair_condition code [K] (e.g. a probe's)."""
+        raise NotImplementedError(f"{self.name}: pairwise identification needs pair_condition and embed_conditioned")
 
     def predict_mask(self, images: torch.Tensor) -> torch.Tensor | None:
         return None
