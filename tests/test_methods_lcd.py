@@ -92,6 +92,13 @@ def test_dropout_acts_on_the_bn_of_stage3s_last_conv_before_the_residual_add():
     assert (seen["bn"].flatten(2).abs().amax(2) > 0).all()
 
 
+def test_the_hooked_backbone_keeps_the_plain_iresnet_state_dict():
+    m = _tiny_lcd()
+    plain = create_method("baseline", load_config(CONFIGS / "lcd_tiny_cpu.yaml", ["data.train=[x]"]), 5)
+    ours = {k for k in m.state_dict() if not k.startswith("sam.")}
+    assert ours == set(plain.state_dict())  # checkpoints interchange with the baseline's (init_from)
+
+
 def test_eq1_filter_term_on_a_hand_computed_3_channel_case():
     # 3 filters over 2 input channels at p = 2 spatial positions (a 1x2 kernel): w[i, :, 0, p] = w_i^p
     w = torch.zeros(3, 2, 1, 2)

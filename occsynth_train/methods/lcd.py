@@ -148,10 +148,10 @@ class LCD(Method):
         self.response_at = str(opt(cfg, "response_at", "bn"))
         if self.response_at not in ("bn", "conv"):
             raise ValueError(f"lcd: response_at must be bn or conv, got {self.response_at!r}")
-        self.conv3, self.bn3 = stage3_layer(self.backbone)
+        conv, bn = stage3_layer(self.backbone)  # not stored as attributes: no second name in the state dict
         self._response: torch.Tensor | None = None
-        self.conv3.register_forward_hook(self._conv_hook)
-        self.bn3.register_forward_hook(self._bn_hook)
+        conv.register_forward_hook(self._conv_hook)
+        bn.register_forward_hook(self._bn_hook)
 
     # forward hooks on layer L (training only): keep its response for Eq. 2, drop channels
     def _conv_hook(self, module, inputs, output):
@@ -179,7 +179,8 @@ class LCD(Method):
         response, self._response = self._response, None
         terms = id_terms(self.head(emb, batch.labels), batch.labels)
         if self.w_filter:
-            terms["filter_orth"] = self.w_filter * filter_orthogonality(self.conv3.weight, self.reduction)
+            conv = stage3_layer(self.backbone)[0]
+            terms["filter_orth"] = self.w_filter * filter_orthogonality(conv.weight, self.reduction)
         if self.w_response:
             if response is None:
                 raise RuntimeError("lcd: stage 3's layer did not run in training mode (no response for Eq. 2)")
