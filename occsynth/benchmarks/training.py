@@ -48,6 +48,16 @@ def variant_plan(items, tag: str, clean: int, occluded: int, occluded_spec: str 
     return plan
 
 
+def identities_over(items, n: int) -> list:
+    """The items of identities with more than `n` items (source images), e.g. SOIDN's CASIA-WebFace
+    identities with more than 50 images."""
+    items = list(items)
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.identity] = counts.get(item.identity, 0) + 1
+    return [item for item in items if counts[item.identity] > n]
+
+
 def parse_ratio(text: str) -> tuple[int, int]:
     try:
         clean, occluded = (int(v) for v in text.split(":"))
@@ -75,21 +85,42 @@ class OccTrain(Builder):
             help="Clean:occluded samples per source image.",
         ),
         click.option("--occlude", "spec", default=None, help="Occlusion spec (default: the definition's preset)."),
+        click.option(
+            "--identity-images-over",
+            "identity_images_over",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Keep only identities with more than N source images (SOIDN: 50).",
+        ),
     ]
 
     def jobs(
-        self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str, spec: str | None
+        self,
+        config: BuildConfig,
+        src: str,
+        aligned: bool,
+        keep_clean: bool,
+        clean_occluded: str,
+        spec: str | None,
+        identity_images_over: int | None = None,
     ) -> list[BuildJob]:
         clean, occluded = parse_ratio(clean_occluded)
         source = open_source(src)
+        items = source.items()
+        facts: dict = {"clean_per_image": clean, "occluded_per_image": occluded}
+        if identity_images_over is not None:
+            if identity_images_over < 0:
+                raise ValueError(f"identity_images_over must be >= 0, got {identity_images_over}")
+            items = identities_over(items, identity_images_over)
+            if not items:
+                raise ValueError(f"{src}: no identity has more than {identity_images_over} images")
+            facts |= {"identity_images_over": identity_images_over, "identities": len({i.identity for i in items})}
         spec = load_spec(spec or self.definition["defaults"]["spec"])
         job_config = dataclasses.replace(
             config, name=self.name, aligned_input=aligned, keep_clean=keep_clean, specs={"": None, "occ": spec}
         )
-        plan = variant_plan(source.items(), self.name, clean, occluded)
-        return [
-            BuildJob("", job_config, plan, source, facts={"clean_per_image": clean, "occluded_per_image": occluded})
-        ]
+        plan = variant_plan(items, self.name, clean, occluded)
+        return [BuildJob("", job_config, plan, source, facts=facts)]
 
 
 @register_builder

@@ -1,4 +1,6 @@
-"""SOIDN (segmentation-based occlusion-invariant deep network).
+"""SOIDN: "Occlusion-invariant face recognition using simultaneous segmentation" (Zeng, Veldhuis,
+Spreeuwers, Arendsen; IET Biometrics 10(6), 2021; doi 10.1049/bme2.12036): the simultaneous
+occlusion invariant deep network. Facts and their tests: reproduction/soidn.md.
 
 Same input to two networks:
   * face network: VGG16 (models/backbones/vgg.py) conv blocks -> pool5 map P_f [B, 512, h, w] -> fc6/fc7;
@@ -9,6 +11,11 @@ Same input to two networks:
     features (its pool5 map) to a mask M in [0, 1] of P_f's shape; the face network's FC layers
     see M * P_f, so features of occluded regions are suppressed before they are pooled by fc6.
 Loss: CE(identity) + lambda * pixel CE (lambda = 1).
+
+Both VGG16 trunks follow `model.backbone_kw.batch_norm` (default false: VGG16 without BN, as the
+paper). The paper starts from VGG-Face: `vggface_init_state` turns a VGG-Face state dict into a
+checkpoint for `train.init_from` (the face network's convs, fc6, fc7; the FCN trunk's convs and
+its convolutionalised fc6 / fc7, as FCN initialises from a classification net).
 
 method_kw: seg_weight 1.0, fcn_hidden 4096 (fc6/fc7 width of FCN-8s), fcn_kernel 7 (fc6 as a
 7x7 conv, as in FCN; use 1 at small inputs), seg_lr_scale 1.0.
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbones import create_backbone
+from ..models.backbones.vgg import VGGFACE_MEAN_RGB, vggface_layers, vggface_state_dict
 from ..models.losses import pixel_cross_entropy
 from ._common import id_terms, opt
 from ._registry import METHODS
@@ -40,7 +48,7 @@ def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
 
 
 class FCN8s(nn.Module):
-    def __init__(self, input_size, hidden: int = 4096, kernel: int = 7, classes: int = 2, batch_norm: bool = True):
+    def __init__(self, input_size, hidden: int = 4096, kernel: int = 7, classes: int = 2, batch_norm: bool = False):
         super().__init__()
         # the VGG16 trunk only (its FC layers are replaced by conv6/conv7 below)
         trunk = create_backbone("vgg16", input_size=input_size, batch_norm=batch_norm, hidden=8, embedding_size=8)
@@ -103,7 +111,7 @@ class SOIDN(Method):
             tuple(self.input_size),
             int(opt(cfg, "fcn_hidden", 4096)),
             int(opt(cfg, "fcn_kernel", 7)),
-            batch_norm=bool(cfg.model.backbone_kw.get("batch_norm", True)),
+            batch_norm=self.backbone.batch_norm,  # the two trunks alike
         )
         c = self.backbone.stage_channels[-1]
         self.oma = nn.Conv2d(512, c, 1)
@@ -143,3 +151,39 @@ class SOIDN(Method):
                 "lr_scale": float(opt(self.cfg, "seg_lr_scale", 1.0)),
             },
         ]
+
+
+def vggface_init_state(
+    state: dict,
+    *,
+    batch_norm: bool = False,
+    fcn_kernel: int = 7,
+    seg_trunk: bool = True,
+    mean=VGGFACE_MEAN_RGB,
+    std=(1.0, 1.0, 1.0),
+    bgr: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A VGG-Face state dict (release names conv1_1 ... fc7, or torchvision's features.N /
+    classifier.N) -> a SOIDN state dict for `train.init_from`: the face network's 13 convs, fc6 and
+    fc7 ("backbone."), and with `seg_trunk` the FCN-8s trunk's convs and its conv6 / conv7 as fc6 /
+    fc7 reshaped to [out, 512, k, k] / [out, in, 1, 1] ("seg."). conv1_1 absorbs VGG-Face's input
+    normalisation (see vgg.fold_input_normalisation). Save it with engine.checkpoint.save_checkpoint."""
+    out = vggface_state_dict(state, prefix="backbone.", batch_norm=batch_norm, mean=mean, std=std, bgr=bgr)
+    if seg_trunk:
+        out.update(
+            vggface_state_dict(state, prefix="seg.", batch_norm=batch_norm, fc=False, mean=mean, std=std, bgr=bgr)
+        )
+        layers = vggface_layers(state)
+        w6, b6 = layers["fc6"]
+        if w6.shape[1] != 512 * fcn_kernel * fcn_kernel:
+            raise ValueError(
+                f"fc6 takes {w6.shape[1]} inputs, not 512 x {fcn_kernel} x {fcn_kernel}: pass the fcn_kernel "
+                "of the run's method_kw (7 for a 224 px VGG-Face fc6)"
+            )
+        w7, b7 = layers["fc7"]
+        out["seg.conv67.0.weight"] = w6.reshape(w6.shape[0], 512, fcn_kernel, fcn_kernel)
+        out["seg.conv67.3.weight"] = w7.reshape(*w7.shape, 1, 1)
+        for name, b in (("seg.conv67.0.bias", b6), ("seg.conv67.3.bias", b7)):
+            if b is not None:
+                out[name] = b
+    return out
