@@ -60,7 +60,7 @@ ROWS = {  # row (also its run directory) -> (label, overrides of the base config
             "method_kw={fcn_hidden: 1024}",
         ],
     ),
-    "lcd": ("LCD", ["method=lcd"]),
+    "lcd": ("LCD (trained clean, as its paper)", ["method=lcd", "data.train=[{train_clean}]"]),
 }
 # PDSN's chained stages share one row's sample budget (every row spends the same samples): the
 # trunk half, the mask generators and the fine-tuning a quarter each; the dictionary is a

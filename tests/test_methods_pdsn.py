@@ -209,7 +209,15 @@ def test_stages_that_need_the_clean_twin_refuse_data_without_it(stage):
 
 def test_training_the_masks_stage_on_data_without_clean_twins_fails_at_once(sk_faces, tmp_path):
     data = build_train_set(tmp_path / "no_clean", sk_faces, keep_clean=False, occluded_fraction=1.0)
-    cfg = tiny_cfg("pdsn", data, tmp_path / "run", "method_kw.stage=masks", "train.steps=2")
+    trunk = train(tiny_cfg("pdsn", data, tmp_path / "trunk", "method_kw.stage=trunk", "train.steps=1"))
+    cfg = tiny_cfg(
+        "pdsn",
+        data,
+        tmp_path / "run",
+        "method_kw.stage=masks",
+        "train.steps=2",
+        f"train.init_from={list_checkpoints(trunk)[-1]}",
+    )
     with pytest.raises(ValueError, match="no clean counterpart"):
         train(cfg)
 
@@ -456,3 +464,19 @@ def test_full_size_configs_are_the_papers_setting(stage):
     assert (m.l1_weight, m.l1_reduction, m.tau) == (10.0, "mean", 0.25)
     assert (m.finetune_lr, m.finetune_trunk_lr) == (1e-3, 1e-4) and cfg.model.head_kw == {"s": 30.0, "m": 0.35}
     assert m.requires_clean == (stage in ("masks", "dictionary")) and m.pairwise == (stage == "finetune")
+
+
+def test_a_stage_refuses_an_init_from_that_leaves_its_frozen_head_random(tiny_train, tmp_path):
+    """The masks stage freezes the trunk and head: without init_from, or from a checkpoint trained
+    on other identities (head of another shape), it must refuse instead of training generators
+    against a random frozen head."""
+    trunk = train(tiny_cfg("pdsn", tiny_train, tmp_path / "trunk", "method_kw.stage=trunk", "train.steps=2"))
+    masks = ["method_kw.stage=masks", "train.steps=1"]
+    with pytest.raises(ValueError, match="set train.init_from"):
+        train(tiny_cfg("pdsn", tiny_train, tmp_path / "no_init", *masks))
+    other = tmp_path / "other.pt"
+    state = load_checkpoint(list_checkpoints(trunk)[-1])
+    state["model"]["head.weight"] = torch.zeros(3, state["model"]["head.weight"].shape[1])  # 3 other identities
+    torch.save(state, other)
+    with pytest.raises(ValueError, match="another shape.*head.weight"):
+        train(tiny_cfg("pdsn", tiny_train, tmp_path / "other_ids", *masks, f"train.init_from={other}"))

@@ -121,6 +121,22 @@ def init_weights(method: torch.nn.Module, path: str | Path) -> dict:
     }
 
 
+def check_required(report: dict, required: tuple[str, ...], method: torch.nn.Module) -> None:
+    """Refuse an init_from that did not load every tensor the method requires from it."""
+    if not required:
+        return
+    loaded = set(report["loaded"])
+    absent = [k for k in method.state_dict() if k.startswith(required) and k not in loaded]
+    if absent:
+        shape = [k for k in absent if k in report["skipped_shape"]]
+        why = (
+            f"{len(shape)} with another shape (e.g. {shape[0]}: trained on other identities or another model?)"
+            if shape
+            else f"e.g. {absent[0]} is not in the checkpoint"
+        )
+        raise ValueError(f"train.init_from={report['path']} leaves {len(absent)} required tensor(s) unloaded, {why}")
+
+
 def train(cfg: Config, *, stop_after: int | None = None) -> Path:
     """Train (or resume) the run in cfg.output. `stop_after` ends this invocation after that many
     steps (a time-sliced job), leaving a checkpoint to resume from."""
@@ -195,8 +211,15 @@ def _train(cfg: Config, info: DistInfo, stop_after: int | None) -> Path:
             layout = "" if len(rngs) == info.world_size else f", world size {len(rngs)} -> {info.world_size}"
             log.info("resuming %s from %s (step %d, %d samples seen%s)", run_dir, ckpt.name, step, samples_seen, layout)
     else:
+        required = tuple(getattr(method, "init_required", ()))
+        if required and not cfg.train.init_from:
+            raise ValueError(
+                f"{cfg.method}: this stage continues a previous run ({', '.join(required)} must be "
+                "loaded): set train.init_from=<the previous stage's checkpoint>"
+            )
         if cfg.train.init_from:
             report = init_weights(method, cfg.train.init_from)
+            check_required(report, required, method)
             if info.is_main:
                 write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
                 log.info(

@@ -59,6 +59,10 @@ class Method(nn.Module):
     find_unused_parameters: ClassVar[bool] = False
     uses_gt_masks: bool = False
     pairwise: bool = False
+    # state-dict prefixes that must come from train.init_from (a stage that continues a previous
+    # one, e.g. PDSN's frozen trunk and head): the trainer refuses to start without them, so a
+    # frozen part is never left at its random initialisation
+    init_required: tuple[str, ...] = ()
 
     def __init__(self, cfg, num_classes: int):
         super().__init__()

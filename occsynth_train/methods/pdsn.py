@@ -248,6 +248,13 @@ class PDSN(Method):
         self.has_segmentation = self.source == "segmentation"
         self.uses_gt_masks = self.source == "gt"
         self.pairwise = self.stage == "finetune" and bool(opt(cfg, "pairwise_fdm", OPTIONS["pairwise_fdm"]))
+        # what each stage continues from the previous one (frozen there, or read as statistics)
+        self.init_required = {
+            "trunk": (),
+            "masks": ("backbone.", "head."),
+            "dictionary": ("backbone.", "head.", "generators."),
+            "finetune": ("backbone.", "head.", "generators.", "dict_sum", "dict_count"),
+        }[self.stage]
         self.seg = (
             scaled_unet(int(opt(cfg, "seg_width", OPTIONS["seg_width"])), 1, tuple(self.input_size))
             if self.has_segmentation
