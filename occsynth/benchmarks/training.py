@@ -9,7 +9,9 @@ import click
 
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.build import BuildConfig, PlannedSample
+from occsynth.build.stages import composer
 from occsynth.occluders import load_spec
+from occsynth.occluders.families.geometric import FILLS
 from occsynth.sources import open_source
 
 SRC_OPTIONS = [
@@ -81,8 +83,9 @@ class OccTrain(Builder):
         self, config: BuildConfig, src: str, aligned: bool, keep_clean: bool, clean_occluded: str, spec: str | None
     ) -> list[BuildJob]:
         clean, occluded = parse_ratio(clean_occluded)
-        source = open_source(src)
         spec = load_spec(spec or self.definition["defaults"]["spec"])
+        composer(spec)  # values first: a bad spec fails before the source is listed
+        source = open_source(src)
         job_config = dataclasses.replace(
             config, name=self.name, aligned_input=aligned, keep_clean=keep_clean, specs={"": None, "occ": spec}
         )
@@ -109,8 +112,10 @@ class PDSNPairs(Builder):
             help="Draw the occluded cell from all 25 or from the 9 central cells.",
         ),
         click.option("--with-neighbours", is_flag=True, help="Also occlude the cell's 4-neighbours."),
-        click.option("--variants", type=int, default=1, show_default=True, help="Occluded variants per image."),
-        click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
+        click.option(
+            "--variants", type=click.IntRange(min=1), default=1, show_default=True, help="Occluded variants per image."
+        ),
+        click.option("--fill", type=click.Choice(FILLS), default="black", show_default=True, help="Cell fill."),
     ]
 
     def jobs(
