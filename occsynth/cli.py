@@ -3,8 +3,10 @@ align/demo -> build, verify/preview/card -> inspect, build NAME -> benchmarks, e
 occluders -> occluders, make-templates/render-masks -> authoring.
 
 The CLI owns the output: it configures the "occsynth" logger (-v, --quiet) and turns expected
-errors into one `Error: ...` line (exit 2 for bad usage, 1 for failed work); --debug shows the
-traceback instead.
+errors into one `Error: ...` line: exit 2 for bad usage (click's own checks, occsynth.errors.
+UsageError, unknown names), 1 for failed work (every other expected error); --debug shows the
+traceback instead. Values are checked before any work: option ranges by click types, occlusion
+specs by compiling them, the build config by BuildConfig.validate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from occsynth import __version__
 from occsynth.benchmarks import BUILDERS, list_builders
 from occsynth.build import BuildConfig, plan_align
 from occsynth.build import build as run_build_pipeline
+from occsynth.build.guard import exclusive
 from occsynth.build.locks import compare_lock, make_lock
+from occsynth.build.stages import composer
+from occsynth.errors import UsageError
 from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
 from occsynth.inspect.card import write_card
@@ -33,6 +38,7 @@ from occsynth.io.dataset import Dataset
 from occsynth.io.export import FORMATS
 from occsynth.io.export import export as run_export
 from occsynth.occluders import list_occluders
+from occsynth.registry import UnknownNameError
 from occsynth.sources import SourceError, open_source
 from occsynth.sources.fetch import FetchError, fetch_dataset
 
@@ -49,25 +55,50 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-class OccsynthGroup(click.Group):
-    """Runs a command; expected errors become one `Error:` line (traceback only with --debug)."""
+# Expected errors that mean "the command line asked for something not allowed" (exit 2).
+USAGE_ERRORS = (UsageError, UnknownNameError)
+
+
+def _translate(ctx: click.Context, exc: Exception) -> click.ClickException:
+    """The one-line click error for an exception (usage: exit 2, failed work: exit 1)."""
+    if isinstance(exc, USAGE_ERRORS):
+        return click.UsageError(_one_line(exc), ctx)
+    if isinstance(exc, EXPECTED_ERRORS):
+        return click.ClickException(_one_line(exc))
+    return click.ClickException(
+        f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+        "rerun with --debug for the traceback and please report it"
+    )
+
+
+def _invoke(invoke, ctx: click.Context):
+    try:
+        return invoke(ctx)
+    except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - expected or a bug: one line either way
+        if (ctx.find_root().obj or {}).get("debug"):
+            raise
+        raise _translate(ctx, exc) from None
+
+
+class OccsynthCommand(click.Command):
+    """A command whose expected errors become one `Error:` line (traceback only with --debug)."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
-            raise
-        except EXPECTED_ERRORS as exc:
-            if (ctx.obj or {}).get("debug"):
-                raise
-            raise click.ClickException(_one_line(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a bug: still one line, with the way to the traceback
-            if (ctx.obj or {}).get("debug"):
-                raise
-            raise click.ClickException(
-                f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
-                "rerun with --debug for the traceback and please report it"
-            ) from None
+        return _invoke(super().invoke, ctx)
+
+
+class OccsynthGroup(click.Group):
+    """A group of OccsynthCommands; errors of its own callback become one line too."""
+
+    command_class = OccsynthCommand
+
+    def invoke(self, ctx: click.Context):
+        return _invoke(super().invoke, ctx)
+
+
+OccsynthGroup.group_class = OccsynthGroup
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -105,7 +136,9 @@ def build_options(f, on_no_face: str = "skip"):
             show_default=True,
             help="Global seed; each sample's seed derives from it and the sample's id.",
         ),
-        click.option("--workers", type=int, default=2, show_default=True, help="Parallel worker processes."),
+        click.option(
+            "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Parallel worker processes."
+        ),
         click.option(
             "--executor",
             type=click.Choice(["process", "serial", "ray"]),
@@ -113,7 +146,9 @@ def build_options(f, on_no_face: str = "skip"):
             show_default=True,
             help="Where shard tasks run (ray: pip install 'occsynth[ray]').",
         ),
-        click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard."),
+        click.option(
+            "--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Samples per shard."
+        ),
         click.option(
             "--on-no-face",
             type=click.Choice(["skip", "center-crop", "fail"]),
@@ -151,18 +186,25 @@ def build_options(f, on_no_face: str = "skip"):
         click.option("--device", default="cpu", show_default=True, help="Torch device for detection (cpu, cuda)."),
         click.option(
             "--min-face-size",
-            type=int,
+            type=click.IntRange(min=1),
             default=40,
             show_default=True,
             help="MTCNN minimum face size (px); 40 suits LFW-like crops, lower it for small faces.",
         ),
         click.option(
             "--detect-batch",
-            type=int,
+            type=click.IntRange(min=1),
             default=1,
             show_default=True,
             help="Images per MTCNN call. >1 is faster on GPU, but landmarks may then differ in the "
             "last digit with the batch-mates, so checksums depend on shard composition.",
+        ),
+        click.option(
+            "--max-failure-rate",
+            type=click.FloatRange(0.0, 1.0),
+            default=None,
+            help="Fail (exit 1) when more than this share of the planned samples could not be made "
+            "(a build that makes none always fails).",
         ),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
@@ -230,6 +272,7 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
         executor=opts["executor"],
         command=_command_line(),
         progress=not opts["quiet"],
+        max_failure_rate=opts.get("max_failure_rate"),
     )
     if not opts["no_cache"] and not config.aligned_input:
         LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
@@ -239,8 +282,10 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
 def run_build(
     source_spec: str, out: str, *, spec, variants: int, keep_clean: bool, aligned: bool, name: str, opts: dict
 ) -> dict:
-    source = open_source(source_spec)
     config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
+    config.validate()
+    composer(spec)  # values first: a bad spec fails before the source is listed or decompressed
+    source = open_source(source_spec)
     return run_job(config, plan_align(source.items(), spec="", variants=variants), source, Path(out), opts)
 
 
@@ -251,6 +296,8 @@ def _report(manifest: dict, out: str) -> None:
         f"  identities: {stats['identities']}, mean occlusion ratio: "
         f"{100 * stats['occlusion_ratio']['mean']:.2f}% ({stats['occluded_samples']} occluded)"
     )
+    if stats.get("mask_unknown"):
+        click.echo(f"  {stats['mask_unknown']} sample(s) with real occlusions and no pixel masks (mask_known: false)")
     if totals["failures"]:
         click.echo(
             f"  {totals['failures']} planned sample(s) could not be made, see {Path(out) / 'failures.jsonl'}: "
@@ -268,7 +315,9 @@ def _report(manifest: dict, out: str) -> None:
     default=None,
     help='Occlusion spec: a CLI string such as "block(ratio=0.3) | ellipse", a preset, or a .yaml/.json file.',
 )
-@click.option("--variants", type=int, default=1, show_default=True, help="Samples per source image (own seeds).")
+@click.option(
+    "--variants", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per source image (own seeds)."
+)
 @click.option("--keep-clean", is_flag=True, help="Also store the unoccluded face as <key>.clean.png.")
 @build_options
 def align(src, out, aligned, spec, variants, keep_clean, **opts):
@@ -286,7 +335,9 @@ def align(src, out, aligned, spec, variants, keep_clean, **opts):
 
 @main.command()
 @click.option("--out", default="occsynth-demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--variants", type=int, default=6, show_default=True, help="Occluded variants per photo.")
+@click.option(
+    "--variants", type=click.IntRange(min=1), default=6, show_default=True, help="Occluded variants per photo."
+)
 @build_options
 def demo(out, variants, **opts):
     """Offline demo on real photos shipped with scikit-image and matplotlib: align, occlude
@@ -319,9 +370,9 @@ def verify(directory, no_decode):
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--limit", type=int, default=32, show_default=True, help="Number of samples shown.")
-@click.option("--columns", type=int, default=8, show_default=True)
-@click.option("--every", type=int, default=1, show_default=True, help="Show every N-th sample.")
+@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True, help="Number of samples shown.")
+@click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, help="Show every N-th sample.")
 def preview(directory, out, limit, columns, every):
     """Contact sheet of DIRECTORY's samples: image, and image with the occlusion mask overlaid."""
     click.echo(f"wrote {write_preview(directory, out, limit=limit, columns=columns, every=every)}")
@@ -350,14 +401,16 @@ def _builder_command(builder):
         build_keys = {p.name for p in build_options(lambda: None).__click_params__}
         shared = {k: opts.pop(k) for k in list(opts) if k in build_keys}
         config = make_config(shared, name=builder.name)
+        config.validate()
         jobs = builder.jobs(config, **opts)
         for job in jobs:
             target = out / job.subdir
-            manifest = run_job(job.config, job.plan, job.source, target, shared)
-            achieved = job.finish(target, manifest)
-            facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
-            write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
-            write_card(target, facts)
+            with exclusive(target):  # the protocol files and the card too, not only the shards
+                manifest = run_job(job.config, job.plan, job.source, target, shared)
+                achieved = job.finish(target, manifest)
+                facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
+                write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+                write_card(target, facts)
             click.echo(
                 f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
                 f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
@@ -373,7 +426,7 @@ def _builder_command(builder):
                 raise click.ClickException(f"build differs from {check}:\n" + "\n".join(problems[:50]))
             click.echo(f"identical to {check}")
 
-    command = click.Command(
+    command = OccsynthCommand(
         builder.name,
         callback=run,
         context_settings=CONTEXT,
@@ -449,7 +502,7 @@ def card(directory):
     help="Bank directory (default: the package's occsynth/assets/templates).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--variants", type=int, default=10, show_default=True, help="Templates per category.")
+@click.option("--variants", type=click.IntRange(min=1), default=10, show_default=True, help="Templates per category.")
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""
@@ -469,7 +522,13 @@ def make_templates(out, seed, variants):
     help="Pose bank directory (default: the package's occsynth/assets/mask3d).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=float, default=56.0, show_default=True, help="Inter-ocular distance of the renders (px).")
+@click.option(
+    "--size",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=56.0,
+    show_default=True,
+    help="Inter-ocular distance of the renders (px).",
+)
 def render_masks(out, seed, size):
     """Pre-render 3D face masks (surgical, N95, KN95, cloth) over a yaw/pitch grid; builds use
     the nearest pose, so no rendering happens per image (mask3d mode=bank)."""
@@ -485,6 +544,9 @@ def render_masks(out, seed, size):
 @click.option("--family", default=None, help="Only this family.")
 def list_occluders_cmd(family):
     """List the registered occluders with their parameters and defaults."""
+    families = sorted({cls.family for cls in list_occluders().values()})
+    if family is not None and family not in families:
+        raise click.BadParameter(f"unknown family {family!r}; choose from {', '.join(families)}", param_hint="--family")
     for name, cls in list_occluders(family).items():
         params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items())
         click.echo(f"{cls.family:10s} {name:16s} {params}")

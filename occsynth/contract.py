@@ -15,6 +15,8 @@ A dataset directory::
     manifest.json        tool version, command, config, seed, template, shards, totals, stats
     index.jsonl          one line of metadata per written sample, in key order
     failures.jsonl       one line per input that produced no sample: key, source, stage, reason
+
+A sample with `"mask_known": false` (MASK_KNOWN) shows a REAL occlusion its mask does not hold.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ SAMPLE_REQUIRED_FIELDS = (
     "occluders",  # list of {"family", "name", "params", ...}; [] when clean
     "occlusion_ratio",  # occluded pixels / all pixels of the written image
 )
+
+# Optional sample field. `"mask_known": false` marks a face with REAL occlusion (MFR2's masks,
+# AR's sunglasses and scarves) whose pixel mask is unknown: its mask member is all 0 and its
+# occlusion_ratio 0.0 only because nothing synthetic was added, NOT because the face is clean.
+# Absent (the norm: every synthetic sample) means the mask is exact. Anything that trusts masks
+# (mask losses, mask IoU, occlusion statistics) must skip or refuse such samples: mask_known().
+MASK_KNOWN = "mask_known"
 
 FAILURE_FIELDS = ("key", "sample_id", "source", "stage", "reason")
 FAILURE_STAGES = ("read", "decode", "detect", "align", "occlude", "encode", "protocol")
@@ -131,6 +140,11 @@ def round_points(points: np.ndarray | list, decimals: int = 3) -> np.ndarray:
     return np.round(np.asarray(points, dtype=np.float64), decimals)
 
 
+def mask_known(meta: dict) -> bool:
+    """Whether a sample's mask is exact (False for real occlusions: see MASK_KNOWN)."""
+    return meta.get(MASK_KNOWN, True) is not False
+
+
 def validate_sample_meta(meta: dict) -> list[str]:
     """Return a list of contract violations of one sample's metadata ([] when valid)."""
     problems = [f"missing field {name!r}" for name in SAMPLE_REQUIRED_FIELDS if name not in meta]
@@ -145,6 +159,8 @@ def validate_sample_meta(meta: dict) -> list[str]:
     ratio = meta["occlusion_ratio"]
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
         problems.append(f"occlusion_ratio must be in [0, 1], got {ratio!r}")
+    if MASK_KNOWN in meta and meta[MASK_KNOWN] is not False:
+        problems.append(f"{MASK_KNOWN} is written only as false, got {meta[MASK_KNOWN]!r}")
     if not isinstance(meta["occluders"], list):
         problems.append("occluders must be a list")
     else:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,13 +159,51 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where or 'config'}; known: {sorted(known)}")
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for name, value in data.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
+        key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            kwargs[name] = _build(type(default), value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _as_floats(value, hints[name], key)
     return cls(**kwargs)
+
+
+def _float_field(hint) -> str:
+    """'scalar' for float / float | None, 'list' for list[float], '' for any other type."""
+    args = typing.get_args(hint)
+    if hint is float or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and set(args) == {float, type(None)}
+    ):
+        return "scalar"
+    if typing.get_origin(hint) is list and args == (float,):
+        return "list"
+    return ""
+
+
+def _number(value: Any, key: str) -> Any:
+    """A float field's value: numbers as they are, numeric strings as floats (PyYAML reads YAML 1.1,
+    where `1e-3` without a dot is a string); anything else is an error naming the key."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be a number, got {value!r}")
+
+
+def _as_floats(value: Any, hint, key: str) -> Any:
+    kind = _float_field(hint)
+    if kind == "scalar" and value is not None:
+        return _number(value, key)
+    if kind == "list":
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+        return [_number(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def config_from_dict(data: dict) -> Config:

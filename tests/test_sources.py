@@ -35,7 +35,8 @@ def _png(color, size=(8, 6)) -> bytes:
     return buf.getvalue()
 
 
-# identity folders, a stray text file and a .DS_Store (items that fail later), a root file
+# identity folders, a stray text file and a .DS_Store (items that fail later), a root file beside
+# the identity folders (ignored, listed in source.ignored: not an image of anyone)
 FILES = {
     "Alice/Alice_0001.png": _png((255, 0, 0)),
     "Alice/Alice_0002.png": _png((0, 255, 0)),
@@ -45,7 +46,9 @@ FILES = {
     "Carol/2019/Carol_0001.png": _png((9, 9, 9)),
     "loose_photo.png": _png((1, 2, 3)),
 }
-EXPECTED_IDS = sorted(FILES)
+IGNORED = ("loose_photo.png",)
+ITEMS = {k: v for k, v in FILES.items() if k not in IGNORED}
+EXPECTED_IDS = sorted(ITEMS)
 EXPECTED_IDENTITY = {
     "Alice/Alice_0001.png": "Alice",
     "Alice/Alice_0002.png": "Alice",
@@ -53,7 +56,6 @@ EXPECTED_IDENTITY = {
     "Bob/notes.txt": "Bob",
     "Bob/.DS_Store": "Bob",
     "Carol/2019/Carol_0001.png": "Carol",
-    "loose_photo.png": "loose_photo",
 }
 
 
@@ -76,7 +78,7 @@ def _write_tar(path: Path, files: dict, *, prefix: str = "", order=None, compres
     return path
 
 
-def _check_listing(source, files=FILES) -> None:
+def _check_listing(source, files=ITEMS) -> None:
     items = source.items()
     assert [i.sample_id for i in items] == sorted(files)
     for item in items:
@@ -92,9 +94,12 @@ def test_folder_layout_and_reading(tmp_path):
     source = open_source(_write_tree(tmp_path / "data", FILES))
     assert isinstance(source, FolderSource) and source.kind == "folder"
     _check_listing(source)
-    assert source.identities() == ["Alice", "Bob", "Carol", "loose_photo"]
+    assert source.identities() == ["Alice", "Bob", "Carol"]
+    assert source.ignored == IGNORED and source.manifest_entry()["ignored"] == list(IGNORED)
     assert source.root == str((tmp_path / "data").absolute())
-    assert "7 files" in source.description
+    assert "6 files" in source.description and "1 top-level file(s) beside the identity folders ignored" in (
+        source.description
+    )
 
 
 def test_bad_files_are_items_that_fail_to_decode(tmp_path):
@@ -222,6 +227,7 @@ def test_tar_layout_matches_the_folder(tmp_path, compress):
     assert isinstance(source, TarSource) and source.kind == "tar"
     _check_listing(source)
     assert "wrapper folder 'wrap/' stripped" in source.description
+    assert source.ignored == ("wrap/loose_photo.png",)  # beside the identity folders inside the wrapper
     folder = open_source(_write_tree(tmp_path / "folder", FILES))
     assert source.fingerprint() == folder.fingerprint()  # same names and sizes, same fingerprint
 

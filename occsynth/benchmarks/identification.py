@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
-from occsynth.benchmarks.protocols.ar import ar_protocol
+from occsynth.benchmarks.protocols.ar import GALLERY_IMAGES, ar_protocol, parse_ar_name
 from occsynth.benchmarks.protocols.identification import write_protocol_json
 from occsynth.benchmarks.protocols.mf1 import GALLERY_MODES, mf1_protocol
 from occsynth.benchmarks.protocols.mfr2 import read_mfr2_pairs
@@ -23,14 +23,36 @@ from occsynth.sources import open_source
 from occsynth.sources.combined import CombinedSource
 
 
-def one_sample_per_image(items, specs_of, tag: str) -> list[PlannedSample]:
-    """Keys are the running index over sorted sample ids; specs_of(sample_id) -> spec name."""
+def one_sample_per_image(items, specs_of, tag: str, mask_known=lambda sid: True) -> list[PlannedSample]:
+    """Keys are the running index over sorted sample ids; specs_of(sample_id) -> spec name;
+    mask_known(sample_id) -> False for an image with real occlusion (its mask is unknown)."""
     items = sorted(items, key=lambda it: it.sample_id)
     width = max(6, len(str(len(items))))
     return [
-        PlannedSample(f"{i:0{width}d}", f"{tag}/{it.sample_id}", it, specs_of(it.sample_id))
+        PlannedSample(
+            f"{i:0{width}d}", f"{tag}/{it.sample_id}", it, specs_of(it.sample_id), mask_known=mask_known(it.sample_id)
+        )
         for i, it in enumerate(items)
     ]
+
+
+def ar_mask_known(sample_id: str) -> bool:
+    """False for AR's sunglasses and scarf images (8-13, 21-26): real occlusions, no pixel mask."""
+    image = parse_ar_name(sample_id)
+    return image is None or not any(word in image.condition for word in ("sunglasses", "scarf"))
+
+
+def parse_protocols(text: str) -> tuple[int, ...]:
+    """'1,2' -> (1, 2); BadParameter for anything else."""
+    try:
+        numbers = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+    except ValueError:
+        numbers = ()
+    if not numbers or any(n not in GALLERY_IMAGES for n in numbers):
+        raise click.BadParameter(
+            f"expected AR protocols 1 and/or 2 such as 1,2, got {text!r}", param_hint="'--protocols'"
+        )
+    return numbers
 
 
 def built_keys(out: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -111,14 +133,16 @@ class AR(Builder):
     ]
 
     def jobs(self, config: BuildConfig, ar_dir: str, protocols: str) -> list[BuildJob]:
+        numbers = parse_protocols(protocols)
         source = open_source(ar_dir)
         ids = [it.sample_id for it in source.items()]
         jobs = []
-        for number in (int(p) for p in protocols.split(",")):
+        for number in numbers:
             protocol = ar_protocol(ids, number)
             wanted = set(protocol.sample_ids())
             items = [it for it in source.items() if it.sample_id in wanted]
-            plan = one_sample_per_image(items, lambda sid: "", f"{self.name}/p{number}")
+            # real sunglasses and scarves: their pixel masks are unknown (contract.MASK_KNOWN)
+            plan = one_sample_per_image(items, lambda sid: "", f"{self.name}/p{number}", mask_known=ar_mask_known)
 
             def finish(out: Path, manifest: dict, protocol=protocol) -> dict:
                 keys, problems = built_keys(out)
@@ -158,7 +182,8 @@ class MFR2(Builder):
         ids = [it.sample_id for it in source.items()]
         protocol = read_mfr2_pairs(pairs, ids)
         missing = {m.sample_id for m in check_pairs_against(protocol, ids)}
-        plan = one_sample_per_image(source.items(), lambda sid: "", self.name)
+        # MFR2's faces wear real masks (some do not, which is not recorded): no pixel mask is known
+        plan = one_sample_per_image(source.items(), lambda sid: "", self.name, mask_known=lambda sid: False)
 
         def finish(out: Path, manifest: dict) -> dict:
             keys, problems = built_keys(out)

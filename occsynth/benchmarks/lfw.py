@@ -19,8 +19,10 @@ from occsynth import contract
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 from occsynth.build import BuildConfig, PlannedSample
+from occsynth.build.stages import composer
 from occsynth.io.atomic import write_text
 from occsynth.io.dataset import Dataset
+from occsynth.occluders.families.geometric import FILLS
 from occsynth.occluders.families.importers import load_maskthefaces
 from occsynth.sources import open_source
 
@@ -30,8 +32,8 @@ MASK_STYLES = ("mask3d", "maskthefaces")  # lfw-masked
 
 
 def lfw_inputs(lfw: str, pairs: str | None, folds: tuple[int, ...] = ()):
-    """The LFW source and its pairs (pairs.txt beside the archive/folder when not given)."""
-    source = open_source(lfw)
+    """The LFW source and its pairs (pairs.txt beside the archive/folder when not given). The
+    pairs and folds are checked first: a bad value fails before the archive is opened."""
     if pairs is None:
         candidate = Path(lfw).resolve().parent / "pairs.txt"
         if not candidate.exists():
@@ -39,8 +41,29 @@ def lfw_inputs(lfw: str, pairs: str | None, folds: tuple[int, ...] = ()):
         pairs = str(candidate)
     protocol = read_lfw_pairs(pairs)
     if folds:
+        available = sorted({p.fold for p in protocol})
+        absent = sorted(set(folds) - set(available))
+        if absent:
+            raise click.BadParameter(
+                f"fold(s) {', '.join(map(str, absent))} not in {pairs}, which has fold(s) "
+                f"{', '.join(map(str, available))} (numbered from 0)",
+                param_hint="'--folds'",
+            )
         protocol = [p for p in protocol if p.fold in folds]
-    return source, protocol, pairs
+    return open_source(lfw), protocol, pairs
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """'0,1' -> (0, 1); BadParameter for anything but comma-separated integers >= 0."""
+    try:
+        folds = tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected fold numbers such as 0 or 0,1, got {text!r}", param_hint="'--folds'"
+        ) from None
+    if any(f < 0 for f in folds):
+        raise click.BadParameter(f"fold numbers start at 0, got {text!r}", param_hint="'--folds'")
+    return folds
 
 
 def pair_plan(protocol, items_by_id: dict, specs: dict[str, str], tag: str, repeats: int = 1) -> list[PlannedSample]:
@@ -122,8 +145,10 @@ class LFWBuilder(Builder):
     ]
 
     def jobs(self, config: BuildConfig, lfw: str, pairs: str | None, folds: str, **options) -> list[BuildJob]:
-        fold_ids = tuple(int(f) for f in folds.split(",") if f.strip())
+        fold_ids = parse_folds(folds)
         levels, occluded_sides = self.levels(options), self.sides(options)  # bad options fail before any work
+        for _, spec in levels:
+            composer(spec)  # values first: before the source is listed or decompressed
         source, protocol, pairs_path = lfw_inputs(lfw, pairs, fold_ids)
         items_by_id = {item.sample_id: item for item in source.items()}
         repeats = int(options.get("repeats", 1))
@@ -176,14 +201,14 @@ class LFWOcc(LFWBuilder):
     options = LFWBuilder.base_options + [
         click.option(
             "--ratio",
-            type=float,
+            type=click.FloatRange(0.0, 1.0, min_open=True),
             default=0.43,
             show_default=True,
             help="Target mean occluded area (fraction of the aligned image).",
         ),
         click.option(
             "--spread",
-            type=float,
+            type=click.FloatRange(min=0.0),
             default=None,
             help="Per-image targets are uniform in ratio +- spread (default from the definition).",
         ),
@@ -199,6 +224,11 @@ class LFWOcc(LFWBuilder):
         target, _ = self.target(options["ratio"])
         spread = options.get("spread")
         spread = self.definition["defaults"]["spread"] if spread is None else spread
+        if not (0.0 < target - spread and target + spread <= 1.0):
+            raise click.BadParameter(
+                f"per-image targets {target} +- {spread} must stay in (0, 1]; lower --spread",
+                param_hint="'--ratio' / '--spread'",
+            )
         occluder = {"name": "object", "params": dict(self.definition["defaults"]["object"])}
         spec = {"name": "fit_area", "params": {"ratio": [target - spread, target + spread], "occluder": occluder}}
         return [("", spec)]
@@ -215,9 +245,12 @@ class LFWBlock(LFWBuilder):
     options = LFWBuilder.base_options + [
         click.option("--levels", default=None, help="Comma-separated percentages (default 0,10,...,90)."),
         click.option(
-            "--repeats", type=int, default=None, help="Repetitions with distinct seeds (default from the definition)."
+            "--repeats",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Repetitions with distinct seeds (default from the definition).",
         ),
-        click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
+        click.option("--fill", type=click.Choice(FILLS), default="black", show_default=True, help="Block fill."),
     ]
     shape = "block"
 
@@ -225,9 +258,17 @@ class LFWBlock(LFWBuilder):
         defaults = self.definition["defaults"]
         levels = options.get("levels") or ",".join(str(v) for v in defaults["levels"])
         out = []
-        for level in (int(v) for v in levels.split(",")):
+        try:
+            values = [int(v) for v in str(levels).split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(
+                f"expected percentages such as 10,20, got {levels!r}", param_hint="'--levels'"
+            ) from None
+        if not values:
+            raise click.BadParameter("no level given", param_hint="'--levels'")
+        for level in values:
             if not 0 <= level <= 100:
-                raise click.BadParameter(f"level {level} is not a percentage")
+                raise click.BadParameter(f"level {level} is not a percentage in [0, 100]", param_hint="'--levels'")
             spec = (
                 None
                 if level == 0

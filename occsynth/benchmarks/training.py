@@ -9,7 +9,9 @@ import click
 
 from occsynth.benchmarks.base import Builder, BuildJob, register_builder
 from occsynth.build import BuildConfig, PlannedSample
+from occsynth.build.stages import composer
 from occsynth.occluders import load_spec
+from occsynth.occluders.families.geometric import FILLS
 from occsynth.sources import open_source
 
 SRC_OPTIONS = [
@@ -105,17 +107,18 @@ class OccTrain(Builder):
         identity_images_over: int | None = None,
     ) -> list[BuildJob]:
         clean, occluded = parse_ratio(clean_occluded)
+        if identity_images_over is not None and identity_images_over < 0:
+            raise ValueError(f"identity_images_over must be >= 0, got {identity_images_over}")
+        spec = load_spec(spec or self.definition["defaults"]["spec"])
+        composer(spec)  # values first: a bad spec fails before the source is listed
         source = open_source(src)
         items = source.items()
         facts: dict = {"clean_per_image": clean, "occluded_per_image": occluded}
         if identity_images_over is not None:
-            if identity_images_over < 0:
-                raise ValueError(f"identity_images_over must be >= 0, got {identity_images_over}")
             items = identities_over(items, identity_images_over)
             if not items:
                 raise ValueError(f"{src}: no identity has more than {identity_images_over} images")
             facts |= {"identity_images_over": identity_images_over, "identities": len({i.identity for i in items})}
-        spec = load_spec(spec or self.definition["defaults"]["spec"])
         job_config = dataclasses.replace(
             config, name=self.name, aligned_input=aligned, keep_clean=keep_clean, specs={"": None, "occ": spec}
         )
@@ -140,8 +143,10 @@ class PDSNPairs(Builder):
             help="Draw the occluded cell from all 25 or from the 9 central cells.",
         ),
         click.option("--with-neighbours", is_flag=True, help="Also occlude the cell's 4-neighbours."),
-        click.option("--variants", type=int, default=1, show_default=True, help="Occluded variants per image."),
-        click.option("--fill", default="black", show_default=True, help="black, white, noise or mean."),
+        click.option(
+            "--variants", type=click.IntRange(min=1), default=1, show_default=True, help="Occluded variants per image."
+        ),
+        click.option("--fill", type=click.Choice(FILLS), default="black", show_default=True, help="Cell fill."),
     ]
 
     def jobs(

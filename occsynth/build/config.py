@@ -4,10 +4,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from occsynth.errors import UsageError
 from occsynth.faces.detect import POLICIES
-from occsynth.faces.templates import DEFAULT_TEMPLATE, get_template
+from occsynth.faces.templates import ALIASES, DEFAULT_TEMPLATE, TEMPLATES
 
 ON_NO_FACE = ("skip", "center-crop", "fail")
+FORMATS = ("png", "jpg")
+# integer settings: (name, lowest, highest or None)
+INT_RANGES = (
+    ("seed", -(2**63), 2**63 - 1),
+    ("jpeg_quality", 1, 100),
+    ("shard_size", 1, None),
+    ("min_face_size", 1, None),
+    ("detect_batch", 1, None),
+    ("max_pixels", 1, None),
+)
 
 
 @dataclass(frozen=True)
@@ -17,6 +28,9 @@ class PlannedSample:
     item: Any         # sources.SourceItem of the source image
     spec: str = ""    # name of an occlusion spec in BuildConfig.specs ("" = clean)
     extra: dict = field(default_factory=dict)  # builder metadata (pair, fold, side, ...)
+    # False for an image with real occlusion (MFR2's masks, AR's sunglasses): its pixel mask is
+    # unknown, and the sample says so (contract.MASK_KNOWN)
+    mask_known: bool = True
 
 
 @dataclass
@@ -39,15 +53,23 @@ class BuildConfig:
     landmark_files: tuple[str, ...] = ()  # landmarks.jsonl files to reuse detections from
 
     def validate(self) -> None:
-        get_template(self.template)
-        if self.on_no_face not in ON_NO_FACE:
-            raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, got {self.on_no_face!r}")
-        if self.multi_face not in POLICIES:
-            raise ValueError(f"multi_face must be one of {POLICIES}, got {self.multi_face!r}")
-        if self.image_format not in ("png", "jpg"):
-            raise ValueError(f"image_format must be png or jpg, got {self.image_format!r}")
-        if self.shard_size < 1:
-            raise ValueError("shard_size must be >= 1")
+        """UsageError naming the first value of the wrong type or out of its range."""
+        for name, lo, hi in INT_RANGES:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+            if value < lo or (hi is not None and value > hi):
+                raise UsageError(f"{name} must be in [{lo}, {'inf' if hi is None else hi}], got {value}")
+        if self.template not in TEMPLATES and self.template not in ALIASES:
+            raise UsageError(f"unknown template {self.template!r}; choose from {', '.join(TEMPLATES)}")
+        for name, allowed in (("on_no_face", ON_NO_FACE), ("multi_face", POLICIES), ("image_format", FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("aligned_input", "keep_clean"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.specs, dict) or "" not in self.specs:
+            raise UsageError("specs must be a mapping of spec names that includes '' (clean)")
 
     def content(self) -> dict:
         """What determines the shards' bytes (not where or how fast they are made)."""
@@ -62,6 +84,10 @@ class BuildConfig:
 
 class NoFaceError(RuntimeError):
     """Raised with on_no_face='fail': the whole run stops."""
+
+
+class BuildFailed(RuntimeError):
+    """A build that ran but did not make its plan: no sample written, or too many failures."""
 
 
 @dataclass

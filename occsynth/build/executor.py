@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
+from occsynth.errors import UsageError
 from occsynth.registry import Registry
 
 Task = Any
@@ -58,8 +59,8 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, workers: int = 2):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+        if not isinstance(workers, int) or workers < 1:
+            raise UsageError(f"workers must be an integer >= 1, got {workers!r}")
         self.workers = workers
 
     def map_unordered(self, fn: Callable[[Task], Result], tasks: Iterable[Task]) -> Iterator[Result]:

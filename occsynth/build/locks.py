@@ -29,7 +29,8 @@ def make_lock(build: str, options: dict, out: Path, subdirs: list[str]) -> dict:
     return {
         "build": build,
         "options": {k: v for k, v in sorted(options.items()) if k not in ("workers", "executor", "quiet", "out",
-                                                                          "check", "write_lock")},
+                                                                          "check", "write_lock",
+                                                                          "max_failure_rate")},
         "tool_version": __version__,
         "note": "checksums depend on the versions of OpenCV, zlib and torch that encode and detect",
         "datasets": {sub or ".": dataset_checksums(out / sub) for sub in subdirs},

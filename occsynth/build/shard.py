@@ -31,6 +31,8 @@ def run_shard(task: ShardTask) -> dict:
         "failures": [f.to_dict() for f in failures],
         "detections": [state.detections[s] for s in sorted(state.detections)],
         "reused_detections": len(state.from_store),
+        # sha256 of every input read (None: unreadable): a resume refuses changed inputs (guard.py)
+        "inputs": {sid: state.digests.get(sid) for sid in sorted({s.item.sample_id for s in task.samples})},
     }
     write_text(out_dir / contract.shard_stats_name(task.index), contract.dumps(stats))
     return summary(stats)

@@ -180,6 +180,8 @@ def make_sample(sample: PlannedSample, state: ShardImages, config: BuildConfig,
     }
     if sample.extra:
         meta["extra"] = sample.extra
+    if not sample.mask_known:
+        meta[contract.MASK_KNOWN] = False  # real occlusion: the stored mask does not show it
     ext = contract.EXT_IMAGE_JPG if config.image_format == "jpg" else contract.EXT_IMAGE_PNG
     members = {
         ext: encode_image(occ.image, config.image_format, config.jpeg_quality),

@@ -5,12 +5,17 @@ from collections import Counter
 
 import numpy as np
 
+from occsynth.contract import mask_known
+
 
 def dataset_stats(metas: list[dict], failures: list[dict]) -> dict:
-    ratios = np.array([m["occlusion_ratio"] for m in metas], dtype=np.float64)
+    """Occlusion statistics count the samples whose mask is known; samples with real occlusions
+    and no pixel mask (contract.MASK_KNOWN) are counted apart, as "mask_unknown"."""
+    unknown = sum(not mask_known(m) for m in metas)
+    ratios = np.array([m["occlusion_ratio"] for m in metas if mask_known(m)], dtype=np.float64)
     hist, edges = np.histogram(ratios, bins=10, range=(0.0, 1.0)) if len(ratios) else (np.zeros(10, int), np.linspace(0, 1, 11))
     occluded = ratios[ratios > 0]
-    return {
+    stats = {
         "identities": len({m["identity"] for m in metas}),
         "occlusion_ratio": {
             "mean": float(ratios.mean()) if len(ratios) else 0.0,
@@ -27,3 +32,6 @@ def dataset_stats(metas: list[dict], failures: list[dict]) -> dict:
         "failure_stages": dict(sorted(Counter(f["stage"] for f in failures).items())),
         "failure_reasons": dict(sorted(Counter(f["reason"] for f in failures).most_common(20))),
     }
+    if unknown:  # only then: manifests of synthetic datasets stay as they were
+        stats["mask_unknown"] = unknown
+    return stats

@@ -59,6 +59,7 @@ MEASURES = {
     "samples": "samples written",
     "identities": "identities",
     "failures": "inputs that produced no sample",
+    "mask_unknown_samples": "samples with real occlusions and no pixel mask (mask_known: false)",
     "pairs": "pairs in the protocol",
     "matched_pairs": "matched pairs",
     "mismatched_pairs": "mismatched pairs",
@@ -81,9 +82,10 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     """Mean mask and mean image over every sample of the most common image size."""
     sizes: Counter = Counter()
     for meta in _index(Path(dataset_dir)):
-        sizes[tuple(meta["image_size"])] += 1
+        if contract.mask_known(meta):  # a real occlusion's mask is unknown: it would count as clean
+            sizes[tuple(meta["image_size"])] += 1
     if not sizes:
-        raise ValueError(f"{dataset_dir}: the dataset has no samples")
+        raise ValueError(f"{dataset_dir}: the dataset has no samples with known masks")
     size = sizes.most_common(1)[0][0]
     width, height = size
     mask_sum = np.zeros((height, width), np.float64)
@@ -91,7 +93,7 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     lm_sum, lm_count, count = np.zeros((5, 2)), 0, 0
     for key, members in Dataset(dataset_dir).iter_samples():
         meta = json.loads(members[contract.EXT_META])
-        if tuple(meta["image_size"]) != size:
+        if tuple(meta["image_size"]) != size or not contract.mask_known(meta):
             continue
         mask = decode_mask(members[contract.EXT_MASK])
         ext = contract.EXT_IMAGE_PNG if contract.EXT_IMAGE_PNG in members else contract.EXT_IMAGE_JPG
@@ -124,7 +126,7 @@ def measure(dataset_dir: str | os.PathLike) -> dict:
     """The values of :data:`MEASURES` for a dataset (pair measures only when it has pairs)."""
     dataset_dir = Path(dataset_dir)
     metas = _index(dataset_dir)
-    ratios = np.array([m["occlusion_ratio"] for m in metas], np.float64)
+    ratios = np.array([m["occlusion_ratio"] for m in metas if contract.mask_known(m)], np.float64)
     occluded = ratios[ratios > 0]
     values = {
         "mean_occlusion_ratio": float(ratios.mean()) if len(ratios) else 0.0,
@@ -133,6 +135,7 @@ def measure(dataset_dir: str | os.PathLike) -> dict:
         "samples": len(metas),
         "identities": len({m["identity"] for m in metas}),
         "failures": len(_failures(dataset_dir)),
+        "mask_unknown_samples": sum(not contract.mask_known(m) for m in metas),
     }
     if (dataset_dir / PAIRS_FILE).exists():
         rows = read_pairs_jsonl(dataset_dir / PAIRS_FILE)
@@ -155,11 +158,12 @@ def write_card(dataset_dir: str | os.PathLike, facts: dict | None = None) -> Pat
     values = measure(dataset_dir)
     facts = facts or {}
 
-    maps = occlusion_frequency(dataset_dir) if metas else None
+    known = [m for m in metas if contract.mask_known(m)]
+    maps = occlusion_frequency(dataset_dir) if known else None
     if maps is not None:
         _save_npy(dataset_dir / FREQUENCY_NPY, maps.frequency)
         _plot_heatmap(dataset_dir / PLOT_HEATMAP, maps)
-    ratios = np.array([m["occlusion_ratio"] for m in metas], np.float64)
+    ratios = np.array([m["occlusion_ratio"] for m in known], np.float64)
     _plot_ratios(dataset_dir / PLOT_RATIO, ratios, facts.get("targets", {}))
     families = Counter(o["family"] for m in metas for o in m["occluders"])
     names = Counter(o["name"] for m in metas for o in m["occluders"])
@@ -346,8 +350,17 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
         "",
     ]
 
-    ratios = np.array([m["occlusion_ratio"] for m in metas], np.float64)
+    ratios = np.array([m["occlusion_ratio"] for m in metas if contract.mask_known(m)], np.float64)
+    unknown = values["mask_unknown_samples"]
     lines += ["## Occlusion", ""]
+    if unknown:
+        lines += [
+            f"**Real occlusions, no pixel masks:** {unknown:,} of {len(metas):,} samples (`mask_known: false`) "
+            "show real occlusions (face masks, sunglasses, scarves) that no mask records: their mask members "
+            "are all 0 only because nothing synthetic was added. The statistics, plots and heat map below "
+            + ("leave them out." if len(ratios) else "are therefore not given."),
+            "",
+        ]
     if len(ratios):
         lines += _table(
             ["mean", "mean (occluded only)", "occluded samples", "std", "min", "max"],
@@ -378,6 +391,8 @@ def _card_text(dataset_dir, manifest, metas, failures, values, facts, maps, fami
     if families or names:
         lines += _table(["family", "uses"], [[k, f"{v:,}"] for k, v in sorted(families.items())]) + [""]
         lines += _table(["occluder", "uses"], [[k, f"{v:,}"] for k, v in sorted(names.items())]) + [""]
+    elif unknown:
+        lines += ["No synthetic occluders (the real occlusions above have no masks).", ""]
     else:
         lines += ["No occluders: every sample is clean.", ""]
 

@@ -1,4 +1,7 @@
-"""`occsynth preview DIR --out sheet.png`: a contact sheet of samples with the mask overlaid."""
+"""`occsynth preview DIR --out sheet.png`: a contact sheet of samples with the mask overlaid.
+
+A sample with real occlusions and no pixel mask (contract.MASK_KNOWN) is shown without an
+overlay and labelled "real occlusion, mask unknown", never as a clean 0% face."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import cv2
 import numpy as np
 
 from occsynth import contract
+from occsynth.errors import UsageError
 from occsynth.io.dataset import Dataset
 from occsynth.io.images import decode_image, decode_mask
 
@@ -27,6 +31,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np
 
 
 def read_samples(out_dir: str | Path, limit: int, every: int = 1) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    if limit < 1 or every < 1:
+        raise UsageError(f"limit and every must be >= 1, got limit={limit}, every={every}")
     samples = []
     for seen, (key, members) in enumerate(Dataset(out_dir).iter_samples()):
         if seen % every:
@@ -50,13 +56,17 @@ def contact_sheet(
     """Grid of cells; each cell is the image and, beside it, the image with the mask overlay."""
     if not samples:
         raise ValueError("no samples to preview")
+    if columns < 1:
+        raise UsageError(f"columns must be >= 1, got {columns}")
     per = 2 if show_image else 1
     label_h = 14
     rows = (len(samples) + columns - 1) // columns
     sheet = np.full((rows * (cell + label_h), columns * cell * per, 3), 24, dtype=np.uint8)
     for i, (meta, image, mask) in enumerate(samples):
         r, c = divmod(i, columns)
-        panels = ([image] if show_image else []) + [overlay_mask(image, mask)]
+        known = contract.mask_known(meta)
+        # a real occlusion's mask is unknown: no overlay, which would claim a clean face
+        panels = ([image] if show_image else []) + [overlay_mask(image, mask) if known else image]
         for j, panel in enumerate(panels):
             h, w = panel.shape[:2]
             scale = cell / max(h, w)
@@ -70,7 +80,7 @@ def contact_sheet(
             )
             or "clean"
         )
-        label = f"{names} {100 * meta.get('occlusion_ratio', 0):.0f}%"
+        label = f"{names} {100 * meta.get('occlusion_ratio', 0):.0f}%" if known else "real occlusion, mask unknown"
         cv2.putText(
             sheet,
             label[: 3 * per * cell // 16],

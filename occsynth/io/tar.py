@@ -112,10 +112,13 @@ def _member(path, info: tarfile.TarInfo) -> tuple[str, str]:
         raise ShardError(str(exc)) from None
 
 
-def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {ext: bytes}) per sample, in shard order (members of a sample are adjacent)."""
+def iter_shard(path: str | Path, *, resync: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {ext: bytes}) per sample, in shard order (members of a sample are adjacent).
+
+    resync=True (verify) skips a damaged member header and reads on from the next valid one,
+    instead of ending there as tarfile otherwise silently does: the rest of the shard is read."""
     current_key, members = None, {}
-    with tarfile.open(path, mode="r") as tar:
+    with tarfile.open(path, mode="r", ignore_zeros=resync) as tar:
         for info in tar:
             key, ext = _member(path, info)
             if key != current_key:

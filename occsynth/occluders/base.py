@@ -14,6 +14,7 @@ import numpy as np
 
 from occsynth.contract import MASK_OCCLUDED, occlusion_ratio
 from occsynth.occluders._registry import OCCLUDERS
+from occsynth.occluders.params import Param, SpecError, check_params
 
 
 @dataclass
@@ -35,18 +36,22 @@ class Occluder:
     `params` are the user-facing parameters (scalars, [lo, hi] ranges or {"choice": [...]});
     `apply` samples concrete values with the given rng and returns them in the record, so a
     sample can be re-created from its JSON (the record also holds the occluder's own seed).
+    `schema` says what each parameter accepts (params.py); it is checked here, when a spec is
+    compiled, so a bad value fails once before any work instead of on every sample.
     """
 
     family: ClassVar[str] = ""
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    schema: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
-            raise ValueError(
+            raise SpecError(
                 f"occluder {self.name!r} got unknown parameter(s) {unknown}; known: {sorted(self.defaults)}"
             )
+        check_params(self.name, params, self.schema)
         self.params = {**self.defaults, **params}
 
     def apply(

@@ -17,6 +17,9 @@ CLI string grammar (whitespace ignored):
     value: number, lo..hi (a uniform range), or a word
 e.g. "0.5*clean | 0.5*block(ratio=0.2..0.4, fill=black) + ellipse"
 A bare atom that is a preset name means the preset (no preset shadows an occluder name).
+
+Errors: a spec that cannot be parsed or compiled raises SpecError (a UsageError: one line, before
+any work); an unknown occluder or preset name raises the registry's UnknownNameError.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from occsynth.occluders.params import SpecError
 from occsynth.occluders.presets import get_preset, is_preset
 
 Spec = Any
@@ -48,7 +52,10 @@ def parse_cli_spec(text: str) -> Spec:
         head = _strip_parens(term)
         if "*" in head:
             w, body = term.split("*", 1)
-            weight = float(w)
+            try:
+                weight = float(w)
+            except ValueError:
+                raise SpecError(f"weight {w.strip()!r} of {term!r} is not a number") from None
         branches.append({"p": weight, "spec": _parse_seq(body)})
     return {"mix": branches}
 
@@ -68,8 +75,10 @@ def _split_top(text: str, sep: str) -> list[str]:
         else:
             cur.append(ch)
     parts.append("".join(cur).strip())
+    if depth != 0:
+        raise SpecError(f"unbalanced parentheses in occlusion spec {text!r}")
     if any(not p for p in parts):
-        raise ValueError(f"empty term in occlusion spec {text!r}")
+        raise SpecError(f"empty term in occlusion spec {text!r}")
     return parts
 
 
@@ -89,7 +98,7 @@ def _parse_atom(text: str) -> Spec:
         return get_preset(text)
     m = _ATOM.match(text.strip())
     if not m:
-        raise ValueError(f"cannot parse occluder {text!r}; expected name or name(key=value, ...)")
+        raise SpecError(f"cannot parse occluder {text!r}; expected name or name(key=value, ...)")
     name, args = m.group(1), m.group(2)
     if name == "clean":
         return None
@@ -97,7 +106,7 @@ def _parse_atom(text: str) -> Spec:
     if args and args.strip():
         for item in _split_top(args, ","):
             if "=" not in item:
-                raise ValueError(f"occluder parameter {item!r} in {text!r} must be key=value")
+                raise SpecError(f"occluder parameter {item!r} in {text!r} must be key=value")
             key, value = (s.strip() for s in item.split("=", 1))
             params[key] = _parse_value(value)
     return {"name": name, "params": params}
@@ -106,7 +115,10 @@ def _parse_atom(text: str) -> Spec:
 def _parse_value(text: str) -> Any:
     if ".." in text:
         lo, hi = text.split("..", 1)
-        return [float(lo), float(hi)]
+        try:
+            return [float(lo), float(hi)]
+        except ValueError:
+            raise SpecError(f"range {text!r} must be lo..hi with two numbers") from None
     for cast in (int, float):
         try:
             return cast(text)
@@ -119,11 +131,19 @@ def _parse_value(text: str) -> Any:
 
 def load_spec(value: Spec) -> Spec:
     """Accept a data spec, a CLI string, or a path to a .json/.yaml file."""
-    if isinstance(value, (str, Path)) and str(value).endswith((".json", ".yaml", ".yml")) and Path(value).exists():
-        text = Path(value).read_text()
-        if str(value).endswith(".json"):
-            return json.loads(text)
-        return yaml.safe_load(text)
+    if isinstance(value, (str, Path)) and str(value).endswith((".json", ".yaml", ".yml")):
+        path = Path(value)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(
+                f"cannot read occlusion spec file {path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        try:
+            return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            reason = " ".join(str(exc).split())
+            raise SpecError(f"occlusion spec file {path} is not valid {path.suffix[1:].upper()}: {reason}") from None
     if isinstance(value, str):
         if is_preset(value):
             return get_preset(value)
@@ -142,17 +162,25 @@ def compile_tree(spec: Spec, leaf) -> tuple:
     if isinstance(spec, str):
         return compile_tree(load_spec(spec), leaf)
     if not isinstance(spec, dict):
-        raise TypeError(f"occlusion spec must be None, str, list or dict, got {type(spec).__name__}")
+        raise SpecError(f"occlusion spec must be None, str, list or dict, got {type(spec).__name__}")
     if "all" in spec:
         return ("all", [compile_tree(s, leaf) for s in spec["all"]])
     if "mix" in spec:
         branches = spec["mix"]
-        weights = np.array([float(b.get("p", 1.0)) for b in branches])
-        if len(branches) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
+        if not isinstance(branches, list) or not all(isinstance(b, dict) for b in branches):
+            raise SpecError(f"mix needs a list of {{p, spec}} branches: {spec!r}")
+        try:
+            weights = np.array([float(b.get("p", 1.0)) for b in branches])
+        except (TypeError, ValueError):
+            raise SpecError(f"mix weights must be numbers: {spec!r}") from None
+        if len(branches) == 0 or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise SpecError(f"mix needs branches with non-negative weights summing > 0: {spec!r}")
         return ("mix", weights / weights.sum(), [compile_tree(b.get("spec"), leaf) for b in branches])
     if "preset" in spec:
         return compile_tree(get_preset(spec["preset"]), leaf)
     if "name" in spec:
-        return leaf(spec["name"], spec.get("params") or {})
-    raise ValueError(f"occlusion spec needs one of 'name', 'all', 'mix', 'preset': {spec!r}")
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise SpecError(f"params of occluder {spec['name']!r} must be a mapping, got {params!r}")
+        return leaf(spec["name"], params)
+    raise SpecError(f"occlusion spec needs one of 'name', 'all', 'mix', 'preset': {spec!r}")

@@ -5,17 +5,26 @@ Layout is ``<identity>/<image>`` below the source root:
 
 * ``sample_id`` is the file's posix path relative to the root ("Aaron_Eckhart/Aaron_Eckhart_0001.jpg")
   and ``identity`` its first component.
+* Files directly at the root BESIDE identity folders are not images of anyone (MFR2 ships
+  ``pairs.txt`` and a labels file there): they are ignored, listed in ``Source.ignored`` and in
+  the dataset manifest's ``source.ignored``, never items.
 * A single wrapper folder holding the identity folders is stripped (LFW's archive is
   ``lfw-deepfunneled/<Name>/<Name>_0001.jpg``). Exactly one level is stripped, and only when the
-  root holds nothing but that folder and the folder holds at least one sub-folder, so a source
-  with a single identity folder keeps it.
-* Files directly at the root have no identity folder; rather than an empty identity, each such
-  file is its own identity named after the file stem ("photo.jpg" -> "photo").
+  root holds nothing but that folder (and ignored files) and the folder holds at least one
+  sub-folder, so a source with a single identity folder keeps it. Files beside the identity
+  folders inside the wrapper are ignored as above.
+* A flat folder (files only, no identity folders) makes each file its own identity named after
+  the file stem ("photo.jpg" -> "photo").
 * Deeper files (``<identity>/<sub>/<image>``) belong to the first component.
+* Names that are not valid UTF-8 (a latin-1 "caf\\xe9.jpg" from an old archive) become items
+  whose sample ids and identities write those bytes as ``\\xNN`` (``sources.base.printable_name``;
+  unique, with a ``~N`` suffix should that collide with a real name); they are read by their
+  real name.
 
-Every entry that is not a folder becomes an item, whatever its name: a ``notes.txt`` or
-``.DS_Store`` is an item that fails to decode and gets a failure record; a broken symbolic link
-or a FIFO is an item whose read fails with that reason. Nothing is skipped silently.
+Every other entry that is not a folder becomes an item, whatever its name: a ``notes.txt`` or
+``.DS_Store`` inside an identity folder is an item that fails to decode and gets a failure record;
+a broken symbolic link or a FIFO is an item whose read fails with that reason. Nothing is
+skipped silently.
 
 Items are sorted by ``sample_id`` (never file-system order). Items and sources are plain
 picklable objects: worker processes receive them and read by themselves.
@@ -33,9 +42,9 @@ import os
 from pathlib import Path
 
 from occsynth.sources._registry import SOURCES
-from occsynth.sources.base import Source, SourceError, SourceItem
+from occsynth.sources.base import Source, SourceError, SourceItem, SourceNotFoundError
 
-__all__ = ["SOURCES", "Source", "SourceError", "SourceItem", "open_source"]
+__all__ = ["SOURCES", "Source", "SourceError", "SourceItem", "SourceNotFoundError", "open_source"]
 
 
 def open_source(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Source:
@@ -57,5 +66,5 @@ def open_source(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = N
         if kind.claims(spec, path, st):
             return kind.open(spec, path, cache_dir)
     if st is None:
-        raise SourceError(f"{spec}: {problem}")
+        raise SourceNotFoundError(f"{spec}: {problem}")
     raise SourceError(f"{spec}: neither a folder nor a regular file")

@@ -21,7 +21,8 @@ class CombinedSource(Source):
             for item in source.items()
         ]
         description = "; ".join(f"{prefix}: {source.description}" for prefix, source in self.parts.items())
-        super().__init__("+".join(source.root for source in self.parts.values()), description, items)
+        ignored = [f"{prefix}/{name}" for prefix, source in self.parts.items() for name in source.ignored]
+        super().__init__("+".join(source.root for source in self.parts.values()), description, items, ignored)
 
     def _read(self, item: SourceItem) -> bytes:
         prefix, _, rest = item.sample_id.partition("/")

@@ -23,8 +23,8 @@ class FolderSource(Source):
 
     def __init__(self, root: str | os.PathLike):
         self._root = Path(root).expanduser().absolute()
-        items, wrapper = _make_items(_walk(self._root))
-        super().__init__(str(self._root), f"folder {self._root} ({_summary(items, wrapper)})", items)
+        items, wrapper, ignored = _make_items(_walk(self._root))
+        super().__init__(str(self._root), f"folder {self._root} ({_summary(items, wrapper, ignored)})", items, ignored)
 
     def _read(self, item: SourceItem) -> bytes:
         try:

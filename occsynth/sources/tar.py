@@ -87,8 +87,9 @@ class TarSource(Source):
                 except OSError as exc:
                     raise SourceError(_cache_hint(self.cache_dir, exc)) from exc
             how = f"{compression}, decompressed once to {self.tar_path}"
-        items, wrapper = _make_items(entries)
-        super().__init__(str(self.archive), f"tar archive {self.archive} ({how}; {_summary(items, wrapper)})", items)
+        items, wrapper, ignored = _make_items(entries)
+        summary = _summary(items, wrapper, ignored)
+        super().__init__(str(self.archive), f"tar archive {self.archive} ({how}; {summary})", items, ignored)
 
     def _read(self, item: SourceItem) -> bytes:
         # A fresh handle per read: safe in forked workers and threads (no shared file offset),

@@ -20,6 +20,7 @@ from occsynth.occluders.base import (
     register_occluder,
     sample_value,
 )
+from occsynth.occluders.params import SpecError, anything, integer, number
 
 
 def _scaled(value: Any, factor: float) -> Any:
@@ -46,6 +47,30 @@ class FitArea(Occluder):
         "min_factor": 0.05,
         "max_factor": 12.0,
     }
+    schema = {
+        "occluder": anything("the inner occluder as {name, params}", nullable=False),
+        "ratio": number(0.0, 1.0),
+        "param": anything("the inner occluder's size parameter", nullable=False),
+        "tolerance": number(0.0, lo_open=True, scalar=True),
+        "retries": integer(0, scalar=True),
+        "min_factor": number(0.0, lo_open=True, scalar=True),
+        "max_factor": number(0.0, lo_open=True, scalar=True),
+    }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        inner = self.params["occluder"]
+        if not (isinstance(inner, dict) and isinstance(inner.get("name"), str)):
+            raise SpecError(f"occluder 'fit_area' parameter 'occluder': got {inner!r}; expected {{name, params}}")
+        # the inner occluder's own parameters are checked now, not on every sample
+        defaults = create_occluder(inner["name"], **dict(inner.get("params") or {})).defaults
+        if self.params["param"] not in defaults:
+            raise SpecError(
+                f"occluder 'fit_area' parameter 'param': {inner['name']!r} has no parameter "
+                f"{self.params['param']!r}; expected one of {', '.join(sorted(defaults))}"
+            )
+        if not self.params["min_factor"] < self.params["max_factor"]:
+            raise SpecError("occluder 'fit_area': min_factor must be below max_factor")
 
     def __call__(self, image, mask, landmarks, rng):
         target = float(sample_value(self.params["ratio"], rng))

@@ -39,12 +39,18 @@ import cv2
 import numpy as np
 
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
+from occsynth.occluders.params import integer, number, word
 
 FILLS = ("black", "white", "noise", "mean", "texture")
 OVERFLOW = ("clip", "shrink")
 TEXTURE_CELLS = 4  # texture = bicubic upsampling of a 4x4 random colour grid over the shape's box
 PIECE_ASPECT = (0.5, 2.0)
 PIECES_ATTEMPTS = 4  # layouts tried (same pieces, new positions) before one with gaps is kept
+
+# what the parameters accept (params.py), checked when a spec is compiled
+RATIO = number(0.0, 1.0)
+FILL = word(*FILLS)
+ASPECT = number(0.0, lo_open=True)
 
 
 # --------------------------------------------------------------------------- fills
@@ -449,6 +455,7 @@ class Block(Occluder):
     family = "geometric"
     name = "block"
     defaults = {"ratio": 0.3, "fill": "black"}
+    schema = {"ratio": RATIO, "fill": FILL}
 
     def apply(self, image, landmarks, rng):
         h, w = image.shape[:2]
@@ -470,6 +477,7 @@ class Rectangle(_Shape):
 
     name = "rectangle"
     defaults = {"ratio": 0.3, "aspect": [0.5, 2.0], "fill": "black"}
+    schema = {"ratio": RATIO, "aspect": ASPECT, "fill": FILL}
 
     def draw(self, image, width, height, c, rng):
         bw, bh = rect_dims(target_pixels(c["ratio"], width, height), c["aspect"], width, height)
@@ -500,6 +508,7 @@ class Ellipse(_GaugeOccluder):
 
     name = "ellipse"
     defaults = {"ratio": 0.3, "aspect": [0.5, 2.0], "angle": [0.0, 180.0], "fill": "black", "overflow": "clip"}
+    schema = {"ratio": RATIO, "aspect": ASPECT, "angle": number(), "fill": FILL, "overflow": word(*OVERFLOW)}
 
     def shape(self, c, rng):
         return ellipse_shape(c["aspect"], c["angle"])
@@ -512,6 +521,13 @@ class Polygon(_GaugeOccluder):
 
     name = "polygon"
     defaults = {"ratio": 0.3, "vertices": [5, 10], "spikiness": [0.0, 0.6], "fill": "black", "overflow": "clip"}
+    schema = {
+        "ratio": RATIO,
+        "vertices": integer(3),
+        "spikiness": number(0.0, 1.0, hi_open=True),
+        "fill": FILL,
+        "overflow": word(*OVERFLOW),
+    }
     INTS = ("vertices",)
 
     def shape(self, c, rng):
@@ -527,6 +543,13 @@ class Blob(_GaugeOccluder):
 
     name = "blob"
     defaults = {"ratio": 0.3, "harmonics": [2, 5], "amplitude": [0.2, 0.5], "fill": "black", "overflow": "clip"}
+    schema = {
+        "ratio": RATIO,
+        "harmonics": integer(1, BLOB_MAX_HARMONICS),
+        "amplitude": number(0.0),
+        "fill": FILL,
+        "overflow": word(*OVERFLOW),
+    }
     INTS = ("harmonics",)
 
     def shape(self, c, rng):
@@ -561,6 +584,7 @@ class Pieces(_Shape):
     defaults = {"ratio": 0.3, "n": [2, 5], "shape": "mixed", "fill": "black"}
     INTS = ("n",)
     SHAPES = ("rectangle", "ellipse", "mixed")
+    schema = {"ratio": RATIO, "n": integer(1), "shape": word(*SHAPES), "fill": FILL}
 
     def draw(self, image, width, height, c, rng):
         n = c["n"]

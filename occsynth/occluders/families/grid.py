@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
-from occsynth.occluders.families.geometric import fill_pixels
+from occsynth.occluders.families.geometric import FILL, fill_pixels
+from occsynth.occluders.params import SpecError, anything, flag, integer
 
 CENTRAL_CELLS_5x5 = (6, 7, 8, 11, 12, 13, 16, 17, 18)
 
@@ -38,6 +39,26 @@ class GridCell(Occluder):
     family = "geometric"
     name = "grid_cell"
     defaults = {"cell": "all", "grid": 5, "with_neighbours": False, "fill": "black"}
+    schema = {
+        "cell": anything("a cell index, a list of them, 'all' or 'central'", nullable=False),
+        "grid": integer(1, scalar=True),
+        "with_neighbours": flag(),
+        "fill": FILL,
+    }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        cell, grid = self.params["cell"], self.params["grid"]
+        cells = cell if isinstance(cell, (list, tuple)) else [cell]
+        if cell == "central" and grid != 5:
+            raise SpecError("occluder 'grid_cell' parameter 'cell': 'central' is defined for the 5x5 grid (grid=5)")
+        if cell not in ("all", "central") and not (
+            cells and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < grid * grid for c in cells)
+        ):
+            raise SpecError(
+                f"occluder 'grid_cell' parameter 'cell': got {cell!r}; expected 'all', 'central', "
+                f"or a cell index (or list of them) in [0, {grid * grid - 1}]"
+            )
 
     def apply(self, image, landmarks, rng):
         h, w = image.shape[:2]

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from occsynth.assets.catalog import REGIONS
 from occsynth.faces.geometry import (
     compose_about,
     face_axes,
@@ -46,6 +47,7 @@ from occsynth.occluders.families.objects import (
     make_template,
     region_centre,
 )
+from occsynth.occluders.params import anything, flag, number, word
 
 FACE_WIDTH_IOD = 2.2  # face width (cheek to cheek) in inter-ocular distances, for size factors
 OCFR_COLUMNS = ("path", "region", "width", "height", "left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -92,6 +94,15 @@ class TemplateFolder(TemplateOccluder):
         "recursive": False,
         "feather": 1.0,
         "template": None,
+    }
+    schema = {
+        "path": anything("a folder of RGBA templates"),
+        "factor": number(0.0, lo_open=True),
+        "rotation": number(),
+        "region": word(*REGIONS, lists=True),
+        "recursive": flag(),
+        "feather": number(0.0),
+        "template": anything("a template file name (null: drawn)"),
     }
 
     def place(self, image, landmarks, rng):
@@ -213,6 +224,14 @@ class Ocfr2022(TemplateOccluder):
         "anchor_jitter": 0.05,
         "feather": 1.0,
         "template": None,
+    }
+    schema = {
+        "path": anything("the OCFR-2022 root, its occluders/ folder or its csv"),
+        "region": anything("a region name of the csv, a list or {choice: [...]} (null: any)"),
+        "include_disabled": flag(),
+        "anchor_jitter": number(0.0),
+        "feather": number(0.0),
+        "template": anything("a template file name (null: drawn)"),
     }
 
     def place(self, image, landmarks, rng):
@@ -342,6 +361,12 @@ class MaskTheFace(TemplateOccluder):
     name = "maskthefaces"
     perspective = True
     defaults = {"path": None, "mask": None, "pose_variants": True, "feather": 1.0}
+    schema = {
+        "path": anything("the MaskTheFace root, its masks/ folder or masks.cfg"),
+        "mask": anything("a mask name of masks.cfg, a list or {choice: [...]} (null: any)"),
+        "pose_variants": flag(),
+        "feather": number(0.0),
+    }
 
     def place(self, image, landmarks, rng):
         if not self.params["path"]:

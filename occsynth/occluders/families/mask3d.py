@@ -37,6 +37,7 @@ from occsynth.occluders.families.objects import (
     paste,
     warp_roi,
 )
+from occsynth.occluders.params import anything, integer, number, word
 from occsynth.seeding import derive_seed, make_rng
 
 
@@ -126,11 +127,15 @@ class FaceMask3D(Occluder):
         "feather": 1.0,
         "supersample": 2,
     }
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if self.params["mode"] not in ("bank", "direct"):
-            raise ValueError(f"mask3d mode must be 'bank' or 'direct', got {self.params['mode']!r}")
+    schema = {
+        "kind": word(*KINDS, lists=True),
+        "mode": word("bank", "direct"),
+        "bank_dir": anything("a pose bank folder (null: the package's bank)"),
+        "color": anything("a style name, or [r, g, b] in 0..1 in direct mode (null: any style)"),
+        "scale": number(0.0, lo_open=True),
+        "feather": number(0.0),
+        "supersample": integer(1, scalar=True),
+    }
 
     def render(self, image, landmarks, rng):
         kind = sample_value(self.params["kind"], rng)

@@ -34,6 +34,7 @@ from occsynth.assets.catalog import (
 )
 from occsynth.faces.geometry import compose_fast, face_points_fast, similarity
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
+from occsynth.occluders.params import anything, number, word
 
 SPLITS = ("train", "eval", "any")
 ALPHA_HALF = 128  # uint8 alpha >= 128 <=> alpha >= 0.5 (128/255 = 0.502; 127/255 = 0.498)
@@ -298,13 +299,22 @@ class ObjectOccluder(TemplateOccluder):
         "bank_dir": None,
         "template": None,
     }
+    schema = {
+        "category": word("any", *CATEGORIES, lists=True, nullable=True),
+        "region": word(*REGIONS, lists=True, nullable=True),
+        "split": word(*SPLITS),
+        "scale": number(0.0, lo_open=True),
+        "rotation": number(),
+        "jitter": number(0.0),
+        "feather": number(0.0),
+        "bank_dir": anything("a template bank folder (null: the package's bank)"),
+        "template": anything("a template file name in the bank (null: drawn)"),
+    }
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         if self.fixed_category is not None:
             self.params["category"] = self.fixed_category
-        if self.params["split"] not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.params['split']!r}")
 
     def _bank(self) -> TemplateBank:
         # resolved once per occluder: path resolution costs more than a whole composite

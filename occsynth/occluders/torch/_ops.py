@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from occsynth.occluders.families import geometric as G
+from occsynth.occluders.params import SpecError, check_params
 
 Tensor = torch.Tensor
 
@@ -212,13 +213,15 @@ def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 3
 
 class _Op:
     name = ""
+    schema: dict = {}
 
     def __init__(self, params: dict):
         cls = _CPU_CLASSES.get(self.name)
         defaults = cls.defaults if cls is not None else self.defaults
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            raise ValueError(f"occluder {self.name!r} got unknown parameter(s) {unknown}; known: {sorted(defaults)}")
+            raise SpecError(f"occluder {self.name!r} got unknown parameter(s) {unknown}; known: {sorted(defaults)}")
+        check_params(self.name, params, cls.schema if cls is not None else self.schema)
         self.params = {**defaults, **params}
 
     def __call__(self, ctx: _Ctx, img: Tensor, lm: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from occsynth.faces.geometry import similarity
 from occsynth.occluders.families.objects import load_bank
+from occsynth.occluders.params import anything, integer, number, word
 from occsynth.occluders.torch._ops import Tensor, _blend, _codes, _int, _num, _Op
 
 # ----------------------------------------------------------------------------- template bank
@@ -128,6 +129,14 @@ class _BankOp(_Op):
 
     name = "bank"
     defaults = {"bank": "default", "index": None, "scale": 1.0, "rotation": 0.0, "shift": 0.0, "placement": "landmarks"}
+    schema = {
+        "bank": anything("a name in TorchOccluder's banks", nullable=False),
+        "index": integer(0, nullable=True),
+        "scale": number(0.0, lo_open=True),
+        "rotation": number(),
+        "shift": number(0.0),
+        "placement": word("landmarks", "random"),
+    }
 
     def __call__(self, ctx, img, lm):
         b = img.shape[0]
