@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from occsynth import __version__
 from occsynth.benchmarks import BUILDERS, list_builders
@@ -27,7 +26,7 @@ from occsynth.build import build as run_build_pipeline
 from occsynth.build.guard import exclusive
 from occsynth.build.locks import compare_lock, make_lock
 from occsynth.build.stages import composer
-from occsynth.errors import UsageError
+from occsynth.clikit import OccsynthCommand, OccsynthGroup, setup_logging
 from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
 from occsynth.inspect.card import write_card
@@ -38,77 +37,10 @@ from occsynth.io.dataset import Dataset
 from occsynth.io.export import FORMATS
 from occsynth.io.export import export as run_export
 from occsynth.occluders import list_occluders
-from occsynth.registry import UnknownNameError
-from occsynth.sources import SourceError, open_source
-from occsynth.sources.fetch import FetchError, fetch_dataset
+from occsynth.sources import open_source
+from occsynth.sources.fetch import fetch_dataset
 
 log = logging.getLogger("occsynth")
-
-# Exceptions that mean "the input or the environment is wrong", not "occsynth has a bug".
-EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError, SourceError, FetchError, yaml.YAMLError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        text = exc.args[0]  # KeyError's str() would add quotes
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-# Expected errors that mean "the command line asked for something not allowed" (exit 2).
-USAGE_ERRORS = (UsageError, UnknownNameError)
-
-
-def _translate(ctx: click.Context, exc: Exception) -> click.ClickException:
-    """The one-line click error for an exception (usage: exit 2, failed work: exit 1)."""
-    if isinstance(exc, USAGE_ERRORS):
-        return click.UsageError(_one_line(exc), ctx)
-    if isinstance(exc, EXPECTED_ERRORS):
-        return click.ClickException(_one_line(exc))
-    return click.ClickException(
-        f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
-        "rerun with --debug for the traceback and please report it"
-    )
-
-
-def _invoke(invoke, ctx: click.Context):
-    try:
-        return invoke(ctx)
-    except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - expected or a bug: one line either way
-        if (ctx.find_root().obj or {}).get("debug"):
-            raise
-        raise _translate(ctx, exc) from None
-
-
-class OccsynthCommand(click.Command):
-    """A command whose expected errors become one `Error:` line (traceback only with --debug)."""
-
-    def invoke(self, ctx: click.Context):
-        return _invoke(super().invoke, ctx)
-
-
-class OccsynthGroup(click.Group):
-    """A group of OccsynthCommands; errors of its own callback become one line too."""
-
-    command_class = OccsynthCommand
-
-    def invoke(self, ctx: click.Context):
-        return _invoke(super().invoke, ctx)
-
-
-OccsynthGroup.group_class = OccsynthGroup
-
-
-def setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("occsynth: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-
 
 DEMO_SPEC = (
     "0.2*clean | 0.2*block(ratio=0.2..0.4) | 0.2*ellipse(ratio=0.15..0.35, fill=noise) | 0.2*sunglasses | 0.2*mask3d"

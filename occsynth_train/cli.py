@@ -7,7 +7,7 @@ The library logs through `logging` and never configures it; this command line ow
 handler: messages of the occsynth_train and occsynth loggers go to stderr as
 `occsynth-train: message`, at INFO (default), DEBUG (-v/--verbose) or WARNING (--quiet).
 
-Errors are handled as by the `occsynth` command (its OccsynthGroup, one implementation): an
+Errors are handled as by the `occsynth` command (occsynth.clikit.OccsynthGroup, one implementation): an
 expected error is one `Error: ...` line on stderr, exit code 2 for bad usage (options, the
 config and --set values: nothing was run) and 1 for failed work; a non-finite loss exits with 3;
 --debug shows the traceback instead. A DataLoader worker's error, which torch re-raises with the
@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import click
 import yaml
 
-from occsynth.cli import OccsynthGroup, _one_line
+from occsynth.clikit import OccsynthGroup, one_line
 
 from . import __version__
 from .config import load_config
@@ -145,14 +145,14 @@ def _method_command(name: str) -> click.Command:
         except (ValueError, TypeError, LookupError, yaml.YAMLError) as exc:
             if _debug():
                 raise
-            raise ConfigError(f"{config_path}: {_one_line(exc)}") from None
+            raise ConfigError(f"{config_path}: {one_line(exc)}") from None
         try:
             with _worker_errors():
                 run_dir = train(cfg, stop_after=stop_after)
         except NonFiniteLossError as exc:
             if _debug():
                 raise
-            click.echo(f"Error: {_one_line(exc)}", err=True)
+            click.echo(f"Error: {one_line(exc)}", err=True)
             sys.exit(3)
         click.echo(f"run: {run_dir}")
 
