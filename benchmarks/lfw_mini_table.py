@@ -71,6 +71,11 @@ DICTIONARY_STEPS = 200
 CPU_ROWS = {
     "msml": ["method_kw={seg_width: 16, seg_classes: 2, variant: FRS}"],
     "pdsn": ["method_kw={blocks: central, seg_width: 16}"],
+    # VGG16 at a quarter width (the IResNet-18 rows run at width 16 too); FCN-8s' fc6/fc7 as 1x1
+    "soidn": [
+        "model.backbone_kw={width: 16, embedding_size: 128, hidden: 256, batch_norm: true, dropout: 0.2}",
+        "method_kw={fcn_hidden: 128, fcn_kernel: 1}",
+    ],
 }
 CPU_DICTIONARY_STEPS = 50
 # The data of the protocol (occsynth_train/PROTOCOL.md), as occsynth commands; --prepare runs
@@ -210,8 +215,9 @@ def prepare(data: Path, lfw: Path, pairs: Path, workers: int) -> None:
 def run_row(name: str, args, extra: list[str]) -> Path:
     """Train (or resume / re-evaluate) one row; returns the run whose eval_report.json it wrote."""
     rows = [o.replace("{train_clean}", str(args.train_clean)) for o in ROWS[name][1]]
-    if args.cpu:
-        rows = [o for o in rows if not o.startswith("method_kw=")] + CPU_ROWS.get(name, [])
+    if args.cpu:  # the full-size row's sizes are replaced by the CPU-scale ones
+        replaced = ("method_kw=", "model.backbone_kw=") if name in CPU_ROWS else ()
+        rows = [o for o in rows if not o.startswith(replaced)] + CPU_ROWS.get(name, [])
     benches = [str(args.bench / d) for d in CONDITIONS.values() if (args.bench / d).exists()]
     common = [f"data.train=[{args.train}]", f"eval.benchmarks={json.dumps(benches)}"]
     if name != "pdsn":

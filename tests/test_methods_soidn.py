@@ -211,3 +211,21 @@ def test_soidn_trains_and_evaluates(tiny_train, tiny_pairs, tmp_path):
     occ, report, _ = train_and_evaluate("soidn", tiny_train, tiny_pairs, tmp_path / "run", "train.steps=8", term="occ")
     assert falls(occ)
     assert report["segmentation"]["miou"] is not None
+
+
+def test_a_narrow_vgg_for_cpu_scale_runs_keeps_both_trunks_in_step():
+    """backbone_kw.width scales every VGG block (64 = VGG16); the FCN-8s trunk and the OMA follow
+    the face trunk's width, so SOIDN runs at a sixteenth of the FLOPs for CPU-scale tables."""
+    from occsynth_train.models.backbones import create_backbone
+
+    narrow = create_backbone("vgg16", input_size=64, width=16, embedding_size=32, batch_norm=True)
+    assert narrow.stage_channels == [16, 32, 64, 128, 128]
+    cfg = load_config(CONFIGS / "soidn_tiny_cpu.yaml", [
+        "data.train=[x]", "model.input_size=[64, 64]",
+        "model.backbone_kw={width: 16, embedding_size: 32, hidden: 64, batch_norm: true}",
+    ])  # fmt: skip
+    method = create_method("soidn", cfg, num_classes=4)
+    face_top, mask, logits = method.occlusion_mask(torch.zeros(2, 3, 64, 64))
+    assert face_top.shape[1] == 128 and mask.shape == face_top.shape and logits.shape[-2:] == (64, 64)
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        create_backbone("vgg16", width=0)

@@ -48,13 +48,24 @@ def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
 
 
 class FCN8s(nn.Module):
-    def __init__(self, input_size, hidden: int = 4096, kernel: int = 7, classes: int = 2, batch_norm: bool = False):
+    def __init__(
+        self,
+        input_size,
+        hidden: int = 4096,
+        kernel: int = 7,
+        classes: int = 2,
+        batch_norm: bool = False,
+        width: int = 64,
+    ):
         super().__init__()
         # the VGG16 trunk only (its FC layers are replaced by conv6/conv7 below)
-        trunk = create_backbone("vgg16", input_size=input_size, batch_norm=batch_norm, hidden=8, embedding_size=8)
+        trunk = create_backbone(
+            "vgg16", input_size=input_size, batch_norm=batch_norm, hidden=8, embedding_size=8, width=width
+        )
         self.stages = trunk.stages
+        c3, c4, c5 = trunk.stage_channels[2:]
         self.conv67 = nn.Sequential(
-            nn.Conv2d(512, hidden, kernel, 1, kernel // 2),
+            nn.Conv2d(c5, hidden, kernel, 1, kernel // 2),
             nn.ReLU(inplace=True),
             nn.Dropout2d(0.5),
             nn.Conv2d(hidden, hidden, 1),
@@ -62,8 +73,8 @@ class FCN8s(nn.Module):
             nn.Dropout2d(0.5),
         )
         self.score7 = nn.Conv2d(hidden, classes, 1)
-        self.score4 = nn.Conv2d(512, classes, 1)
-        self.score3 = nn.Conv2d(256, classes, 1)
+        self.score4 = nn.Conv2d(c4, classes, 1)
+        self.score3 = nn.Conv2d(c3, classes, 1)
         self.up2a = nn.ConvTranspose2d(classes, classes, 4, 2, 1, bias=False)
         self.up2b = nn.ConvTranspose2d(classes, classes, 4, 2, 1, bias=False)
         self.up8 = nn.ConvTranspose2d(classes, classes, 16, 8, 4, bias=False)
@@ -112,9 +123,10 @@ class SOIDN(Method):
             int(opt(cfg, "fcn_hidden", 4096)),
             int(opt(cfg, "fcn_kernel", 7)),
             batch_norm=self.backbone.batch_norm,  # the two trunks alike
+            width=self.backbone.stage_channels[0],
         )
         c = self.backbone.stage_channels[-1]
-        self.oma = nn.Conv2d(512, c, 1)
+        self.oma = nn.Conv2d(c, c, 1)  # the FCN trunk's pool5 has the face trunk's width
         nn.init.zeros_(self.oma.weight)
         nn.init.constant_(self.oma.bias, 3.0)  # start near an all-visible mask (sigmoid(3) = 0.95)
         self.seg_weight = float(opt(cfg, "seg_weight", 1.0))

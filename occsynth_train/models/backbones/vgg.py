@@ -46,6 +46,7 @@ class VGG(Backbone):
         in_channels: int = 3,
         hidden: int = 4096,
         embedding: str = "bn",
+        width: int = 64,
     ):
         super().__init__()
         if embedding not in EMBEDDINGS:
@@ -53,10 +54,14 @@ class VGG(Backbone):
         self.input_size = as_size(input_size)
         self.embedding_size = embedding_size
         self.batch_norm = bool(batch_norm)
-        self.stage_channels = [b[-1] for b in BLOCKS]
+        if width < 1:
+            raise ValueError(f"vgg16: width must be >= 1, got {width}")
+        # width: channels of the first block (64 in VGG16); the others scale with it (CPU-scale runs)
+        blocks = [[w * width // 64 for w in widths] for widths in BLOCKS]
+        self.stage_channels = [b[-1] for b in blocks]
         self.stem = nn.Identity()
         stages, cin = [], in_channels
-        for widths in BLOCKS:
+        for widths in blocks:
             layers: list[nn.Module] = []
             for w in widths:
                 layers += [nn.Conv2d(cin, w, 3, 1, 1, bias=not batch_norm)]
@@ -67,7 +72,9 @@ class VGG(Backbone):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
         fh, fw = down(self.input_size, 5)
-        self.fc6 = nn.Sequential(nn.Linear(512 * fh * fw, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.fc6 = nn.Sequential(
+            nn.Linear(self.stage_channels[-1] * fh * fw, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
         self.fc7 = nn.Linear(hidden, embedding_size)
         self.features = (
             nn.BatchNorm1d(embedding_size)
