@@ -21,10 +21,12 @@ Output: benchmarks/results/lfw_mini-<device>.json (every report) and .md (the ta
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import write_result  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
 from occsynth_train.config import load_config  # noqa: E402
 from occsynth_train.engine.checkpoint import list_checkpoints  # noqa: E402
@@ -212,6 +214,51 @@ def prepare(data: Path, lfw: Path, pairs: Path, workers: int) -> None:
         subprocess.run(cmd, check=True)
 
 
+def _steps(run: Path) -> int:
+    log = run / "train_log.csv"
+    rows = list(csv.DictReader(log.open())) if log.exists() else []
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def timed_train(cfg) -> Path:
+    """train(cfg), adding the wall time of calls that trained (not pure re-evaluations) to
+    RUN/timing.json, so a resumed row still reports its whole wall time."""
+    run = Path(cfg.output)
+    before, t0 = _steps(run), time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - t0
+    path = run / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0, "calls": 0}
+    if _steps(run) > before:
+        timing = {"wall_seconds": timing["wall_seconds"] + seconds, "calls": timing["calls"] + 1}
+        path.write_text(json.dumps(timing) + "\n")
+    return run
+
+
+def training_stats(runs: list[Path]) -> dict:
+    """Steps, samples, wall time (training + the final evaluation) and mean training samples/s
+    (from the run logs) of one row, summed over its runs (PDSN's stages)."""
+    steps = samples = 0
+    seconds, rates = 0.0, []
+    for run in runs:
+        rows = list(csv.DictReader((run / "train_log.csv").open()))
+        steps += int(rows[-1]["step"])
+        samples += int(rows[-1]["samples_seen"])
+        rates += [float(r["samples_per_s"]) for r in rows if float(r["samples_per_s"]) > 0]
+        if (run / "timing.json").exists():
+            seconds += json.loads((run / "timing.json").read_text())["wall_seconds"]
+    return {
+        "steps": steps,
+        "samples": samples,
+        "wall_seconds": round(seconds, 1),
+        "train_samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+    }
+
+
+def row_runs(name: str, args) -> list[Path]:
+    return [args.runs / f"pdsn_{stage}" for stage, _ in PDSN_STAGES] if name == "pdsn" else [args.runs / name]
+
+
 def run_row(name: str, args, extra: list[str]) -> Path:
     """Train (or resume / re-evaluate) one row; returns the run whose eval_report.json it wrote."""
     rows = [o.replace("{train_clean}", str(args.train_clean)) for o in ROWS[name][1]]
@@ -222,7 +269,7 @@ def run_row(name: str, args, extra: list[str]) -> Path:
     common = [f"data.train=[{args.train}]", f"eval.benchmarks={json.dumps(benches)}"]
     if name != "pdsn":
         cfg = load_config(args.config, common + rows + extra + [f"output={args.runs / name}"])
-        return train(cfg)
+        return timed_train(cfg)
     base = load_config(args.config, common + rows + extra)
     prev = None
     for stage, fraction in PDSN_STAGES:
@@ -238,7 +285,7 @@ def run_row(name: str, args, extra: list[str]) -> Path:
         if prev is not None:
             stage_set.append(f"train.init_from={prev}")
         cfg = load_config(args.config, common + rows + extra + stage_set)  # the stage's budget wins
-        run = train(cfg)
+        run = timed_train(cfg)
         prev = _last(run)
     return run
 
@@ -264,20 +311,35 @@ def markdown(result: dict) -> str:
     lines = [
         f"# LFW mini-protocol, fold 1 (600 pairs) — {result['device_name']}",
         "",
-        "10-fold accuracy (%) ± std over the fold's pairs split by index; AUC in the JSON. "
-        "Training: `configs/lfw_mini_r18_occ.yaml` (see occsynth_train/PROTOCOL.md).",
+        "10-fold accuracy (%) ± std over the fold's pairs split by index, and AUC (%); training steps, "
+        f"samples, wall time (training + final evaluation) and mean training samples/s. Base config: "
+        f"`{Path(result['config']).relative_to(ROOT) if Path(result['config']).is_relative_to(ROOT) else result['config']}`"
+        " (occsynth_train/PROTOCOL.md).",
         "",
-        "| method | " + " | ".join(conds) + " |",
-        "|---|" + "---:|" * len(conds),
+        "| method | " + " | ".join(conds) + " | steps | samples | wall (min) | samples/s |",
+        "|---|" + "---:|" * (len(conds) + 4),
     ]
     for r in result["rows"].values():
         cells = [
-            f"{100 * r['summary'][c]['accuracy']:.2f} ± {100 * r['summary'][c]['std']:.2f}"
-            if c in r["summary"]
+            f"{100 * r['summary'][c]['accuracy']:.1f} ± {100 * r['summary'][c]['std']:.1f} "
+            f"(AUC {100 * r['summary'][c]['auc']:.1f})"
+            if c in r["summary"] and r["summary"][c].get("auc") is not None
             else "–"
             for c in conds
         ]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        t = r.get("training") or {}
+        wall = f"{t['wall_seconds'] / 60:.1f}" if t.get("wall_seconds") else "–"
+        lines.append(
+            f"| {r['label']} | "
+            + " | ".join(cells)
+            + f" | {t.get('steps', '–')} | {t.get('samples', '–')} | {wall} | {t.get('train_samples_per_s', '–')} |"
+        )
+    machine = machine_info()
+    lines += [
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}; 1-min load "
+        f"average at the end {machine.get('load_average_1m', '?')} (a busy machine: wall times are upper bounds).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -344,7 +406,13 @@ def main() -> None:
     for name in [r for r in ROWS if r in names]:
         run = run_row(name, args, args.overrides)
         report = json.loads((run / "eval_report.json").read_text())
-        result["rows"][name] = {"label": ROWS[name][0], "run": str(run), "summary": summarise(report), "report": report}
+        result["rows"][name] = {
+            "label": ROWS[name][0],
+            "run": str(run),
+            "summary": summarise(report),
+            "training": training_stats(row_runs(name, args)),
+            "report": report,
+        }
         print(name, json.dumps(result["rows"][name]["summary"]), flush=True)
     out = write_result(
         "lfw_mini", result, args.out, slug=result["device_name"].lower().replace(" ", "-"), markdown=markdown(result)
