@@ -47,7 +47,7 @@ from occsynth_train.config import load_config
 from occsynth_train.data.keyed import KeyedDataset
 from occsynth_train.data.labels import LabelMap
 from occsynth_train.data.loaders import make_train_loader
-from occsynth_train.data.shards import MASK_KNOWN_FIELD, ShardInfo, read_index
+from occsynth_train.data.shards import ShardInfo, read_index
 from occsynth_train.data.stream import BadSamples, ShardStream, _shard_samples
 from occsynth_train.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from occsynth_train.engine.trainer import init_weights, train
@@ -891,7 +891,7 @@ def _mark_masks_unknown(root: Path, keys=None) -> Path:
     and index.jsonl alike; their mask members are left as they are (they must not be read)."""
 
     def mark(meta: dict) -> dict:
-        return {**meta, MASK_KNOWN_FIELD: False} if keys is None or meta["key"] in keys else meta
+        return {**meta, contract.MASK_KNOWN: False} if keys is None or meta["key"] in keys else meta
 
     for shard in sorted(root.glob("*.tar")):
         _rewrite_shard(shard, lambda name, d: json.dumps(mark(json.loads(d))).encode() if name.endswith(".json") else d)

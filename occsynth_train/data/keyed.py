@@ -9,11 +9,12 @@ import torch
 from torch.utils.data import Dataset
 
 from occsynth import contract
+from occsynth.contract import mask_known
 from occsynth.io.dataset import Dataset as OccsynthDataset
 from occsynth.io.dataset import DatasetError
 from occsynth.io.tar import ShardReader
 
-from .shards import IMAGE_EXTS, decode_mask, decode_rgb, mask_known
+from .shards import IMAGE_EXTS, decode_mask, decode_rgb
 
 
 def _first(keys) -> str:

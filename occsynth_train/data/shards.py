@@ -12,16 +12,15 @@ import cv2
 import numpy as np
 
 from occsynth import contract
+from occsynth.contract import MASK_KNOWN, mask_known
 from occsynth.io.dataset import Dataset, DatasetError
 from occsynth.io.tar import iter_shard
 
 IMAGE_EXTS = (contract.EXT_IMAGE_PNG, contract.EXT_IMAGE_JPG)
 
 # Real-occlusion datasets (MFR2, AR) have no pixel masks: their samples carry
-# `"mask_known": false` in the sample metadata (json member and index line). A sample without
-# the field has an exact mask (every synthetic build). This is the one place occsynth_train reads
-# the marker; when occsynth.contract names it, this constant is to point there.
-MASK_KNOWN_FIELD = "mask_known"
+# `"mask_known": false` (occsynth.contract.MASK_KNOWN) in the sample metadata; a sample without the
+# field has an exact mask (every synthetic build). occsynth.contract.mask_known reads it.
 
 
 @dataclass(frozen=True)
@@ -68,12 +67,6 @@ def checked_index(root: str | Path) -> list[dict]:
     return rows
 
 
-def mask_known(meta: dict) -> bool:
-    """False for a sample whose pixel mask is unknown (real occlusions): its stored mask, if any,
-    is not ground truth and must not supervise or score anything."""
-    return meta.get(MASK_KNOWN_FIELD, True) is not False
-
-
 def refuse_unknown_masks(roots: Sequence[str | Path], why: str) -> None:
     """ValueError naming the first dataset of `roots` with samples whose masks are unknown
     (`why` says what needs the masks)."""
@@ -81,7 +74,7 @@ def refuse_unknown_masks(roots: Sequence[str | Path], why: str) -> None:
         unknown = sum(not mask_known(m) for m in read_index(root))
         if unknown:
             raise ValueError(
-                f"{root}: {unknown} sample(s) have no pixel masks ({MASK_KNOWN_FIELD}=false: real occlusions), "
+                f"{root}: {unknown} sample(s) have no pixel masks ({MASK_KNOWN}=false: real occlusions), "
                 f"but {why} needs true masks"
             )
 
