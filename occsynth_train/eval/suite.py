@@ -200,7 +200,8 @@ def suite_markdown(rows: list[dict], title: str) -> str:
         "",
         "Occluded area: mean occlusion ratio of the occluded images (LFW_block: both images of a pair; "
         "the other sets: the second image). Accuracy: LFW 10-fold, mean ± std over the folds; TAR@FAR: "
-        "insightface's rule, with the achieved FAR in the JSON report (3,000 negatives cannot resolve 1e-4).",
+        "insightface's rule, with the achieved FAR in the JSON report (with N negative pairs the smallest "
+        "non-zero FAR is 1/N: LFW's 3,000 cannot resolve 1e-4).",
         "",
     ]
     return "\n".join(lines)
