@@ -324,3 +324,24 @@ def test_bin_unpickling_allows_only_what_bins_hold(tmp_path):
     evil.write_bytes(b"\x80\x04garbage")
     with pytest.raises(BinFormatError, match="not an insightface .bin pickle"):
         read_bin(evil)
+
+
+def test_identification_builds_get_rank1_for_any_model(tiny_ident, tmp_path):
+    """Raw pixels as the embedding (a model-free factory) on the identification fixture: the
+    rank-1 is the brute-force nearest-neighbour rate of those embeddings."""
+    report = _eval("eval_model_factory:flatten", tiny_ident, tmp_path / "ident.json", "--no-flip")
+    ident = report["benchmarks"]["ident_bench"]["identification"]
+    assert ident["occluded"]["probes"] == 40 and ident["gallery"] == 10 and ident["distractors"] == 4
+    bench = Benchmark(tiny_ident)
+    ds, protocol = bench.ds, bench.protocol
+    emb = {}
+    for key in protocol["gallery"] + protocol["distractors"] + protocol["probes"]["occluded"]:
+        x = ds[ds.position[key]]["image"].float().flatten()
+        x = (x - 127.5) / 127.5
+        emb[key] = x / x.norm()
+    candidates = protocol["gallery"] + protocol["distractors"]
+    hits = 0
+    for probe in protocol["probes"]["occluded"]:
+        best = max(candidates, key=lambda c: float(emb[probe] @ emb[c]))
+        hits += protocol["identity"][best] == protocol["identity"][probe]
+    assert ident["rank1"] == pytest.approx(hits / 40)
