@@ -11,8 +11,9 @@ methods/       the Method interface and one file per method (baseline, msml, pds
                soidn, lcd), created by name
 engine/        trainer.py (train(cfg): DDP, precision, schedule, resume, NaN guard),
                checkpoint.py, optim.py, distributed.py, runlog.py
-eval/          evaluate.py (evaluate_run: verification, identification, mask IoU, ROC),
-               metrics.py (the metrics, on numpy arrays)
+eval/          evaluate.py (evaluate_model / evaluate_run: verification, identification, mask
+               IoU, ROC), models.py (run, ONNX, TorchScript, factory models), insightface_bin.py,
+               suite.py (the occlusion suite), metrics.py (the metrics, on numpy arrays)
 cli.py         `occsynth-train <method> --config cfg.yaml`, `occsynth-train eval ...`
 """
 

@@ -30,7 +30,9 @@ from . import __version__
 from .config import load_config
 from .data.lfw_protocol import write_split
 from .engine.trainer import NonFiniteLossError, train
-from .eval.evaluate import evaluate_run
+from .eval.evaluate import evaluate_model
+from .eval.models import parse_size, parse_values
+from .eval.suite import run_suite
 from .methods import list_methods
 from .models import list_heads
 from .models.backbones import list_backbones
@@ -195,39 +197,129 @@ def methods_cmd() -> None:
     click.echo("heads:     " + ", ".join(list_heads()))
 
 
+def _parse(parser, text, hint):
+    """A convention option's value, or click's BadParameter (exit 2) naming the option."""
+    if text is None:
+        return None
+    try:
+        return parser(text)
+    except ValueError as exc:
+        raise click.BadParameter(one_line(exc), param_hint=hint) from None
+
+
 @main.command("eval", context_settings=CONTEXT)
-@click.option("--model", "run_dir", type=click.Path(exists=True, file_okay=False), required=True, help="Run directory.")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="RUN|FILE.onnx|FILE.pt|pkg.module:factory",
+    help="A training run directory, an ONNX model (pip install 'occsynth[onnx]'), a TorchScript archive, "
+    "or package.module:factory returning an nn.Module or a callable that maps a batch to embeddings.",
+)
 @click.option(
     "--benchmark",
     "benchmarks",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(exists=True),
     multiple=True,
-    required=True,
-    help="Benchmark dataset directory (repeatable).",
+    help="Benchmark dataset directory or insightface .bin pair file (repeatable).",
 )
+@click.option("--suite", default=None, help="Score a named suite instead: occlusion (see --suite-dir, --lfw).")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default=None, help="JSON report (default RUN/eval_report.json)."
+    "--suite-dir",
+    type=click.Path(file_okay=False),
+    default="occsynth-suite",
+    show_default=True,
+    help="Where the suite's benchmarks are (or get built, resuming).",
+)
+@click.option("--lfw", type=click.Path(exists=True), default=None, help="LFW archive/folder to build missing members.")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False), default=None, help="LFW pairs.txt for builds.")
+@click.option("--folds", default="", help="Suite: only these LFW folds (e.g. 0), for builds and reused folders.")
+@click.option("--only", default=None, help="Suite: comma-separated members (e.g. clean,block-30,lfw-occ-2.0).")
+@click.option("--build-workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON report (default RUN/eval_report.json for a run, ./eval_report.json otherwise).",
 )
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: the newest.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-flip", is_flag=True, help="Embed the image only (no flip-sum).")
-def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, no_flip) -> None:
-    """Evaluate a trained run: verification, identification, mask IoU; JSON + ROC PNG."""
+@click.option("--input-size", default=None, metavar="HxW", help="Model input (default: the file's, else 112x112).")
+@click.option("--color", type=click.Choice(["rgb", "bgr"]), default=None, help="Channel order [default: rgb].")
+@click.option("--mean", default=None, help="Subtracted from 0..255 pixels: one value or R,G,B [default: 127.5].")
+@click.option("--std", default=None, help="Divides after the mean: one value or three [default: 127.5].")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Input layout [default: nchw].")
+@click.option("--resize", is_flag=True, help="Resize benchmark images to the model's input size when they differ.")
+def eval_cmd(
+    model,
+    benchmarks,
+    suite,
+    suite_dir,
+    lfw,
+    pairs,
+    folds,
+    only,
+    build_workers,
+    out,
+    checkpoint,
+    batch_size,
+    workers,
+    device,
+    no_flip,
+    input_size,
+    color,
+    mean,
+    std,
+    layout,
+    resize,
+) -> None:
+    """Score a model: verification, identification, mask IoU; JSON + ROC PNG (+ suite table and plot).
+
+    Any model: a run of occsynth-train, an .onnx file, a TorchScript .pt, or package.module:factory.
+    Input conventions default to insightface's (112x112, RGB, (x - 127.5) / 127.5, NCHW).
+    """
     if batch_size < 1 or workers < 0:
         raise click.UsageError("--batch-size must be >= 1 and --workers >= 0")
+    if bool(benchmarks) == bool(suite):
+        raise click.UsageError("give --benchmark (repeatable) or --suite NAME, not both and not neither")
+    if not suite and (lfw or pairs or folds or only):
+        raise click.UsageError("--lfw, --pairs, --folds and --only apply to --suite")
+    conventions = {
+        "size": _parse(parse_size, input_size, "'--input-size'"),
+        "color": color,
+        "mean": _parse(lambda t: parse_values(t, "--mean"), mean, "'--mean'"),
+        "std": _parse(lambda t: parse_values(t, "--std"), std, "'--std'"),
+        "layout": layout,
+        "resize": resize,
+    }
+    common = dict(
+        checkpoint=checkpoint,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
+        flip=not no_flip,
+        conventions=conventions,
+    )
     with _worker_errors():
-        report = evaluate_run(
-            run_dir,
-            list(benchmarks),
-            out=out,
-            checkpoint=checkpoint,
-            device=device,
-            batch_size=batch_size,
-            num_workers=workers,
-            flip=not no_flip,
-        )
+        if suite:
+            report = run_suite(
+                model,
+                suite,
+                suite_dir,
+                lfw=lfw,
+                pairs=pairs,
+                folds=_parse(parse_folds, folds, "'--folds'") or (),
+                only=only,
+                build_workers=build_workers,
+                quiet=logging.getLogger("occsynth_train").getEffectiveLevel() > logging.INFO,
+                out=out,
+                **common,
+            )
+        else:
+            report = evaluate_model(model, list(benchmarks), out=out, **common)
     for name, result in report["benchmarks"].items():
         parts = [name]
         if "verification" in result:
@@ -242,6 +334,16 @@ def eval_cmd(run_dir, benchmarks, out, checkpoint, batch_size, workers, device, 
         if "segmentation" in result and result["segmentation"]["miou"] is not None:
             parts.append(f"mIoU {result['segmentation']['miou']:.4f}")
         click.echo("  ".join(parts))
+    if "suite" in report:
+        click.echo(f"table: {report['suite']['table_md']}  plot: {report['suite']['plot_png']}")
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """'0,1' -> (0, 1): LFW folds numbered from 0, as `occsynth build --folds`."""
+    folds = tuple(int(f) for f in text.split(",") if f.strip())
+    if any(f < 0 for f in folds):
+        raise ValueError(f"fold numbers start at 0, got {text!r}")
+    return folds
 
 
 @main.command("lfw-mini-split", context_settings=CONTEXT)

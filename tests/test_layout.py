@@ -31,6 +31,7 @@ LOCAL_IMPORT_ALLOWED = (
     "pyrender",
     "ray",
     "pyarrow",  # optional extras / authoring only
+    "onnxruntime",  # occsynth[onnx]: only when an .onnx model is scored (occsynth_train/eval/models.py)
     "skimage.data",  # the embedded demo images' location
 )
 # project modules a function may import, because importing them pulls in an optional heavy dependency

@@ -20,11 +20,20 @@ comparison); in identification each probe's condition (method.pair_condition: PD
 applied to the gallery too (method.embed_conditioned), probes grouped by condition so that the
 gallery is embedded once per distinct condition. A probe listed by several subsets (AR's
 "sunglasses" and "sunglasses_s1") counts once in the aggregate rank-1.
+
+Any model (models.py): a run directory, an .onnx file, a TorchScript archive or
+package.module:factory (`evaluate_model`); a model other than a run brings its own input
+conventions (`prepare_images`), and a benchmark whose images differ from its input size is
+refused before any work unless it asked to resize. A benchmark is a dataset directory or an
+insightface .bin pair file (insightface_bin.py: arcface_torch's folds). Directory benchmarks
+also report their occluded area ("occlusion": mean occlusion ratio of all and of the occluded
+samples), the x axis of the suite plot (suite.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,41 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from occsynth.errors import UsageError
 from occsynth.io.atomic import atomic_write, write_text
 
-from ..config import config_from_dict, load_config
 from ..data.batch import normalize
 from ..data.keyed import KeyedDataset
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_latest_intact
-from ..methods import create_method
 from ..models.losses import occlusion_probability
+from .insightface_bin import BinDataset
 from .metrics import MaskIoU, rank1_from_nearest, rank1_rotate_from_hits, roc_curve, rotate_tests, verification_report
+from .models import LoadedModel, load_model, load_run, resolve_device, size_text
 
 FARS = (1e-3, 1e-4)
-
-
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
-    """(method in eval mode on `device`, config, checkpoint path, step) of a training run."""
-    run_dir = Path(run_dir)
-    if checkpoint:
-        path, state = Path(checkpoint), load_checkpoint(checkpoint, map_location="cpu")
-    else:
-        path, state, skipped = load_latest_intact(run_dir, map_location="cpu")
-        if path is None:
-            raise CheckpointError(
-                f"{run_dir}: no usable checkpoint in checkpoints/"
-                + (f" ({len(skipped)} damaged; newest: {skipped[0][1]})" if skipped else "")
-            )
-    if not isinstance(state, dict) or "model" not in state or "num_classes" not in state:
-        raise CheckpointError(f"{path}: not an occsynth-train checkpoint (no model / num_classes)")
-    cfg = (
-        load_config(run_dir / "config.yaml")
-        if (run_dir / "config.yaml").exists()
-        else config_from_dict(state["config"])
-    )
-    method = create_method(cfg.method, cfg, num_classes=state["num_classes"])
-    method.load_state_dict(state["model"])
-    return method.to(device).eval(), cfg, path, int(state["step"])
+log = logging.getLogger(__name__)
+__all__ = ["Benchmark", "evaluate_benchmark", "evaluate_model", "evaluate_run", "load_run", "score_model"]
 
 
 def _images(batch_images: torch.Tensor, size, device: torch.device) -> torch.Tensor:
@@ -75,6 +62,13 @@ def _images(batch_images: torch.Tensor, size, device: torch.device) -> torch.Ten
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return normalize(x)
+
+
+def _prepare(method, batch_images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The model's input: its own conventions (models.EmbeddingModel.prepare_images) or, for an
+    occsynth_train method, [-1, 1] RGB at its input size."""
+    prepare = getattr(method, "prepare_images", None)
+    return prepare(batch_images, device) if prepare is not None else _images(batch_images, method.input_size, device)
 
 
 def _masks(batch_masks: torch.Tensor, size, device: torch.device) -> torch.Tensor:
@@ -103,7 +97,7 @@ def embed_dataset(
     size = method.input_size
     out = []
     for batch in loader:
-        x = _images(batch["image"], size, device)
+        x = _prepare(method, batch["image"], device)
         if method.uses_gt_masks:
             m = _masks(batch["mask"], size, device)
             e = method.embed(x, m).float()
@@ -154,7 +148,7 @@ def pair_scores(
     size = method.input_size
     out = []
     for batch in loader:
-        xa, xb = _images(batch["a"]["image"], size, device), _images(batch["b"]["image"], size, device)
+        xa, xb = _prepare(method, batch["a"]["image"], device), _prepare(method, batch["b"]["image"], device)
         ma = mb = None
         if method.uses_gt_masks:
             ma, mb = _masks(batch["a"]["mask"], size, device), _masks(batch["b"]["mask"], size, device)
@@ -321,7 +315,7 @@ def pair_conditions(method, ds, positions, device, batch_size=256, num_workers=2
     loader = DataLoader(_Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     size, out = method.input_size, []
     for batch in loader:
-        x = _images(batch["image"], size, device)
+        x = _prepare(method, batch["image"], device)
         m = _masks(batch["mask"], size, device) if method.uses_gt_masks else None
         c = method.pair_condition(x, m)
         if flip:
@@ -339,7 +333,7 @@ def embed_conditioned(method, ds, positions, condition, device, batch_size=256, 
     loader = DataLoader(_Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     out = []
     for batch in loader:
-        x = _images(batch["image"], method.input_size, device)
+        x = _prepare(method, batch["image"], device)
         e = method.embed_conditioned(x, cond).float()
         if flip:
             e = e + method.embed_conditioned(_flip(x), cond_flip).float()
@@ -367,33 +361,104 @@ def conditioned_groups(method, ds, device, batch_size=256, num_workers=2, flip=T
     return groups
 
 
+class Benchmark:
+    """An opened benchmark: a dataset directory (KeyedDataset, pairs.jsonl / the samples' pair
+    extras, protocol.json) or an insightface .bin (BinDataset, arcface_torch's folds)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.is_bin = self.root.is_file()
+        if self.is_bin:
+            self.ds = BinDataset(self.root)
+            self.pairs = self.ds.pairs()
+            self.protocol = None
+            self.image_size = self.ds.image_size
+        else:
+            self.ds = KeyedDataset(self.root)
+            self.pairs = load_pairs(self.root, self.ds)
+            path = self.root / "protocol.json"
+            self.protocol = json.loads(path.read_text()) if path.exists() else None
+            self.image_size = self._dataset_size()
+        if not self.pairs and self.protocol is None:
+            raise ValueError(f"{self.root} has neither pairs (pairs.jsonl / extra.pair) nor protocol.json")
+
+    def _dataset_size(self) -> tuple[int, int] | None:
+        """(H, W) of the samples (their image_size [w, h]); one size per benchmark."""
+        sizes = {tuple(m["image_size"]) for m in self.ds.metas if m.get("image_size")}
+        if len(sizes) > 1:
+            raise ValueError(f"{self.root}: samples of several sizes {sorted(sizes)} (w, h); a benchmark has one")
+        if not sizes:
+            return None
+        w, h = next(iter(sizes))
+        return int(h), int(w)
+
+    def occlusion(self) -> dict | None:
+        """Mean occluded area of all samples and of the occluded ones (None for a .bin)."""
+        if self.is_bin:
+            return None
+        ratios = np.array([float(m.get("occlusion_ratio", 0.0)) for m in self.ds.metas])
+        occluded = ratios[ratios > 0]
+        return {
+            "mean_ratio": float(ratios.mean()) if len(ratios) else 0.0,
+            "mean_ratio_occluded": float(occluded.mean()) if len(occluded) else 0.0,
+            "occluded_samples": int(len(occluded)),
+        }
+
+
+def check_input_size(model, bench: Benchmark) -> None:
+    """Refuse a benchmark whose images differ from an external model's input size (no --resize)."""
+    conventions = getattr(model, "conventions", None)
+    if conventions is None or conventions.resize or bench.image_size is None:
+        return
+    if tuple(bench.image_size) != tuple(model.input_size):
+        raise UsageError(
+            f"model {model.name} takes {size_text(model.input_size)} input but {bench.root} holds "
+            f"{size_text(bench.image_size)} images; give --resize to resize them, or score a benchmark "
+            "built with the model's template"
+        )
+
+
 def evaluate_benchmark(
-    method, root: str | Path, device: torch.device, batch_size: int = 256, num_workers: int = 2, flip: bool = True
+    method,
+    root: str | Path | Benchmark,
+    device: torch.device,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
 ) -> tuple[dict, tuple | None]:
-    """Report of one benchmark directory, and (scores, issame) for the ROC plot when it has pairs."""
-    root = Path(root)
-    ds = KeyedDataset(root)
+    """Report of one benchmark (a directory or a .bin, or one opened as Benchmark), and
+    (scores, issame) for the ROC plot when it has pairs."""
+    bench = root if isinstance(root, Benchmark) else Benchmark(root)
+    root, ds = bench.root, bench.ds
     unknown = len(ds) - sum(ds.mask_known)
     if unknown and method.uses_gt_masks:
+        what = "an insightface .bin has no masks" if bench.is_bin else "mask_known=false: real occlusions"
         raise ValueError(
-            f"{root}: {unknown} of {len(ds)} samples have no pixel masks (mask_known=false: real occlusions), "
+            f"{root}: {unknown} of {len(ds)} samples have no pixel masks ({what}), "
             f"but method {method.name!r} is set to take the true masks at test time (uses_gt_masks)"
         )
+    check_input_size(method, bench)
     iou = MaskIoU() if method.has_segmentation else None
     emb = embed_dataset(method, ds, device, batch_size, num_workers, flip, iou)
     report: dict = {"benchmark": str(root), "samples": len(ds), "embedding_dim": int(emb.shape[1]), "flip": flip}
+    if bench.is_bin:
+        report["format"] = "insightface-bin"
+        report["folds_rule"] = "arcface_torch: KFold(10, shuffle=False) over pair order"
+    occlusion = bench.occlusion()
+    if occlusion is not None:
+        report["occlusion"] = occlusion
     if method.uses_gt_masks:
         report["test_masks"] = "ground truth"
     roc_data = None
-    pairs = load_pairs(root, ds)
+    pairs = bench.pairs
     if pairs:
         scorer = None
         if method.pairwise:
             scorer = lambda a, b: pair_scores(method, ds, a, b, device, batch_size, num_workers, flip)  # noqa: E731
         report["verification"], roc_data = _verification(pairs, ds, emb, scorer)
         report["verification"]["scoring"] = "pairwise" if method.pairwise else "embeddings"
-    if (root / "protocol.json").exists():
-        protocol = json.loads((root / "protocol.json").read_text())
+    if bench.protocol is not None:
+        protocol = bench.protocol
         if method.pairwise:  # the probe's condition (PDSN: its FDM) applied to the gallery too
             stats: dict = {}
             groups = conditioned_groups(method, ds, device, batch_size, num_workers, flip, stats)
@@ -406,8 +471,6 @@ def evaluate_benchmark(
         report["segmentation"] = iou.result()
         if unknown:  # scored on the samples with exact masks only (None when there are none)
             report["segmentation"]["not_scored"] = f"{unknown} samples without pixel masks (real occlusions)"
-    if not pairs and "identification" not in report:
-        raise ValueError(f"{root} has neither pairs (pairs.jsonl / extra.pair) nor protocol.json")
     return report, roc_data
 
 
@@ -434,6 +497,96 @@ def plot_roc(curves: dict[str, tuple], path: Path) -> None:
     plt.close(fig)
 
 
+def benchmark_names(benchmarks: list) -> list[str]:
+    """Report keys: the folder or file name, qualified with its parent when two share a name
+    (two builders' level-30)."""
+    names: list[str] = []
+    for bench in benchmarks:
+        name = Path(bench).name
+        if name in names:
+            name = f"{Path(bench).parent.name}/{name}"
+        names.append(name)
+    return names
+
+
+def score_model(
+    loaded: LoadedModel,
+    benchmarks: list[str | Path],
+    names: list[str] | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
+) -> tuple[dict, dict]:
+    """(report, ROC curves) of a loaded model on benchmark directories / .bin files. Every
+    benchmark is opened and its image size checked against the model before any is embedded."""
+    device = resolve_device(device)
+    names = names or benchmark_names(list(benchmarks))
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names repeat: {names}")
+    opened = [Benchmark(b) for b in benchmarks]
+    for bench in opened:
+        check_input_size(loaded.model, bench)
+    report: dict = {"model": loaded.spec, "model_kind": loaded.kind}
+    if loaded.kind == "run":
+        report.update(loaded.info)  # checkpoint, step, method, backbone (as before)
+    else:
+        report["model_info"] = loaded.info
+    report.update(
+        {
+            "input": loaded.input,
+            "flip": flip,
+            "batch_size": batch_size,
+            "device": str(device),
+            "benchmarks": {},
+        }
+    )
+    curves: dict = {}
+    for name, bench in zip(names, opened):
+        log.info("scoring %s on %s", loaded.spec, bench.root)
+        result, roc_data = evaluate_benchmark(loaded.model, bench, device, batch_size, num_workers, flip)
+        report["benchmarks"][name] = result
+        if roc_data is not None:
+            curves[name] = roc_data
+    return report, curves
+
+
+def write_report(report: dict, curves: dict, out: str | Path) -> dict:
+    """The JSON report at `out` and, when there are pairs, the ROC plot beside it (.roc.png)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if curves:
+        png = out.with_suffix(".roc.png")
+        plot_roc(curves, png)
+        report["roc_png"] = str(png)
+    write_text(out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def default_out(loaded: LoadedModel) -> Path:
+    """RUN/eval_report.json for a run, else eval_report.json in the working directory."""
+    return Path(loaded.spec) / "eval_report.json" if loaded.kind == "run" else Path("eval_report.json")
+
+
+def evaluate_model(
+    model: str | Path,
+    benchmarks: list[str | Path],
+    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    num_workers: int = 2,
+    flip: bool = True,
+    conventions: dict | None = None,
+) -> dict:
+    """Evaluate any model (models.load_model: run directory, .onnx, TorchScript,
+    package.module:factory) on benchmarks; writes the JSON report (+ ROC PNG) to `out` (default
+    RUN/eval_report.json for a run, ./eval_report.json otherwise) and returns it."""
+    loaded = load_model(str(model), conventions, device, checkpoint)
+    report, curves = score_model(loaded, list(benchmarks), None, device, batch_size, num_workers, flip)
+    return write_report(report, curves, out or default_out(loaded))
+
+
 def evaluate_run(
     run_dir: str | Path,
     benchmarks: list[str | Path],
@@ -444,34 +597,8 @@ def evaluate_run(
     num_workers: int = 2,
     flip: bool = True,
 ) -> dict:
-    """Evaluate a run on benchmark directories; writes the JSON report (+ ROC PNG) to `out`
-    (default RUN/eval_report.json) and returns it."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    method, cfg, ckpt, step = load_run(run_dir, checkpoint, device)
-    report = {
-        "model": str(run_dir),
-        "checkpoint": str(ckpt),
-        "step": step,
-        "method": cfg.method,
-        "backbone": cfg.model.backbone,
-        "benchmarks": {},
-    }
-    curves = {}
-    for bench in benchmarks:
-        name = Path(bench).name
-        if name in report["benchmarks"]:  # e.g. two builders' level-30: qualify with the parent
-            name = f"{Path(bench).parent.name}/{name}"
-        result, roc_data = evaluate_benchmark(method, bench, device, batch_size, num_workers, flip)
-        report["benchmarks"][name] = result
-        if roc_data is not None:
-            curves[name] = roc_data
-    out = Path(out) if out else Path(run_dir) / "eval_report.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if curves:
-        png = out.with_suffix(".roc.png")
-        plot_roc(curves, png)
-        report["roc_png"] = str(png)
-    write_text(out, json.dumps(report, indent=2) + "\n")
-    return report
+    """Evaluate a training run on benchmarks (evaluate_model with a run directory); writes the
+    JSON report (+ ROC PNG) to `out` (default RUN/eval_report.json) and returns it."""
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir} is not a run directory")
+    return evaluate_model(run_dir, benchmarks, out, checkpoint, device, batch_size, num_workers, flip)
