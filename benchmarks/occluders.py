@@ -272,6 +272,20 @@ def main(argv=None) -> int:
     else:
         report["torch_cuda"] = "not measured: no GPU"
 
+    # item 4 of issue 16: the batched path on CPU against the per-image path, same run ("bank"
+    # against the per-image template occluder `object`; the "shapes" preset has no single one)
+    per_image = {name: r["rate"]["value"] for name, r in report["occluders"].items()}
+    report["torch_cpu_over_per_image"] = {
+        spec: round(r["rate"]["value"] / per_image[counterpart], 3)
+        for spec, r in report["torch_cpu"].items()
+        if (counterpart := "object" if spec == "bank" else spec) in per_image
+    }
+    cd = report["coarse_dropout_reference"]
+    if "rate" in cd:
+        cd["block_0.3_over_coarse_dropout"] = round(cd["block_0.3_same_run"]["value"] / cd["rate"]["value"], 3)
+    if "fit_area" in per_image and "object" in per_image:
+        report["fit_area_over_object"] = round(per_image["fit_area"] / per_image["object"], 3)
+
     out = write_result("occluders", report, args.out)
     for name, r in report["occluders"].items():
         print(f"{name:>12}  {r['rate']['value']:>9.0f} {r['rate']['unit']}  ratio {r['mean_ratio']:.3f}")

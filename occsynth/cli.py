@@ -15,6 +15,7 @@ import json
 import logging
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -23,12 +24,13 @@ from occsynth import __version__
 from occsynth.benchmarks import BUILDERS, list_builders
 from occsynth.build import BuildConfig, plan_align
 from occsynth.build import build as run_build_pipeline
-from occsynth.build.guard import exclusive
 from occsynth.build.locks import compare_lock, make_lock
+from occsynth.build.pipeline import DatasetBuild, build_all
 from occsynth.build.stages import composer
 from occsynth.clikit import OccsynthCommand, OccsynthGroup, setup_logging
 from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
+from occsynth.inspect.card import warm_up as card_warm_up
 from occsynth.inspect.card import write_card
 from occsynth.inspect.preview import write_preview
 from occsynth.inspect.verify import verify_dataset
@@ -193,9 +195,20 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
     )
 
 
+def remember_detections(config, out: Path, new_detections: int, opts: dict) -> None:
+    """Merge a build's landmarks.jsonl into the detection cache (not with --no-cache), when it
+    holds detections the cache may lack: some were run, or some came from --landmarks files."""
+    if opts["no_cache"] or config.aligned_input:
+        return
+    cache = LandmarkCache()
+    given = [f for f in config.landmark_files if Path(f).resolve() != cache.path.resolve()]
+    if new_detections or given:
+        cache.update_from(Path(out) / "landmarks.jsonl")
+
+
 def run_job(config, plan, source, out: Path, opts: dict) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
-    manifest = run_build_pipeline(
+    return run_build_pipeline(
         config,
         plan,
         source,
@@ -205,10 +218,8 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
         command=_command_line(),
         progress=not opts["quiet"],
         max_failure_rate=opts.get("max_failure_rate"),
+        on_built=lambda _, manifest, new: remember_detections(config, out, new, opts),
     )
-    if not opts["no_cache"] and not config.aligned_input:
-        LandmarkCache().update_from(Path(out) / "landmarks.jsonl")
-    return manifest
 
 
 def run_build(
@@ -335,19 +346,34 @@ def _builder_command(builder):
         config = make_config(shared, name=builder.name)
         config.validate()
         jobs = builder.jobs(config, **opts)
-        for job in jobs:
-            target = out / job.subdir
-            with exclusive(target):  # the protocol files and the card too, not only the shards
-                manifest = run_job(job.config, job.plan, job.source, target, shared)
-                achieved = job.finish(target, manifest)
-                facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
-                write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
-                write_card(target, facts)
+        targets = [out / job.subdir for job in jobs]
+
+        def built(i: int, manifest: dict, new_detections: int) -> None:
+            # runs while the workers go on with the next datasets' shards
+            job, target = jobs[i], targets[i]
+            remember_detections(job.config, target, new_detections, shared)
+            achieved = job.finish(target, manifest)
+            facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
+            write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+            write_card(target, facts)
             click.echo(
                 f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
                 f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
                 + ", ".join(f"{k}={v}" for k, v in achieved.items())
             )
+
+        # one set of workers for every dataset of the build (lfw-block's levels); each dataset's
+        # lock is held until its protocol files and card are written
+        threading.Thread(target=card_warm_up, name="card-warm-up", daemon=True).start()
+        build_all(
+            [DatasetBuild(job.config, job.plan, job.source, target) for job, target in zip(jobs, targets)],
+            workers=shared["workers"],
+            executor=shared["executor"],
+            command=_command_line(),
+            progress=not shared["quiet"],
+            max_failure_rate=shared.get("max_failure_rate"),
+            on_built=built,
+        )
         lock = make_lock(builder.name, {**opts, **shared}, out, [job.subdir for job in jobs])
         if write_lock:
             write_text(Path(write_lock), json.dumps(lock, indent=2, sort_keys=True) + "\n")

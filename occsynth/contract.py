@@ -10,6 +10,8 @@ A dataset directory::
                            <key>.mask.png   uint8 L, 255 = occluded, 0 = visible (all 0 when clean)
                            <key>.json       sample metadata (see SAMPLE_REQUIRED_FIELDS)
                            <key>.clean.png  optional: the same face before occlusion
+    00000.maps.npy       per-shard occlusion and RGB sums per pixel, written while the shard is
+                         (the card's heat map without decoding a mask again)
     00000.stats.json     per-shard record written after the shard (sha256, samples, failures);
                          a shard counts as finished only when both files exist (resume)
     manifest.json        tool version, command, config, seed, template, shards, totals, stats
@@ -30,6 +32,7 @@ import numpy as np
 
 SHARD_PATTERN = "{:05d}.tar"
 SHARD_STATS_PATTERN = "{:05d}.stats.json"
+SHARD_MAPS_PATTERN = "{:05d}.maps.npy"
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
 FAILURES = "failures.jsonl"
@@ -76,6 +79,10 @@ def shard_stats_name(index: int) -> str:
     return SHARD_STATS_PATTERN.format(index)
 
 
+def shard_maps_name(index: int) -> str:
+    return SHARD_MAPS_PATTERN.format(index)
+
+
 def _jsonable(obj: Any) -> Any:
     """Numpy scalars/arrays to plain Python; NaN/inf refused (they are not JSON)."""
     if isinstance(obj, dict):
@@ -110,15 +117,20 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+# one encoder for every call: json.dumps with options builds a new JSONEncoder each time, which
+# cost as much as encoding a sample's metadata
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+)
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON: sorted keys, no spaces, so equal metadata gives equal bytes.
 
     numpy values are converted by json's C encoder hook (no Python pre-walk: this runs for
     every sample); NaN/inf are refused."""
     try:
-        return json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
-        )
+        return _ENCODER.encode(obj)
     except ValueError as exc:
         raise ValueError(f"non-finite number cannot be written to JSON ({exc})") from None
 

@@ -25,6 +25,7 @@ from occsynth.io.images import (
     encode_mask,
     load_image,
 )
+from occsynth.io.images import _plain_jpeg_size as plain_jpeg_size
 
 
 def _pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -93,6 +94,54 @@ def test_lossy_formats_decode_close(fmt):
     _check_output(out)
     assert out.shape == rgb.shape
     assert np.abs(out.astype(int) - rgb).mean() < 4
+
+
+def _photo(h: int, w: int) -> np.ndarray:
+    """Smooth gradients plus noise: every chroma subsampling and IDCT detail shows."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.dstack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(h + w - 2, 1)])
+    noise = np.random.default_rng(h * w).integers(-40, 41, (h, w, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _cv2_jpeg(rgb: np.ndarray, *params: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90, *params])
+    assert ok
+    return buf.tobytes()
+
+
+PLAIN_JPEGS = {
+    "4:2:0 odd size": lambda: _pil_bytes(Image.fromarray(_photo(53, 37)), "JPEG", quality=90, subsampling=2),
+    "4:2:2": lambda: _pil_bytes(Image.fromarray(_photo(64, 80)), "JPEG", quality=90, subsampling=1),
+    "4:4:4": lambda: _pil_bytes(Image.fromarray(_photo(48, 40)), "JPEG", quality=95, subsampling=0),
+    "progressive": lambda: _pil_bytes(Image.fromarray(_photo(70, 90)), "JPEG", quality=85, progressive=True),
+    "grey": lambda: _pil_bytes(Image.fromarray(_photo(33, 47)[:, :, 0]), "JPEG", quality=90),
+    "restart intervals (OpenCV encoder)": lambda: _cv2_jpeg(_photo(61, 75), cv2.IMWRITE_JPEG_RST_INTERVAL, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_JPEGS))
+def test_plain_jpegs_take_opencv_and_match_pillow(name):
+    # Plain JPEGs are decoded by OpenCV (speed): the pixels must be exactly Pillow's
+    data = PLAIN_JPEGS[name]()
+    assert plain_jpeg_size(data) is not None
+    out = decode_image(data)
+    _check_output(out)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_jpegs_that_are_not_plain_take_pillows_path():
+    rgb = _photo(40, 56)
+    data = _pil_bytes(Image.fromarray(rgb), "JPEG", quality=90)
+    assert plain_jpeg_size(data) == (56, 40)
+    assert plain_jpeg_size(data[:-2]) is None  # no EOI at the end: cut, Pillow says so
+    assert plain_jpeg_size(data + b"junk") is None  # bytes after EOI
+    assert plain_jpeg_size(_with_orientation(rgb, "JPEG", 6)) is None  # Exif orientation
+    assert plain_jpeg_size(_pil_bytes(Image.new("CMYK", (8, 8)), "JPEG")) is None  # Adobe, 4 components
+    assert plain_jpeg_size(b"\xff\xd8\xff\xe0" + bytes(300) + b"\xff\xd9") is None  # no frame header
+    assert decode_image(data + b"junk").shape == (40, 56, 3)  # Pillow reads it, as before
+    # the size limit is checked before OpenCV decodes anything
+    assert "too large" in _error(data, max_pixels=56 * 40 - 1).reason
 
 
 def test_gif_uses_first_frame():

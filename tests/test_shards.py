@@ -66,3 +66,31 @@ def test_bad_keys_are_refused(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
         writer.write("a", {"png": b""})
     writer.abort()
+
+
+def _tarfile_shard(path, samples):
+    """The same shard written by tarfile itself (what ShardWriter wrote before it wrote directly)."""
+    import io
+
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode, info.uid, info.gid = len(members[ext]), 0, 0o644, 0, 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(members[ext]))
+
+
+@pytest.mark.parametrize("sizes", [(0, 1, 511), (512, 513, 1024), (10_000, 9_727, 3)])
+def test_bytes_are_exactly_tarfiles(tmp_path, sizes):
+    # short, exactly 100 bytes with ".mask.png", over 100 (USTAR's prefix split), UTF-8, not UTF-8
+    names = ["000001", "d" * 91, "p" * 60 + "/" + "e" * 80, "café", "x\udce9y"]
+    samples = [
+        (name, {ext: bytes([i + j]) * size for j, (ext, size) in enumerate(zip(("png", "mask.png", "json"), sizes))})
+        for i, name in enumerate(names)
+    ]
+    digest = _write(tmp_path / "ours.tar", samples)
+    _tarfile_shard(tmp_path / "theirs.tar", samples)
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "theirs.tar").read_bytes()
+    assert digest == sha256_file(tmp_path / "theirs.tar")
+    assert [k for k, _ in iter_shard(tmp_path / "ours.tar")] == names

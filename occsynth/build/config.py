@@ -97,3 +97,6 @@ class ShardTask:
     source: Any
     samples: list[PlannedSample]
     config: BuildConfig
+    # a folder where the shard's aligned faces are kept for another dataset of the same build
+    # that has the same images (stages.save_aligned), or None; never changes the output bytes
+    scratch: str | None = None

@@ -12,27 +12,37 @@ only of the same build: same config, plan and version, and finished shards whose
 have the content they were made from. A build that writes no sample of a non-empty plan, or
 fails more than `max_failure_rate` of it, raises BuildFailed after writing its manifest (so the
 failures can be read).
+
+`build_all` builds several datasets (lfw-block's levels) with one set of workers: their tasks
+are queued together and each dataset is finalized as soon as its shards are done, while the
+workers go on with the next. The index, failures, landmarks and statistics come from what the
+shard tasks return (shard.py), so no shard or stats file is read back on a fresh build.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
 from occsynth import __version__, contract
 from occsynth.build.config import BuildConfig, BuildFailed, PlannedSample, ShardTask
-from occsynth.build.executor import create_executor
+from occsynth.build.executor import Shared, create_executor
 from occsynth.build.guard import changed_inputs, check_identity, exclusive, refuse_changed_inputs
-from occsynth.build.shard import run_shard, summary
+from occsynth.build.shard import result_from_stats, run_shard
 from occsynth.build.stages import composer
 from occsynth.build.stats import dataset_stats
 from occsynth.errors import UsageError
 from occsynth.faces.templates import get_template
 from occsynth.io.atomic import write_text
+from occsynth.io.dataset import remember_index
 from occsynth.io.tar import sha256_file
 
 # ---------------------------------------------------------------- the whole build
@@ -46,9 +56,9 @@ def plan_fingerprint(plan: list[PlannedSample]) -> str:
     return h.hexdigest()
 
 
-def _shard_done(out_dir: Path, index: int) -> tuple[dict, dict] | None:
-    """(summary, recorded input digests) of a finished shard; None when it must be (re)built:
-    missing, damaged, or made by an occsynth that did not record its inputs' content."""
+def _shard_done(out_dir: Path, index: int) -> dict | None:
+    """The ShardResult of a finished shard; None when it must be (re)built: missing, damaged,
+    or made by an occsynth that did not record its inputs' content."""
     tar = out_dir / contract.shard_name(index)
     stats_path = out_dir / contract.shard_stats_name(index)
     if not (tar.exists() and stats_path.exists()):
@@ -57,9 +67,20 @@ def _shard_done(out_dir: Path, index: int) -> tuple[dict, dict] | None:
         stats = json.loads(stats_path.read_text())
         if stats["sha256"] != sha256_file(tar) or not isinstance(stats.get("inputs"), dict):
             return None
-        return summary(stats), stats["inputs"]
+        return result_from_stats(stats)
     except (ValueError, KeyError, TypeError):
         return None  # a damaged record: the shard is made again
+
+
+@dataclass
+class DatasetBuild:
+    """One dataset of a `build_all` call: what `build` takes for one."""
+
+    config: BuildConfig
+    plan: list[PlannedSample]
+    source: Any
+    out_dir: str | Path
+    extra_manifest: dict | None = None
 
 
 def build(
@@ -70,60 +91,173 @@ def build(
     *,
     workers: int = 2,
     executor: str = "process",
+    runner: Any = None,
     command: str | None = None,
     progress: bool = True,
     extra_manifest: dict | None = None,
     max_failure_rate: float | None = None,
+    on_built: Callable[[int, dict, int], None] | None = None,
 ) -> dict:
-    """Run a build (resuming a killed one) and return its manifest."""
-    config.validate()
+    """Run a build (resuming a killed one) and return its manifest (see build_all)."""
+    return build_all(
+        [DatasetBuild(config, plan, source, out_dir, extra_manifest)], workers=workers, executor=executor,
+        runner=runner, command=command, progress=progress, max_failure_rate=max_failure_rate, on_built=on_built,
+    )[0]
+
+
+def build_all(
+    builds: list[DatasetBuild],
+    *,
+    workers: int = 2,
+    executor: str = "process",
+    runner: Any = None,
+    command: str | None = None,
+    progress: bool = True,
+    max_failure_rate: float | None = None,
+    on_built: Callable[[int, dict, int], None] | None = None,
+) -> list[dict]:
+    """Build (or resume) several datasets with one set of workers; their manifests in order.
+
+    Every value is checked before any work. All shard tasks go to the executor at once, in
+    dataset order; as soon as dataset i and every one before it have all their shards, dataset
+    i is finalized (index, failures, landmarks, manifest), checked (BuildFailed) and handed to
+    `on_built(i, manifest, new_detections)` (new_detections: detections run, not reused) while
+    the workers go on with the next datasets' shards. `runner`: an executor (create_executor)
+    to use instead of starting one; it stays open."""
     if max_failure_rate is not None and not 0.0 <= max_failure_rate <= 1.0:
         raise UsageError(f"max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
-    out_dir = Path(out_dir)
-    plan = sorted(plan, key=lambda s: s.key)
-    if not plan:
-        raise BuildFailed(f"nothing to build into {out_dir}: the plan has no samples (no input matched)")
-    keys = [s.key for s in plan]
-    if len(set(keys)) != len(keys):
-        raise ValueError("plan has duplicate sample keys")
-    missing = sorted({s.spec for s in plan} - set(config.specs))
-    if missing:
-        raise ValueError(f"plan names occlusion specs not in the config: {missing}")
-    for spec in config.specs.values():
-        composer(spec)  # a bad spec is the user's error, not 13,000 per-sample failures
-    runner = create_executor(executor, workers)
+    builds = [dataclasses.replace(b, out_dir=Path(b.out_dir), plan=sorted(b.plan, key=lambda s: s.key))
+              for b in builds]
+    folders = [b.out_dir.resolve() for b in builds]
+    if len(set(folders)) != len(folders):
+        raise ValueError("two datasets of one build_all call share an output folder")
+    for b in builds:
+        _check_plan(b)
 
-    with exclusive(out_dir):
-        identity = {"config": config.content(), "plan": plan_fingerprint(plan), "version": __version__}
-        check_identity(out_dir, identity)
+    with contextlib.ExitStack() as stack:
+        if runner is None:
+            runner = stack.enter_context(create_executor(executor, workers))
+        for b in builds:
+            stack.enter_context(exclusive(b.out_dir))
+        shared: dict[int, Shared] = {}  # one copy of each source for the workers
+        results: list[dict[int, dict]] = []
+        chunks: list[list[list[PlannedSample]]] = []
+        tasks, owner = [], {}
+        for i, b in enumerate(builds):
+            done, todo, dataset_chunks = _resume(b)
+            results.append(done)
+            chunks.append(dataset_chunks)
+            source = shared.setdefault(id(b.source), Shared(b.source))
+            for index in todo:
+                tasks.append(ShardTask(index, str(b.out_dir), source, dataset_chunks[index], b.config))
+                owner[(folders[i], index)] = i
+        last_use = _share_alignments(builds, tasks, owner, folders)
+        pending = [len(chunks[i]) - len(results[i]) for i in range(len(builds))]
+        manifests: list[dict] = []
 
-        chunks = [plan[i : i + config.shard_size] for i in range(0, len(plan), config.shard_size)]
-        results: dict[int, dict] = {}
-        recorded: dict[str, str | None] = {}
-        tasks = []
-        for index, chunk in enumerate(chunks):
-            done = _shard_done(out_dir, index)
-            if done is not None:
-                results[index] = done[0]
-                recorded.update(done[1])
-            else:
-                tasks.append(ShardTask(index, str(out_dir), source, chunk, config))
-        if recorded:
-            items = {s.item.sample_id: s.item for s in plan}
-            refuse_changed_inputs(out_dir, changed_inputs(source, items, recorded), len(recorded))
+        def finish_ready() -> None:
+            while len(manifests) < len(builds) and pending[len(manifests)] == 0:
+                i = len(manifests)
+                b = builds[i]
+                manifest = finalize(b.out_dir, b.config, b.source, results[i], command=command, extra=b.extra_manifest)
+                manifests.append(manifest)
+                _check_outcome(b.out_dir, manifest, max_failure_rate)
+                new_detections = sum(r["new_detections"] for r in results[i].values())
+                results[i] = {}  # the metadata is in the files (and the index memo) now
+                if on_built is not None:
+                    on_built(i, manifest, new_detections)
 
-        bar = _progress(total=len(plan), initial=sum(len(chunks[i]) for i in results), enabled=progress,
-                        desc=f"{config.name} ({len(tasks)}/{len(chunks)} shards to build)")
+        names = sorted({b.config.name for b in builds})
+        desc = names[0] if len(builds) == 1 else f"{', '.join(names)} ({len(builds)} datasets)"
+        bar = _progress(total=sum(len(b.plan) for b in builds),
+                        initial=sum(len(chunks[i][k]) for i in range(len(builds)) for k in results[i]),
+                        enabled=progress, desc=f"{desc} ({len(tasks)}/{sum(map(len, chunks))} shards to build)")
         try:
-            for summary in runner.map_unordered(run_shard, tasks):
-                index = int(summary["name"].split(".")[0])
-                results[index] = summary
-                bar.update(len(chunks[index]))
+            finish_ready()
+            for result in runner.map_unordered(run_shard, tasks):
+                index = int(result["summary"]["name"].split(".")[0])
+                i = owner[(Path(result["out_dir"]).resolve(), index)]
+                results[i][index] = result
+                pending[i] -= 1
+                if last_use.get((i, index)) and result["aligned_key"]:  # no later dataset needs it
+                    for suffix in (".json", ".npy"):
+                        (Path(last_use[(i, index)]) / (result["aligned_key"] + suffix)).unlink(missing_ok=True)
+                bar.update(len(chunks[i][index]))
+                finish_ready()
         finally:
             bar.close()
-        manifest = finalize(out_dir, config, source, results, command=command, extra=extra_manifest)
-    _check_outcome(out_dir, manifest, max_failure_rate)
-    return manifest
+        finish_ready()
+        for folder in {t.scratch for t in tasks if t.scratch}:
+            shutil.rmtree(folder, ignore_errors=True)  # kept after a failure: a resume reuses it
+    return manifests
+
+
+# Aligned faces kept on disk between the datasets of one build: 112x112x3 bytes per image and
+# shard. Above this estimate the build aligns again in each dataset instead.
+MAX_SCRATCH_BYTES = 4 << 30
+SCRATCH_DIR = ".occsynth-aligned"
+
+
+def _share_alignments(builds: list[DatasetBuild], tasks: list[ShardTask], owner: dict,
+                      folders: list[Path]) -> dict[tuple[int, int], str]:
+    """Give a scratch folder to the tasks whose images (same source, same items, same order)
+    another task of this build aligns too (lfw-block: shard k of every level); returns, for the
+    last task of each such group, the folder to clean its entry from once it is done."""
+    groups: dict[tuple, list[ShardTask]] = {}
+    for task in tasks:
+        i = owner[(Path(task.out_dir).resolve(), task.index)]
+        signature = (id(builds[i].source), tuple(s.item.sample_id for s in task.samples))
+        groups.setdefault(signature, []).append(task)
+    repeated = [group for group in groups.values() if len(group) > 1]
+    size = 0
+    for group in repeated:
+        template = get_template(group[0].config.template)
+        size += len({s.item.sample_id for s in group[0].samples}) * template.width * template.height * 3
+    if not repeated or size > MAX_SCRATCH_BYTES:
+        return {}
+    folder = str(folders[0] / SCRATCH_DIR)
+    last_use = {}
+    for group in repeated:
+        for task in group:
+            task.scratch = folder
+        last = group[-1]
+        last_use[(owner[(Path(last.out_dir).resolve(), last.index)], last.index)] = folder
+    return last_use
+
+
+def _check_plan(b: DatasetBuild) -> None:
+    """Every value of one dataset's build, before any work."""
+    b.config.validate()
+    if not b.plan:
+        raise BuildFailed(f"nothing to build into {b.out_dir}: the plan has no samples (no input matched)")
+    keys = [s.key for s in b.plan]
+    if len(set(keys)) != len(keys):
+        raise ValueError("plan has duplicate sample keys")
+    missing = sorted({s.spec for s in b.plan} - set(b.config.specs))
+    if missing:
+        raise ValueError(f"plan names occlusion specs not in the config: {missing}")
+    for spec in b.config.specs.values():
+        composer(spec)  # a bad spec is the user's error, not 13,000 per-sample failures
+
+
+def _resume(b: DatasetBuild) -> tuple[dict[int, dict], list[int], list[list[PlannedSample]]]:
+    """(results of the finished shards, indexes of the shards to build, every shard's samples);
+    refuses a folder that holds another build or finished shards of changed inputs."""
+    identity = {"config": b.config.content(), "plan": plan_fingerprint(b.plan), "version": __version__}
+    check_identity(b.out_dir, identity)
+    size = b.config.shard_size
+    chunks = [b.plan[i : i + size] for i in range(0, len(b.plan), size)]
+    done: dict[int, dict] = {}
+    recorded: dict[str, str | None] = {}
+    for index in range(len(chunks)):
+        result = _shard_done(b.out_dir, index)
+        if result is not None:
+            done[index] = result
+            recorded.update(result["inputs"])
+    if recorded:
+        items = {s.item.sample_id: s.item for s in b.plan}
+        refuse_changed_inputs(b.out_dir, changed_inputs(b.source, items, recorded), len(recorded))
+    return done, [i for i in range(len(chunks)) if i not in done], chunks
 
 
 def _check_outcome(out_dir: Path, manifest: dict, max_failure_rate: float | None) -> None:
@@ -148,20 +282,22 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
 
 def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int, dict],
              command: str | None, extra: dict | None) -> dict:
-    """Merge per-shard stats into index.jsonl, failures.jsonl, landmarks.jsonl, manifest.json."""
+    """Merge the shards' results (shard.ShardResult) into index.jsonl, failures.jsonl,
+    landmarks.jsonl and manifest.json. The index lines are the shards' own metadata text, and
+    the parsed index is remembered (io.dataset) for the protocol files and the card."""
     metas, failures, detections = [], [], {}
     for index in sorted(results):
-        stats = json.loads((out_dir / contract.shard_stats_name(index)).read_text())
-        metas.extend(stats["samples"])
-        failures.extend(stats["failures"])
-        for record in stats["detections"]:
-            detections[record["source"]] = record
+        metas.extend(results[index]["metas"])
+        failures.extend(results[index]["failures"])
+        detections.update(results[index]["detections"])
     failures.sort(key=lambda f: f["key"])
-    write_text(out_dir / contract.INDEX, contract.dumps_lines(metas))
+    index_path = write_text(out_dir / contract.INDEX, "".join(results[i]["index"] for i in sorted(results)))
+    remember_index(index_path, metas)
     write_text(out_dir / contract.FAILURES, contract.dumps_lines(failures))
     if detections:
-        write_text(out_dir / "landmarks.jsonl", contract.dumps_lines(detections[k] for k in sorted(detections)))
+        write_text(out_dir / "landmarks.jsonl", "".join(detections[k] + "\n" for k in sorted(detections)))
     template = get_template(config.template)
+    summaries = {i: results[i]["summary"] for i in results}
     manifest = {
         "format": "occsynth-shards/1",
         "tool": "occsynth",
@@ -176,12 +312,12 @@ def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int,
                    "fingerprint": source.fingerprint(),
                    # top-level files beside identity folders, not items (only when there are some)
                    **({"ignored": list(source.ignored)} if getattr(source, "ignored", ()) else {})},
-        "shards": [results[i] for i in sorted(results)],
+        "shards": [summaries[i] for i in sorted(summaries)],
         "totals": {
-            "planned": sum(r["num_samples"] + r["num_failures"] for r in results.values()),
+            "planned": sum(r["num_samples"] + r["num_failures"] for r in summaries.values()),
             "samples": len(metas),
             "failures": len(failures),
-            "shards": len(results),
+            "shards": len(summaries),
         },
         "stats": dataset_stats(metas, failures),
     }

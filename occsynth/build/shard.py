@@ -1,41 +1,105 @@
-"""One shard task: the stages chained, the shard published, its stats record written."""
+"""One shard task: the stages chained, the shard published, its stats record written.
+
+Per shard, beside `NNNNN.tar`: `NNNNN.maps.npy` (per-pixel occlusion and RGB sums gathered
+while writing, for the card's heat map: stages.OcclusionSums) and, last, `NNNNN.stats.json`
+(its presence marks the shard finished: pipeline.py). The task returns a `ShardResult` dict:
+the summary the manifest lists, plus everything the parent needs to write index.jsonl,
+failures.jsonl, landmarks.jsonl and the statistics without reading the stats file back:
+the samples' metadata as index lines and as values, failures, detections as JSON lines.
+`result_from_stats` makes the same dict from a stats record (a shard finished by an earlier,
+interrupted run).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from occsynth import contract
 from occsynth.build.config import ShardTask
-from occsynth.build.stages import align_images, find_faces, read_images, write_samples
+from occsynth.build.executor import shared_value
+from occsynth.build.stages import (
+    align_images,
+    aligned_key,
+    decode_images,
+    find_faces,
+    load_aligned,
+    read_sources,
+    save_aligned,
+    write_samples,
+)
 from occsynth.faces.templates import get_template
-from occsynth.io.atomic import write_text
+from occsynth.io.atomic import atomic_write, write_text
 from occsynth.io.tar import ShardWriter
 
-
 def run_shard(task: ShardTask) -> dict:
-    """Build one shard; returns the summary of (and writes) its stats record."""
+    """Build one shard; writes it, its maps and its stats record; returns its ShardResult."""
     config = task.config
+    source = shared_value(task.source)
     template = get_template(config.template)
     out_dir = Path(task.out_dir)
-    state = read_images(task.source, task.samples, config)
-    find_faces(state, config)
-    align_images(state, config, template)
+    state, data = read_sources(source, task.samples)
+    key = aligned_key(state, config) if task.scratch else None
+    if key is None or not load_aligned(Path(task.scratch), key, state):
+        decode_images(state, data, config)
+        find_faces(state, config)
+        align_images(state, config, template)
+        if key is not None:
+            save_aligned(Path(task.scratch), key, state)
+    del data
+    state.images.clear()  # the decoded sources are not needed once aligned
     with ShardWriter(out_dir / contract.shard_name(task.index)) as writer:
-        metas, failures = write_samples(writer, task.samples, state, config, template)
+        out = write_samples(writer, task.samples, state, config, template)
         digest = writer.commit()
+    maps_path = out_dir / contract.shard_maps_name(task.index)
+    if out.sums.count:
+        # not fsynced: the stats record (fsynced, written next) marks the shard finished, and
+        # a maps file lost to a power cut only makes the card decode the shards (card.py)
+        with atomic_write(maps_path, "wb", durable=False) as f:
+            np.save(f, out.sums.to_array(), allow_pickle=False)
+    else:
+        maps_path.unlink(missing_ok=True)  # left by an earlier run of this shard
+    sources = sorted(state.detections)
+    detections = [contract.dumps(state.detections[s]) for s in sources]  # each record encoded once
     stats = {
         "name": contract.shard_name(task.index),
         "sha256": digest,
-        "num_samples": len(metas),
-        "num_failures": len(failures),
-        "samples": metas,
-        "failures": [f.to_dict() for f in failures],
-        "detections": [state.detections[s] for s in sorted(state.detections)],
+        "num_samples": len(out.metas),
+        "num_failures": len(out.failures),
+        "failures": [f.to_dict() for f in out.failures],
         "reused_detections": len(state.from_store),
         # sha256 of every input read (None: unreadable): a resume refuses changed inputs (guard.py)
         "inputs": {sid: state.digests.get(sid) for sid in sorted({s.item.sample_id for s in task.samples})},
     }
-    write_text(out_dir / contract.shard_stats_name(task.index), contract.dumps(stats))
-    return summary(stats)
+    # the detections and the samples' metadata as already encoded (keys: these two last)
+    text = (contract.dumps(stats)[:-1] + ',"detections":[' + ",".join(detections) + '],"samples":['
+            + ",".join(out.texts) + "]}")
+    write_text(out_dir / contract.shard_stats_name(task.index), text)
+    return {
+        "out_dir": task.out_dir,
+        "summary": summary(stats),
+        "metas": out.metas,
+        "index": "".join(t + "\n" for t in out.texts),
+        "failures": stats["failures"],
+        "detections": dict(zip(sources, detections)),
+        "new_detections": len(detections) - len(state.from_store),
+        "inputs": stats["inputs"],
+        "aligned_key": key,
+    }
+
+
+def result_from_stats(stats: dict) -> dict:
+    """The ShardResult of a finished shard, from its stats record."""
+    metas = stats["samples"]
+    return {
+        "summary": summary(stats),
+        "metas": metas,
+        "index": contract.dumps_lines(metas),
+        "failures": stats["failures"],
+        "detections": {record["source"]: contract.dumps(record) for record in stats["detections"]},
+        "new_detections": len(stats["detections"]) - int(stats.get("reused_detections", 0)),
+        "inputs": stats["inputs"],
+    }
 
 
 def summary(stats: dict) -> dict:

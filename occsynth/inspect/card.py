@@ -1,7 +1,7 @@
 """Dataset cards: ``card.md`` plus plots, written into a built dataset's directory.
 
 ``write_card(dataset_dir, facts)`` reads ``manifest.json``, ``index.jsonl``, ``failures.jsonl``,
-``pairs.jsonl`` (when present) and the shards, and writes:
+``pairs.jsonl`` (when present) and the shards' occlusion sums, and writes:
 
 * ``card.md``: the exact command, seed, tool version, template, source, totals, occlusion
   statistics, per-family / per-occluder counts, failures summary, pairs summary (pairs.jsonl),
@@ -9,7 +9,9 @@
   target value next to the value achieved by this build;
 * ``card_occlusion_ratio.png``: histogram of the per-sample occlusion ratio;
 * ``card_occlusion_heatmap.png``: per-pixel occlusion frequency over the aligned face (the mean of
-  all masks, 1 = occluded in every sample), alone and over the mean face image;
+  all masks, 1 = occluded in every sample), alone and over the mean face image; from the sums
+  each shard's build gathered (``NNNNN.maps.npy``), or by decoding the shards when a dataset
+  has none (see :func:`occlusion_frequency`);
 * ``card_occluders.png``: counts per occluder family and per occluder;
 * ``card_occlusion_frequency.npy``: the heat map values (float64, HxW), so the numbers behind the
   picture can be checked or reused.
@@ -34,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from occsynth import __version__, contract
 from occsynth.benchmarks.protocols.identification import PROTOCOL_FILE
@@ -44,7 +44,7 @@ from occsynth.io.atomic import atomic_write, write_text
 from occsynth.io.dataset import Dataset, DatasetError
 from occsynth.io.images import decode_image, decode_mask
 
-__all__ = ["CARD", "MEASURES", "OcclusionMaps", "measure", "occlusion_frequency", "write_card"]
+__all__ = ["CARD", "MEASURES", "OcclusionMaps", "measure", "occlusion_frequency", "warm_up", "write_card"]
 
 CARD = "card.md"
 PLOT_RATIO = "card_occlusion_ratio.png"
@@ -78,8 +78,16 @@ class OcclusionMaps:
     other_sizes: int  # samples of another size, not averaged (said in the card)
 
 
-def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
-    """Mean mask and mean image over every sample of the most common image size."""
+def occlusion_frequency(dataset_dir: str | os.PathLike, *, decode: bool = False) -> OcclusionMaps:
+    """Mean mask and mean image over every sample of the most common image size (with a
+    known mask).
+
+    From the per-shard sums the build gathered while writing (`NNNNN.maps.npy`) when every
+    shard has them and they count the samples index.jsonl lists; otherwise, or with
+    decode=True, by decoding every sample's mask and image from the shards. The heat map is the
+    same either way (sums of integers); the mean face differs only for JPEG datasets, where the
+    sums hold the images before encoding."""
+    dataset = Dataset(dataset_dir)
     sizes: Counter = Counter()
     for meta in _index(Path(dataset_dir)):
         if contract.mask_known(meta):  # a real occlusion's mask is unknown: it would count as clean
@@ -87,11 +95,50 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
     if not sizes:
         raise ValueError(f"{dataset_dir}: the dataset has no samples with known masks")
     size = sizes.most_common(1)[0][0]
+    maps = None if decode else _summed_maps(dataset, size, sizes[size])
+    if maps is None:
+        maps = _decoded_maps(dataset, size, sizes[size])
+    maps.other_sizes = sum(sizes.values()) - sizes[size]
+    return maps
+
+
+def _summed_maps(dataset: Dataset, size: tuple[int, int], expected: int) -> OcclusionMaps | None:
+    """The maps from the shards' sums; None when a shard has none or they do not add up."""
+    width, height = size
+    mask_sum = np.zeros((height, width), np.int64)
+    rgb_sum = np.zeros((height, width, 3), np.int64)
+    lm_sum, lm_count, count = np.zeros((5, 2)), 0, 0
+    for shard in dataset.shards:
+        path = dataset.root / contract.shard_maps_name(int(shard.name.split(".")[0]))
+        try:
+            record = np.load(path, allow_pickle=False)
+            if tuple(int(v) for v in record["size"]) != (width, height):
+                return None
+        except (OSError, ValueError, KeyError, IndexError):
+            return None  # absent (made before sums were kept) or not ours: decode instead
+        mask_sum += record["mask"]
+        rgb_sum += record["rgb"]
+        lm_sum += record["landmarks"]
+        lm_count += int(record["landmark_count"])
+        count += int(record["count"])
+    if count != expected or count == 0:
+        return None
+    return OcclusionMaps(
+        frequency=mask_sum / (count * float(contract.MASK_OCCLUDED)),
+        mean_face=rgb_sum / count,
+        mean_landmarks=lm_sum / lm_count if lm_count else None,
+        count=count,
+        size=size,
+        other_sizes=0,
+    )
+
+
+def _decoded_maps(dataset: Dataset, size: tuple[int, int], expected: int) -> OcclusionMaps:
     width, height = size
     mask_sum = np.zeros((height, width), np.float64)
     face_sum = np.zeros((height, width, 3), np.float64)
     lm_sum, lm_count, count = np.zeros((5, 2)), 0, 0
-    for key, members in Dataset(dataset_dir).iter_samples():
+    for key, members in dataset.iter_samples():
         meta = json.loads(members[contract.EXT_META])
         if tuple(meta["image_size"]) != size or not contract.mask_known(meta):
             continue
@@ -111,14 +158,14 @@ def occlusion_frequency(dataset_dir: str | os.PathLike) -> OcclusionMaps:
             lm_sum += landmarks
             lm_count += 1
     if count == 0:
-        raise ValueError(f"{dataset_dir}: index.jsonl lists {sizes[size]} samples of {width}x{height}, the shards none")
+        raise ValueError(f"{dataset.root}: index.jsonl lists {expected} samples of {width}x{height}, the shards none")
     return OcclusionMaps(
         frequency=mask_sum / (count * float(contract.MASK_OCCLUDED)),
         mean_face=face_sum / count,
         mean_landmarks=lm_sum / lm_count if lm_count else None,
         count=count,
         size=size,
-        other_sizes=sum(sizes.values()) - sizes[size],
+        other_sizes=0,
     )
 
 
@@ -186,7 +233,19 @@ def _failures(dataset_dir: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------ plots
+def warm_up() -> None:
+    """Import what drawing a card needs (~1 s): a builder calls it in a background thread while
+    its workers build the shards, so the card at the end does not wait for it."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+
 def _figure(width: float, height: float):
+    # matplotlib is imported when a card is drawn, not when the CLI starts (~1 s saved per
+    # command that writes no card: align, verify, ...)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -194,7 +253,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> None:
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", bbox_inches="tight", metadata={"Software": None})
+        # the constrained layout fits the labels; bbox_inches="tight" would draw everything twice
+        fig.savefig(f, format="png", metadata={"Software": None})
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

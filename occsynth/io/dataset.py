@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +17,42 @@ from typing import Iterator
 from occsynth import contract
 from occsynth.io.tar import ShardReader, iter_shard
 
-__all__ = ["Dataset", "DatasetError", "ShardEntry", "iter_jsonl", "read_jsonl"]
+__all__ = ["Dataset", "DatasetError", "ShardEntry", "iter_jsonl", "read_jsonl", "remember_index"]
 
 _MANIFEST_KEYS = ("shards", "totals", "template", "image_size")
+
+
+# index.jsonl files parsed in this process: resolved path -> (file identity, the parsed lines).
+# The builder that writes an index registers the values it wrote (remember_index), so the steps
+# that follow in the same process (protocol files, the card, locks) do not parse 12,000 lines
+# again; any change of the file (size, mtime, inode) makes it read afresh. The lists are shared:
+# readers must not modify them.
+_INDEX_MEMO: OrderedDict[str, tuple[tuple, list[dict]]] = OrderedDict()
+_INDEX_MEMO_SIZE = 2
+
+
+def _file_identity(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def remember_index(path: str | os.PathLike, metas: list[dict]) -> None:
+    """Register the values of an index.jsonl just written (the same values json.loads gives)."""
+    path = Path(path).resolve()
+    _INDEX_MEMO[str(path)] = (_file_identity(path), metas)
+    _INDEX_MEMO.move_to_end(str(path))
+    while len(_INDEX_MEMO) > _INDEX_MEMO_SIZE:
+        _INDEX_MEMO.popitem(last=False)
+
+
+def _read_index(path: Path) -> list[dict]:
+    key, identity = str(path.resolve()), _file_identity(path)
+    held = _INDEX_MEMO.get(key)
+    if held is not None and held[0] == identity:
+        return held[1]
+    metas = read_jsonl(path, "index")
+    remember_index(path, metas)
+    return metas
 
 
 class DatasetError(ValueError):
@@ -116,10 +150,12 @@ class Dataset:
         return (self.root / contract.INDEX).is_file()
 
     def index(self) -> list[dict]:
-        """Per-sample metadata in key order: index.jsonl, or the shards' json members without it."""
+        """Per-sample metadata in key order: index.jsonl, or the shards' json members without it.
+        The list is shared (by this Dataset, and by every reader of the same unchanged file in
+        this process): do not modify it."""
         if self._index is None:
             if self.has_index():
-                self._index = read_jsonl(self.root / contract.INDEX, "index")
+                self._index = _read_index(self.root / contract.INDEX)
             else:
                 metas = [json.loads(members[contract.EXT_META]) for _, members in self.iter_samples()]
                 self._index = sorted(metas, key=lambda m: m["key"])

@@ -13,7 +13,6 @@ half-written shard under its final name.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -32,11 +31,48 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{directory}/{key}" if directory else key), ext
 
 
+# A member header as tarfile writes it for our fixed metadata (USTAR, mode 0644, uid/gid 0, mtime
+# 0, no user names), made by tarfile itself once; each member patches in its name, size and
+# checksum. Names over 100 bytes (USTAR's prefix split) and sizes of 8 GiB or more go through
+# tarfile, as before.
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+_TEMPLATE = _member_info("", 0).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+_NAME, _SIZE, _CHKSUM = slice(0, 100), slice(124, 136), slice(148, 156)
+_BLANK_SUM = sum(_TEMPLATE[:148]) + 8 * ord(" ") + sum(_TEMPLATE[156:]) - sum(_TEMPLATE[_SIZE])
+_MAX_SIZE = 8**11  # USTAR's 11 octal digits
+_PADDING = [tarfile.NUL * n for n in range(tarfile.BLOCKSIZE)]  # zeros to the next 512-byte block
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header tarfile writes for a member with the shards' fixed metadata."""
+    encoded = name.encode(tarfile.ENCODING, "surrogateescape")
+    if len(encoded) > 100 or not 0 <= size < _MAX_SIZE:
+        return _member_info(name, size).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    header = bytearray(_TEMPLATE)
+    header[: len(encoded)] = encoded
+    size_field = b"%011o\0" % size
+    header[_SIZE] = size_field
+    checksum = _BLANK_SUM + sum(encoded) + sum(size_field)
+    header[_CHKSUM] = b"%06o\0 " % checksum
+    return bytes(header)
+
+
 class ShardWriter:
     """Write one shard: `write(key, {ext: bytes})` per sample, then `commit()`.
 
-    Used as a context manager, an exception discards the temporary file instead of
-    publishing a partial shard.
+    The bytes are those of `tarfile` (USTAR, members in the order given, 512-byte blocks, two
+    zero blocks and zero padding to a 10,240-byte record at the end: tests/test_shards.py
+    compares them), written directly and hashed as they are written. Used as a context manager,
+    an exception discards the temporary file instead of publishing a partial shard.
     """
 
     def __init__(self, path: str | Path):
@@ -44,9 +80,15 @@ class ShardWriter:
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._hash = hashlib.sha256()
+        self._offset = 0
         self._keys: set[str] = set()
         self.num_samples = 0
+
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._offset += len(data)
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if "." in key.rpartition("/")[2]:
@@ -54,32 +96,28 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in {self.path.name}")
         self._keys.add(key)
+        parts = []
         for ext in sorted(members):
             data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            parts += (member_header(f"{key}.{ext}", len(data)), data, _PADDING[-len(data) % tarfile.BLOCKSIZE])
+        self._put(b"".join(parts))  # one write and one hash update per sample
         self.num_samples += 1
 
     def commit(self) -> str:
         """Publish the shard under its final name; returns its sha256."""
-        self._tar.close()
+        self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self._offset % tarfile.RECORDSIZE:
+            self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        digest = sha256_file(self.tmp_path)
         os.replace(self.tmp_path, self.path)
-        return digest
+        return self._hash.hexdigest()
 
     def abort(self) -> None:
         try:
-            self._tar.close()
-        finally:
             self._file.close()
+        finally:
             self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

@@ -9,17 +9,20 @@ size changes. The record is the inner occluder's, plus what the fit aimed for an
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import numpy as np
 
+from occsynth.occluders._registry import OCCLUDERS
 from occsynth.occluders.base import (
     Occluder,
     create_occluder,
     register_occluder,
     sample_value,
 )
+from occsynth.occluders.families.objects import TemplateOccluder
 from occsynth.occluders.params import SpecError, anything, integer, number
 
 
@@ -91,21 +94,70 @@ class FitArea(Occluder):
         record["fit"] = {"target": target, "achieved": record["area"], "attempts": attempt + 1}
         return out, new_mask, record
 
+    def _template_proto(self, name, image, landmarks, base_params: dict) -> TemplateOccluder | None:
+        """One instance of a template inner occluder per inner spec, copied for each size
+        (None for other occluders: their __init__ may derive state from the size, so each size
+        is created afresh). A copy with only the size parameter changed has the params
+        create_occluder would give, and keeps what the instance loads once (the bank, the
+        template files)."""
+        if not issubclass(OCCLUDERS.get(name), TemplateOccluder):
+            return None
+        key = (name, repr(sorted(base_params.items())))
+        protos = self.__dict__.setdefault("_protos", {})
+        if key not in protos:
+            proto = create_occluder(name, **base_params)
+            # one trial now loads what the occluder keeps into the instance copied from
+            proto.own_area(image, landmarks, np.random.Generator(np.random.PCG64(0)))
+            protos[key] = proto
+        return protos[key]
+
     def _bisect(self, image, mask, landmarks, name, base_params, param, target, seed):
+        points = np.asarray(landmarks, dtype=np.float64)
+        proto = self._template_proto(name, image, points, base_params)
+
+        def variant(factor: float) -> Occluder:
+            value = _scaled(base_params[param], factor)
+            if proto is None:
+                return create_occluder(name, **{**base_params, param: value})
+            occluder = copy.copy(proto)
+            occluder.params = {**proto.params, param: value}
+            return occluder
+
+        done: dict[float, tuple] = {}  # full renders made while searching
+
         def attempt(factor: float):
-            occluder = create_occluder(name, **{**base_params, param: _scaled(base_params[param], factor)})
-            out, new_mask, record = occluder(image, mask, landmarks, np.random.Generator(np.random.PCG64(seed)))
-            record["fit_factor"] = factor
-            return out, new_mask, record
+            if factor not in done:
+                occluder = variant(factor)
+                out, new_mask, record = occluder(image, mask, landmarks, np.random.Generator(np.random.PCG64(seed)))
+                record["fit_factor"] = factor
+                done[factor] = (out, new_mask, record)
+            return done[factor]
+
+        if proto is not None:
+            # Template occluders count their mask without compositing, drawing from the same
+            # generators as a full attempt (Occluder.__call__: a seed from the attempt's
+            # generator, then apply's generator from that seed, reset before each trial).
+            inner = np.random.Generator(
+                np.random.PCG64(int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1)))
+            )
+            start = inner.bit_generator.state
+            pixels = image.shape[0] * image.shape[1]
+
+        def area(factor: float) -> float:
+            """The area a full attempt's record would hold."""
+            if proto is None:
+                return attempt(factor)[2]["area"]
+            inner.bit_generator.state = start
+            return variant(factor).own_area(image, points, inner) / pixels
 
         lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
-        current = best = attempt(1.0)
+        factor, current = 1.0, area(1.0)
+        best = (factor, current)
         for _ in range(16):
-            area = current[2]["area"]
-            if abs(area - target) <= self.params["tolerance"]:
+            if abs(current - target) <= self.params["tolerance"]:
                 break
-            here = math.log(current[2]["fit_factor"])
-            if area < target:
+            here = math.log(factor)
+            if current < target:
                 lo = here
             else:
                 hi = here
@@ -113,8 +165,9 @@ class FitArea(Occluder):
                 break
             # Area grows about with the square of the size: jump there (secant step), and
             # fall back to bisection when the jump leaves the bracket (clipping, empty area).
-            step = here + 0.5 * math.log(target / area) if area > 0 else math.inf
-            current = attempt(math.exp(step if lo < step < hi else (lo + hi) / 2))
-            if abs(current[2]["area"] - target) < abs(best[2]["area"] - target):
-                best = current
-        return best
+            step = here + 0.5 * math.log(target / current) if current > 0 else math.inf
+            factor = math.exp(step if lo < step < hi else (lo + hi) / 2)
+            current = area(factor)
+            if abs(current - target) < abs(best[1] - target):
+                best = (factor, current)
+        return attempt(best[0])  # a template occluder's one full render

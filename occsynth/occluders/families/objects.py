@@ -260,6 +260,16 @@ class TemplateOccluder(Occluder):
         out, mask, concrete, _ = self.render(image, landmarks, rng)
         return out, mask, concrete
 
+    def own_area(self, image, landmarks, rng) -> int:
+        """The pixel count of the mask apply() returns for this rng, without compositing (only
+        the alpha is warped; OpenCV warps each channel alike): fit_area's trial sizes. Draws
+        from rng exactly as render() does (tests/test_fit_and_grid.py compares the two)."""
+        template, matrix, _ = self.place(image, landmarks, rng)
+        feather = float(sample_value(self.params.get("feather", 1.0), rng))
+        alpha = cv2.extractChannel(template.rgba, 3)
+        warped = warp_roi(alpha, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
+        return 0 if warped is None else cv2.countNonZero(cv2.compare(warped[0], ALPHA_HALF, cv2.CMP_GE))
+
 
 def _category_filter(value: Any, rng: np.random.Generator) -> tuple[str, ...] | None:
     """None/"any" -> all categories; a name; a list -> ALL listed (the template is then drawn

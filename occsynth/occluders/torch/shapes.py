@@ -184,6 +184,10 @@ class _EllipseOp(_GaugeOp):
         return _Shapes(gauge, torch.full_like(ex, math.pi), -ex, ex, -ey, ey, power=2)
 
 
+# up to this many vertices, a polygon's sector is found by counting comparisons (see gauge)
+SECTOR_COUNT_MAX = 16
+
+
 class _PolygonOp(_GaugeOp):
     name = "polygon"
 
@@ -217,8 +221,18 @@ class _PolygonOp(_GaugeOp):
         def gauge(dx, dy):
             pa = _pseudo_angle(dx, dy)
             shape = pa.shape
-            idx = torch.searchsorted(bounds, pa.reshape(b, -1), right=True) - 1
-            idx = torch.remainder(idx, n.view(b, 1))  # -1 (before the first vertex): the last sector
+            flat = pa.reshape(b, -1)
+            # the sector: how many vertex angles are <= pa, minus one (searchsorted, right=True);
+            # for up to 16 vertices counted by N comparisons in uint8, ~3x faster on CPU (unused
+            # columns hold 5.0, above every pseudo-angle, and are never counted)
+            if N <= SECTOR_COUNT_MAX:
+                count = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
+                for j in range(N):
+                    count += (bounds[:, j : j + 1] <= flat).view(torch.uint8)
+                idx = count.long() - 1
+            else:
+                idx = torch.searchsorted(bounds, flat, right=True) - 1
+            idx += (idx < 0).long() * n.view(b, 1)  # -1 (before the first vertex): the last sector
             return dx * cxs.gather(1, idx).view(shape) + dy * cys.gather(1, idx).view(shape)
 
         big = torch.full_like(px, float("inf"))

@@ -1,0 +1,84 @@
+"""fit_area's trial sizes: a template occluder's trial counts its mask without compositing
+(TemplateOccluder.own_area) and only the chosen size is rendered. Both must change nothing:
+own_area is the count of the mask apply() returns for the same generator, and fit_area with
+the shortcut gives exactly what full renders of every trial give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from occsynth.occluders import create_occluder, list_occluders, occlude
+from occsynth.occluders.families import objects
+from occsynth.occluders.families.objects import TemplateOccluder
+
+LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+
+
+@pytest.fixture(scope="module")
+def face():
+    return np.random.default_rng(5).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+
+
+def _full_render_count(self, image, landmarks, rng):
+    """What own_area replaces: a whole apply(), then its mask counted."""
+    return int(np.count_nonzero(self.apply(image, landmarks, rng)[1]))
+
+
+def _template_occluders(third_party=None):
+    params = {}
+    if third_party is not None:
+        params = {
+            "template_folder": {"path": str(third_party / "ocfr2022" / "occluders"), "recursive": True},
+            "ocfr2022": {"path": str(third_party / "ocfr2022")},
+            "maskthefaces": {"path": str(third_party / "maskthefaces")},
+        }
+    return {
+        name: create_occluder(name, **params.get(name, {}))
+        for name, cls in list_occluders().items()
+        if issubclass(cls, TemplateOccluder) and (cls.family != "importer" or name in params)
+    }
+
+
+def _check_own_area(occluders, face):
+    for name, occluder in occluders.items():
+        for seed in range(12):
+            # scaled as fit_area scales them, so templates are clipped by the border too
+            size = {"scale": [2.5 * seed / 11 + 0.2] * 2, "factor": [1.5 * seed / 11 + 0.1] * 2}
+            variant = create_occluder(
+                name, **{**occluder.params, **{k: v for k, v in size.items() if k in occluder.params}}
+            )
+            shifted = LANDMARKS + (seed % 5 - 2) * 7.0
+            expected = _full_render_count(variant, face, shifted, np.random.default_rng(seed))
+            assert variant.own_area(face, shifted, np.random.default_rng(seed)) == expected, (name, seed)
+
+
+def test_own_area_counts_the_mask_apply_returns(face):
+    occluders = _template_occluders()
+    assert {"object", "cup", "sunglasses"} <= set(occluders)
+    _check_own_area(occluders, face)
+
+
+def test_own_area_of_imported_templates(face, third_party):
+    occluders = {k: v for k, v in _template_occluders(third_party).items() if v.family == "importer"}
+    assert len(occluders) == 3
+    _check_own_area(occluders, face)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        {"name": "object", "params": {"split": "eval", "category": "any"}},  # LFW-OCC's
+        {"name": "hand", "params": {"region": "random", "rotation": [-40, 40]}},
+    ],
+)
+def test_fit_area_with_trial_counts_equals_full_renders(face, inner, monkeypatch):
+    spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": inner}}
+    fast = [occlude(face, LANDMARKS + i % 3, spec, i) for i in range(25)]
+    monkeypatch.setattr(objects.TemplateOccluder, "own_area", _full_render_count)
+    for i, result in enumerate(fast):
+        full = occlude(face, LANDMARKS + i % 3, spec, i)
+        assert np.array_equal(result.image, full.image) and np.array_equal(result.mask, full.mask)
+        assert result.records == full.records
+    errors = [abs(r.records[0]["fit"]["achieved"] - r.records[0]["fit"]["target"]) for r in fast]
+    assert np.median(errors) <= 0.002  # the search itself still reaches its targets
