@@ -408,6 +408,11 @@ def markdown(result: dict) -> str:
             + " | ".join(cells)
             + f" | {t.get('steps', '–')} | {t.get('samples', '–')} | {wall} | {t.get('train_samples_per_s', '–')} |"
         )
+    walls = [(r.get("training") or {}).get("wall_seconds") or 0.0 for r in result["rows"].values()]
+    lines += [
+        "",
+        f"Total wall time of these {len(walls)} rows: {sum(walls) / 60:.1f} min (runs resumed after a stop add up).",
+    ]
     lines += ranking(result, conds)
     if any(name in CPU_VS_PAPER for name in result["rows"]) and result.get("cpu"):
         lines += [
