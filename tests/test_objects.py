@@ -268,25 +268,37 @@ def test_frontal_faces_are_placed_as_before():
             assert np.abs(centroid(a) - centroid(b)).max() < 2.5, (category, name)
 
 
-def _lens_centres(mask):
-    opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    _, _, stats, centroids = cv2.connectedComponentsWithStats(opened)
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1
-    return centroids[order]
+def _lens_centres(mask, eyes):
+    """The centroid of the mask's pixels nearer each eye than the other, after a 3x3 opening
+    (which drops the thin bridge and temples): one lens centre per eye, even where foreshortened
+    lenses touch (a split into connected blobs would then find one)."""
+    opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    ys, xs = np.nonzero(opened)
+    points = np.stack([xs, ys], axis=1).astype(np.float64)
+    side = np.linalg.norm(points[:, None] - np.asarray(eyes)[None], axis=2).argmin(axis=1)
+    return np.array([points[side == k].mean(axis=0) for k in (0, 1)])
 
 
 @pytest.mark.lfw
 def test_lfw_faces_turned_the_most_get_a_lens_on_each_eye(lfw_fixture_faces):
     turned = [f for f in lfw_fixture_faces if f["set"] == "yaw"]
     assert min(abs(f["yaw"]) for f in turned) > 40
-    worst = []
+    worst, heights = [], []
     for i, face in enumerate(turned):
-        occ = create_occluder("sunglasses", harmonize=False, **STILL)
-        mask = occ(face["crop"], np.zeros((112, 112), np.uint8), face["aligned"], make_rng(i))[1] > 0
-        centres = _lens_centres(mask)
-        assert len(centres) == 2, face["source"]
-        worst.append(max(np.linalg.norm(centres - eye, axis=1).min() for eye in face["aligned"][:2]))
-    assert np.median(worst) <= 3.0 and np.percentile(worst, 90) <= 5.0, worst
+        eyes = face["aligned"][:2]
+        masks = {}
+        for version in (1, 2):  # 1: a similarity on the landmarks; 2: the head pose
+            occ = create_occluder("sunglasses", harmonize=False, version=version, **STILL)
+            masks[version] = occ(face["crop"], np.zeros((112, 112), np.uint8), face["aligned"], make_rng(i))[1] > 0
+        centres = _lens_centres(masks[2], eyes)
+        worst.append(np.linalg.norm(centres - eyes, axis=1).max())
+        assert covered(masks[2], eyes[0]) and covered(masks[2], eyes[1]), face["source"]
+        heights.append(_extent(masks[2])[1] / _extent(masks[1])[1])
+    # the lens centres lie on the eyes (LFW's most turned faces: estimated |yaw| 55-70 degrees)
+    assert np.median(worst) <= 3.0 and max(worst) <= 5.0, worst
+    # foreshortened, not shrunk: version 1 scales the whole frame with the eye distance (cos yaw),
+    # the pose keeps its height (measured: 1.35-2.5 times version 1's)
+    assert min(heights) > 1.2, heights
 
 
 # ----------------------------------------------------------------------------- banks of both versions
