@@ -153,9 +153,14 @@ def _var(values: np.ndarray) -> float:
 
 
 def _gradient(gray: np.ndarray) -> np.ndarray:
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=1)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=1)
-    return cv2.magnitude(gx, gy) * np.float32(0.5)  # central differences
+    """Gradient magnitude by central differences (borders reflected as OpenCV's default),
+    element-wise in NumPy: OpenCV's Sobel/magnitude on float32 differ in the last bit with the
+    array's memory alignment, which changes which pixels tie as gradient peaks and so a build's
+    bytes from one process to the next."""
+    g = np.pad(np.asarray(gray, dtype=np.float32), 1, mode="reflect")
+    gx = g[1:-1, 2:] - g[1:-1, :-2]
+    gy = g[2:, 1:-1] - g[:-2, 1:-1]
+    return np.sqrt(gx * gx + gy * gy) * np.float32(0.5)
 
 
 def blur_scale(gray: np.ndarray, region: np.ndarray) -> float | None:
