@@ -2,7 +2,8 @@
 
     python benchmarks/check_locks.py [--only lfw-occ-0.43,lfw-block] [--workers 2] [--keep DIR]
 
-Each lock records its build and options; the build is rerun with `--check LOCK` into a
+Each lock records its build and options (a lock without "harmonize", written before
+harmonisation, is rebuilt with --no-harmonize); the build is rerun with `--check LOCK` into a
 temporary folder (detections come from the machine-wide landmark cache, so only the first
 build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs.
 """
@@ -29,7 +30,12 @@ _FLAGS = {"image_format": "--format"}
 
 def build_args(lock: dict) -> list[str]:
     args = ["build", lock["build"]]
-    for key, value in sorted(lock["options"].items()):
+    options = dict(lock["options"])
+    # a lock without `harmonize` was written before harmonisation existed: --no-harmonize
+    # rebuilds what was built then (occluders/harmonize.py, catalog.VERSIONS)
+    harmonize = options.pop("harmonize", False)
+    args.append("--harmonize" if harmonize else "--no-harmonize")
+    for key, value in sorted(options.items()):
         if key in _SKIP or value is None or value == "" or value is False:
             continue
         flag = _FLAGS.get(key, "--" + key.replace("_", "-"))

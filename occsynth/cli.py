@@ -460,7 +460,12 @@ def card(directory):
     help="Bank directory (default: the package's occsynth/assets/templates).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--variants", type=click.IntRange(min=1), default=10, show_default=True, help="Templates per category.")
+@click.option(
+    "--variants",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Templates per category (default: the bank's own counts, 10 per category, 20 surgical masks).",
+)
 def make_templates(out, seed, variants):
     """Regenerate the object template bank (3D meshes rendered with pyrender); the same seed
     gives the same files byte for byte."""

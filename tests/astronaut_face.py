@@ -43,15 +43,16 @@ def covered(mask: np.ndarray, point) -> bool:
 
 def render_checked(occluder, face: np.ndarray, landmarks: np.ndarray, seed: int = 0):
     """occluder.render(...) for a template occluder, checked: the mask is exactly the warped
-    alpha >= one half, and no pixel changed outside the mask grown by the feather radius.
-    Returns (image, mask, params)."""
+    alpha >= one half, and no pixel changed outside the mask grown by the feather radius (plus,
+    when harmonised, the reach of its blur and contact shadow). Returns (image, mask, params)."""
     from occsynth.occluders.families.objects import ALPHA_HALF, full_alpha
+    from occsynth.occluders.harmonize import reach
     from occsynth.seeding import make_rng
 
     out, mask, params, warped = occluder.render(face, landmarks, make_rng(seed))
     assert np.array_equal(mask, full_alpha(warped, face.shape[:2]) >= ALPHA_HALF)
     changed = np.any(out != face, axis=-1)
-    r = int(math.ceil(params["feather"]))
+    r = int(math.ceil(params["feather"])) + (reach(params["harmonize"], landmarks) if "harmonize" in params else 0)
     allowed = cv2.dilate(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
     assert not np.any(changed & ~allowed)
     return out, mask, params

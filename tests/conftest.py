@@ -62,6 +62,14 @@ def third_party() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lfw_fixture_faces() -> list[dict]:
+    """The LFW faces of tests/data/lfw_faces.json, aligned (see lfw_fixture.py)."""
+    from lfw_fixture import load_lfw_faces
+
+    return load_lfw_faces(_need(LFW_TGZ))
+
+
+@pytest.fixture(scope="session")
 def lfw_subset_dir(tmp_path_factory) -> Path:
     """A real LFW identity folder (<identity>/<image>.jpg) with the LFW_TEST_IDENTITIES."""
     tgz = _need(LFW_TGZ)

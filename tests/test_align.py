@@ -3,6 +3,7 @@ crops; plus the batched MTCNN detector (occsynth.faces.detect) those checks rely
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from skimage.transform import SimilarityTransform
 
 from occsynth.contract import round_points
 from occsynth.faces.align import (
+    CHIP_CROP_FRACTION,
+    CHIP_CROP_OFFSET,
     LFW_CROP_FRACTION,
+    LFW_CROP_OFFSET,
     align_face,
     center_crop_landmarks,
     estimate_similarity,
+    framing_of,
     transform_points,
     warp,
 )
@@ -408,3 +413,57 @@ def test_select_face_policies():
         assert select_face([], shape, policy) is None
     with pytest.raises(ValueError, match="unknown face selection policy"):
         select_face(faces, shape, "first")
+
+
+# --- framings of the centre-crop fallback ---------------------------------------------------
+
+
+def test_auto_framing_keeps_lfw_scenes_and_reads_small_images_as_chips():
+    template = TEMPLATES["arcface-112x112"]
+    lfw = center_crop_landmarks(250, 250, template, crop_fraction=LFW_CROP_FRACTION, crop_offset=LFW_CROP_OFFSET)
+    np.testing.assert_array_equal(center_crop_landmarks(250, 250, template), lfw)  # LFW builds unchanged
+    chip = center_crop_landmarks(160, 160, template, crop_fraction=CHIP_CROP_FRACTION, crop_offset=CHIP_CROP_OFFSET)
+    np.testing.assert_array_equal(center_crop_landmarks(160, 160, template), chip)
+    np.testing.assert_array_equal(center_crop_landmarks(160, 160, template, framing="chip"), chip)
+    assert framing_of(200, 300) == "chip" and framing_of(201, 300) == "scene"
+    # a chip's face fills it: the eyes of the chip guess are about 1.7 times as far apart
+    iod = lambda p: np.linalg.norm(p[1] - p[0])  # noqa: E731
+    scene = center_crop_landmarks(160, 160, template, framing="scene")
+    assert iod(chip) / iod(scene) == pytest.approx(CHIP_CROP_FRACTION / LFW_CROP_FRACTION, rel=1e-3)
+    with pytest.raises(ValueError, match="framing"):
+        center_crop_landmarks(160, 160, template, framing="portrait")
+
+
+def _tight_chip(face: dict, margin: float = 0.1, size: int = 160) -> np.ndarray:
+    """The face's landmarks in a square crop of its detector box grown by `margin` of its side on
+    each side, resized to size x size (a face chip)."""
+    x0, y0, x1, y1 = face["box"]
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    corner = np.array([(x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2])
+    return (np.asarray(face["landmarks"]) - corner) * (size / side)
+
+
+def test_chip_fallback_keeps_the_face_scale_on_tight_lfw_crops():
+    # LFW faces detected by MTCNN (tests/data/lfw_faces.json; not the faces the prior was measured
+    # on), cropped tightly: where does the fallback put their eyes, against the detected alignment?
+    faces = json.loads((Path(__file__).resolve().parent / "data" / "lfw_faces.json").read_text())["faces"]
+    template = TEMPLATES["arcface-112x112"]
+
+    def eye_error(landmarks, guess):
+        m = estimate_similarity(guess, template.points)
+        eyes = transform_points(landmarks[:2], m)
+        return float(np.linalg.norm(eyes - template.points[:2], axis=1).mean())
+
+    chip_errors, scene_errors, scales = [], [], []
+    for face in (f for f in faces if f["set"] == "sample"):
+        lm = _tight_chip(face)
+        guess = center_crop_landmarks(160, 160, template)  # auto: a 160x160 image is a chip
+        chip_errors.append(eye_error(lm, guess))
+        scene_errors.append(eye_error(lm, center_crop_landmarks(160, 160, template, framing="scene")))
+        m = estimate_similarity(guess, template.points)
+        scales.append(np.linalg.norm(transform_points(lm[:2], m)[1] - transform_points(lm[:2], m)[0]))
+    assert np.median(chip_errors) <= 6.0, np.median(chip_errors)
+    assert np.median(chip_errors) < np.median(scene_errors) / 2.5  # the LFW prior zooms far in on chips
+    # the face keeps its scale: aligned eye distance within 15% of the template's for 90% of faces
+    template_iod = np.linalg.norm(template.points[1] - template.points[0])
+    assert np.mean(np.abs(np.array(scales) / template_iod - 1) < 0.15) >= 0.9

@@ -241,3 +241,24 @@ def test_mf1_occ_occludes_probes_only(mini_lfw, tmp_path):
         assert bool(r["occluders"]) == r["source"].startswith("probes/")
     protocol = json.loads((tmp_path / "mf1" / "protocol.json").read_text())
     assert protocol["distractors"] and protocol["gallery"] is not None
+
+
+def test_lfw_builds_harmonise_by_default_and_no_harmonize_builds_as_before(mini_lfw, tmp_path):
+    lfw, pairs = mini_lfw
+    index, locks = {}, {}
+    for flag in ("--harmonize", "--no-harmonize"):
+        out = tmp_path / flag
+        lock = tmp_path / f"{flag}.json"
+        args = ["--lfw", str(lfw), "--pairs", str(pairs), "--out", str(out), "--quiet", "--write-lock", str(lock)]
+        run("build", "lfw-occ-sunglasses", flag, "--workers", "1", *args)
+        index[flag] = {r["key"]: r for r in rows(out / "index.jsonl")}
+        locks[flag] = json.loads(lock.read_text())
+    occluded = [r for r in index["--harmonize"].values() if r["occluders"]]
+    assert occluded and all("harmonize" in r["occluders"][0]["params"] for r in occluded)  # its look record
+    assert all(r["occluders"][0]["spec_params"]["harmonize"] is True for r in occluded)
+    for key, old in index["--no-harmonize"].items():  # records as written before harmonisation existed
+        for rec in old["occluders"]:
+            assert "harmonize" not in rec["params"] and not {"harmonize", "version"} & set(rec["spec_params"])
+        assert bool(old["occluders"]) == bool(index["--harmonize"][key]["occluders"])  # the same protocol side
+    assert locks["--harmonize"]["options"]["harmonize"] is True
+    assert locks["--no-harmonize"]["options"]["harmonize"] is False

@@ -151,3 +151,75 @@ def test_pose_bank_rendering_is_reproducible(egl, tmp_path):
     index = authoring_masks.render_mask_bank(tmp_path, **args)
     name = index["renders"][0]["file"]
     assert (tmp_path / name).read_bytes() == (asset_dir("mask3d") / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------- real mask shapes
+
+
+CHIN = (0.0, 1.55)  # face frame: the chin (menton), as MaskTheFace's point e (importers.py)
+
+
+def _hit(mask: np.ndarray, point) -> bool:
+    x, y = (int(round(v)) for v in point)
+    return bool(mask[min(max(y, 0), mask.shape[0] - 1), min(max(x, 0), mask.shape[1] - 1)])
+
+
+@pytest.mark.lfw
+@pytest.mark.parametrize(
+    "spec",
+    [("mask3d", {}), ("surgical_mask", {"split": "eval"}), ("surgical_mask", {"split": "train"})],
+    ids=["mask3d", "surgical_mask-eval", "surgical_mask-train"],
+)
+def test_lfw_masks_cover_nose_tip_and_chin_never_the_eyes(lfw_fixture_faces, spec):
+    from occsynth.faces.geometry import face_point
+
+    name, params = spec
+    faces = [f for f in lfw_fixture_faces if f["set"] == "sample"]
+    occ = create_occluder(name, harmonize=False, version=2, **params)  # the mask does not depend on harmonize
+    nose = chin = eyes = 0
+    for i, face in enumerate(faces):
+        lm = face["aligned"]
+        mask = occ(face["crop"], np.zeros((112, 112), np.uint8), lm, make_rng(i))[1] > 0
+        nose += _hit(mask, lm[2])
+        chin += _hit(mask, face_point(lm, [CHIN])[0])  # below the crop: the mask reaching the bottom edge
+        eyes += _hit(mask, lm[0]) or _hit(mask, lm[1])
+    assert nose >= 0.95 * len(faces) and chin >= 0.95 * len(faces) and eyes == 0, (nose, chin, eyes)
+
+
+def test_bank_has_the_real_mask_styles():
+    from occsynth.assets.catalog import MASK_STYLES
+
+    bank = m3d.load_pose_bank()
+    for kind, styles in MASK_STYLES.items():
+        assert bank.styles(kind) == sorted(styles)
+    assert {"brick", "grass", "gravel", "motif", "sequin"} <= set(bank.styles("cloth"))
+    # version 1 keeps the bank from before (builds made then rebuild byte for byte)
+    old = m3d.load_pose_bank(version=1)
+    assert len(old.renders) == 168 and old.styles("cloth") == ["print1", "print2"]
+
+
+def test_photo_textures_are_scikit_images_own():
+    from skimage import data
+
+    rng = make_rng(3)
+    tex = authoring_masks._photo_texture("brick", (40, 60), rng, ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    photo = data.brick().astype(np.float64)
+    photo = (photo - photo.min()) / (photo.max() - photo.min())
+    # a grey print of the photo, resized: its tone distribution is the photo's
+    assert tex.shape == (40, 60, 3) and np.allclose(tex[..., 0], tex[..., 1])
+    assert abs(tex.mean() - photo.mean()) < 0.08 and tex.std() > 0.5 * photo.std()
+
+
+@pytest.mark.parametrize("kind", m3d.KINDS)
+def test_masks_rest_on_the_face_and_cover_the_nose(kind):
+    # the surface lies in front of the face model (nose ridge included) everywhere it is drawn
+    outline = authoring_masks._outline(kind)
+    x, y = authoring_masks._raster_grid()
+    depth = authoring_masks._depth_raster(kind)
+    face = authoring_masks.face_depth(x, y)
+    assert (depth[outline] < face[outline]).all()
+    # the nose tip (MODEL_POINTS[2], 24 mm in front of the eyes) is under the mask, which stands off it
+    (x0, _), (y0, _), k = authoring_masks._RASTER
+    tip = posing.MODEL_POINTS[2]
+    row, col = int((tip[1] - y0) * k), int((tip[0] - x0) * k)
+    assert outline[row, col] and depth[row, col] < tip[2] - 1.0

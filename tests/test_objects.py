@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from astronaut_face import aligned_astronaut, centroid, covered, render_checked
@@ -214,3 +215,119 @@ def test_bank_regeneration_is_byte_identical(tmp_path):
 
 def test_default_bank_dir_is_inside_the_package():
     assert bank.default_bank_dir() == Path(__file__).resolve().parents[1] / "occsynth" / "assets" / "templates"
+
+
+# ----------------------------------------------------------------------------- head pose (version 2)
+
+
+def _turned(yaw, pitch=0.0, roll=0.0, scale=0.56, centre=(56.0, 51.6)):
+    from occsynth.faces import pose as posing
+
+    return posing.project(posing.MODEL_POINTS, posing.pose_matrix(yaw, pitch, roll), scale, centre)
+
+
+def _still_mask(category, name, landmarks, version=2):
+    occ = create_occluder(category, template=name, version=version, harmonize=False, **STILL)
+    return occ(FACE, np.zeros((112, 112), np.uint8), landmarks, make_rng(0))[1] > 0
+
+
+def _extent(mask):
+    ys, xs = np.nonzero(mask)
+    return xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+
+
+def test_worn_glasses_are_foreshortened_on_a_turned_head():
+    front, side = _turned(0), _turned(40)
+    for name in _each_template("sunglasses"):
+        w0, h0 = _extent(_still_mask("sunglasses", name, front))
+        w1, h1 = _extent(_still_mask("sunglasses", name, side))
+        # a flat frame turned by 40 degrees: cos 40 = 0.77 as wide, as high
+        assert 0.72 < w1 / w0 < 0.82 and 0.93 < h1 / h0 < 1.07, (name, w1 / w0, h1 / h0)
+        mask = _still_mask("sunglasses", name, side)
+        assert covered(mask, side[0]) and covered(mask, side[1]), name  # a lens on each eye
+        # version 1 (a similarity on the two eyes) shrinks the whole frame instead
+        _, h_old = _extent(_still_mask("sunglasses", name, side, version=1))
+        _, h_old_front = _extent(_still_mask("sunglasses", name, front, version=1))
+        assert h_old / h_old_front < 0.85, name
+
+
+def test_round_worn_objects_keep_their_width_on_a_turned_head():
+    front, side = _turned(0), _turned(40)
+    for name in _each_template("hat"):
+        w0, _ = _extent(_still_mask("hat", name, front))
+        w1, _ = _extent(_still_mask("hat", name, side))
+        assert 0.9 < w1 / w0 < 1.1, (name, w1 / w0)
+
+
+def test_frontal_faces_are_placed_as_before():
+    # on a frontal face the pose map and version 1's similarity agree to within a pixel or two
+    for category in ("sunglasses", "eye_mask", "hat", "scarf"):
+        for name in _each_template(category)[:3]:
+            a = _still_mask(category, name, _turned(0))
+            b = _still_mask(category, name, _turned(0), version=1)
+            assert np.abs(centroid(a) - centroid(b)).max() < 2.5, (category, name)
+
+
+def _lens_centres(mask, eyes):
+    """The centroid of the mask's pixels nearer each eye than the other, after a 3x3 opening
+    (which drops the thin bridge and temples): one lens centre per eye, even where foreshortened
+    lenses touch (a split into connected blobs would then find one)."""
+    opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    ys, xs = np.nonzero(opened)
+    points = np.stack([xs, ys], axis=1).astype(np.float64)
+    side = np.linalg.norm(points[:, None] - np.asarray(eyes)[None], axis=2).argmin(axis=1)
+    return np.array([points[side == k].mean(axis=0) for k in (0, 1)])
+
+
+@pytest.mark.lfw
+def test_lfw_faces_turned_the_most_get_a_lens_on_each_eye(lfw_fixture_faces):
+    turned = [f for f in lfw_fixture_faces if f["set"] == "yaw"]
+    assert min(abs(f["yaw"]) for f in turned) > 40
+    worst, heights = [], []
+    for i, face in enumerate(turned):
+        eyes = face["aligned"][:2]
+        masks = {}
+        for version in (1, 2):  # 1: a similarity on the landmarks; 2: the head pose
+            occ = create_occluder("sunglasses", harmonize=False, version=version, **STILL)
+            masks[version] = occ(face["crop"], np.zeros((112, 112), np.uint8), face["aligned"], make_rng(i))[1] > 0
+        centres = _lens_centres(masks[2], eyes)
+        worst.append(np.linalg.norm(centres - eyes, axis=1).max())
+        assert covered(masks[2], eyes[0]) and covered(masks[2], eyes[1]), face["source"]
+        heights.append(_extent(masks[2])[1] / _extent(masks[1])[1])
+    # the lens centres lie on the eyes (LFW's most turned faces: estimated |yaw| 55-70 degrees)
+    assert np.median(worst) <= 3.0 and max(worst) <= 5.0, worst
+    # foreshortened, not shrunk: version 1 scales the whole frame with the eye distance (cos yaw),
+    # the pose keeps its height (measured: 1.35-2.5 times version 1's)
+    assert min(heights) > 1.2, heights
+
+
+# ----------------------------------------------------------------------------- banks of both versions
+
+
+def test_version_1_bank_is_the_previous_bank():
+    old, new = load_bank(version=1), load_bank()
+    assert len(old.templates) == 110 and len(new.templates) == 120
+    index = json.loads((bank.default_bank_dir(1) / bank.BANK_FILE).read_text())
+    for t in old.templates:  # every file, here or shared with the current bank, is the one it was made with
+        assert t.meta["file"] in index["sha256"]
+    shared = [t for t in index["templates"] if not (bank.default_bank_dir(1) / t["file"]).exists()]
+    assert shared and all((bank.default_bank_dir() / t["file"]).exists() for t in shared)
+
+
+def test_a_changed_shared_template_is_refused(tmp_path):
+    import shutil
+
+    from occsynth.occluders.families.objects import _load_bank_cached
+
+    v1, current = tmp_path / "v1", tmp_path / "current"
+    shutil.copytree(bank.default_bank_dir(1), v1)
+    shutil.copytree(bank.default_bank_dir(), current)
+    index = json.loads((v1 / bank.BANK_FILE).read_text())
+    index["files_from"] = "../current"
+    (v1 / bank.BANK_FILE).write_text(json.dumps(index))
+    assert len(load_bank(v1).templates) == 110
+    _load_bank_cached.cache_clear()
+    (current / "cup_00.png").write_bytes((current / "cup_01.png").read_bytes())
+    with pytest.raises(ValueError, match="sha256"):
+        load_bank(v1)
+    _load_bank_cached.cache_clear()

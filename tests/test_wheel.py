@@ -137,11 +137,16 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
         "occsynth/py.typed",
         "occsynth/assets/templates/bank.json",
         "occsynth/assets/mask3d/index.json",
+        "occsynth/assets/templates_v1/bank.json",
+        "occsynth/assets/mask3d_v1/index.json",
         "occsynth/benchmarks/definitions/lfw-occ.yaml",
         "occsynth_train/py.typed",
     ):
         assert required in names, f"{required} missing from {wheel.name}"
-    assert sum(n.startswith("occsynth/assets/templates/") and n.endswith(".png") for n in names) == 110
+    assert sum(n.startswith("occsynth/assets/templates/") and n.endswith(".png") for n in names) == 120
+    # the version-1 banks (builds from before harmonisation): the template bank's changed files only
+    assert sum(n.startswith("occsynth/assets/templates_v1/") and n.endswith(".png") for n in names) == 20
+    assert sum(n.startswith("occsynth/assets/mask3d_v1/") and n.endswith(".png") for n in names) == 168
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
 
     env_dir = tmp_path / "venv"

@@ -38,7 +38,15 @@ REGION_CENTERS = {
 IOD_CM = 6.3
 EYE_MOUTH_CM = 7.3
 BANK_FILE = "bank.json"
-BANK_FORMAT = 1
+BANK_FORMAT = 2  # 2: worn templates carry "worn", "depth_cm" and "px_per_cm" (pose-following placement)
+
+# Occluder versions. 2 (current): the banks in templates/ and mask3d/, worn objects placed by the
+# head pose. 1: the banks and placement before harmonisation, kept (templates_v1/, mask3d_v1/)
+# so that builds made then rebuild byte for byte: templates_v1/bank.json is the version-1 index;
+# the PNGs it lists that did not change are read from templates/ ("files_from"), each checked
+# against the sha256 the index keeps for it.
+VERSIONS = (1, 2)
+CURRENT_VERSION = 2
 
 # 3D face masks (the pose bank)
 MASK_KINDS = ("surgical", "n95", "kn95", "cloth")
@@ -51,24 +59,35 @@ MASK_COLORS = {
     "grey": (0.6, 0.6, 0.62),
     "navy": (0.12, 0.16, 0.32),
 }
-MASK_PRINTS = ("print1", "print2", "print3")  # cloth masks: fabric prints drawn from the seed
-MASK_STYLES = {
-    "surgical": ("blue", "white", "black"),
-    "n95": ("white",),
-    "kn95": ("white", "black"),
-    "cloth": ("print1", "print2"),
+MASK_PRINTS = ("print1", "print2", "print3")  # fabric prints drawn from the seed
+# textile patterns (authoring/masks.py): procedural prints, photos shipped inside scikit-image
+# (brick, grass, gravel) printed in two colours, printed motifs, sequins
+MASK_PATTERNS = (*MASK_PRINTS, "brick", "grass", "gravel", "motif", "sequin")
+MASK_STYLES = {  # the styles of the current pose bank (the version-1 bank lists its own)
+    "surgical": ("blue", "white", "black", "pink"),
+    "n95": ("white", "white_valve", "grey"),
+    "kn95": ("white", "black", "print1"),
+    "cloth": ("print1", "print2", "brick", "grass", "gravel", "motif", "sequin"),
 }
 POSE_BANK_INDEX = "index.json"
 
 
-def default_bank_dir() -> Path:
-    """Where the object occluder finds its template bank by default (assets/templates)."""
-    return asset_dir("templates")
+def _check_version(version: int) -> int:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown occluder version {version!r}; choose from {', '.join(map(str, VERSIONS))}")
+    return version
 
 
-def default_pose_bank_dir() -> Path:
-    """Where the 3D mask occluder finds its pose bank by default (assets/mask3d)."""
-    return asset_dir("mask3d")
+def default_bank_dir(version: int = CURRENT_VERSION) -> Path:
+    """Where the object occluder finds its template bank by default (assets/templates; version
+    1: assets/templates_v1)."""
+    return asset_dir("templates" if _check_version(version) == CURRENT_VERSION else f"templates_v{version}")
+
+
+def default_pose_bank_dir(version: int = CURRENT_VERSION) -> Path:
+    """Where the 3D mask occluder finds its pose bank by default (assets/mask3d; version 1:
+    assets/mask3d_v1)."""
+    return asset_dir("mask3d" if _check_version(version) == CURRENT_VERSION else f"mask3d_v{version}")
 
 
 def load_bank_index(bank_dir: str | Path | None = None) -> dict:

@@ -65,6 +65,7 @@ from occsynth.seeding import derive_seed, make_rng
 IOD_CM = 6.3
 EYE_MOUTH_CM = 7.3
 DEFAULT_VARIANTS = 10
+VARIANTS = {"surgical_mask": 20}  # categories with more than DEFAULT_VARIANTS templates
 EVAL_FRACTION = 0.3
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 HEAD_PIVOT = np.array([0.0, -2.0, -9.0])  # worn objects turn with the head about this point
@@ -89,6 +90,10 @@ class Model:
     landmarks: tuple[str, ...] = ("left_eye", "right_eye")
     pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
     style: str = ""
+    depth_cm: float = 0.0  # worn objects: mean depth of the unposed anchors (face frame, z toward the viewer)
+    # worn objects: how a turned head shows them: "plane" (glasses, eye masks, face masks:
+    # foreshortened across) or "round" (hats, scarves: about as wide from any side)
+    turn: str = "plane"
 
 
 def _face_points(points: np.ndarray) -> np.ndarray:
@@ -97,7 +102,7 @@ def _face_points(points: np.ndarray) -> np.ndarray:
     return np.column_stack([points[:, 0] / IOD_CM, -points[:, 1] / EYE_MOUTH_CM])
 
 
-def _worn(parts, anchors, rng, region, landmarks, yaw=12.0, pitch=6.0, roll=4.0, style=""):
+def _worn(parts, anchors, rng, region, landmarks, yaw=12.0, pitch=6.0, roll=4.0, style="", turn="plane"):
     """Pose a worn object with the head (about HEAD_PIVOT); anchors follow the object."""
     angles = (float(rng.uniform(-yaw, yaw)), float(rng.uniform(-pitch, pitch)), float(rng.uniform(-roll, roll)))
     m = rigid(euler_matrix(*angles), HEAD_PIVOT)
@@ -112,6 +117,8 @@ def _worn(parts, anchors, rng, region, landmarks, yaw=12.0, pitch=6.0, roll=4.0,
         landmarks=landmarks,
         pose=angles,
         style=style,
+        depth_cm=float(anchors[:, 2].mean()),
+        turn=turn,
     )
 
 
@@ -153,6 +160,23 @@ def _lens_outline(rng: np.random.Generator, shape: str, w: float, h: float) -> n
     return pts
 
 
+def _lens_texture(rng: np.random.Generator, tint, size: int = 64) -> np.ndarray:
+    """A tinted lens as a camera sees it: darker at the top (gradient tint), with the soft
+    reflection of a bright sky or window across it and, sometimes, a mirror coating's colour."""
+    v = np.linspace(1.0, 0.0, size)[:, None]  # uv v: 1 at the top
+    u = np.linspace(0.0, 1.0, size)[None, :]
+    tint = np.asarray(tint, dtype=np.float64)
+    img = tint * (0.75 + 0.6 * (1 - v[..., None]) ** 1.5)
+    angle, offset, width = float(rng.uniform(0.4, 1.1)), float(rng.uniform(0.25, 0.75)), float(rng.uniform(0.08, 0.2))
+    band = np.exp(-0.5 * (((u * math.cos(angle) + v * math.sin(angle)) - offset) / width) ** 2)
+    sky = np.array(_pick(rng, [(0.75, 0.82, 0.95), (0.9, 0.88, 0.8), (0.6, 0.75, 0.9)]))
+    img = img + float(rng.uniform(0.12, 0.35)) * band[..., None] * sky
+    if rng.random() < 0.3:  # a mirror coating
+        coat = np.array(_pick(rng, [(0.9, 0.5, 0.15), (0.2, 0.5, 0.9), (0.75, 0.75, 0.8), (0.7, 0.2, 0.6)]))
+        img = img * 0.6 + 0.25 * coat * (0.6 + 0.4 * v[..., None])
+    return _to_u8(np.clip(img, 0, 1))
+
+
 def build_glasses(rng: np.random.Generator, dark: bool):
     """Two lenses (slabs), rims swept around them, a bridge and temples; wrapped slightly."""
     shape = _pick(
@@ -185,7 +209,10 @@ def build_glasses(rng: np.random.Generator, dark: bool):
             rng, [(0.04, 0.04, 0.05), (0.16, 0.09, 0.04), (0.04, 0.09, 0.06), (0.05, 0.08, 0.2), (0.3, 0.3, 0.32)]
         )
         lens_kw = dict(
-            color=lens_color, metallic=float(rng.uniform(0.0, 0.35)), roughness=float(rng.uniform(0.15, 0.35))
+            color=(1.0, 1.0, 1.0),
+            metallic=float(rng.uniform(0.0, 0.35)),
+            roughness=float(rng.uniform(0.15, 0.35)),
+            texture=_lens_texture(make_rng(int(rng.integers(1 << 62))), lens_color),
         )
     else:
         lens_kw = dict(color=(0.85, 0.9, 0.95), metallic=0.0, roughness=0.05, opacity=float(rng.uniform(0.1, 0.2)))
@@ -196,7 +223,7 @@ def build_glasses(rng: np.random.Generator, dark: bool):
             outline = outline[::-1] * [-1, 1]
         outline = outline + [side * cx, -pupil_y]
         lens, uv = slab(outline, 0.12, bend=wrap)
-        parts.append(Part(lens, **lens_kw))
+        parts.append(Part(lens, uv=uv if dark else None, **lens_kw))
         rim_path = np.column_stack(
             [outline * 1.0 + np.sign(outline - [side * cx, -pupil_y]) * 0.0, np.zeros(len(outline))]
         )
@@ -279,7 +306,7 @@ def _model_scarf(rng):
         )
     )
     anchors = surface(np.array([0.32, 0.68]), np.array([1.0, 1.0]))
-    return _worn(parts, anchors, rng, "lower_face", LANDMARK_NAMES, yaw=10, pitch=5, roll=4, style=kind)
+    return _worn(parts, anchors, rng, "lower_face", LANDMARK_NAMES, yaw=10, pitch=5, roll=4, style=kind, turn="round")
 
 
 def _model_surgical_mask(rng):
@@ -610,7 +637,9 @@ def _model_hat(rng):
             )
             parts.append(Part(pom, color=_jitter_color(rng, _pick(rng, FABRIC)), roughness=1.0))
         anchors = np.array([[-rx, base_y - cuff_h * 0.6, cz], [rx, base_y - cuff_h * 0.6, cz]])
-    return _worn(parts, anchors, rng, "forehead", ("left_eye", "right_eye"), yaw=12, pitch=5, roll=4, style=kind)
+    return _worn(
+        parts, anchors, rng, "forehead", ("left_eye", "right_eye"), yaw=12, pitch=5, roll=4, style=kind, turn="round"
+    )
 
 
 def _eye_mask_shape(rng, px_per_cm: float = 24.0):
@@ -830,21 +859,26 @@ def build_model(category: str, variant: int, seed: int = 0) -> Model:
 def build_template_bank(
     out_dir: str | Path | None = None,
     seed: int = 0,
-    variants: int | dict[str, int] = DEFAULT_VARIANTS,
+    variants: int | dict[str, int] | None = None,
     categories: Sequence[str] | None = None,
     supersample: int = 3,
 ) -> dict:
     """Render the object template bank into `out_dir` (default: assets/templates).
 
-    `variants` is a count per category or a {category: count} dict; the same seed gives the
-    same files byte for byte (geometry, textures, poses and lights are all drawn from
-    per-template seeds). Writes <category>_<NN>.png and bank.json; returns the bank index."""
+    `variants` is a count per category or a {category: count} dict (None: VARIANTS, else
+    DEFAULT_VARIANTS); the same seed gives the same files byte for byte (geometry, textures,
+    poses and lights are all drawn from per-template seeds). Writes <category>_<NN>.png and
+    bank.json; returns the bank index. Worn templates also record "worn", "depth_cm" and
+    "px_per_cm", with which the object occluder turns them to the head pose."""
     out = Path(out_dir) if out_dir is not None else default_bank_dir()
     out.mkdir(parents=True, exist_ok=True)
     cats = list(categories or CATEGORIES)
     templates = []
     for category in cats:
-        count = variants.get(category, DEFAULT_VARIANTS) if isinstance(variants, dict) else int(variants)
+        if variants is None:
+            count = VARIANTS.get(category, DEFAULT_VARIANTS)
+        else:
+            count = variants.get(category, DEFAULT_VARIANTS) if isinstance(variants, dict) else int(variants)
         splits = split_of(category, count, seed)
         for i in range(count):
             rng = make_rng(derive_seed(seed, "light", category, i))
@@ -861,6 +895,10 @@ def build_template_bank(
                     "region": model.region,
                     "size": [int(rgba.shape[1]), int(rgba.shape[0])],
                     "style": model.style,
+                    "worn": model.anchor_points is not None,
+                    "turn": model.turn,
+                    "depth_cm": round(model.depth_cm, 4),
+                    "px_per_cm": round(float(k), 4),
                     "pose": {
                         "yaw": round(model.pose[0], 2),
                         "pitch": round(model.pose[1], 2),

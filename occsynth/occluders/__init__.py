@@ -14,7 +14,7 @@ from occsynth.occluders.base import (
     register_occluder,
     sample_value,
 )
-from occsynth.occluders.compose import Composer, occlude, replay
+from occsynth.occluders.compose import Composer, occlude, replay, with_harmonize
 from occsynth.occluders.presets import get_preset, list_presets
 from occsynth.occluders.spec import compile_tree, load_spec, parse_cli_spec
 
@@ -33,4 +33,5 @@ __all__ = [
     "register_occluder",
     "replay",
     "sample_value",
+    "with_harmonize",
 ]

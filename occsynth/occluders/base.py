@@ -44,6 +44,10 @@ class Occluder:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     schema: ClassVar[dict[str, Param]] = {}
+    # Parameters added after samples were first recorded, with the value that reproduces the
+    # earlier behaviour: a record leaves them out at that value and a replay puts it back, so
+    # an old build rebuilds byte for byte (records included) and an old record replays.
+    legacy: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -59,6 +63,17 @@ class Occluder:
     ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Return (occluded image, this occluder's own binary mask as bool HxW, concrete params)."""
         raise NotImplementedError
+
+    def recorded_params(self) -> dict:
+        """The parameters a sample records ("spec_params"): all of them but the `legacy` ones
+        at their legacy value."""
+        return {k: v for k, v in self.params.items() if not (k in self.legacy and v == self.legacy[k])}
+
+    @classmethod
+    def replay_params(cls, recorded: dict) -> dict:
+        """Constructor parameters from recorded ones: absent `legacy` parameters take their
+        legacy value (the record predates them or left them out at that value)."""
+        return {**cls.legacy, **recorded}
 
     def __call__(
         self,

@@ -3,18 +3,22 @@
 
 Records. Every occluder applied adds one record to Occlusion.records: base.Occluder's
 {"family", "name", "params" (the concrete sampled values), "seed", "area"} plus "spec_params",
-the occluder's full parameters as compiled (spec values and defaults). `replay` re-creates an
+the occluder's full parameters as compiled (spec values and defaults) but for parameters added
+later at the value that reproduces the earlier behaviour (Occluder.legacy: e.g. harmonize=false
+is left out, so such a build writes the records it wrote before). `replay` re-creates an
 occlusion from these records alone.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from occsynth.contract import MASK_OCCLUDED, MASK_VISIBLE, _jsonable, dumps
 from occsynth.occluders.base import Occlusion, create_occluder, list_occluders
+from occsynth.occluders.presets import get_preset
 from occsynth.occluders.spec import Spec, compile_tree, load_spec
 from occsynth.seeding import make_rng
 
@@ -29,7 +33,7 @@ class Composer:
     def _compile(self, spec: Spec):
         def leaf(name: str, params: dict):
             occluder = create_occluder(name, **params)
-            return ("one", occluder, _spec_params_json(occluder.params))
+            return ("one", occluder, _spec_params_json(occluder.recorded_params()))
 
         return compile_tree(spec, leaf)
 
@@ -59,6 +63,37 @@ def _spec_params_json(params: dict) -> str:
     """An occluder's parameters as JSON, so records stay JSON (a Path given as a parameter is
     recorded as its string, which rebuilds the same occluder)."""
     return json.dumps(_jsonable(params), default=str, sort_keys=True)
+
+
+def with_harmonize(spec: Spec, value) -> Spec:
+    """The spec (data form) with `harmonize` set to `value` on every occluder that takes it,
+    fit_area's inner occluder included; presets and CLI strings are expanded first. With
+    value=False a build writes what it wrote before harmonisation (see Occluder.legacy)."""
+
+    def walk(node):
+        if isinstance(node, (str, Path)):
+            return walk(load_spec(node))
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "all" in node:
+            return {**node, "all": [walk(n) for n in node["all"]]}
+        if "mix" in node:
+            return {**node, "mix": [{**b, "spec": walk(b.get("spec"))} for b in node["mix"]]}
+        if "preset" in node:
+            return walk(get_preset(node["preset"]))
+        if "name" in node:
+            params = dict(node.get("params") or {})
+            cls = list_occluders().get(node["name"])
+            if cls is not None and "harmonize" in cls.defaults:
+                params["harmonize"] = value
+            if isinstance(params.get("occluder"), dict):
+                params["occluder"] = walk(params["occluder"])
+            return {**node, "params": params}
+        return node
+
+    return walk(spec)
 
 
 def occlude(image: np.ndarray, landmarks: np.ndarray, spec: Spec, seed: int) -> Occlusion:
@@ -92,10 +127,13 @@ def replay(image: np.ndarray, landmarks: np.ndarray, records: list[dict]) -> Occ
 
 
 def _rebuild(record: dict):
-    if "spec_params" in record:
-        return create_occluder(record["name"], **record["spec_params"])
     known = list_occluders()
     if record["name"] not in known:
         return create_occluder(record["name"])  # raises the registry's KeyError
-    defaults = known[record["name"]].defaults
-    return create_occluder(record["name"], **{k: v for k, v in record["params"].items() if k in defaults})
+    cls = known[record["name"]]
+    if "spec_params" in record:
+        return create_occluder(record["name"], **cls.replay_params(record["spec_params"]))
+    defaults = cls.defaults
+    return create_occluder(
+        record["name"], **cls.replay_params({k: v for k, v in record["params"].items() if k in defaults})
+    )

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from occsynth.errors import UsageError
 
-__all__ = ["Param", "SpecError", "anything", "check_params", "flag", "integer", "number", "word"]
+__all__ = ["Param", "SpecError", "anything", "check_params", "custom", "flag", "integer", "number", "word"]
 
 
 class SpecError(UsageError):
@@ -37,7 +37,8 @@ def _fmt(value: float | None, default: str) -> str:
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter's type and range. kind: number | int | word | flag | any."""
+    """One parameter's type and range. kind: number | int | word | flag | any | custom (a
+    `check` function decides, `note` says what it accepts)."""
 
     kind: str
     lo: float | None = None
@@ -48,7 +49,8 @@ class Param:
     nullable: bool = False  # None is allowed
     lists: bool = False  # a plain list of words is allowed (word parameters)
     scalar: bool = False  # only a plain value: no [lo, hi] range, no choice
-    note: str = ""  # what an unchecked ("any") parameter holds
+    note: str = ""  # what an unchecked ("any") or custom parameter holds
+    check: Callable[[Any], bool] | None = None  # custom parameters: whether a value is allowed
 
     # ------------------------------------------------------------------ description
     def allowed(self) -> str:
@@ -75,6 +77,8 @@ class Param:
             return self.nullable or self.kind == "any"
         if self.kind == "any":
             return True
+        if self.kind == "custom":
+            return bool(self.check(value))
         if self.scalar:
             return self._scalar_ok(value)
         if isinstance(value, dict):
@@ -137,6 +141,11 @@ def flag() -> Param:
 
 def anything(note: str = "", nullable: bool = True) -> Param:
     return Param("any", nullable=nullable, note=note)
+
+
+def custom(check: Callable[[Any], bool], note: str) -> Param:
+    """A parameter whose values `check` accepts (None included, if it says so)."""
+    return Param("custom", note=note, check=check, nullable=True)
 
 
 def check_params(occluder: str, params: dict, schema: dict[str, Param]) -> None:

@@ -5,6 +5,10 @@ object sizes. `fit_area` wraps any occluder with a size parameter (objects: `sca
 templates: `factor`) and searches the size multiplier by bisection with the occluder's own
 seed held fixed, so every attempt places the same template at the same spot and only its
 size changes. The record is the inner occluder's, plus what the fit aimed for and reached.
+
+An inner occluder that harmonises (occluders/harmonize.py) is searched without it (same
+version, so the same geometry and area: harmonisation never moves the mask) and harmonised
+once, at the size found.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from occsynth.occluders._registry import OCCLUDERS
 from occsynth.occluders.base import (
     Occluder,
     create_occluder,
+    list_occluders,
     register_occluder,
     sample_value,
 )
@@ -75,6 +80,33 @@ class FitArea(Occluder):
         if not self.params["min_factor"] < self.params["max_factor"]:
             raise SpecError("occluder 'fit_area': min_factor must be below max_factor")
 
+    def recorded_params(self) -> dict:
+        """The inner occluder's parameters as given, with its `legacy` ones made explicit where
+        they are not at their legacy value (so a replay, which fills the legacy values in, runs
+        the same inner occluder) and left out where they are."""
+        out = dict(self.params)
+        inner = self.params["occluder"]
+        cls = list_occluders().get(inner["name"])
+        if cls is None or not cls.legacy:
+            return out
+        given = dict(inner.get("params") or {})
+        params = {k: v for k, v in given.items() if not (k in cls.legacy and v == cls.legacy[k])}
+        for key, old in cls.legacy.items():
+            if key not in given and cls.defaults.get(key) != old:
+                params[key] = cls.defaults[key]
+        if params != given or "params" in inner:
+            out["occluder"] = {**inner, "params": params}
+        return out
+
+    @classmethod
+    def replay_params(cls, recorded: dict) -> dict:
+        out = super().replay_params(recorded)
+        inner = out.get("occluder")
+        if isinstance(inner, dict) and inner.get("name") in list_occluders():
+            inner_cls = list_occluders()[inner["name"]]
+            out["occluder"] = {**inner, "params": inner_cls.replay_params(dict(inner.get("params") or {}))}
+        return out
+
     def __call__(self, image, mask, landmarks, rng):
         target = float(sample_value(self.params["ratio"], rng))
         inner = self.params["occluder"]
@@ -82,15 +114,28 @@ class FitArea(Occluder):
         param = self.params["param"]
         if param not in base_params:
             base_params[param] = create_occluder(inner["name"]).defaults[param]
+        final_params = None
+        probe = create_occluder(inner["name"], **base_params)
+        if probe.params.get("harmonize") not in (None, False):
+            # search without harmonising, at the same version (same geometry), harmonise once after
+            final_params = base_params
+            base_params = {**base_params, "harmonize": False}
+            if "version" in probe.params:
+                base_params["version"] = probe.version
         best = None
         for attempt in range(int(self.params["retries"]) + 1):
             seed = int(rng.integers(0, 2**63 - 1))
             result = self._bisect(image, mask, landmarks, inner["name"], base_params, param, target, seed)
             if best is None or abs(result[2]["area"] - target) < abs(best[2]["area"] - target):
-                best = result
+                best, best_seed = result, seed
             if abs(best[2]["area"] - target) <= self.params["tolerance"]:
                 break
         out, new_mask, record = best
+        if final_params is not None:
+            factor = record["fit_factor"]
+            occluder = create_occluder(inner["name"], **{**final_params, param: _scaled(final_params[param], factor)})
+            out, new_mask, record = occluder(image, mask, landmarks, np.random.Generator(np.random.PCG64(best_seed)))
+            record["fit_factor"] = factor
         record["fit"] = {"target": target, "achieved": record["area"], "attempts": attempt + 1}
         return out, new_mask, record
 

@@ -14,7 +14,9 @@
   jaw at the nose-tip level; b: middle of the nose bridge; d, f: jaw at the lower-lip level;
   e: chin). Here they are estimated from 5 landmarks, see `maskthefaces_face_points`.
 
-The mask is the warped template's alpha >= 0.5, as for every template occluder.
+The mask is the warped template's alpha >= 0.5, as for every template occluder. Each takes
+`harmonize` (default true: the layer is matched to the photo's light and image quality, see
+occluders/harmonize.py; false: pasted as read, the behaviour before harmonisation).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from occsynth.faces.geometry import (
 from occsynth.faces.pose import estimate_pose
 from occsynth.occluders.base import register_occluder, sample_value
 from occsynth.occluders.families.objects import (
+    HARMONIZE_PARAM,
     Template,
     TemplateOccluder,
     _choose,
@@ -94,7 +97,9 @@ class TemplateFolder(TemplateOccluder):
         "recursive": False,
         "feather": 1.0,
         "template": None,
+        "harmonize": True,
     }
+    legacy = {"harmonize": False}
     schema = {
         "path": anything("a folder of RGBA templates"),
         "factor": number(0.0, lo_open=True),
@@ -103,6 +108,7 @@ class TemplateFolder(TemplateOccluder):
         "recursive": flag(),
         "feather": number(0.0),
         "template": anything("a template file name (null: drawn)"),
+        "harmonize": HARMONIZE_PARAM,
     }
 
     def place(self, image, landmarks, rng):
@@ -224,7 +230,9 @@ class Ocfr2022(TemplateOccluder):
         "anchor_jitter": 0.05,
         "feather": 1.0,
         "template": None,
+        "harmonize": True,
     }
+    legacy = {"harmonize": False}
     schema = {
         "path": anything("the OCFR-2022 root, its occluders/ folder or its csv"),
         "region": anything("a region name of the csv, a list or {choice: [...]} (null: any)"),
@@ -232,6 +240,7 @@ class Ocfr2022(TemplateOccluder):
         "anchor_jitter": number(0.0),
         "feather": number(0.0),
         "template": anything("a template file name (null: drawn)"),
+        "harmonize": HARMONIZE_PARAM,
     }
 
     def place(self, image, landmarks, rng):
@@ -360,12 +369,14 @@ class MaskTheFace(TemplateOccluder):
     family = "importer"
     name = "maskthefaces"
     perspective = True
-    defaults = {"path": None, "mask": None, "pose_variants": True, "feather": 1.0}
+    defaults = {"path": None, "mask": None, "pose_variants": True, "feather": 1.0, "harmonize": True}
+    legacy = {"harmonize": False}
     schema = {
         "path": anything("the MaskTheFace root, its masks/ folder or masks.cfg"),
         "mask": anything("a mask name of masks.cfg, a list or {choice: [...]} (null: any)"),
         "pose_variants": flag(),
         "feather": number(0.0),
+        "harmonize": HARMONIZE_PARAM,
     }
 
     def place(self, image, landmarks, rng):

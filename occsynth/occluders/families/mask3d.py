@@ -10,7 +10,13 @@ mask is exactly render alpha >= 0.5.
 
 mode="bank" (default) uses pre-rendered poses (render_mask_bank, shipped in assets/mask3d):
 the nearest (yaw, pitch) render is mapped onto the landmarks by the least-squares similarity
-of its projected model points; no OpenGL needed. mode="direct" renders each image.
+of its projected model points; no OpenGL needed. mode="direct" renders each image (with the
+current meshes, whatever the version).
+
+harmonize (default true) matches the mask to the photo's light and image quality
+(occluders/harmonize.py); the mask is unchanged by it. version (None: 2 with harmonize, 1
+without) picks the bank: 2 the current one (assets/mask3d), 1 the one from before
+harmonisation (assets/mask3d_v1), which rebuilds earlier builds byte for byte.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ from occsynth.faces.geometry import compose_fast, similarity
 from occsynth.faces.pose import estimate_pose
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
 from occsynth.occluders.families.objects import (
+    HARMONIZE_PARAM,
+    VERSION_PARAM,
     _pad,
+    composite,
+    effective_version,
     load_rgba,
     make_template,
-    paste,
     warp_roi,
 )
 from occsynth.occluders.params import anything, integer, number, word
@@ -91,8 +100,8 @@ def _load_pose_bank(root: str) -> PoseBank:
     return PoseBank(Path(root), json.loads(path.read_text()))
 
 
-def load_pose_bank(bank_dir: str | Path | None = None) -> PoseBank:
-    root = Path(bank_dir) if bank_dir is not None else default_pose_bank_dir()
+def load_pose_bank(bank_dir: str | Path | None = None, version: int = 2) -> PoseBank:
+    root = Path(bank_dir) if bank_dir is not None else default_pose_bank_dir(version)
     return _load_pose_bank(str(root.resolve()))
 
 
@@ -113,8 +122,9 @@ class FaceMask3D(Occluder):
 
     Params: kind ("surgical" | "n95" | "kn95" | "cloth", a list or {"choice": [...]}),
     mode ("bank" | "direct"), bank_dir (None = the package's assets/mask3d), color (None = any
-    style; a name from COLORS / PRINTS; direct mode also takes [r, g, b] in 0..1), scale
-    (multiplier, [lo, hi]), feather (px), supersample (direct mode)."""
+    style; a style name of the bank (catalog.MASK_STYLES); direct mode also takes [r, g, b] in
+    0..1), scale (multiplier, [lo, hi]), feather (px), supersample (direct mode), harmonize
+    (true, false or options, see occluders/harmonize.py), version (bank mode: None, 1 or 2)."""
 
     family = "mask3d"
     name = "mask3d"
@@ -126,7 +136,10 @@ class FaceMask3D(Occluder):
         "scale": [0.98, 1.04],
         "feather": 1.0,
         "supersample": 2,
+        "harmonize": True,
+        "version": None,
     }
+    legacy = {"harmonize": False, "version": None}
     schema = {
         "kind": word(*KINDS, lists=True),
         "mode": word("bank", "direct"),
@@ -135,7 +148,13 @@ class FaceMask3D(Occluder):
         "scale": number(0.0, lo_open=True),
         "feather": number(0.0),
         "supersample": integer(1, scalar=True),
+        "harmonize": HARMONIZE_PARAM,
+        "version": VERSION_PARAM,
     }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.version = effective_version(self.params)
 
     def render(self, image, landmarks, rng):
         kind = sample_value(self.params["kind"], rng)
@@ -158,7 +177,7 @@ class FaceMask3D(Occluder):
         }
         if self.params["mode"] == "bank":
             if getattr(self, "_bank_cache", None) is None:  # path resolution costs more than a composite
-                self._bank_cache = load_pose_bank(self.params["bank_dir"])
+                self._bank_cache = load_pose_bank(self.params["bank_dir"], self.version)
             bank = self._bank_cache
             style = color
             if style is None:
@@ -168,7 +187,11 @@ class FaceMask3D(Occluder):
                 style = styles[int(rng.integers(len(styles)))]
             candidates = bank.candidates(kind, style)
             if len(candidates) == 0:
-                raise ValueError(f"the pose bank at {bank.root} has no {kind!r} mask in style {style!r}")
+                raise ValueError(
+                    f"the pose bank at {bank.root} has no {kind!r} mask in style {style!r} (its styles: "
+                    f"{', '.join(bank.styles(kind))}; occluder version {self.version}: harmonize=false uses the "
+                    "version-1 bank unless version=2 is given)"
+                )
             index = bank.nearest(candidates, pose["yaw"], pose["pitch"], pose["roll"])
             lm = np.asarray(landmarks, dtype=np.float64).tolist()
             base = similarity(bank.anchor_lists[index], lm)
@@ -187,7 +210,9 @@ class FaceMask3D(Occluder):
             parts = _direct_parts(kind, style_key, derive_seed(0, "mask3d-direct", kind, str(style_key)))
             warped = self._render_direct(parts, pose, scale, image.shape[:2], landmarks, rng)
             concrete.update(style=list(style_key) if isinstance(style_key, tuple) else style_key)
-        out, mask = paste(image, warped, feather)
+        out, mask, look = composite(image, warped, feather, landmarks, rng, self.params["harmonize"])
+        if look is not None:
+            concrete["harmonize"] = look
         return out, mask, concrete, warped
 
     def _render_direct(self, parts, pose, scale, shape, landmarks, rng):

@@ -7,16 +7,27 @@ region override shifts the target by F(centre of the new region) - F(centre of t
 own region); then a random scale and rotation about the target centre and a jitter (fraction
 of the inter-ocular distance) are applied.
 
+Pose (version 2). A worn template (glasses, masks, hats, eye masks, scarves: "worn" in the
+bank) follows the head pose that faces/pose.py reads from the 5 landmarks: the template is
+taken as a plane at its anchors' depth, un-turned from the pose it was rendered at and turned
+to the face's (weak perspective, so a face turned by 40 degrees gets glasses foreshortened to
+cos 40 across both eyes), then shifted so its anchors' centroid lands on their face points.
+Version 1 (and held objects) use the least-squares similarity above.
+
 Compositing. Only the template's bounding box in the image is warped (cv2.warpAffine,
 bilinear, straight alpha with colours bled into the transparent border so edges do not darken).
 The mask is exactly `warped alpha >= 0.5`; the blend uses the alpha of the mask pixels
 blurred by a Gaussian whose (2r+1)-square kernel has r = ceil(feather), so every changed pixel
 lies within r pixels (chessboard distance) of the mask and feather=0 changes only mask pixels.
+With `harmonize` (occluders/harmonize.py) the layer is then matched to the photo (light,
+colour, noise, JPEG, sharpness): the mask is unchanged, and pixels around it may change within
+the blur of the sharpness match and the contact shadow.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +38,20 @@ import numpy as np
 
 from occsynth.assets.catalog import (
     CATEGORIES,
+    CURRENT_VERSION,
+    EYE_MOUTH_CM,
+    IOD_CM,
     REGION_CENTERS,
     REGIONS,
+    VERSIONS,
     default_bank_dir,
     load_bank_index,
 )
 from occsynth.faces.geometry import compose_fast, face_points_fast, similarity
+from occsynth.faces.pose import estimate_pose, pose_matrix
+from occsynth.occluders import harmonize as hz
 from occsynth.occluders.base import Occluder, register_occluder, sample_value
-from occsynth.occluders.params import anything, number, word
+from occsynth.occluders.params import anything, custom, integer, number, word
 
 SPLITS = ("train", "eval", "any")
 ALPHA_HALF = 128  # uint8 alpha >= 128 <=> alpha >= 0.5 (128/255 = 0.502; 127/255 = 0.498)
@@ -116,16 +133,36 @@ class TemplateBank:
         return self._filtered[key]
 
 
+def _bank_file(root: Path, index: dict, name: str) -> Path:
+    """A template's file: in the bank's folder, or (a bank that shares files, see catalog's
+    version 1) in its "files_from" folder, checked against the sha256 the index keeps."""
+    path = root / name
+    if path.exists() or "files_from" not in index:
+        return path
+    shared = (root / index["files_from"] / name).resolve()
+    want = index.get("sha256", {}).get(name)
+    if want is None or hashlib.sha256(shared.read_bytes()).hexdigest() != want:
+        raise ValueError(
+            f"template {name} of the bank at {root} is read from {shared.parent}, whose copy differs "
+            "from the one this bank was made with (sha256 mismatch)"
+        )
+    return shared
+
+
 @functools.lru_cache(maxsize=8)
 def _load_bank_cached(root: str) -> TemplateBank:
     index = load_bank_index(root)
-    templates = [make_template(meta["file"], load_rgba(Path(root) / meta["file"]), meta) for meta in index["templates"]]
+    templates = [
+        make_template(meta["file"], load_rgba(_bank_file(Path(root), index, meta["file"])), meta)
+        for meta in index["templates"]
+    ]
     return TemplateBank(Path(root), templates)
 
 
-def load_bank(bank_dir: str | Path | None = None) -> TemplateBank:
-    """The template bank at `bank_dir` (default: the package's), decoded once per process."""
-    root = Path(bank_dir) if bank_dir is not None else default_bank_dir()
+def load_bank(bank_dir: str | Path | None = None, version: int = CURRENT_VERSION) -> TemplateBank:
+    """The template bank at `bank_dir` (default: the package's bank of that occluder version),
+    decoded once per process."""
+    root = Path(bank_dir) if bank_dir is not None else default_bank_dir(version)
     return _load_bank_cached(str(root.resolve()))
 
 
@@ -209,6 +246,43 @@ def paste(
     return out, mask
 
 
+def composite(
+    image: np.ndarray,
+    warped: tuple[np.ndarray, int, int] | None,
+    feather: float,
+    landmarks: np.ndarray,
+    rng: np.random.Generator,
+    harmonize: Any,
+) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """`paste`, or with `harmonize` options the photometric paste of occluders/harmonize.py
+    (its random draws come from `rng`, so call it after every geometric draw). The mask is the
+    same either way. Returns (image, bool mask, harmonisation record or None)."""
+    opts = hz.options(harmonize)
+    if opts is None:
+        return (*paste(image, warped, feather), None)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    if warped is None:
+        return image.copy(), mask, {}
+    rgba, x0, y0 = warped
+    alpha = cv2.extractChannel(rgba, 3)
+    mask[y0 : y0 + rgba.shape[0], x0 : x0 + rgba.shape[1]] = alpha >= ALPHA_HALF
+    weight = blend_alpha(alpha, feather).astype(np.float32) * np.float32(1.0 / 255.0)
+    out, record = hz.harmonized_paste(image, warped, weight, mask, landmarks, rng, opts)
+    return out, mask, record
+
+
+HARMONIZE_PARAM = custom(hz.valid, hz.OPTION_NOTE)
+VERSION_PARAM = integer(min(VERSIONS), max(VERSIONS), nullable=True, scalar=True)
+
+
+def effective_version(params: dict) -> int:
+    """The occluder version: `version` when given, else the current one with harmonize on and
+    version 1 (the pre-harmonisation banks and placement) with it off."""
+    if params.get("version") is not None:
+        return int(params["version"])
+    return CURRENT_VERSION if hz.options(params.get("harmonize")) is not None else 1
+
+
 def full_alpha(warped: tuple[np.ndarray, int, int] | None, shape: tuple[int, int]) -> np.ndarray:
     """The warped alpha laid into a full-frame uint8 array (debug and tests)."""
     alpha = np.zeros(shape, dtype=np.uint8)
@@ -252,8 +326,10 @@ class TemplateOccluder(Occluder):
         template, matrix, concrete = self.place(image, landmarks, rng)
         feather = float(sample_value(self.params.get("feather", 1.0), rng))
         warped = warp_roi(template.rgba, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
-        out, mask = paste(image, warped, feather)
+        out, mask, look = composite(image, warped, feather, landmarks, rng, self.params.get("harmonize"))
         concrete.update(matrix=np.asarray(matrix).ravel().tolist(), feather=feather)
+        if look is not None:
+            concrete["harmonize"] = look
         return out, mask, concrete, warped
 
     def apply(self, image, landmarks, rng):
@@ -293,7 +369,11 @@ class ObjectOccluder(TemplateOccluder):
     own, or one of REGIONS), split ("train" | "eval" | "any"), scale ([lo, hi] multiplier),
     rotation (degrees, [lo, hi], clockwise positive), jitter (max shift as a fraction of the
     inter-ocular distance), feather (px), bank_dir (None = the package's bank), template
-    (a file name in the bank: forces that template, used when re-creating a sample)."""
+    (a file name in the bank: forces that template, used when re-creating a sample),
+    harmonize (true: match the photo's light and image quality, see occluders/harmonize.py, or
+    a dict of its options; false: paste as rendered), version (None: 2 with harmonize, 1
+    without; 2: the current bank with worn objects following the head pose; 1: the bank and
+    similarity placement from before harmonisation, which rebuild earlier builds byte for byte)."""
 
     family = "object"
     name = "object"
@@ -308,7 +388,10 @@ class ObjectOccluder(TemplateOccluder):
         "feather": 1.0,
         "bank_dir": None,
         "template": None,
+        "harmonize": True,
+        "version": None,
     }
+    legacy = {"harmonize": False, "version": None}
     schema = {
         "category": word("any", *CATEGORIES, lists=True, nullable=True),
         "region": word(*REGIONS, lists=True, nullable=True),
@@ -319,17 +402,20 @@ class ObjectOccluder(TemplateOccluder):
         "feather": number(0.0),
         "bank_dir": anything("a template bank folder (null: the package's bank)"),
         "template": anything("a template file name in the bank (null: drawn)"),
+        "harmonize": HARMONIZE_PARAM,
+        "version": VERSION_PARAM,
     }
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         if self.fixed_category is not None:
             self.params["category"] = self.fixed_category
+        self.version = effective_version(self.params)
 
     def _bank(self) -> TemplateBank:
         # resolved once per occluder: path resolution costs more than a whole composite
         if getattr(self, "_bank_cache", None) is None:
-            self._bank_cache = load_bank(self.params["bank_dir"])
+            self._bank_cache = load_bank(self.params["bank_dir"], self.version)
         return self._bank_cache
 
     def place(self, image, landmarks, rng):
@@ -357,7 +443,8 @@ class ObjectOccluder(TemplateOccluder):
         if region != meta["region"]:
             (nx, ny), (ox, oy) = face_points_fast(lm, [region_centre(region, rng), REGION_CENTERS[meta["region"]]])
             targets = [(x + nx - ox, y + ny - oy) for x, y in targets]
-        base = similarity(anchor["points"], targets)
+        posed = self.version >= 2 and meta.get("worn", False)
+        base = posed_map(meta, landmarks, targets) if posed else similarity(anchor["points"], targets)
         scale = float(sample_value(self.params["scale"], rng))
         angle = float(sample_value(self.params["rotation"], rng))
         jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
@@ -375,7 +462,51 @@ class ObjectOccluder(TemplateOccluder):
             "shift": shift,
             "bank_dir": None if self.params["bank_dir"] is None else str(self.params["bank_dir"]),
         }
+        if self.version >= 2:
+            concrete["placement"] = "pose" if posed else "similarity"
         return template, matrix, concrete
+
+
+def _euler_view(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The authoring rotation (authoring/meshes.euler_matrix: y up, z toward the viewer,
+    degrees) a template was rendered at: roll @ pitch @ yaw."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def posed_map(meta: dict, landmarks: np.ndarray, targets: list) -> list[float]:
+    """Template pixels -> image for a worn template that follows the head pose (see the module
+    doc), as the row-major 2x3 list `similarity` returns.
+
+    The template is the plane z = depth_cm of the face frame in centimetres (x right, y up, z
+    toward the viewer), rendered orthographically at px_per_cm after the turn `pose`: its
+    pixels are A_t (x, y) + b_t with A_t = k diag(1, -1) R_t[:2, :2], b_t fitted to the anchors.
+    The face is the mean face of faces/pose.py (millimetres, y down, z away) under the
+    estimated weak-perspective pose: image = s R_f[:2] (10x, -10y, -10 depth) + t; a "round"
+    template (hats, scarves, about as wide from any side) takes R_f without its yaw for the
+    linear part (its place still turns with the head)."""
+    anchor = meta["anchor"]
+    pts = np.asarray(anchor["points"], dtype=np.float64)
+    faces = np.asarray(anchor["face_points"], dtype=np.float64)
+    plane = np.column_stack([faces[:, 0] * IOD_CM, -faces[:, 1] * EYE_MOUTH_CM])
+    pose_t = meta["pose"]
+    rot_t = _euler_view(pose_t["yaw"], pose_t["pitch"], pose_t["roll"])
+    a_t = float(meta["px_per_cm"]) * np.diag([1.0, -1.0]) @ rot_t[:2, :2]
+    b_t = (pts - plane @ a_t.T).mean(axis=0)
+    face = estimate_pose(landmarks)
+    rot_f, s = face["rotation"], face["scale"]
+    # a round object (a hat, a scarf) is as wide from any side: turned without the yaw
+    turned = pose_matrix(0.0, face["pitch"], face["roll"]) if meta.get("turn") == "round" else rot_f
+    a_f = s * turned[:2, :2] @ np.diag([10.0, -10.0])
+    b_f = s * rot_f[:2, 2] * (-10.0 * float(meta["depth_cm"])) + face["translation"]
+    lin = a_f @ np.linalg.inv(a_t)
+    off = b_f - lin @ b_t
+    mapped = pts @ lin.T + off
+    off = off + (np.asarray(targets, dtype=np.float64) - mapped).mean(axis=0)
+    return [lin[0, 0], lin[0, 1], off[0], lin[1, 0], lin[1, 1], off[1]]
 
 
 def _alias(category: str) -> type[ObjectOccluder]:

@@ -1,0 +1,317 @@
+"""Harmonisation (occluders/harmonize.py): the photometric steps, the exact mask they keep, the
+legacy switch that rebuilds earlier builds byte for byte, and the sharpness match on real LFW
+faces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from astronaut_face import aligned_astronaut
+
+from occsynth import contract
+from occsynth.assets.catalog import CATEGORIES
+from occsynth.occluders import create_occluder, occlude, replay, with_harmonize
+from occsynth.occluders import harmonize as hz
+from occsynth.occluders.families.objects import blend_alpha
+from occsynth.occluders.params import SpecError
+from occsynth.seeding import make_rng
+
+FACE, LANDMARKS = aligned_astronaut()
+DATA = Path(__file__).resolve().parent / "data"
+QUIET = {"shadow": 0.0, "jpeg": None, "sharpness": False, "light": False}  # only levels and colour cast
+
+
+def _sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(FACE.shape[:2], np.uint8)
+
+
+# ----------------------------------------------------------------------------- the mask
+
+
+@pytest.mark.parametrize("name", [*CATEGORIES, "mask3d"])
+def test_the_mask_is_the_same_with_and_without_harmonisation(name):
+    for seed in range(3):
+        plain = create_occluder(name, harmonize=False, version=2)(FACE, _empty(), LANDMARKS, make_rng(seed))
+        harmonized = create_occluder(name, harmonize=True, version=2)(FACE, _empty(), LANDMARKS, make_rng(seed))
+        assert np.array_equal(plain[1], harmonized[1])  # mask bytes
+        assert not np.array_equal(plain[0], harmonized[0])  # the look did change
+        # the same placement: the records differ by the harmonisation record only
+        extra = harmonized[2]["params"].pop("harmonize")
+        assert plain[2]["params"] == harmonized[2]["params"] and set(extra) >= {"levels", "blur", "jpeg"}
+
+
+def test_fit_area_harmonises_once_at_the_size_it_found():
+    inner = {"name": "object", "params": {"split": "eval", "version": 2}}
+    spec = {"name": "fit_area", "params": {"ratio": 0.43, "occluder": inner}}
+    for seed in range(3):
+        a = occlude(FACE, LANDMARKS, with_harmonize(spec, False), seed)
+        b = occlude(FACE, LANDMARKS, with_harmonize(spec, True), seed)
+        assert np.array_equal(a.mask, b.mask) and a.records[0]["fit"] == b.records[0]["fit"]
+        assert "harmonize" in b.records[0]["params"] and "harmonize" not in a.records[0]["params"]
+
+
+# ----------------------------------------------------------------------------- legacy
+
+
+def test_harmonize_false_rebuilds_the_previous_version_byte_for_byte():
+    golden = json.loads((DATA / "legacy_occlusions.json").read_text())
+    faces = {"astronaut": (FACE, LANDMARKS), "astronaut-roll12": aligned_astronaut(12.0)}
+    for row in golden["samples"]:
+        image, landmarks = faces[row["face"]]
+        spec = with_harmonize(golden["specs"][row["case"]], False)
+        occ = occlude(image, landmarks, spec, row["seed"])
+        got = (_sha(occ.image), _sha(occ.mask), hashlib.sha256(contract.dumps(occ.records).encode()).hexdigest())
+        assert got == (row["image_sha256"], row["mask_sha256"], row["records_sha256"]), row
+
+
+def test_records_leave_out_legacy_values_and_replay_both_ways():
+    off = occlude(FACE, LANDMARKS, "sunglasses(harmonize=false)", 3)
+    on = occlude(FACE, LANDMARKS, "sunglasses", 3)
+    assert "harmonize" not in off.records[0]["spec_params"] and "version" not in off.records[0]["spec_params"]
+    assert on.records[0]["spec_params"]["harmonize"] is True
+    for occ in (off, on):
+        again = replay(FACE, LANDMARKS, json.loads(contract.dumps(occ.records)))
+        assert np.array_equal(again.image, occ.image) and np.array_equal(again.mask, occ.mask)
+    # a record without the key (made before harmonisation) replays un-harmonised
+    assert "harmonize" not in replay(FACE, LANDMARKS, off.records).records[0]["params"]
+
+
+def test_with_harmonize_reaches_nested_and_preset_occluders():
+    spec = with_harmonize("preset:pdsn-train-25", False)
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "name" in node:
+                found.append((node["name"], node["params"].get("harmonize", "absent")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    assert ("object", False) in found  # fit_area's inner object
+    assert all(h is False for name, h in found if name in ("object",)) and ("block", "absent") in found
+
+
+def test_bad_harmonize_values_fail_when_the_spec_compiles():
+    for value in ({"shadow": 2.0}, {"blur": 1.0}, "yes", {"jpeg": 0}, {"sharpness": "on"}):
+        with pytest.raises(SpecError, match="harmonize"):
+            create_occluder("sunglasses", harmonize=value)
+    assert create_occluder("sunglasses", harmonize={"shadow": 0.0, "jpeg": 90}).params["harmonize"]["jpeg"] == 90
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def test_face_coords_invert_the_face_frame():
+    from occsynth.faces.geometry import face_point
+
+    uv = hz.face_coords(FACE.shape[:2], LANDMARKS)
+    for fx, fy in [(-0.5, 0.0), (0.5, 0.0), (0.0, 1.0), (0.2, 0.4)]:
+        x, y = face_point(LANDMARKS, [(fx, fy)])[0]
+        # bilinear read of the coordinate field at the point
+        u = cv2.getRectSubPix(uv[..., 0], (1, 1), (x, y))[0, 0]
+        v = cv2.getRectSubPix(uv[..., 1], (1, 1), (x, y))[0, 0]
+        assert abs(u - fx) < 1e-3 and abs(v - fy) < 1e-3
+
+
+def _layer(value: float, size: int = 24):
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., :3] = value
+    rgba[..., 3] = 255
+    return rgba
+
+
+def test_levels_map_the_layer_onto_the_photos_black_and_white():
+    # a grey photo whose 0.5th / 99.5th luma percentiles are 40 and 200 (a bright band on the face
+    # too: the white level is capped a little above the face's own highlights), no noise
+    image = np.full((112, 112, 3), 120, np.uint8)
+    image[:10] = 40
+    image[-10:] = 200
+    image[40:44] = 200
+    for value in (0, 255):
+        rgba = _layer(value)
+        weight = blend_alpha(rgba[..., 3], 0.0).astype(np.float32) / 255
+        mask = np.zeros((112, 112), bool)
+        mask[60:84, 44:68] = True
+        out, record = hz.harmonized_paste(image, (rgba, 44, 60), weight, mask, LANDMARKS, make_rng(0), QUIET)
+        assert record["levels"] == [40.0, 200.0] and record["noise"] == 0.0
+        # a grey photo has the reference cast's opposite: the gains are (ref)^-1/2, clipped, luma-neutral
+        gains = np.clip((1 / hz.GREY_WORLD_REF) ** hz.CAST_STRENGTH, 0.9, 1.1)
+        gains /= gains @ hz.LUMA
+        np.testing.assert_allclose(record["cast"], gains, atol=1e-4)
+        # black + (white - black) x tone(layer x cast): the shoulder on luma, hue kept
+        rgb = np.float32(value / 255) * gains.astype(np.float32)
+        y = float(rgb @ hz.LUMA)
+        toned = rgb * (hz.shoulder(np.float32(y)) / max(y, 1e-6))
+        toned = toned / max(1.0, float(toned.max()))
+        expected = np.round(40.0 + (200.0 - 40.0) * toned)
+        np.testing.assert_array_equal(out[72, 56], expected)
+        assert np.array_equal(out[~mask], image[~mask])  # nothing else changed (no shadow, no blur)
+
+
+def test_the_shoulder_rolls_highlights_off_smoothly():
+    v = np.linspace(0, 1.2, 121, dtype=np.float32)
+    out = hz.shoulder(v)
+    assert np.array_equal(out[v <= hz.KNEE], v[v <= hz.KNEE])  # the identity below the knee
+    assert (np.diff(out) > 0).all() and out.max() < 1.0  # increasing, below the white level
+    assert hz.shoulder(np.float32(5.0)) <= 1.0
+
+
+def test_tone_keeps_the_hue_of_a_bright_colour():
+    orange = np.array([[[1.3, 0.75, 0.3]]], np.float32)  # a lit orange, red past the white level
+    out = hz._tone(orange)[0, 0]
+    assert out.max() <= 1.0 and out[1] / out[0] == pytest.approx(0.75 / 1.3, rel=1e-5)
+
+
+def test_shading_follows_the_light_on_the_face():
+    # a face lit from the image left: luma falls by e^-1 per eye distance to the right
+    uv = hz.face_coords((112, 112), LANDMARKS)
+    lum = np.clip(120 * np.exp(-uv[..., 0]), 0, 255)
+    image = np.repeat(np.round(lum)[..., None], 3, axis=2).astype(np.uint8)
+    look = hz.estimate_look(image, LANDMARKS, np.zeros((112, 112), bool), uv, jpeg=None)
+    field = hz.shading(look, np.array([[[-0.4, 0.5], [0.4, 0.5]]], np.float32))[0]
+    assert math.isclose(field[0] / field[1], math.exp(0.8), rel_tol=0.05)
+    assert look.light[0] < -0.9  # the light comes from the left
+
+
+def _step_edges(sigma: float, contrast: float = 100.0, count: int = 1) -> np.ndarray:
+    image = np.zeros((96, 96), np.float32)
+    for k in range(count):
+        image[:, 20 + 40 * k :] += contrast * (1 if k % 2 == 0 else -1)
+    return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
+
+
+def test_blur_scale_reads_an_edges_blur_whatever_its_contrast_or_count():
+    region = np.ones((96, 96), bool)
+    region[:, :4] = region[:, -4:] = False
+    previous = 0.0
+    for sigma in (0.5, 1.0, 1.5, 2.0, 3.0):
+        scale = hz.blur_scale(_step_edges(sigma), region)
+        assert math.isclose(scale, math.hypot(0.8, sigma), rel_tol=0.12), (sigma, scale)
+        assert scale > previous
+        previous = scale
+        assert math.isclose(hz.blur_scale(_step_edges(sigma, 60.0), region), scale, rel_tol=1e-3)
+        assert math.isclose(hz.blur_scale(_step_edges(sigma, count=2), region), scale, rel_tol=0.02)
+    assert hz.blur_scale(np.full((96, 96), 50, np.float32), region) is None  # no edge: nothing to measure
+
+
+def _at_offset(array: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `array` whose data starts `offset` bytes past a 64-byte boundary."""
+    buf = np.zeros(array.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+def test_gradient_does_not_depend_on_memory_alignment():
+    # OpenCV's float32 Sobel/magnitude differ in the last bit with the data's alignment, which
+    # moved gradient-peak ties and made a build's records differ between processes
+    gray = cv2.GaussianBlur(hz.luma(FACE), (0, 0), 0.8)
+    grads = [hz._gradient(_at_offset(gray, off)) for off in (0, 4, 8, 12, 16, 20, 24, 28)]
+    assert all(np.array_equal(grads[0], g) for g in grads[1:])
+    scales = {hz.blur_scale(_at_offset(gray, off), np.ones(gray.shape, bool)) for off in (0, 4, 8, 12)}
+    assert len(scales) == 1
+    # central differences, borders reflected as OpenCV does
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=1)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=1)
+    np.testing.assert_allclose(grads[0], 0.5 * np.hypot(gx, gy), rtol=1e-5, atol=1e-4)
+
+
+def test_noise_sigma_reads_white_noise_on_a_smooth_image():
+    rng = np.random.default_rng(0)
+    smooth = np.tile(np.linspace(40, 200, 112, dtype=np.float32), (112, 1))
+    noisy = smooth + rng.normal(0, 3.0, smooth.shape).astype(np.float32)
+    assert math.isclose(hz.noise_sigma(noisy, np.ones((112, 112), bool)), 3.0, rel_tol=0.1)
+    assert hz.noise_sigma(smooth, np.ones((112, 112), bool)) < 0.05
+
+
+def test_jpeg_quality_is_read_off_an_intact_grid_only():
+    from skimage import data
+
+    gray = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY), (112, 112), interpolation=cv2.INTER_AREA)
+    for quality in (40, 75, 85):
+        assert hz.estimate_jpeg_quality(hz._jpeg(gray, quality)) == quality
+    assert hz.estimate_jpeg_quality(gray) is None  # never compressed
+    turned = cv2.warpAffine(hz._jpeg(gray, 75), cv2.getRotationMatrix2D((56, 56), 3, 0.87), (112, 112))
+    assert hz.estimate_jpeg_quality(turned) is None  # resampled: the grid is gone
+
+
+def test_a_crisp_layer_is_blurred_to_a_soft_face():
+    soft = cv2.GaussianBlur(FACE, (0, 0), 1.6)
+    occ = create_occluder("sunglasses", template="sunglasses_02.png", version=2, scale=1.0, rotation=0.0, jitter=0.0)
+    plain = create_occluder("sunglasses", template="sunglasses_02.png", version=2, harmonize=False)
+    before = plain(soft, _empty(), LANDMARKS, make_rng(0))
+    assert hz.sharpness_ratio(before[0], before[1] > 0, LANDMARKS) > 1.5  # pasted as rendered: crisper
+    blurs = []
+    for face in (soft, FACE):
+        out, mask, record = occ(face, _empty(), LANDMARKS, make_rng(0))
+        ratio = hz.sharpness_ratio(out, mask > 0, LANDMARKS)
+        assert 0.8 <= ratio <= 1.25 and ratio == pytest.approx(
+            record["params"]["harmonize"]["sharpness_ratio"], rel=0.03
+        )
+        blurs.append(record["params"]["harmonize"]["blur"])
+    assert blurs[0] > blurs[1]  # the softer face, the more blur
+
+
+def test_the_contact_shadow_only_darkens_around_the_occluder():
+    rgba = _layer(128, 20)
+    weight = blend_alpha(rgba[..., 3], 0.0).astype(np.float32) / 255
+    mask = np.zeros((112, 112), bool)
+    mask[50:70, 46:66] = True
+    opts = {**QUIET, "shadow": 0.6}
+    out, record = hz.harmonized_paste(FACE, (rgba, 46, 50), weight, mask, LANDMARKS, make_rng(0), opts)
+    outside = ~mask
+    delta = out.astype(int) - FACE.astype(int)
+    assert (delta[outside] <= 0).all() and delta[outside].min() < -10  # darker, never lighter
+    far = ~(cv2.dilate(mask.astype(np.uint8), np.ones((2 * hz.reach(record, LANDMARKS) + 1,) * 2, np.uint8)) > 0)
+    assert (delta[far] == 0).all()
+
+
+def test_same_seed_same_bytes_other_seed_other_noise():
+    noisy = FACE.copy()
+    noisy = np.clip(noisy + np.random.default_rng(1).normal(0, 4, noisy.shape), 0, 255).astype(np.uint8)
+    occ = create_occluder("cup", template="cup_00.png")
+    a, b, c = (occ(noisy, _empty(), LANDMARKS, make_rng(s)) for s in (5, 5, 6))
+    assert np.array_equal(a[0], b[0]) and a[2] == b[2]
+    assert a[2]["params"]["harmonize"]["noise"] > 1.0
+    # another seed draws another place too; compare the noise on the layer through the records
+    assert not np.array_equal(a[0], c[0])
+
+
+# ----------------------------------------------------------------------------- real faces
+
+SHARPNESS_FAMILIES = ("sunglasses", "eye_mask", "hat", "scarf", "surgical_mask", "cup", "phone", "hand", "mask3d")
+
+
+@pytest.mark.lfw
+def test_lfw_occluders_are_as_sharp_as_their_faces(lfw_fixture_faces):
+    faces = [f for f in lfw_fixture_faces if f["set"] == "sample"][:30]
+    result = {}
+    for harmonize in (False, True):
+        ratios = []
+        for name in SHARPNESS_FAMILIES:
+            occ = create_occluder(name, harmonize=harmonize, version=2)
+            for i, face in enumerate(faces):
+                out, mask, _ = occ(face["crop"], _empty(), face["aligned"], make_rng(i))
+                r = hz.sharpness_ratio(out, mask > 0, face["aligned"])
+                if r is not None:
+                    ratios.append(r)
+        ratios = np.array(ratios)
+        result[harmonize] = float(np.mean((ratios >= 0.7) & (ratios <= 1.3)))
+        assert len(ratios) >= 0.8 * len(faces) * len(SHARPNESS_FAMILIES)
+    assert result[True] >= 0.9, result
+    assert result[False] < 0.5, result  # as rendered they were crisper than the photos
