@@ -15,16 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_lfw import N, write_fake_lfw
 from PIL import Image
 
 from occsynth.benchmarks import get_builder
 from occsynth.cli import main
 from occsynth.io.dataset import Dataset
 
-PEOPLE = [f"Fake_Person{i}" for i in range(6)]  # 3 images each
-MATCHED = [(0, 1, 2), (1, 1, 3), (2, 2, 3), (3, 1, 2), (4, 1, 3)]
-MISMATCHED = [(0, 3, 1, 2), (1, 2, 2, 1), (2, 1, 3, 3), (3, 3, 4, 2), (4, 2, 5, 1)]
-N = len(MATCHED)  # one fold of N matched + N mismatched pairs
 SIZE = 112 * 112  # pixels of the arcface-112x112 crop
 
 
@@ -53,25 +50,7 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fake_lfw(tmp_path_factory) -> tuple[Path, Path]:
-    """<root>/lfw/<Name>/<Name>_000k.jpg (250x250 colour gradients, no face) and a pairs file in
-    the official layout with one fold of N matched + N mismatched pairs."""
-    root = tmp_path_factory.mktemp("fake_lfw")
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0.0, 1.0, 250)[None, :, None]
-    for name in PEOPLE:
-        for k in (1, 2, 3):
-            lo, hi = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            image = np.broadcast_to(lo + (hi - lo) * ramp, (250, 250, 3)).astype(np.uint8)
-            path = root / "lfw" / name / f"{name}_{k:04d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="JPEG", quality=95)
-            path.write_bytes(buf.getvalue())
-    lines = [str(N)]
-    lines += [f"{PEOPLE[p]}\t{a}\t{b}" for p, a, b in MATCHED]
-    lines += [f"{PEOPLE[p]}\t{a}\t{PEOPLE[q]}\t{b}" for p, a, q, b in MISMATCHED]
-    (root / "pairs_fake.txt").write_text("\n".join(lines) + "\n")
-    return root / "lfw", root / "pairs_fake.txt"
+    return write_fake_lfw(tmp_path_factory.mktemp("fake_lfw"))
 
 
 def _build(name: str, fake_lfw, out: Path, *extra: str) -> str:

@@ -5,14 +5,13 @@ The model is `eval_model_factory:flatten` (raw pixels as the embedding): no trai
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_lfw import write_fake_lfw
 from PIL import Image
 from train_fixtures import build_pairs_benchmark
 
@@ -123,31 +122,12 @@ def test_suite_table_by_hand():
 
 
 # ----------------------------------------------------------------------------- builds (fake LFW)
-PEOPLE = [f"Fake_Person{i}" for i in range(6)]
-MATCHED = [(0, 1, 2), (1, 1, 3), (2, 2, 3), (3, 1, 2), (4, 1, 3)]
-MISMATCHED = [(0, 3, 1, 2), (1, 2, 2, 1), (2, 1, 3, 3), (3, 3, 4, 2), (4, 2, 5, 1)]
-
-
 @pytest.fixture
 def fake_lfw(tmp_path, monkeypatch) -> tuple[Path, Path]:
     """6 people x 3 images (250x250 colour gradients: no face, so builds centre-crop) and one
     fold of 5 matched + 5 mismatched pairs; a private detection cache (the builds inherit it)."""
     monkeypatch.setenv("OCCSYNTH_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0.0, 1.0, 250)[None, :, None]
-    for name in PEOPLE:
-        for k in (1, 2, 3):
-            lo, hi = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            image = np.broadcast_to(lo + (hi - lo) * ramp, (250, 250, 3)).astype(np.uint8)
-            path = tmp_path / "lfw" / name / f"{name}_{k:04d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="JPEG", quality=95)
-            path.write_bytes(buf.getvalue())
-    lines = ["5"] + [f"{PEOPLE[p]}\t{a}\t{b}" for p, a, b in MATCHED]
-    lines += [f"{PEOPLE[p]}\t{a}\t{PEOPLE[q]}\t{b}" for p, a, q, b in MISMATCHED]
-    (tmp_path / "pairs_fake.txt").write_text("\n".join(lines) + "\n")
-    return tmp_path / "lfw", tmp_path / "pairs_fake.txt"  # pairs.txt would be checked as the official file
+    return write_fake_lfw(tmp_path)
 
 
 @pytest.mark.slow
