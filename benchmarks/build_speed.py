@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from check_locks import build_args  # noqa: E402
+from check_locks import build_args, check_command  # noqa: E402
 from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
 
 PAIRS = SHARED_DATA / "lfw" / "pairs.txt"
@@ -44,23 +44,7 @@ def end_to_end(lock_path: Path, workers: int, out: Path) -> tuple[float, float, 
     """(wall s, CPU s of the command and its workers, samples) of the build, checked against its lock."""
     lock = json.loads(lock_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "occsynth.cli",
-        *build_args(lock),
-        "--lfw",
-        str(LFW_TGZ),
-        "--pairs",
-        str(PAIRS),
-        "--workers",
-        str(workers),
-        "--quiet",
-        "--out",
-        str(out),
-        "--check",
-        str(lock_path),
-    ]
+    cmd = check_command(lock, lock_path, out, workers)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))

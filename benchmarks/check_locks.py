@@ -43,6 +43,27 @@ def build_args(lock: dict) -> list[str]:
     return args
 
 
+def check_command(lock: dict, lock_path: Path, out: Path, workers: int) -> list[str]:
+    """The `occsynth build ... --check LOCK` command that rebuilds a lock's build into `out`."""
+    return [
+        sys.executable,
+        "-m",
+        "occsynth.cli",
+        *build_args(lock),
+        "--lfw",
+        str(LFW_TGZ),
+        "--pairs",
+        str(SHARED_DATA / "lfw" / "pairs.txt"),
+        "--workers",
+        str(workers),
+        "--quiet",
+        "--out",
+        str(out),
+        "--check",
+        str(lock_path),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
@@ -61,23 +82,7 @@ def main() -> int:
             if only and name not in only:
                 continue
             lock = json.loads(path.read_text())
-            cmd = [
-                sys.executable,
-                "-m",
-                "occsynth.cli",
-                *build_args(lock),
-                "--lfw",
-                str(LFW_TGZ),
-                "--pairs",
-                str(SHARED_DATA / "lfw" / "pairs.txt"),
-                "--workers",
-                str(args.workers),
-                "--quiet",
-                "--out",
-                str(work / name),
-                "--check",
-                str(path),
-            ]
+            cmd = check_command(lock, path, work / name, args.workers)
             t0 = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True)
             seconds = time.perf_counter() - t0
