@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from lfw_fixture import load_lfw_faces  # noqa: E402  (tests/lfw_fixture.py: the fixture faces, read and aligned)
 from machine import LFW_TGZ, write_result  # noqa: E402
 
 from occsynth.faces.align import (  # noqa: E402
@@ -42,14 +44,12 @@ from occsynth.faces.align import (  # noqa: E402
     CHIP_CROP_OFFSET,
     LFW_CROP_FRACTION,
     LFW_CROP_OFFSET,
-    align_face,
     center_crop_landmarks,
     estimate_similarity,
 )
 from occsynth.faces.geometry import face_point, similarity_matrix  # noqa: E402
 from occsynth.faces.pose import estimate_pose  # noqa: E402
 from occsynth.faces.templates import get_template  # noqa: E402
-from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
 from occsynth.occluders.harmonize import laplacian_ratio, sharpness_ratio  # noqa: E402
 from occsynth.seeding import derive_seed, make_rng  # noqa: E402
@@ -194,22 +194,6 @@ def _summary(values) -> dict:
 # ----------------------------------------------------------------------------- faces
 
 
-def load_faces(tgz: Path, faces: list[dict]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-    """(aligned 112x112 RGB, aligned landmarks, fixture row) of every fixture face."""
-    wanted = {f"lfw-deepfunneled/{f['source']}": f for f in faces}
-    found = {}
-    for path, member, archive in iter_files(tgz):
-        if str(path) in wanted:
-            data = np.frombuffer(archive.extractfile(member).read(), np.uint8)
-            found[str(path)] = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    template = get_template("arcface")
-    out = []
-    for key, face in wanted.items():
-        crop, _, lm = align_face(found[key], np.asarray(face["landmarks"]), template)
-        out.append((crop, lm, face))
-    return out
-
-
 def lens_centres(mask: np.ndarray, eyes: np.ndarray) -> np.ndarray:
     """One lens centre per eye: the centroid of the mask's pixels nearer that eye than the other,
     after a 3x3 opening (which drops the thin bridge and temples); foreshortened lenses that
@@ -222,8 +206,8 @@ def lens_centres(mask: np.ndarray, eyes: np.ndarray) -> np.ndarray:
 
 
 def measure(args) -> dict:
-    doc = json.loads(FIXTURE.read_text())
-    faces = load_faces(Path(args.lfw), doc["faces"])
+    # (aligned crop, its landmarks, fixture row): the tests' own reader of the fixture faces
+    faces = [(f["crop"], f["aligned"], f) for f in load_lfw_faces(Path(args.lfw))]
     sample = [f for f in faces if f[2]["set"] == "sample"][: args.samples]
     turned = [f for f in faces if f[2]["set"] == "yaw"]
     results: dict = {"faces": len(sample), "sharpness": {}, "coverage": {}, "pose": {}}
