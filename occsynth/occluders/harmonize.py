@@ -338,8 +338,8 @@ def estimate_look(
                 d = w * grad / np.hypot(*grad) + (1 - w) * above
                 d[1] = min(d[1], -0.3)  # light from below is rare: keep it above the horizon
                 light = d / max(np.hypot(*d), 1e-9)
-    low, high = np.percentile(gray, [0.5, 99.5])
-    black, white = float(min(low, BLACK_MAX)), float(high)
+    black = float(min(np.percentile(gray, 0.5), BLACK_MAX))
+    white = float(np.percentile(gray, 99.5))
     if visible.sum() >= MIN_PIXELS:  # the light on the face: its highlights (a face in shade
         # before a bright background must not get a white occluder at the background's white)
         white = min(white, HIGHLIGHT_GAIN * float(np.percentile(gray[visible], 99.0)) + HIGHLIGHT_LIFT)
