@@ -315,3 +315,18 @@ def test_lfw_occluders_are_as_sharp_as_their_faces(lfw_fixture_faces):
         assert len(ratios) >= 0.8 * len(faces) * len(SHARPNESS_FAMILIES)
     assert result[True] >= 0.9, result
     assert result[False] < 0.5, result  # as rendered they were crisper than the photos
+
+
+def test_gradient_at_points_and_fast_mean_are_the_same_numbers():
+    """The shortcuts of blur_scale and estimate_look give bit-identical values: the gradient
+    computed only at chosen pixels, and the exact integer colour sums of a uint8 image."""
+    gray = hz.luma(FACE)
+    rows, cols = np.nonzero(np.random.default_rng(0).random(gray.shape) < 0.2)
+    rows = np.concatenate([rows, [0, gray.shape[0] - 1]])  # the reflected borders too
+    cols = np.concatenate([cols, [gray.shape[1] - 1, 0]])
+    assert np.array_equal(hz._gradient_at(gray, rows, cols), hz._gradient(gray)[rows, cols])
+    padded = np.pad(np.asarray(gray, np.float32), 1, mode="reflect")
+    reference = np.sqrt(
+        (padded[1:-1, 2:] - padded[1:-1, :-2]) ** 2 + (padded[2:, 1:-1] - padded[:-2, 1:-1]) ** 2
+    ) * np.float32(0.5)
+    assert np.array_equal(hz._gradient(gray), reference)

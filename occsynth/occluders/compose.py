@@ -68,7 +68,8 @@ def _spec_params_json(params: dict) -> str:
 def with_harmonize(spec: Spec, value) -> Spec:
     """The spec (data form) with `harmonize` set to `value` on every occluder that takes it,
     fit_area's inner occluder included; presets and CLI strings are expanded first. With
-    value=False a build writes what it wrote before harmonisation (see Occluder.legacy)."""
+    value=False a build writes what it wrote before harmonisation (see Occluder.legacy): also
+    fit_area's trial sizing, which came with it."""
 
     def walk(node):
         if isinstance(node, (str, Path)):
@@ -88,6 +89,8 @@ def with_harmonize(spec: Spec, value) -> Spec:
             cls = list_occluders().get(node["name"])
             if cls is not None and "harmonize" in cls.defaults:
                 params["harmonize"] = value
+            if cls is not None and value is False and "sizing" in cls.defaults:
+                params["sizing"] = "trials"  # fit_area's search as it was before alpha sizing
             if isinstance(params.get("occluder"), dict):
                 params["occluder"] = walk(params["occluder"])
             return {**node, "params": params}
@@ -131,6 +134,8 @@ def _rebuild(record: dict):
     if record["name"] not in known:
         return create_occluder(record["name"])  # raises the registry's KeyError
     cls = known[record["name"]]
+    if "fit_factor" in record and "spec_params" in record:  # a fit_area record: its inner occluder
+        return known["fit_area"].fitted_occluder(record)
     if "spec_params" in record:
         return create_occluder(record["name"], **cls.replay_params(record["spec_params"]))
     defaults = cls.defaults

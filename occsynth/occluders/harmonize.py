@@ -156,10 +156,21 @@ def _gradient(gray: np.ndarray) -> np.ndarray:
     """Gradient magnitude by central differences (borders reflected as OpenCV's default),
     element-wise in NumPy: OpenCV's Sobel/magnitude on float32 differ in the last bit with the
     array's memory alignment, which changes which pixels tie as gradient peaks and so a build's
-    bytes from one process to the next."""
-    g = np.pad(np.asarray(gray, dtype=np.float32), 1, mode="reflect")
+    bytes from one process to the next. (The border is a copy, so OpenCV may add it: the same
+    values as np.pad(mode="reflect"), ten times faster.)"""
+    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101)
     gx = g[1:-1, 2:] - g[1:-1, :-2]
     gy = g[2:, 1:-1] - g[:-2, 1:-1]
+    return np.sqrt(gx * gx + gy * gy) * np.float32(0.5)
+
+
+def _gradient_at(gray: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`_gradient(gray)[rows, cols]`, computed only there: the same float32 operations on the
+    same values, element by element, so the same numbers."""
+    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101)
+    r, c = rows + 1, cols + 1
+    gx = g[r, c + 1] - g[r, c - 1]
+    gy = g[r + 1, c] - g[r - 1, c]
     return np.sqrt(gx * gx + gy * gy) * np.float32(0.5)
 
 
@@ -174,8 +185,9 @@ def blur_scale(gray: np.ndarray, region: np.ndarray) -> float | None:
     peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, np.ones((3, 3), np.uint8)))
     if int(peaks.sum()) < MIN_EDGES:
         return None
-    m1 = _gradient(cv2.GaussianBlur(gray, (0, 0), REBLUR))
-    r = float(np.median(np.clip(m1[peaks] / m0[peaks], 0.0, 0.999)))
+    rows, cols = np.nonzero(peaks)
+    m1 = _gradient_at(cv2.GaussianBlur(gray, (0, 0), REBLUR), rows, cols)
+    r = float(np.median(np.clip(m1 / m0[rows, cols], 0.0, 0.999)))
     return REBLUR * r / math.sqrt(1.0 - r * r)
 
 
@@ -332,7 +344,11 @@ def estimate_look(
         # before a bright background must not get a white occluder at the background's white)
         white = min(white, HIGHLIGHT_GAIN * float(np.percentile(gray[visible], 99.0)) + HIGHLIGHT_LIFT)
     white = max(white, WHITE_MIN)
-    mean_rgb = image.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        # exact integer sums (any order gives the same float64 below 2**53): NumPy's mean, faster
+        mean_rgb = np.asarray(cv2.sumElems(np.ascontiguousarray(image))[:3], dtype=np.float64) / (image.size // 3)
+    else:
+        mean_rgb = image.reshape(-1, 3).mean(axis=0, dtype=np.float64)
     mean_y = float(mean_rgb @ LUMA)
     cast = np.ones(3, np.float32)
     if mean_y > 1.0:

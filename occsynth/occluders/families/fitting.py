@@ -6,6 +6,17 @@ templates: `factor`) and searches the size multiplier by bisection with the occl
 seed held fixed, so every attempt places the same template at the same spot and only its
 size changes. The record is the inner occluder's, plus what the fit aimed for and reached.
 
+Sizing (`sizing`): "alpha" (the default) first solves the size on the template's own alpha:
+the occluder is placed twice (two sizes, same draws) to read the point the size scales about,
+the template's mask pixels (alpha >= 0.5, on a grid of at most ALPHA_POINTS) are sent through
+the map, and the size whose points, each worth |det| image pixels, inside the image make the
+target area is found without rendering; the exact trial search (below) then starts there and
+usually stops after one trial. "trials" (what builds before it did, their records replay with
+it) starts the trial search at size 1: each trial warps the template's alpha and counts it.
+Both end on the same exact test (|achieved - target| <= tolerance on the real mask), so they
+differ only in which size within the tolerance they stop at. Occluders that are not 2-D
+templates under an affine map (shapes, perspective templates) always use trials.
+
 An inner occluder that harmonises (occluders/harmonize.py) is searched without it (same
 version, so the same geometry and area: harmonisation never moves the mask) and harmonised
 once, at the size found.
@@ -27,8 +38,54 @@ from occsynth.occluders.base import (
     register_occluder,
     sample_value,
 )
-from occsynth.occluders.families.objects import TemplateOccluder
-from occsynth.occluders.params import SpecError, anything, integer, number
+from occsynth.occluders.families.objects import ALPHA_HALF, TemplateOccluder
+from occsynth.occluders.params import SpecError, anything, integer, number, word
+
+ALPHA_POINTS = 4096  # mask pixels of a template the alpha sizing sends through the map (at most)
+_ALPHA_GRIDS: dict[int, tuple] = {}  # id(template) -> (template, points, weight)
+
+
+def alpha_points(template) -> tuple[np.ndarray, float]:
+    """A template's mask pixels (alpha >= 0.5) on a regular grid of at most ALPHA_POINTS, as
+    (N, 2) float64 (x, y), and the template pixels each stands for (the grid's step squared)."""
+    hit = _ALPHA_GRIDS.get(id(template))
+    if hit is not None and hit[0] is template:
+        return hit[1], hit[2]
+    on = template.rgba[..., 3] >= ALPHA_HALF
+    step = max(1, math.ceil(math.sqrt(int(np.count_nonzero(on)) / ALPHA_POINTS)))
+    ys, xs = np.nonzero(on[::step, ::step])
+    points = np.column_stack([xs * step + (step - 1) / 2, ys * step + (step - 1) / 2]).astype(np.float64)
+    _ALPHA_GRIDS[id(template)] = (template, points, float(step * step))
+    return points, float(step * step)
+
+
+def estimated_area(points: np.ndarray, weight: float, matrix: np.ndarray, pivot: np.ndarray, shape):
+    """area(k): the image fraction the template covers under the map p -> pivot + k (matrix p -
+    pivot), i.e. `matrix` scaled by k about `pivot`: its mask points inside the frame (pixel
+    centres at integers, a pixel spans +-0.5) times |det| k^2 image pixels each. Each point is
+    inside for k in one interval (the frame is convex, k scales along a ray), so after one
+    sort an evaluation is two binary searches."""
+    h, w = shape
+    rel = points @ matrix[:, :2].T + (matrix[:, 2] - pivot)
+    unit = abs(float(matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0])) * weight / (h * w)
+    lo = np.zeros(len(rel))
+    hi = np.full(len(rel), np.inf)
+    for axis, size in ((0, w), (1, h)):
+        d, c = rel[:, axis], float(pivot[axis])
+        a, b = -0.5 - c, size - 0.5 - c  # pivot + k d must lie in [a, b] relative to the pivot
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k1, k2 = a / d, b / d
+        moving = d != 0
+        lo = np.where(moving, np.maximum(lo, np.minimum(k1, k2)), np.where(a <= 0 <= b, lo, np.inf))
+        hi = np.where(moving, np.minimum(hi, np.maximum(k1, k2)), hi)
+    keep = lo <= hi
+    starts, ends = np.sort(lo[keep]), np.sort(hi[keep])
+
+    def area(k: float) -> float:
+        count = int(np.searchsorted(starts, k, side="right")) - int(np.searchsorted(ends, k, side="left"))
+        return count * unit * k * k
+
+    return area
 
 
 def _scaled(value: Any, factor: float) -> Any:
@@ -42,7 +99,8 @@ class FitArea(Occluder):
     """Params: occluder ({"name", "params"} of the inner occluder), ratio (target fraction of
     the image, scalar or [lo, hi]), param (the inner size parameter to scale), tolerance
     (accepted |achieved - target|), retries (new placements tried when a target is out of
-    reach, e.g. an object clipped by the image border)."""
+    reach, e.g. an object clipped by the image border), sizing ("alpha": start the search at
+    the size solved on the template's alpha; "trials": start at size 1, as builds before it)."""
 
     family = "fit"
     name = "fit_area"
@@ -54,7 +112,9 @@ class FitArea(Occluder):
         "retries": 4,
         "min_factor": 0.05,
         "max_factor": 12.0,
+        "sizing": "alpha",
     }
+    legacy = {"sizing": "trials"}
     schema = {
         "occluder": anything("the inner occluder as {name, params}", nullable=False),
         "ratio": number(0.0, 1.0),
@@ -63,6 +123,7 @@ class FitArea(Occluder):
         "retries": integer(0, scalar=True),
         "min_factor": number(0.0, lo_open=True, scalar=True),
         "max_factor": number(0.0, lo_open=True, scalar=True),
+        "sizing": word("alpha", "trials"),
     }
 
     def __init__(self, **params: Any):
@@ -84,7 +145,7 @@ class FitArea(Occluder):
         """The inner occluder's parameters as given, with its `legacy` ones made explicit where
         they are not at their legacy value (so a replay, which fills the legacy values in, runs
         the same inner occluder) and left out where they are."""
-        out = dict(self.params)
+        out = super().recorded_params()
         inner = self.params["occluder"]
         cls = list_occluders().get(inner["name"])
         if cls is None or not cls.legacy:
@@ -106,6 +167,19 @@ class FitArea(Occluder):
             inner_cls = list_occluders()[inner["name"]]
             out["occluder"] = {**inner, "params": inner_cls.replay_params(dict(inner.get("params") or {}))}
         return out
+
+    @classmethod
+    def fitted_occluder(cls, record: dict) -> Occluder:
+        """The inner occluder a fit_area record was rendered with (for replay): the recorded
+        fit_area parameters' inner occluder at the size found (`fit_factor`)."""
+        params = cls.replay_params(record["spec_params"])
+        inner = params["occluder"]
+        inner_params = dict(inner.get("params") or {})
+        param = params["param"]
+        if param not in inner_params:
+            inner_params[param] = create_occluder(inner["name"]).defaults[param]
+        inner_params[param] = _scaled(inner_params[param], float(record["fit_factor"]))
+        return create_occluder(inner["name"], **inner_params)
 
     def __call__(self, image, mask, landmarks, rng):
         target = float(sample_value(self.params["ratio"], rng))
@@ -196,7 +270,18 @@ class FitArea(Occluder):
             return variant(factor).own_area(image, points, inner) / pixels
 
         lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
-        factor, current = 1.0, area(1.0)
+        factor = 1.0
+        if proto is not None and self.params["sizing"] == "alpha" and not proto.perspective:
+            factor, estimate = self._alpha_factor(image, points, variant, inner, start, target)
+            current = area(factor)
+            if estimate is not None and current > 0 and abs(current - target) > self.params["tolerance"]:
+                # one more solve on the estimate scaled to agree with the real area found (the
+                # estimate's error is mostly a proportion: the outline's share of the area)
+                gain = current / max(estimate(factor), 1e-12)
+                factor = self._solve(lambda k: estimate(k) * gain, target, factor)
+                current = area(factor)
+        else:
+            current = area(factor)
         best = (factor, current)
         for _ in range(16):
             if abs(current - target) <= self.params["tolerance"]:
@@ -216,3 +301,42 @@ class FitArea(Occluder):
             if abs(current - target) < abs(best[1] - target):
                 best = (factor, current)
         return attempt(best[0])  # a template occluder's one full render
+
+    def _alpha_factor(self, image, points, variant, inner, start, target):
+        """(the size factor whose estimated area (`estimated_area`) is the target, the
+        estimate as a function of the factor); (1.0, None) when the size does not scale the
+        map about a fixed point."""
+        maps = []
+        for factor in (1.0, 2.0):
+            inner.bit_generator.state = start
+            template, matrix, _ = variant(factor).place(image, points, inner)
+            maps.append(np.asarray(matrix, dtype=np.float64))
+        m1, m2 = maps
+        det1 = abs(m1[0, 0] * m1[1, 1] - m1[0, 1] * m1[1, 0])
+        k = math.sqrt(abs(m2[0, 0] * m2[1, 1] - m2[0, 1] * m2[1, 0]) / max(det1, 1e-300))
+        scale = float(np.abs(m1[:, :2]).max())
+        if not (k > 1.0 + 1e-6 and float(np.abs(m2[:, :2] - k * m1[:, :2]).max()) <= 1e-9 * k * scale):
+            return 1.0, None  # not a scaling about a fixed point: the trial search from size 1
+        pivot = (m2[:, 2] - k * m1[:, 2]) / (1.0 - k)
+        estimate = estimated_area(*alpha_points(template), m1, pivot, image.shape[:2])
+        return self._solve(estimate, target, 1.0), estimate
+
+    def _solve(self, area, target: float, factor: float) -> float:
+        """The factor whose `area` (an estimate: no rendering) is the target, by the trial
+        search's secant/bisection in log size, from `factor`, within [min_factor, max_factor]."""
+        lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
+        current = area(factor)
+        for _ in range(40):
+            if abs(current - target) <= 0.25 * self.params["tolerance"]:
+                break
+            here = math.log(factor)
+            if current < target:
+                lo = here
+            else:
+                hi = here
+            if hi - lo < 1e-6:
+                break
+            step = here + 0.5 * math.log(target / current) if current > 0 else math.inf
+            factor = math.exp(step if lo < step < hi else (lo + hi) / 2)
+            current = area(factor)
+        return factor

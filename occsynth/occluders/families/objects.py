@@ -444,7 +444,16 @@ class ObjectOccluder(TemplateOccluder):
             (nx, ny), (ox, oy) = face_points_fast(lm, [region_centre(region, rng), REGION_CENTERS[meta["region"]]])
             targets = [(x + nx - ox, y + ny - oy) for x, y in targets]
         posed = self.version >= 2 and meta.get("worn", False)
-        base = posed_map(meta, landmarks, targets) if posed else similarity(anchor["points"], targets)
+        if posed:  # fit_area places one template on one face many times: the pose is solved once
+            key = (template.name, tuple(map(tuple, lm)), tuple(map(tuple, targets)))
+            cache = self.__dict__.setdefault("_posed_maps", {})
+            base = cache.get(key)
+            if base is None:
+                if len(cache) >= 64:
+                    cache.clear()
+                base = cache[key] = posed_map(meta, landmarks, targets)
+        else:
+            base = similarity(anchor["points"], targets)
         scale = float(sample_value(self.params["scale"], rng))
         angle = float(sample_value(self.params["rotation"], rng))
         jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
