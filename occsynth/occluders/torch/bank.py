@@ -181,24 +181,90 @@ class _BankOp(_Op):
             mid = torch.where(use_lm.view(b, 1), a_mid, mid_rand)
         else:
             z, centre, mid = z_rand, centre_rand, mid_rand
-        # output pixel p -> template point mid + (p - centre) / z
-        ys, xs = ctx.grid()
-        px = (xs.view(1, 1, W) + 0.5).double() - centre[:, 0].view(b, 1, 1)
-        py = (ys.view(1, H, 1) + 0.5).double() - centre[:, 1].view(b, 1, 1)
-        zi = (1.0 / z).view(b, 1, 1)
-        tx = mid[:, 0].view(b, 1, 1) + px * zi.real - py * zi.imag
-        ty = mid[:, 1].view(b, 1, 1) + px * zi.imag + py * zi.real
-        th, tw = prem.shape[2], prem.shape[3]
-        gz = ((2 * idx.double() + 1) / n - 1).view(b, 1, 1).expand(b, H, W)
-        grid = torch.stack([tx / tw * 2 - 1, ty / th * 2 - 1, gz], -1).float().unsqueeze(0)  # [1,b,H,W,3]
-        # one 3-D sample over the stack: depth picks the template exactly (at a slice centre)
-        sample = F.grid_sample(
-            prem.permute(1, 0, 2, 3).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )[0].permute(1, 0, 2, 3)
-        alpha = sample[:, 3]
-        own = alpha >= 0.5
-        rgb = sample[:, :3] / alpha.clamp(min=1e-6).unsqueeze(1)
-        rgb = ctx.lo + (ctx.hi - ctx.lo) * rgb.clamp(0, 1)
-        if ctx.integer:
-            rgb = torch.round(rgb)
-        return _blend(img, rgb.to(img.dtype), own.unsqueeze(1)), own
+        return _render(ctx, img, prem, sizes, idx, z, centre, mid)
+
+
+def _windows(sizes: Tensor, z: Tensor, centre: Tensor, mid: Tensor, height: int, width: int):
+    """Per sample, the output pixels a template can reach, as windows of one common size.
+
+    Output pixel p (centre p + 0.5) samples template point t = mid + (p + 0.5 - centre) / z, and
+    bilinear sampling (align_corners=False, zero padding) is non-zero only for t within half a
+    template pixel of the template's own [0, w] x [0, h]. The corners of that rectangle grown by
+    one template pixel, sent through p + 0.5 = centre + z (t - mid) and grown by one output pixel
+    (both margins cover rounding), bound every pixel with alpha > 0; the rest of the image keeps
+    alpha 0 (not pasted, as the whole-grid sampling gave). Returns (x0, y0) [b] int64 of each
+    window and its (height, width): the largest box over the batch, clipped to the image, so each
+    sample's box fits inside its window. A non-finite placement gets the whole image."""
+    b = z.shape[0]
+    cx = torch.stack([-torch.ones_like(sizes[:, 0]), sizes[:, 0] + 1], 1)  # [b, 2] template x
+    cy = torch.stack([-torch.ones_like(sizes[:, 1]), sizes[:, 1] + 1], 1)
+    corners = torch.complex(cx.view(b, 2, 1), cy.view(b, 1, 2)).reshape(b, 4)
+    mid_c = torch.complex(mid[:, 0], mid[:, 1]).view(b, 1)
+    # output pixel index (centre of pixel p is p + 0.5) of each corner
+    p = z.view(b, 1) * (corners - mid_c) + torch.complex(centre[:, 0], centre[:, 1]).view(b, 1) - complex(0.5, 0.5)
+    px0 = torch.floor(p.real.amin(1)) - 1
+    px1 = torch.ceil(p.real.amax(1)) + 1
+    py0 = torch.floor(p.imag.amin(1)) - 1
+    py1 = torch.ceil(p.imag.amax(1)) + 1
+    finite = torch.isfinite(px0) & torch.isfinite(px1) & torch.isfinite(py0) & torch.isfinite(py1)
+    x0 = torch.where(finite, px0.clamp(0, width), 0.0)
+    x1 = torch.where(finite, px1.clamp(-1, width - 1), width - 1.0)
+    y0 = torch.where(finite, py0.clamp(0, height), 0.0)
+    y1 = torch.where(finite, py1.clamp(-1, height - 1), height - 1.0)
+    bw = max(1, int((x1 - x0 + 1).max()))
+    bh = max(1, int((y1 - y0 + 1).max()))
+    x0 = torch.minimum(x0.long(), torch.tensor(width - bw, device=x0.device))
+    y0 = torch.minimum(y0.long(), torch.tensor(height - bh, device=y0.device))
+    return x0, y0, bh, bw
+
+
+def _render(ctx, img: Tensor, prem: Tensor, sizes: Tensor, idx: Tensor, z: Tensor, centre: Tensor, mid: Tensor):
+    """Paste template idx[i] (premultiplied [n, 4, th, tw]) mapped by output pixel p -> template
+    point mid + (p + 0.5 - centre) / z, hard-edged at alpha >= 0.5; returns (images, own [b,H,W]).
+
+    Only each sample's window (see _windows) is sampled: its own template (prem[idx]) by a 2-D
+    bilinear grid_sample, with the grid computed in float64 as over the whole image before.
+    Outside the windows alpha is 0 (nothing pasted), as the whole-grid sampling gave. On CPU the
+    batch goes in chunks of CPU_CHUNK images, so that the temporaries stay small (large ones are
+    fresh pages from the OS on every call); on other devices in one piece."""
+    b, c, H, W = img.shape
+    x0, y0, bh, bw = _windows(sizes[idx], z, centre, mid, H, W)
+    out = img.reshape(b, c, H * W).clone()
+    own = torch.zeros(b, H * W, dtype=torch.bool, device=img.device)
+    step = CPU_CHUNK if img.device.type == "cpu" else b
+    for s in range(0, b, step):
+        k = slice(s, s + step)
+        _paste(ctx, out[k], own[k], prem, idx[k], z[k], centre[k], mid[k], x0[k], y0[k], bh, bw, W)
+    return out.view(b, c, H, W), own.view(b, H, W)
+
+
+CPU_CHUNK = 32
+
+
+def _paste(ctx, out, own, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int, W: int) -> None:
+    """_render on a chunk: out [b, c, H*W] and own [b, H*W] written in place."""
+    b, c = out.shape[:2]
+    dev = out.device
+    px = (x0.view(b, 1) + torch.arange(bw, device=dev) + 0.5).view(b, 1, bw) - centre[:, 0].view(b, 1, 1)
+    py = (y0.view(b, 1) + torch.arange(bh, device=dev) + 0.5).view(b, bh, 1) - centre[:, 1].view(b, 1, 1)
+    zi = (1.0 / z).view(b, 1, 1)
+    # template point, normalised for grid_sample: float64 as before, then float32
+    th, tw = prem.shape[2], prem.shape[3]
+    grid = torch.empty(b, bh, bw, 2, device=dev)
+    tx = (mid[:, 0].view(b, 1, 1) + px * zi.real) - py * zi.imag
+    grid[..., 0] = tx.div_(tw).mul_(2).sub_(1)
+    ty = (mid[:, 1].view(b, 1, 1) + px * zi.imag) + py * zi.real
+    grid[..., 1] = ty.div_(th).mul_(2).sub_(1)
+    sample = F.grid_sample(prem[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    alpha = sample[:, 3:4]
+    own_w = alpha >= 0.5
+    rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo).add_(ctx.lo)
+    if ctx.integer:
+        rgb = rgb.round_()
+    # the windows' pixels in the flattened images: gather, blend, scatter back
+    lin = (y0.view(b, 1, 1) + torch.arange(bh, device=dev).view(1, bh, 1)) * W + x0.view(b, 1, 1)
+    lin = (lin + torch.arange(bw, device=dev).view(1, 1, bw)).view(b, 1, bh * bw)
+    at = lin.expand(b, c, bh * bw)
+    window = _blend(out.gather(2, at), rgb.to(out.dtype).view(b, c, bh * bw), own_w.view(b, 1, bh * bw))
+    out.scatter_(2, at, window)
+    own.scatter_(1, lin.view(b, bh * bw), own_w.view(b, bh * bw))
