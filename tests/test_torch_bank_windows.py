@@ -11,8 +11,11 @@ import torch.nn.functional as F
 
 from occsynth.faces.templates import get_template
 from occsynth.occluders.torch import TensorBank, TorchOccluder
+from occsynth.occluders.torch import bank as bank_module
 from occsynth.occluders.torch._ops import _blend, _codes, _Ctx, _int, _num
-from occsynth.occluders.torch.bank import _windows
+from occsynth.occluders.torch.bank import _boxes, _windows
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,10 +116,11 @@ SPECS = [
 IMAGES = [(torch.uint8, None, 112, 112), (torch.float32, None, 96, 80), (torch.float32, (-1.0, 1.0), 64, 112)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_landmarks", [True, False])
 @pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
 @pytest.mark.parametrize("params", SPECS)
-def test_windows_match_the_whole_grid_sampling(params, dtype, value_range, h, w, with_landmarks):
+def test_windows_match_the_whole_grid_sampling(params, dtype, value_range, h, w, with_landmarks, device):
     b = 48
     g = torch.Generator().manual_seed(7)
     images = torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8)
@@ -129,14 +133,15 @@ def test_windows_match_the_whole_grid_sampling(params, dtype, value_range, h, w,
         points = torch.as_tensor(get_template("arcface-112x112").points, dtype=torch.float64)
         lm = points * torch.tensor([w / 112.0, h / 112.0], dtype=torch.float64)
         lm = lm + 30 * (torch.rand(b, 1, 2, generator=g, dtype=torch.float64) - 0.5)
-        lm = lm.to(torch.float32)
+        lm = lm.to(torch.float32).to(device)
+    images = images.to(device)
     banks = {"default": _bank()}
-    occ = TorchOccluder({"name": "bank", "params": params}, banks=banks, value_range=value_range)
-    out, masks = occ(images, lm, torch.Generator().manual_seed(3))
+    occ = TorchOccluder({"name": "bank", "params": params}, device=device, banks=banks, value_range=value_range)
+    out, masks = occ(images, lm, torch.Generator(device).manual_seed(3))
 
     integer = dtype == torch.uint8
     lo, hi = (0.0, 255.0) if integer else (value_range or (0.0, 1.0))
-    ctx = _Ctx(torch.Generator().manual_seed(3), images.device, lo, hi, integer, h, w, banks)
+    ctx = _Ctx(torch.Generator(device).manual_seed(3), images.device, lo, hi, integer, h, w, banks)
     ref_out, ref_own, ref_alpha = _whole_grid_bank(occ._root[1], ctx, images, lm)
 
     own = masks[:, 0]
@@ -151,6 +156,22 @@ def test_windows_match_the_whole_grid_sampling(params, dtype, value_range, h, w,
     assert torch.equal(out[untouched], images[untouched])
     step = 1.0 if integer else (hi - lo) / 255.0
     assert float((out[same].double() - ref_out[same].double()).abs().max()) <= step
+
+
+def test_chunks_do_not_change_the_result(monkeypatch):
+    """Every sampled pixel is computed from its own coordinates only, so the chunking (and the
+    window sizes it brings) leaves the output bit for bit the same."""
+    banks = {"default": _bank()}
+    params = {"placement": {"choice": ["landmarks", "random"]}, "scale": [0.3, 3.0], "rotation": [-90, 90]}
+    occ = TorchOccluder({"name": "bank", "params": {**params, "shift": 0.5}}, banks=banks)
+    images = torch.randint(0, 256, (40, 3, 72, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    lm = (torch.as_tensor(get_template("arcface-112x112").points, dtype=torch.float32) * 0.6).expand(40, 5, 2)
+    results = []
+    for chunk in (3, 16, 1000):
+        monkeypatch.setattr(bank_module, "CPU_CHUNK", chunk)
+        results.append(occ(images, lm, torch.Generator().manual_seed(5)))
+    for out, masks in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(masks, results[0][1])
 
 
 def test_exact_half_alpha_ties_stay_exact():
@@ -184,9 +205,10 @@ def test_windows_hold_every_pasted_pixel_one_sample_at_a_time():
     points = torch.as_tensor(get_template("arcface-112x112").points, dtype=torch.float32)
     lm = (points * 0.5).expand(1, 5, 2)
     images = torch.randint(0, 256, (1, 3, 56, 56), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    cut = 0
+    cut, before = 0, images.clone()
     for seed in range(60):
         out, masks = occ(images, lm, torch.Generator().manual_seed(seed))
+        assert torch.equal(images, before)  # the input is never written
         ctx = _Ctx(torch.Generator().manual_seed(seed), images.device, 0.0, 255.0, True, 56, 56, banks)
         ref_out, ref_own, _ = _whole_grid_bank(occ._root[1], ctx, images, lm)
         assert torch.equal(masks[:, 0], ref_own), seed
@@ -196,35 +218,34 @@ def test_windows_hold_every_pasted_pixel_one_sample_at_a_time():
     assert 5 <= cut <= 55  # some templates cut by the border, some whole
 
 
+def test_extents_are_the_boxes_of_the_visible_pixels():
+    a = np.zeros((6, 10, 4), dtype=np.uint8)
+    a[1:4, 2:7, 3] = 1  # alpha 1/255 still counts
+    b = np.zeros((3, 3, 4), dtype=np.uint8)  # fully transparent
+    bank = TensorBank.from_arrays([a, b, np.full((2, 4, 4), 255, dtype=np.uint8)])
+    assert bank.extents.tolist() == [[2, 1, 7, 4], [0, 0, 0, 0], [0, 0, 4, 2]]
+
+
 def test_window_of_a_scaled_template_by_hand():
     """A 10x10 template at scale 2 centred on (20.5, 30.5): it covers [10.5, 30.5] x [20.5, 40.5];
     grown by one template pixel (2 output pixels) and one output pixel, the pixels 7..33 in x and
     17..43 in y. Near the right border the window keeps its size and moves inside the image."""
-    sizes = torch.tensor([[10.0, 10.0]], dtype=torch.float64)
+    rect = torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=torch.float64)
     z = torch.tensor([2.0 + 0.0j], dtype=torch.complex128)
     mid = torch.tensor([[5.0, 5.0]], dtype=torch.float64)
-    x0, y0, bh, bw = _windows(sizes, z, torch.tensor([[20.5, 30.5]], dtype=torch.float64), mid, 64, 64)
-    assert (int(x0), int(y0), bh, bw) == (7, 17, 27, 27)
-    # two samples: the second's box (cut to 44..63 by the border) gets the first's 27 columns
-    x0, y0, bh, bw = _windows(
-        sizes.expand(2, 2),
-        z.expand(2),
-        torch.tensor([[20.5, 30.5], [60.5, 30.5]], dtype=torch.float64),
-        mid.expand(2, 2),
-        64,
-        64,
-    )
-    assert x0.tolist() == [7, 64 - 27] and y0.tolist() == [17, 17] and (bh, bw) == (27, 27)
-    # a placement off the image: an empty box, so the window is the other sample's size
-    x0, y0, bh, bw = _windows(
-        sizes.expand(2, 2),
-        z.expand(2),
-        torch.tensor([[20.5, 30.5], [500.5, 30.5]], dtype=torch.float64),
-        mid.expand(2, 2),
-        64,
-        64,
-    )
-    assert (bh, bw) == (27, 27) and x0.tolist() == [7, 64 - 27]
+    box = _boxes(rect, z, torch.tensor([[20.5, 30.5]], dtype=torch.float64), mid, 64, 64)
+    assert [int(v) for v in box] == [7, 17, 34, 44]
+    assert _windows(*box, 64, 64)[2:] == (27, 27)
+    # a box cut by the border: 47..63; in a window of 27 columns, those start at 64 - 27
+    centres = torch.tensor([[20.5, 30.5], [60.5, 30.5], [500.5, 30.5]], dtype=torch.float64)
+    x0, y0, x1, y1 = _boxes(rect.expand(3, 4), z.expand(3), centres, mid.expand(3, 2), 64, 64)
+    assert x0.tolist() == [7, 47, 64] and x1.tolist() == [34, 64, 64]  # the third: off the image
+    wx, wy, bh, bw = _windows(x0, y0, x1, y1, 64, 64)
+    assert wx.tolist() == [7, 64 - 27, 64 - 27] and wy.tolist() == [17, 17, 17] and (bh, bw) == (27, 27)
+    # only the visible pixels' box counts: a template visible in its left half only
+    half = torch.tensor([[0.0, 0.0, 5.0, 10.0]], dtype=torch.float64)
+    box = _boxes(half, z, torch.tensor([[20.5, 30.5]], dtype=torch.float64), mid, 64, 64)
+    assert [int(v) for v in box] == [7, 17, 24, 44]
     # a non-finite placement (degenerate landmarks): the whole image
-    _, _, bh, bw = _windows(sizes, torch.tensor([complex("nan")]), mid, mid, 64, 48)
-    assert (bh, bw) == (64, 48)
+    box = _boxes(rect, torch.tensor([complex("nan")]), mid, mid, 64, 48)
+    assert [int(v) for v in box] == [0, 0, 48, 64]
