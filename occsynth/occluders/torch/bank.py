@@ -258,6 +258,8 @@ def _render(ctx, img: Tensor, prem: Tensor, rect: Tensor, idx: Tensor, z: Tensor
     window size; the temporaries stay small: large ones are fresh pages from the OS on every
     call); on other devices in one piece."""
     b, c, H, W = img.shape
+    if b == 0:
+        return img.clone(), torch.zeros(0, H, W, dtype=torch.bool, device=img.device)
     x0, y0, x1, y1 = _boxes(rect[idx], z, centre, mid, H, W)
     if img.device.type == "cpu" and b > CPU_CHUNK:
         order = torch.argsort((x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0))
@@ -281,8 +283,8 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
     written in place; the other arguments are the chosen samples'."""
     b, c = len(sel), out.shape[0]
     dev = out.device
-    px = (x0.view(b, 1) + torch.arange(bw, device=dev) + 0.5).view(b, 1, bw) - centre[:, 0].view(b, 1, 1)
-    py = (y0.view(b, 1) + torch.arange(bh, device=dev) + 0.5).view(b, bh, 1) - centre[:, 1].view(b, 1, 1)
+    px = ((x0.view(b, 1) + torch.arange(bw, device=dev)).double() + 0.5).view(b, 1, bw) - centre[:, 0].view(b, 1, 1)
+    py = ((y0.view(b, 1) + torch.arange(bh, device=dev)).double() + 0.5).view(b, bh, 1) - centre[:, 1].view(b, 1, 1)
     zi = (1.0 / z).view(b, 1, 1)
     # template point, normalised for grid_sample: float64 as before, then float32
     th, tw = prem.shape[2], prem.shape[3]
