@@ -293,7 +293,7 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
     grid[..., 0] = tx.div_(tw).mul_(2).sub_(1)
     ty = (mid[:, 1].view(b, 1, 1) + px * zi.imag) + py * zi.real
     grid[..., 1] = ty.div_(th).mul_(2).sub_(1)
-    sample = F.grid_sample(prem[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sample = F.grid_sample(prem.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     alpha = sample[:, 3:4]
     own_w = alpha >= 0.5
     rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo).add_(ctx.lo)
