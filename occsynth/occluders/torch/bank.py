@@ -16,6 +16,21 @@ from occsynth.occluders.torch._ops import Tensor, _blend, _codes, _int, _num, _O
 # ----------------------------------------------------------------------------- template bank
 
 
+def _extents(alpha: Tensor) -> Tensor:
+    """(x0, y0, x1, y1) [N, 4] float64: the box of each template's pixels with alpha > 0 (alpha
+    [N, h, w]), x1 and y1 one past the last (all 0 for a transparent template)."""
+
+    def span(seen: Tensor) -> tuple[Tensor, Tensor]:  # [N, k] bool -> first, one past the last
+        first = seen.to(torch.uint8).argmax(1)  # argmax gives the first of equal maxima
+        last = seen.shape[1] - seen.flip(1).to(torch.uint8).argmax(1)
+        some = seen.any(1)
+        return torch.where(some, first, 0), torch.where(some, last, 0)
+
+    seen = alpha > 0
+    (x0, x1), (y0, y1) = span(seen.any(1)), span(seen.any(2))
+    return torch.stack([x0, y0, x1, y1], 1).to(torch.float64)
+
+
 class TensorBank:
     """RGBA templates on a device for the `bank` op, pasted at landmark-relative positions (the
     batched view of a template set; the object bank itself is families/objects.TemplateBank,
@@ -31,6 +46,8 @@ class TensorBank:
              Default: the template's left and right edge midpoints go 0.5 inter-ocular distances
              outside each eye (a glasses-like band, 2 IODs wide).
     sizes    [N, 2] (w, h) of each template before padding (FROM-style random placement uses it).
+    extents  [N, 4] (x0, y0, x1, y1) box of each template's pixels with alpha > 0 (computed; the
+             op samples only the output pixels this box can reach).
     """
 
     def __init__(
@@ -62,6 +79,8 @@ class TensorBank:
         self.targets = targets.to(torch.float64).reshape(n, 2, 2)
         self.names = list(names) if names is not None else [str(i) for i in range(n)]
         self._by_device: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.extents = _extents(self.premultiplied[:, 3])
+        self._extents_by_device: dict[str, Tensor] = {}
 
     def __len__(self) -> int:
         return self.premultiplied.shape[0]
@@ -109,6 +128,12 @@ class TensorBank:
             targets.append([(m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]) for x, y in a])
             names.append(t.name)
         return cls.from_arrays(images, anchors, targets, names)
+
+    def extents_on(self, device: torch.device) -> Tensor:
+        key = str(device)
+        if key not in self._extents_by_device:
+            self._extents_by_device[key] = self.extents.to(device)
+        return self._extents_by_device[key]
 
     def on(self, device: torch.device):
         key = str(device)
@@ -181,24 +206,103 @@ class _BankOp(_Op):
             mid = torch.where(use_lm.view(b, 1), a_mid, mid_rand)
         else:
             z, centre, mid = z_rand, centre_rand, mid_rand
-        # output pixel p -> template point mid + (p - centre) / z
-        ys, xs = ctx.grid()
-        px = (xs.view(1, 1, W) + 0.5).double() - centre[:, 0].view(b, 1, 1)
-        py = (ys.view(1, H, 1) + 0.5).double() - centre[:, 1].view(b, 1, 1)
-        zi = (1.0 / z).view(b, 1, 1)
-        tx = mid[:, 0].view(b, 1, 1) + px * zi.real - py * zi.imag
-        ty = mid[:, 1].view(b, 1, 1) + px * zi.imag + py * zi.real
-        th, tw = prem.shape[2], prem.shape[3]
-        gz = ((2 * idx.double() + 1) / n - 1).view(b, 1, 1).expand(b, H, W)
-        grid = torch.stack([tx / tw * 2 - 1, ty / th * 2 - 1, gz], -1).float().unsqueeze(0)  # [1,b,H,W,3]
-        # one 3-D sample over the stack: depth picks the template exactly (at a slice centre)
-        sample = F.grid_sample(
-            prem.permute(1, 0, 2, 3).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )[0].permute(1, 0, 2, 3)
-        alpha = sample[:, 3]
-        own = alpha >= 0.5
-        rgb = sample[:, :3] / alpha.clamp(min=1e-6).unsqueeze(1)
-        rgb = ctx.lo + (ctx.hi - ctx.lo) * rgb.clamp(0, 1)
-        if ctx.integer:
-            rgb = torch.round(rgb)
-        return _blend(img, rgb.to(img.dtype), own.unsqueeze(1)), own
+        return _render(ctx, img, prem, bank.extents_on(ctx.device), idx, z, centre, mid)
+
+
+def _boxes(rect: Tensor, z: Tensor, centre: Tensor, mid: Tensor, height: int, width: int):
+    """Per sample, the output pixels a template can reach: (x0, y0, x1, y1) [b] int64, x1 and y1
+    one past the last pixel, clipped to the image (x1 <= x0 or y1 <= y0: none).
+
+    Output pixel p (centre p + 0.5) samples template point t = mid + (p + 0.5 - centre) / z, and
+    bilinear sampling (align_corners=False, zero padding) is non-zero only for t within half a
+    template pixel of the template's pixels with alpha > 0, which lie in `rect` (x0, y0, x1, y1
+    in template pixels, see TensorBank.extents). The corners of that rectangle grown by one
+    template pixel, sent through p + 0.5 = centre + z (t - mid) and grown by one output pixel
+    (both margins cover rounding), bound every pixel with alpha > 0; elsewhere alpha is 0 (not
+    pasted, as the whole-grid sampling gave). A non-finite placement gets the whole image."""
+    b = z.shape[0]
+    cx = torch.stack([rect[:, 0] - 1, rect[:, 2] + 1], 1)  # [b, 2] template x
+    cy = torch.stack([rect[:, 1] - 1, rect[:, 3] + 1], 1)
+    corners = torch.complex(cx.view(b, 2, 1), cy.view(b, 1, 2)).reshape(b, 4)
+    mid_c = torch.complex(mid[:, 0], mid[:, 1]).view(b, 1)
+    # output pixel index (centre of pixel p is p + 0.5) of each corner
+    p = z.view(b, 1) * (corners - mid_c) + torch.complex(centre[:, 0], centre[:, 1]).view(b, 1) - complex(0.5, 0.5)
+    x0 = torch.floor(p.real.amin(1)) - 1
+    x1 = torch.ceil(p.real.amax(1)) + 2
+    y0 = torch.floor(p.imag.amin(1)) - 1
+    y1 = torch.ceil(p.imag.amax(1)) + 2
+    finite = torch.isfinite(x0) & torch.isfinite(x1) & torch.isfinite(y0) & torch.isfinite(y1)
+    x0 = torch.where(finite, x0.clamp(0, width), 0.0).long()
+    x1 = torch.where(finite, x1.clamp(0, width), float(width)).long()
+    y0 = torch.where(finite, y0.clamp(0, height), 0.0).long()
+    y1 = torch.where(finite, y1.clamp(0, height), float(height)).long()
+    return x0, y0, x1, y1
+
+
+def _windows(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor, height: int, width: int):
+    """Windows of one common size holding the boxes of _boxes: their top-left corners [b] and
+    (height, width), the largest box's; a window that would leave the image moves inside."""
+    bw = max(1, int((x1 - x0).max()))
+    bh = max(1, int((y1 - y0).max()))
+    return x0.clamp(max=width - bw), y0.clamp(max=height - bh), bh, bw
+
+
+def _render(ctx, img: Tensor, prem: Tensor, rect: Tensor, idx: Tensor, z: Tensor, centre: Tensor, mid: Tensor):
+    """Paste template idx[i] (premultiplied [n, 4, th, tw]) mapped by output pixel p -> template
+    point mid + (p + 0.5 - centre) / z, hard-edged at alpha >= 0.5; returns (images, own [b,H,W]).
+
+    Only each sample's window (see _boxes, _windows) is sampled: its own template (prem[idx]) by a
+    2-D bilinear grid_sample, with the grid computed in float64 as over the whole image before.
+    Outside the windows alpha is 0 (nothing pasted), as the whole-grid sampling gave. On CPU the
+    samples go in chunks of CPU_CHUNK, in the order of their boxes' areas (similar boxes share a
+    window size; the temporaries stay small: large ones are fresh pages from the OS on every
+    call); on other devices in one piece."""
+    b, c, H, W = img.shape
+    if b == 0:
+        return img.clone(), torch.zeros(0, H, W, dtype=torch.bool, device=img.device)
+    x0, y0, x1, y1 = _boxes(rect[idx], z, centre, mid, H, W)
+    if img.device.type == "cpu" and b > CPU_CHUNK:
+        order = torch.argsort((x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0))
+        chunks = [order[s : s + CPU_CHUNK] for s in range(0, b, CPU_CHUNK)]
+    else:
+        chunks = [torch.arange(b, device=img.device)]
+    # channel-major copy (one row of every image's pixels per channel): chunks scatter into it
+    out = img.transpose(0, 1).clone(memory_format=torch.contiguous_format).view(c, b * H * W)
+    own = torch.zeros(b * H * W, dtype=torch.bool, device=img.device)
+    for sel in chunks:
+        wx, wy, bh, bw = _windows(x0[sel], y0[sel], x1[sel], y1[sel], H, W)
+        _paste(ctx, out, own, sel, prem, idx[sel], z[sel], centre[sel], mid[sel], wx, wy, bh, bw, H, W)
+    return out.view(c, b, H, W).transpose(0, 1).contiguous(), own.view(b, H, W)
+
+
+CPU_CHUNK = 32
+
+
+def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int, H: int, W: int) -> None:
+    """_render on the samples `sel`: out [c, B*H*W] (channel-major images) and own [B*H*W]
+    written in place; the other arguments are the chosen samples'."""
+    b, c = len(sel), out.shape[0]
+    dev = out.device
+    px = ((x0.view(b, 1) + torch.arange(bw, device=dev)).double() + 0.5).view(b, 1, bw) - centre[:, 0].view(b, 1, 1)
+    py = ((y0.view(b, 1) + torch.arange(bh, device=dev)).double() + 0.5).view(b, bh, 1) - centre[:, 1].view(b, 1, 1)
+    zi = (1.0 / z).view(b, 1, 1)
+    # template point, normalised for grid_sample: float64 as before, then float32
+    th, tw = prem.shape[2], prem.shape[3]
+    grid = torch.empty(b, bh, bw, 2, device=dev)
+    tx = (mid[:, 0].view(b, 1, 1) + px * zi.real) - py * zi.imag
+    grid[..., 0] = tx.div_(tw).mul_(2).sub_(1)
+    ty = (mid[:, 1].view(b, 1, 1) + px * zi.imag) + py * zi.real
+    grid[..., 1] = ty.div_(th).mul_(2).sub_(1)
+    sample = F.grid_sample(prem.index_select(0, idx), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    alpha = sample[:, 3:4]
+    own_w = alpha >= 0.5
+    rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo).add_(ctx.lo)
+    if ctx.integer:
+        rgb = rgb.round_()
+    # the windows' pixels in the flattened images: gather, blend, scatter back
+    lin = sel.view(b, 1, 1) * (H * W) + (y0.view(b, 1, 1) + torch.arange(bh, device=dev).view(1, bh, 1)) * W
+    lin = (lin + x0.view(b, 1, 1) + torch.arange(bw, device=dev).view(1, 1, bw)).view(1, b * bh * bw)
+    at = lin.expand(c, b * bh * bw)
+    rgb = rgb.to(out.dtype).transpose(0, 1).reshape(c, b * bh * bw)
+    out.scatter_(1, at, _blend(out.gather(1, at), rgb, own_w.view(1, b * bh * bw)))
+    own.scatter_(0, lin.view(-1), own_w.view(-1))
