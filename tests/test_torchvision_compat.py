@@ -214,3 +214,26 @@ def test_matches_real_torchvision_when_it_imports():
         thr = float(rng.choice([0.3, 0.5, 0.7]))
         expected = torchvision.ops.batched_nms(boxes, scores, idxs, thr)
         assert compat.batched_nms(boxes, scores, idxs, thr).tolist() == expected.tolist()
+
+
+def test_fallback_install_survives_imports_from_another_thread(isolated_torchvision, monkeypatch):
+    """The CLI imports matplotlib in a background thread while a build starts its detector:
+    installing the stand-in must not iterate sys.modules itself while another import adds to
+    it ("dictionary changed size during iteration", seen once in a full test run)."""
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    real_check = compat._is_torchvision_entry
+    added = []
+
+    def check_while_another_thread_imports(name):
+        if not added:  # a module appears in sys.modules during the scan, as an import elsewhere would
+            added.append("occsynth_test_thread_import")
+            sys.modules[added[0]] = types.ModuleType(added[0])
+        return real_check(name)
+
+    monkeypatch.setattr(compat, "_is_torchvision_entry", check_while_another_thread_imports)
+    try:
+        compat._install_fallback()
+    finally:
+        sys.modules.pop("occsynth_test_thread_import", None)
+    assert added and "torchvision._meta_registrations" not in sys.modules
+    assert sys.modules["torchvision.ops.boxes"].batched_nms is compat.batched_nms

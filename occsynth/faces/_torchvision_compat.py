@@ -107,7 +107,9 @@ def _real_torchvision_works() -> bool:
 def _install_fallback() -> None:
     # A failed import leaves the submodules it got through in sys.modules; they would shadow
     # the stand-in's package attributes, so they go first.
-    for name in [k for k in sys.modules if _is_torchvision_entry(k)]:
+    # list() first: the keys copied in one step, because another thread may import meanwhile
+    # (the CLI imports matplotlib in the background while a build starts its detector)
+    for name in [k for k in list(sys.modules) if _is_torchvision_entry(k)]:
         del sys.modules[name]
 
     def package(name: str) -> types.ModuleType:
