@@ -3,7 +3,8 @@
     python benchmarks/check_locks.py [--only lfw-occ-0.43,lfw-block] [--workers 2] [--keep DIR]
 
 Each lock records its build and options (a lock without "harmonize", written before
-harmonisation, is rebuilt with --no-harmonize); the build is rerun with `--check LOCK` into a
+harmonisation, is rebuilt with --no-harmonize; one without "redetect", written before the padded
+re-detection, with --redetect none); the build is rerun with `--check LOCK` into a
 temporary folder (detections come from the machine-wide landmark cache, so only the first
 build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs.
 """
@@ -35,6 +36,9 @@ def build_args(lock: dict) -> list[str]:
     # rebuilds what was built then (occluders/harmonize.py, catalog.VERSIONS)
     harmonize = options.pop("harmonize", False)
     args.append("--harmonize" if harmonize else "--no-harmonize")
+    # a lock without `redetect` was written before the padded re-detection of images where no
+    # face was found (faces/detect.py detect_padded): --redetect none rebuilds what was built then
+    options.setdefault("redetect", "none")
     for key, value in sorted(options.items()):
         if key in _SKIP or value is None or value == "" or value is False:
             continue

@@ -8,11 +8,13 @@ ArcFace 112x112 with the project's MTCNN detections:
   and eyes, over mask3d and surgical_mask samples;
 * pose: on the faces with the largest estimated yaw, how far the lens centres of sunglasses
   (the two largest blobs of the mask after an opening) lie from the eye landmarks;
-* framing: the centre-crop fallback on tight crops of detected faces (the "chip" prior).
+* framing: the centre-crop fallback on tight crops of detected faces (the "chip" prior) and,
+  with the LFW images, the whole chain a build runs on such crops (build/stages.py: detection,
+  the padded re-detection where it finds no face, then the prior).
 
     python benchmarks/realism.py fixture --landmarks ~/.cache/occsynth/landmarks.jsonl
     python benchmarks/realism.py measure [--samples 200] [--landmarks FILE]
-    python benchmarks/realism.py framing --landmarks ~/.cache/occsynth/landmarks.jsonl
+    python benchmarks/realism.py framing --landmarks ~/.cache/occsynth/landmarks.jsonl [--chain-faces N]
 
 `fixture` writes tests/data/lfw_faces.json (detections the tests use, read from a build's
 landmarks.jsonl, e.g. the detection cache of `occsynth build lfw-occ`); `framing` measures the
@@ -39,6 +41,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from lfw_fixture import load_lfw_faces  # noqa: E402  (tests/lfw_fixture.py: the fixture faces, read and aligned)
 from machine import LFW_TGZ, write_result  # noqa: E402
 
+from occsynth.build.config import BuildConfig  # noqa: E402
+from occsynth.build.stages import ShardImages, align_images, detector, find_faces  # noqa: E402
 from occsynth.faces.align import (  # noqa: E402
     CHIP_CROP_FRACTION,
     CHIP_CROP_OFFSET,
@@ -46,10 +50,13 @@ from occsynth.faces.align import (  # noqa: E402
     LFW_CROP_OFFSET,
     center_crop_landmarks,
     estimate_similarity,
+    warp,
 )
+from occsynth.faces.detect import select_face  # noqa: E402
 from occsynth.faces.geometry import face_point, similarity_matrix  # noqa: E402
 from occsynth.faces.pose import estimate_pose  # noqa: E402
 from occsynth.faces.templates import get_template  # noqa: E402
+from occsynth.io.archive import iter_files  # noqa: E402
 from occsynth.occluders import create_occluder  # noqa: E402
 from occsynth.occluders.harmonize import laplacian_ratio, sharpness_ratio  # noqa: E402
 from occsynth.seeding import derive_seed, make_rng  # noqa: E402
@@ -115,10 +122,85 @@ def chip_eye_error(lm_chip: np.ndarray, size: int, framing: str = "chip", **prio
     """Mean distance (px, 112x112) of the two eyes aligned by the fallback's guess from where
     the detected alignment puts them (the template's eye points)."""
     template = get_template("arcface")
-    guess = center_crop_landmarks(size, size, template, framing=framing, **prior)
-    m = estimate_similarity(guess, template.points)
+    return eye_error(center_crop_landmarks(size, size, template, framing=framing, **prior), lm_chip)
+
+
+def eye_error(used: np.ndarray, lm_chip: np.ndarray) -> float:
+    """Mean distance (px, 112x112) of the two eyes aligned from the landmarks `used` (detected on
+    the chip, or guessed) from where the full image's detection puts them (the template's)."""
+    template = get_template("arcface")
+    m = estimate_similarity(np.asarray(used, dtype=np.float64), template.points)
     eyes = lm_chip[:2] @ m[:, :2].T + m[:, 2]
     return float(np.linalg.norm(eyes - template.points[:2], axis=1).mean())
+
+
+def read_lfw(tgz: Path, sources: set[str]) -> dict[str, np.ndarray]:
+    """source ("Name/Name_0001.jpg") -> RGB image, for the wanted sources of the LFW archive."""
+    images = {}
+    for path, member, archive in iter_files(tgz):
+        source = str(path).partition("/")[2]
+        if source in sources:
+            data = np.frombuffer(archive.extractfile(member).read(), np.uint8)
+            images[source] = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return images
+
+
+# The chips the chain is measured on: (margin, size) as in `chip`. "chip": the 160x160 face chips
+# the chip prior is measured on; "cut": a crop tighter than the detector's box (10% of its side
+# cut off each side, 112x112), whose frame cuts the face: the framing where MTCNN misses faces.
+CHAIN_FACES = 500  # faces of the odd half drawn for the chain (~4 MTCNN runs each: ~5 min on a busy 2-core machine)
+CHAIN_CHIPS = {"chip": (CHIP_MARGIN, 160), "cut": (-0.1, 112)}
+
+
+def fallback_chain(rows: list[dict], images: dict, margin: float, size: int, batch: int = 64) -> dict:
+    """The build's own chain (stages.find_faces + align_images, on_no_face center-crop) on the
+    chips of `rows`: per chip the step that aligned it and its eye error; and the padded
+    re-detection alone on every chip."""
+    config = BuildConfig(on_no_face="center-crop")
+    template = get_template(config.template)
+    steps, errors, sources, padded_errors, padded_missed = [], [], [], [], []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        state = ShardImages()
+        truth = {}
+        for row in chunk:
+            m, lm = chip(row, margin=margin, size=size)
+            state.images[row["source"]] = warp(images[row["source"]], m, (size, size))
+            state.digests[row["source"]] = row["source"]
+            truth[row["source"]] = lm
+        find_faces(state, config)
+        align_images(state, config, template)
+        for sid, (_, _, info) in state.aligned.items():
+            steps.append(info["align_mode"])
+            sources.append(sid)
+            errors.append(eye_error(info["source_landmarks"], truth[sid]))
+        found = detector(config).detect_padded([state.images[r["source"]] for r in chunk])
+        for row, faces in zip(chunk, found):
+            face = select_face(faces, (size, size), config.multi_face)
+            if face is None:
+                padded_missed.append(row["source"])
+            else:
+                padded_errors.append(eye_error(face.landmarks, truth[row["source"]]))
+    steps_a, errors_a = np.array(steps), np.array(errors)
+    out = {
+        "chain_faces": len(steps),
+        "chain_steps": {k: int(np.sum(steps_a == k)) for k in ("detected", "detected-padded", "center-crop")},
+        "eye_error_px_chain": _summary(errors_a),
+        "within_6px_chain": round(float(np.mean(errors_a <= 6.0)), 4),
+    }
+    for mode in ("detected-padded", "center-crop"):
+        picked = errors_a[steps_a == mode]
+        out[f"eye_error_px_{mode.replace('-', '_')}"] = _summary(picked)
+        out[f"within_6px_{mode.replace('-', '_')}"] = round(float(np.mean(picked <= 6.0)), 4) if picked.size else None
+    # the chips the plain detection missed, with the step that aligned them (first 50)
+    out["not_detected"] = [[s, k] for s, k in sorted(zip(sources, steps)) if k != "detected"][:50]
+    padded = np.array(padded_errors)
+    out["padded_alone"] = {
+        "missed": len(padded_missed),
+        "eye_error_px": _summary(padded),
+        "within_6px": round(float(np.mean(padded <= 6.0)), 4) if padded.size else None,
+    }
+    return out
 
 
 def fixture(args) -> int:
@@ -170,6 +252,21 @@ def framing(args) -> dict:
         "within_6px_chip_prior": round(float(np.mean(new <= 6.0)), 4),
         "lfw_scene_prior": {"fraction": LFW_CROP_FRACTION, "offset": list(LFW_CROP_OFFSET)},
     }
+    lfw = Path(args.lfw)
+    if args.chain_faces and lfw.exists():
+        rng = np.random.default_rng(0)
+        picked = (
+            test
+            if args.chain_faces >= len(test)
+            else [test[i] for i in sorted(rng.choice(len(test), args.chain_faces, replace=False))]
+        )
+        images = read_lfw(lfw, {r["source"] for r in picked})
+        out["chain"] = {
+            f"{name}_{size}px_margin_{margin}": fallback_chain(picked, images, margin, size)
+            for name, (margin, size) in CHAIN_CHIPS.items()
+        }
+    elif args.chain_faces:
+        out["chain"] = f"skipped: {lfw} not found (real LFW needed)"
     print(json.dumps(out, indent=2))
     return out
 
@@ -280,9 +377,17 @@ def main(argv=None) -> int:
         help="detections (landmarks.jsonl) for the framing measure; skipped when absent",
     )
     m.add_argument("--out", default=str(RESULT))
+    m.add_argument("--chain-faces", type=int, default=CHAIN_FACES, help="as for framing")
     g = sub.add_parser("framing")
     g.add_argument("--landmarks", required=True)
     g.add_argument("--out", default=None)
+    g.add_argument("--lfw", default=str(LFW_TGZ))
+    g.add_argument(
+        "--chain-faces",
+        type=int,
+        default=CHAIN_FACES,
+        help="odd-half faces to run the build's detection/fallback chain on (0: none; >= their number: all)",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "fixture":
         return fixture(args)

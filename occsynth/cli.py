@@ -91,6 +91,14 @@ def build_options(f, on_no_face: str = "skip"):
             help="No face found: skip (recorded in failures.jsonl), center-crop, or fail the run.",
         ),
         click.option(
+            "--redetect",
+            type=click.Choice(["padded", "none"]),
+            default="padded",
+            show_default=True,
+            help="No face found: first detect again on the image padded to a 1.6x canvas (recorded as "
+            "align_mode detected-padded), or none (builds made before it, byte for byte), then --on-no-face.",
+        ),
+        click.option(
             "--multi-face",
             type=click.Choice(["center", "largest"]),
             default="center",
@@ -183,6 +191,7 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
         seed=opts["seed"],
         specs={"": spec},
         on_no_face=opts["on_no_face"],
+        redetect=opts["redetect"],
         multi_face=opts["multi_face"],
         aligned_input=aligned,
         image_format=opts["image_format"],

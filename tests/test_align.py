@@ -28,7 +28,7 @@ from occsynth.faces.align import (
     transform_points,
     warp,
 )
-from occsynth.faces.detect import POLICIES, Face, FaceDetector, select_face
+from occsynth.faces.detect import POLICIES, Face, FaceDetector, pad_canvas, pad_of, select_face, shift_faces
 from occsynth.faces.templates import TEMPLATES
 
 IMAGES_PER_IDENTITY = 3
@@ -363,6 +363,57 @@ def test_detect_rejects_bad_images(detector):
         detector.detect([Image.new("RGB", (50, 50))])
     with pytest.raises(ValueError, match="min_face_size"):
         FaceDetector(min_face_size=5)
+
+
+# --- the padded re-detection: canvas and mapping back (hand-computed) -----------------------
+
+
+def test_pad_canvas_places_the_image_in_the_middle_with_its_border_replicated():
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)  # h=4, w=6
+    assert pad_of(6, 4, 0.5) == 3 and pad_of(250, 250, 0.3) == 75 and pad_of(160, 120, 0.3) == 48
+    canvas, pad = pad_canvas(image, 0.5)
+    assert pad == 3 and canvas.shape == (4 + 6, 6 + 6, 3)
+    np.testing.assert_array_equal(canvas[3:7, 3:9], image)  # image pixel (x, y) at (x + 3, y + 3)
+    np.testing.assert_array_equal(canvas[0, 0], image[0, 0])  # corners replicate the corner pixel
+    np.testing.assert_array_equal(canvas[9, 11], image[3, 5])
+    np.testing.assert_array_equal(canvas[5, 0], image[2, 0])  # left border: row 2's first pixel
+    np.testing.assert_array_equal(canvas[0, 7], image[0, 4])  # top border: column 4's top pixel
+    with pytest.raises(ValueError, match="pad fraction"):
+        pad_of(6, 4, 0.0)
+
+
+def test_shift_faces_moves_boxes_and_landmarks_and_keeps_the_rest():
+    lm = np.array([[40.5, 60.25], [70.0, 60.0], [55.0, 80.0], [45.0, 95.0], [68.0, 95.5]])
+    (moved,) = shift_faces([Face((30.0, 40.0, 90.0, 120.0), 0.97, lm)], -75, -75)
+    assert moved.box == (-45.0, -35.0, 15.0, 45.0) and moved.score == 0.97
+    np.testing.assert_array_equal(
+        moved.landmarks, [[-34.5, -14.75], [-5.0, -15.0], [-20.0, 5.0], [-30.0, 20.0], [-7.0, 20.5]]
+    )
+    assert shift_faces([], 3, 4) == []
+
+
+def test_detect_padded_detects_on_the_canvas_and_maps_the_faces_back():
+    """A stand-in for MTCNN that reports one face at fixed canvas pixels: detect_padded must
+    hand it the padded canvas and return the face in the image's pixels."""
+    seen = []
+
+    class Stub(FaceDetector):
+        def __init__(self):  # no MTCNN
+            pass
+
+        def detect(self, images):
+            seen.extend(images)
+            lm = np.array([[70.0, 80.0], [110.0, 80.0], [90.0, 100.0], [75.0, 120.0], [105.0, 120.0]])
+            return [[Face((40.0, 50.0, 140.0, 150.0), 0.9, lm)] for _ in images]
+
+    image = np.full((80, 100, 3), 7, np.uint8)  # w=100, h=80: pad round(0.3 * 100) = 30 each side
+    (faces,) = Stub().detect_padded([image])
+    assert len(seen) == 1 and seen[0].shape == (80 + 60, 100 + 60, 3)
+    (face,) = faces
+    assert face.box == (10.0, 20.0, 110.0, 120.0) and face.score == 0.9
+    np.testing.assert_array_equal(face.landmarks, [[40, 50], [80, 50], [60, 70], [45, 90], [75, 90]])
+    with pytest.raises(ValueError, match="RGB uint8"):
+        Stub().detect_padded([np.zeros((50, 50), np.uint8)])
 
 
 # --- Face and select_face -------------------------------------------------------------------

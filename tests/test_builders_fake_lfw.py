@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fake_lfw import N, write_fake_lfw
+from fake_lfw import PEOPLE, N, write_fake_lfw
 from PIL import Image
 
 from occsynth.benchmarks import get_builder
@@ -187,3 +187,39 @@ def test_maskthefaces_style_chosen_types_and_both_sides(fake_lfw, mtf, tmp_path)
     result = invoke("build", "lfw-masked", "--lfw", str(lfw), "--pairs", str(pairs), "--out", str(tmp_path / "x"),
                     "--style", "maskthefaces", "--maskthefaces", str(mtf), "--mask-types", "surgical,bandana")  # fmt: skip
     assert result.exit_code != 0 and "bandana" in result.output and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- --harmonize/--no-harmonize beyond LFW
+
+
+def _harmonisation(index: list[dict]) -> set:
+    """Per occluder record: whether it carries the harmonisation look (params), its spec value
+    (spec_params; None when absent), walking fit_area's inner occluder too."""
+    seen = set()
+    for meta in index:
+        for rec in meta["occluders"]:
+            while rec is not None:
+                seen.add(("harmonize" in rec["params"], rec["spec_params"].get("harmonize")))
+                rec = rec["params"].get("occluder") if isinstance(rec["params"].get("occluder"), dict) else None
+    return seen
+
+
+@pytest.mark.parametrize("builder", ["occ-train", "mf1-occ"])
+def test_no_harmonize_reaches_the_occluders_of_the_other_builders(builder, fake_lfw, tmp_path):
+    lfw, _ = fake_lfw
+    if builder == "occ-train":  # aligned inputs: no detection, the fake images are the crops
+        args = ["--src", str(lfw), "--aligned", "--ratio", "0:1"]
+    else:  # the fake faces are centre-cropped (the benchmarks' --on-no-face center-crop)
+        args = ["--probes", str(lfw), "--distractors", str(lfw / PEOPLE[0])]
+    found = {}
+    for flag in ("", "--no-harmonize"):
+        out = tmp_path / (flag or "default")
+        run("build", builder, *args, "--out", str(out), "--quiet", "--workers", "1", *([flag] if flag else []))
+        index = rows(out / "index.jsonl")
+        assert sum(bool(m["occluders"]) for m in index) >= 3  # occluded samples to look at
+        found[flag] = _harmonisation(index)
+    # harmonised by default: every occluder record has the look and says harmonize: true ...
+    assert found[""] and all(look and value is True for look, value in found[""])
+    # ... and --no-harmonize reached every occluder spec: records as written before harmonisation
+    # existed (harmonize: false is a legacy value, left out of records: Occluder.legacy)
+    assert found["--no-harmonize"] == {(False, None)}

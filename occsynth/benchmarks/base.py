@@ -19,6 +19,7 @@ import yaml
 
 from occsynth.benchmarks._registry import BUILDERS
 from occsynth.build import BuildConfig, PlannedSample
+from occsynth.occluders import with_harmonize
 
 DEFINITIONS = "definitions"  # package data: occsynth/benchmarks/definitions/<name>.yaml
 
@@ -79,6 +80,25 @@ def load_definition(name: str) -> dict:
     if data.get("name") != name:
         raise ValueError(f"{path}: 'name' must be {name!r}")
     return data
+
+
+# The one --harmonize/--no-harmonize of every builder whose occluders are textured (objects, masks,
+# templates): harmonisation is their default, and --no-harmonize builds what occsynth built before
+# it existed (occluders/harmonize.py, Occluder.legacy). Builders pass their spec through
+# `harmonized`.
+HARMONIZE_OPTION = click.option(
+    "--harmonize/--no-harmonize",
+    default=True,
+    show_default=True,
+    help="Match textured occluders to each photo's light and image quality (occluders/harmonize.py). "
+    "--no-harmonize builds what occsynth built before harmonisation (its locks, byte for byte).",
+)
+
+
+def harmonized(spec: Any, harmonize: bool) -> Any:
+    """The occlusion spec a build uses under --harmonize/--no-harmonize: unchanged when True,
+    harmonize set to false on every occluder that takes it when False."""
+    return spec if harmonize else with_harmonize(spec, False)
 
 
 def source_option(flag: str, help_text: str, required: bool = True):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from occsynth.benchmarks.base import Builder, BuildJob, register_builder
+from occsynth.benchmarks.base import HARMONIZE_OPTION, Builder, BuildJob, harmonized, register_builder
 from occsynth.benchmarks.protocols.ar import GALLERY_IMAGES, ar_protocol, parse_ar_name
 from occsynth.benchmarks.protocols.identification import write_protocol_json
 from occsynth.benchmarks.protocols.mf1 import GALLERY_MODES, mf1_protocol
@@ -87,9 +87,12 @@ class MF1Occ(Builder):
             show_default=True,
             help="rotate: each probe image in turn joins the distractors (MegaFace devkit); first: one round.",
         ),
+        HARMONIZE_OPTION,
     ]
 
-    def jobs(self, config: BuildConfig, probes: str, distractors: str, gallery_mode: str) -> list[BuildJob]:
+    def jobs(
+        self, config: BuildConfig, probes: str, distractors: str, gallery_mode: str, harmonize: bool = True
+    ) -> list[BuildJob]:
         source = CombinedSource({"probes": open_source(probes), "distractors": open_source(distractors)})
         ids = [it.sample_id for it in source.items()]
         protocol = mf1_protocol(
@@ -97,7 +100,7 @@ class MF1Occ(Builder):
             [i for i in ids if i.startswith("distractors/")],
             gallery_mode=gallery_mode,
         )
-        spec = {"name": "object", "params": dict(self.definition["defaults"]["object"])}
+        spec = harmonized({"name": "object", "params": dict(self.definition["defaults"]["object"])}, harmonize)
         job_config = dataclasses.replace(config, name=self.name, specs={"": None, "occ": spec})
         plan = one_sample_per_image(source.items(), lambda sid: "occ" if sid.startswith("probes/") else "", self.name)
 

@@ -16,13 +16,12 @@ from typing import Any
 import click
 
 from occsynth import contract
-from occsynth.benchmarks.base import Builder, BuildJob, register_builder
+from occsynth.benchmarks.base import HARMONIZE_OPTION, Builder, BuildJob, harmonized, register_builder
 from occsynth.benchmarks.protocols.lfw import read_lfw_pairs
 from occsynth.build import BuildConfig, PlannedSample
 from occsynth.build.stages import composer
 from occsynth.io.atomic import write_text
 from occsynth.io.dataset import Dataset
-from occsynth.occluders import with_harmonize
 from occsynth.occluders.families.geometric import FILLS
 from occsynth.occluders.families.importers import load_maskthefaces
 from occsynth.sources import open_source
@@ -143,20 +142,13 @@ class LFWBuilder(Builder):
             help="LFW View 2 pairs.txt (default: pairs.txt beside --lfw).",
         ),
         click.option("--folds", default="", help="Only these folds, e.g. 0 or 0,1 (default: all 10)."),
-        click.option(
-            "--harmonize/--no-harmonize",
-            default=True,
-            show_default=True,
-            help="Match textured occluders to each photo's light and image quality (occluders/harmonize.py). "
-            "--no-harmonize builds what occsynth built before harmonisation (its locks, byte for byte).",
-        ),
+        HARMONIZE_OPTION,
     ]
 
     def jobs(self, config: BuildConfig, lfw: str, pairs: str | None, folds: str, **options) -> list[BuildJob]:
         fold_ids = parse_folds(folds)
         levels, occluded_sides = self.levels(options), self.sides(options)  # bad options fail before any work
-        if options.get("harmonize") is False:  # the occluders as they were before harmonisation
-            levels = [(subdir, with_harmonize(spec, False)) for subdir, spec in levels]
+        levels = [(subdir, harmonized(spec, options.get("harmonize") is not False)) for subdir, spec in levels]
         for _, spec in levels:
             composer(spec)  # values first: before the source is listed or decompressed
         source, protocol, pairs_path = lfw_inputs(lfw, pairs, fold_ids)

@@ -7,7 +7,7 @@ import dataclasses
 
 import click
 
-from occsynth.benchmarks.base import Builder, BuildJob, register_builder
+from occsynth.benchmarks.base import HARMONIZE_OPTION, Builder, BuildJob, harmonized, register_builder
 from occsynth.build import BuildConfig, PlannedSample
 from occsynth.build.stages import composer
 from occsynth.occluders import load_spec
@@ -94,6 +94,7 @@ class OccTrain(Builder):
             default=None,
             help="Keep only identities with more than N source images (SOIDN: 50).",
         ),
+        HARMONIZE_OPTION,
     ]
 
     def jobs(
@@ -105,11 +106,12 @@ class OccTrain(Builder):
         clean_occluded: str,
         spec: str | None,
         identity_images_over: int | None = None,
+        harmonize: bool = True,
     ) -> list[BuildJob]:
         clean, occluded = parse_ratio(clean_occluded)
         if identity_images_over is not None and identity_images_over < 0:
             raise ValueError(f"identity_images_over must be >= 0, got {identity_images_over}")
-        spec = load_spec(spec or self.definition["defaults"]["spec"])
+        spec = harmonized(load_spec(spec or self.definition["defaults"]["spec"]), harmonize)
         composer(spec)  # values first: a bad spec fails before the source is listed
         source = open_source(src)
         items = source.items()

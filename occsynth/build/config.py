@@ -9,6 +9,11 @@ from occsynth.faces.detect import POLICIES
 from occsynth.faces.templates import ALIASES, DEFAULT_TEMPLATE, TEMPLATES
 
 ON_NO_FACE = ("skip", "center-crop", "fail")
+# What a build does on an image where detection found no face, before on_no_face: "padded"
+# detects again with the image in the middle of a larger canvas (FaceDetector.detect_padded;
+# recorded as align_mode "detected-padded"), "none" goes straight to on_no_face (builds made
+# before the padded re-detection existed, and their locks).
+REDETECT = ("padded", "none")
 FORMATS = ("png", "jpg")
 # integer settings: (name, lowest, highest or None)
 INT_RANGES = (
@@ -40,6 +45,7 @@ class BuildConfig:
     seed: int = 0
     specs: dict[str, Any] = field(default_factory=lambda: {"": None})
     on_no_face: str = "skip"
+    redetect: str = "padded"
     multi_face: str = "center"
     aligned_input: bool = False
     image_format: str = "png"
@@ -62,7 +68,8 @@ class BuildConfig:
                 raise UsageError(f"{name} must be in [{lo}, {'inf' if hi is None else hi}], got {value}")
         if self.template not in TEMPLATES and self.template not in ALIASES:
             raise UsageError(f"unknown template {self.template!r}; choose from {', '.join(TEMPLATES)}")
-        for name, allowed in (("on_no_face", ON_NO_FACE), ("multi_face", POLICIES), ("image_format", FORMATS)):
+        for name, allowed in (("on_no_face", ON_NO_FACE), ("redetect", REDETECT), ("multi_face", POLICIES),
+                              ("image_format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("aligned_input", "keep_clean"):

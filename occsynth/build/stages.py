@@ -19,7 +19,7 @@ from occsynth.build.config import BuildConfig, NoFaceError, PlannedSample
 from occsynth.build.executor import configure_threads
 from occsynth.contract import Failure, SampleError
 from occsynth.faces.align import align_face, center_crop_landmarks, warp
-from occsynth.faces.detect import Face, FaceDetector, select_face
+from occsynth.faces.detect import PAD_FRACTION, Face, FaceDetector, select_face
 from occsynth.faces.landmarks import load_landmarks
 from occsynth.faces.templates import AlignTemplate
 from occsynth.io.atomic import atomic_write
@@ -67,6 +67,7 @@ class ShardImages:
     digests: dict[str, str] = field(default_factory=dict)           # -> sha256 of the file's bytes
     errors: dict[str, SampleError] = field(default_factory=dict)    # -> why it cannot go on
     faces: dict[str, list] = field(default_factory=dict)            # -> detected faces
+    padded: dict[str, list] = field(default_factory=dict)           # -> faces of the padded re-detection
     detections: dict[str, dict] = field(default_factory=dict)       # -> landmarks.jsonl record
     from_store: set[str] = field(default_factory=set)               # detections reused, not run
     aligned: dict[str, tuple] = field(default_factory=dict)         # -> (crop, landmarks, info)
@@ -107,8 +108,16 @@ def read_images(source: Any, samples: list[PlannedSample], config: BuildConfig) 
 
 
 # ---------------------------------------------------------------- 2. faces
+def _faces(records: list[dict]) -> list[Face]:
+    return [Face(box=np.array(f["box"]), score=f["score"], landmarks=np.array(f["landmarks"])) for f in records]
+
+
 def find_faces(state: ShardImages, config: BuildConfig) -> None:
-    """Stored detections first (keyed by content), detect the rest in one call."""
+    """Stored detections first (keyed by content), detect the rest in one call; then, with
+    config.redetect "padded", the images where no face was found are detected again on a padded
+    canvas (FaceDetector.detect_padded), stored in their record under "padded" (the canvas's
+    pad fraction and the faces, in the image's pixels). Images with a face are never re-detected,
+    so their records and samples are those of a build without it."""
     if config.aligned_input:
         return
     stored = stored_detections(config.landmark_files) if config.landmark_files else {}
@@ -116,14 +125,20 @@ def find_faces(state: ShardImages, config: BuildConfig) -> None:
     for sid, image in state.images.items():
         record = stored.get(state.digests[sid])
         if record is not None and record.get("detector") == config.detector_settings():
-            state.faces[sid] = [Face(box=np.array(f["box"]), score=f["score"], landmarks=np.array(f["landmarks"]))
-                                for f in record["faces"]]
+            state.faces[sid] = _faces(record["faces"])
+            if record.get("padded", {}).get("pad_fraction") == PAD_FRACTION:
+                state.padded[sid] = _faces(record["padded"]["faces"])
             state.from_store.add(sid)
         else:
             todo.append(sid)
     if todo:
         for sid, found in zip(todo, detector(config).detect([state.images[s] for s in todo])):
             state.faces[sid] = found
+    if config.redetect == "padded":
+        again = [sid for sid, found in state.faces.items() if not found and sid not in state.padded]
+        if again:
+            for sid, found in zip(again, detector(config).detect_padded([state.images[s] for s in again])):
+                state.padded[sid] = found
     for sid, found in state.faces.items():
         h, w = state.images[sid].shape[:2]
         state.detections[sid] = {
@@ -133,6 +148,11 @@ def find_faces(state: ShardImages, config: BuildConfig) -> None:
             "detector": config.detector_settings(),
             "faces": [{"box": f.box, "score": f.score, "landmarks": f.landmarks} for f in found],
         }
+        if sid in state.padded:  # kept whatever config.redetect is: the store does not forget it
+            state.detections[sid]["padded"] = {
+                "pad_fraction": PAD_FRACTION,
+                "faces": [{"box": f.box, "score": f.score, "landmarks": f.landmarks} for f in state.padded[sid]],
+            }
 
 
 # ---------------------------------------------------------------- 3. align
@@ -151,6 +171,13 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
         found = state.faces[sid]
         face = select_face(found, image.shape, config.multi_face)
         info["num_faces"] = len(found)
+        mode = "detected"
+        if face is None and config.redetect == "padded":
+            # no face in the image itself: the padded re-detection's (find_faces), before on_no_face
+            face = select_face(state.padded.get(sid, []), image.shape, config.multi_face)
+            mode = "detected-padded"
+            if face is not None:
+                info["num_faces"] = len(state.padded[sid])
         if face is None:
             if config.on_no_face == "fail":
                 raise NoFaceError(f"no face found in {sid!r} (on_no_face='fail'); "
@@ -164,7 +191,8 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
             src_landmarks = face.landmarks
             # "detected" whether the detection was made now or reused from a store: the
             # sample bytes must not depend on whether a cache was warm.
-            info.update(align_mode="detected", box=face.box, det_score=face.score)
+            # "detected-padded": found by the padded re-detection (box and score in the image's pixels)
+            info.update(align_mode=mode, box=face.box, det_score=face.score)
         try:
             crop, matrix, landmarks = align_face(image, src_landmarks, template)
         except ValueError as exc:
@@ -182,7 +210,7 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
 # detections, errors) under a key of its content, the same shard of the next datasets loads it
 # instead of decoding, detecting and aligning again. The key covers everything the aligned state
 # depends on: the inputs' bytes (sha256), the alignment settings and the occsynth version.
-ALIGNED_SETTINGS = ("template", "aligned_input", "on_no_face", "multi_face", "min_face_size", "detect_batch",
+ALIGNED_SETTINGS = ("template", "aligned_input", "on_no_face", "redetect", "multi_face", "min_face_size", "detect_batch",
                     "max_pixels", "device", "landmark_files")
 
 

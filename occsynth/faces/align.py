@@ -29,7 +29,9 @@ LFW_CROP_OFFSET = (0.004, -0.029)
 # centred (+0.009, -0.061) of it from the chip's centre. On the odd half the fallback's eyes
 # land a median 5.3 px (mean of both eyes, 112x112; 90th percentile 10.9 px, 57% within 6 px:
 # the box moves with the head's yaw) from the detected alignment's, against 17.9 px with the
-# LFW numbers above (benchmarks/realism.py framing).
+# LFW numbers above (benchmarks/realism.py framing). A build seldom needs the prior on such
+# chips: MTCNN finds every one of those 4,889 chips, and where it finds none a build first
+# detects again on a padded canvas (detect.FaceDetector.detect_padded, BuildConfig.redetect).
 CHIP_CROP_FRACTION = 0.874
 CHIP_CROP_OFFSET = (0.009, -0.061)
 FRAMINGS = {

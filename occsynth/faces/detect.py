@@ -26,6 +26,18 @@ POLICIES = ("center", "largest")
 # and a face under 40 px would be upsampled ~3x into a 112 px template anyway.
 DEFAULT_MIN_FACE_SIZE = 40
 
+# The padded re-detection (FaceDetector.detect_padded), run by builds on images where detection
+# found no face before they fall back to a centre crop: MTCNN misses faces that fill the whole
+# frame (tight face chips, a face cut by the image's edge), and often finds them once the image
+# sits in the middle of a larger canvas. Each side gets PAD_FRACTION of the image's longer side
+# (a 1.6x canvas for a square image), its border replicated (cv2.BORDER_REPLICATE: no new edge
+# at the frame); the faces found are mapped back to the image by subtracting the pad. Measured on
+# the 4,889 odd-half LFW faces of benchmarks/realism.py framing cropped 10% inside the detector's
+# box (112x112, the frame cuts the face): MTCNN missed 115; on the padded canvas it found 114 of
+# them with the border replicated (eyes a median 2.3 px from the full photo's detection at
+# 112x112, 92% within 6 px), 114 reflected (2.5 px, 90%), 99 black (2.4 px, 97%).
+PAD_FRACTION = 0.3
+
 
 @dataclass(frozen=True)
 class Face:
@@ -163,6 +175,17 @@ class FaceDetector:
     def detect_one(self, image: np.ndarray) -> list[Face]:
         return self.detect([image])[0]
 
+    def detect_padded(self, images: list[np.ndarray], fraction: float = PAD_FRACTION) -> list[list[Face]]:
+        """`detect` on each image placed in the middle of a larger canvas (`pad_canvas`), the
+        faces mapped back to the image's pixels (`shift_faces`): for images where `detect`
+        found none. Boxes and landmarks may lie outside the image (a face cut by its edge)."""
+        images = list(images)
+        for i, image in enumerate(images):
+            _check_image(image, i)
+        canvases = [pad_canvas(image, fraction) for image in images]
+        found = self.detect([canvas for canvas, _ in canvases])
+        return [shift_faces(faces, -pad, -pad) for faces, (_, pad) in zip(found, canvases)]
+
     def _downscale(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         h, w = image.shape[:2]
         longest = max(h, w)
@@ -172,6 +195,29 @@ class FaceDetector:
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
         return small, (w / new_w, h / new_h)
+
+
+def pad_of(width: int, height: int, fraction: float = PAD_FRACTION) -> int:
+    """The pad (px, each side) of `pad_canvas`: round(fraction * the longer side)."""
+    if not 0.0 < fraction <= 2.0:
+        raise ValueError(f"pad fraction must be in (0, 2], got {fraction}")
+    return int(round(fraction * max(int(width), int(height))))
+
+
+def pad_canvas(image: np.ndarray, fraction: float = PAD_FRACTION) -> tuple[np.ndarray, int]:
+    """(canvas, pad): the image in the middle of a canvas `pad` px larger on each side (`pad_of`),
+    its border replicated; the image's pixel (x, y) is the canvas's (x + pad, y + pad)."""
+    pad = pad_of(image.shape[1], image.shape[0], fraction)
+    return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE), pad
+
+
+def shift_faces(faces: list[Face], dx: float, dy: float) -> list[Face]:
+    """The faces moved by (dx, dy) px: boxes and landmarks, score and order kept."""
+    shift = np.array([dx, dy, dx, dy], dtype=np.float64)
+    return [
+        Face(tuple(np.asarray(f.box, dtype=np.float64) + shift), f.score, f.landmarks + np.array([dx, dy]))
+        for f in faces
+    ]
 
 
 def _faces_from_mtcnn(boxes, probs, points, scale_xy: tuple[float, float]) -> list[Face]:
