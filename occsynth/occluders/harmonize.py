@@ -126,14 +126,16 @@ def percentile32(values: np.ndarray, q: float) -> np.float32:
     return b - diff * np.float32(1 - t) if t >= 0.5 else a + diff * np.float32(t)
 
 
-def percentiles64(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+def percentiles64(values: np.ndarray, qs: tuple[float, ...]) -> list[np.float64]:
     """np.percentile(values, [q...]) bit for bit for a float32 array (a list of quantiles
-    interpolates in float64: the weights are a float64 array)."""
+    interpolates in float64: the weights are a float64 array). NumPy float64 scalars, not
+    Python floats: compared with a float32 array a Python float is cast to float32 first
+    (NEP 50), a float64 scalar is not, and the comparisons decide which pixels count."""
     out = []
     for q in qs:
         a, b, t = _order_stats(np.ravel(values), q)
         diff = float(b - a)  # the difference in float32, the rest in float64
-        out.append(float(b) - diff * (1 - t) if t >= 0.5 else float(a) + diff * t)
+        out.append(np.float64(float(b) - diff * (1 - t) if t >= 0.5 else float(a) + diff * t))
     return out
 
 
