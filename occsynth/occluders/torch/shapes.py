@@ -343,34 +343,32 @@ class _PiecesOp(_Op):
             rows = rows[best_ok[rows].sum(1) < real[rows].sum(1)]
             if len(rows) == 0:
                 break
-        own = torch.zeros(b, H * W, dtype=torch.bool, device=dev)
-        ys, xs = ctx.grid()
-        gx = (xs.view(1, 1, W) + 0.5).expand(1, H, W).reshape(1, -1)
-        gy = (ys.view(1, H, 1) + 0.5).expand(1, H, W).reshape(1, -1)
-        for j in range(N):
-            placed = best_ok[:, j]
-            if not bool(placed.any()):
-                continue
-            x, y, w, h = best_x[:, j], best_y[:, j], bw[:, j], bh[:, j]
-            piece = _rect_mask(ctx, x, y, w, h).view(b, -1)
-            rows = torch.nonzero(ellipse[:, j] & placed).squeeze(1)
-            if len(rows):
-                # the k pixels of the box nearest its centre in ellipse gauge (G.ellipse_in_box)
-                x, y, w, h = x[rows].float().view(-1, 1), y[rows].float().view(-1, 1), w[rows], h[rows]
-                half_w, half_h = w.float().view(-1, 1) / 2, h.float().view(-1, 1) / 2
-                g = ((gx - x - half_w) / half_w) ** 2 + ((gy - y - half_h) / half_h) ** 2
-                g = g + (~piece[rows]).to(g.dtype) * _FAR  # outside the box: out of reach
-                k = torch.minimum(counts[rows, j], w * h).clamp(min=1)
-                thr = kth_smallest(g, k, torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
-                piece[rows] = g <= thr.view(-1, 1)
-            own |= _and(piece, placed.view(b, 1))
+        # every placed piece drawn inside its own window (see _draw_pieces): on CPU in chunks of
+        # CPU_CHUNK pieces of similar box sizes, elsewhere in one piece
+        sample, j = torch.nonzero(best_ok, as_tuple=True)
+        x, y, w, h = best_x[sample, j], best_y[sample, j], bw[sample, j], bh[sample, j]
+        k = torch.minimum(counts[sample, j], w * h).clamp(min=1)
+        own = torch.zeros(b * H * W, dtype=torch.bool, device=dev)
+        if dev.type == "cpu" and len(sample) > CPU_CHUNK:
+            order = torch.argsort(w * h)
+            chunks = [order[s : s + CPU_CHUNK] for s in range(0, len(sample), CPU_CHUNK)]
+        else:
+            chunks = [torch.arange(len(sample), device=dev)] if len(sample) else []
+        for sel in chunks:
+            _draw_pieces(ctx, own, sample[sel], x[sel], y[sel], w[sel], h[sel], ellipse[sample, j][sel], k[sel])
         own = own.view(b, H, W)
         return _paint(ctx, img, own, fill, None), own
 
     @staticmethod
     def _layout(ctx, bw, bh, real):
         """One layout attempt: piece j at a uniformly random free top-left position, keeping a
-        one-pixel gap from the pieces placed before it (as G._layout)."""
+        one-pixel gap from the pieces placed before it (as G._layout).
+
+        The pick is the (t+1)-th free position in row-major order, t uniform below their count.
+        The free positions are counted per row without a [b, H, W] grid: in row y, the columns
+        [0, W - w] less the union of the column intervals of the placed pieces whose row band
+        holds y (a sweep over the intervals sorted by start); then the row holding the (t+1)-th,
+        and in that row alone, the column."""
         b, N = bw.shape
         W, H = ctx.width, ctx.height
         dev = ctx.device
@@ -379,26 +377,85 @@ class _PiecesOp(_Op):
         x = torch.zeros(b, N, dtype=torch.long, device=dev)
         y = torch.zeros_like(x)
         ok = torch.zeros(b, N, dtype=torch.bool, device=dev)
+        ar = torch.arange(b, device=dev)
         for j in range(N):
-            w, h = bw[:, j].view(b, 1, 1), bh[:, j].view(b, 1, 1)
-            # uint8 arithmetic instead of broadcast bool ops (see _and)
-            valid = (ys <= H - h).to(torch.uint8) * (xs <= W - w).to(torch.uint8)
-            for i in range(j):
-                px, py = x[:, i].view(b, 1, 1), y[:, i].view(b, 1, 1)
-                pw, ph = bw[:, i].view(b, 1, 1), bh[:, i].view(b, 1, 1)
-                # positions within one pixel of placed box i: a row band times a column band
-                rows = ((ys >= py - h) & (ys <= py + ph) & ok[:, i].view(b, 1, 1)).to(torch.uint8)
-                cols = ((xs >= px - w) & (xs <= px + pw)).to(torch.uint8)
-                valid = valid * (1 - rows * cols)
-            valid = valid.view(b, -1)
-            # a uniform pick among the valid positions: the t-th of them, t uniform below their count
-            seen = torch.cumsum(valid, 1, dtype=torch.int32)
-            t = torch.floor(ctx.rand(b) * seen[:, -1]).to(torch.int32)
-            # seen is sorted along each row: the first position where it passes t
-            pos = torch.searchsorted(seen, (t + 1).view(b, 1)).view(b).clamp(max=H * W - 1)
-            ok[:, j] = (seen[:, -1] > 0) & real[:, j]
+            w, h = bw[:, j].view(b, 1), bh[:, j].view(b, 1)
+            xmax = torch.clamp(W - w, max=W - 1)  # top-left columns 0..xmax, rows 0..ymax
+            ymax = torch.clamp(H - h, max=H - 1)
+            # column intervals [s, e] (inclusive, within 0..xmax) barred by the pieces placed so far
+            # (within one pixel of piece i: columns px - w .. px + pw, rows py - h .. py + ph)
+            s = torch.clamp(x[:, :j] - w, min=0)
+            e = torch.minimum(x[:, :j] + bw[:, :j], xmax)
+            band = (ys >= (y[:, :j] - h).view(b, 1, j)) & (ys <= (y[:, :j] + bh[:, :j]).view(b, 1, j))
+            band = band & ok[:, :j].view(b, 1, j)  # [b, H, j]: interval i bars row y
+            free = (xmax + 1).clamp(min=0) - _covered(s, e, band)  # [b, H]
+            free = torch.where(ys.view(1, H) <= ymax, free, 0)
+            seen = torch.cumsum(free, 1)
+            total = seen[:, -1]
+            t = torch.floor(ctx.rand(b) * total.to(torch.int32)).long()
+            row = torch.searchsorted(seen, (t + 1).view(b, 1)).view(b).clamp(max=H - 1)
+            before = torch.where(row > 0, seen.gather(1, (row - 1).clamp(min=0).view(b, 1)).view(b), 0)
+            # the chosen row: its free columns, and the (t + 1 - before)-th of them
+            barred = band[ar, row].view(b, j, 1) & (xs >= s.view(b, j, 1)) & (xs <= e.view(b, j, 1))
+            line = (xs.view(1, W) <= xmax) & ~barred.any(1)
+            cols = torch.cumsum(line.to(torch.int32), 1)
+            col = torch.searchsorted(cols, (t + 1 - before).to(torch.int32).view(b, 1)).view(b)
+            pos = torch.where(total > 0, row * W + col, H * W - 1)  # none free: as the clamped search gave
+            ok[:, j] = (total > 0) & real[:, j]
             y[:, j], x[:, j] = pos // W, pos % W
         return x, y, ok
+
+
+def _covered(s: Tensor, e: Tensor, band: Tensor) -> Tensor:
+    """Per row, how many integers the intervals [s_i, e_i] (s, e [b, j]) cover together, counting
+    interval i in row y only where band[:, y, i] ([b, H, j] bool): [b, H] int64. A sweep over the
+    intervals sorted by start: each adds what it reaches past the furthest end before it."""
+    b, H, j = band.shape
+    if j == 0:
+        return torch.zeros(b, H, dtype=torch.long, device=band.device)
+    s, order = torch.sort(s, dim=1, stable=True)
+    e, band = e.gather(1, order), band.gather(2, order.view(b, 1, j).expand(b, H, j))
+    end = torch.where(band, e.view(b, 1, j), -1)
+    reach = torch.cummax(end, 2).values
+    prior = torch.cat([torch.full((b, H, 1), -1, dtype=reach.dtype, device=reach.device), reach[..., :-1]], 2)
+    return torch.clamp(end - torch.maximum(s.view(b, 1, j), prior + 1) + 1, min=0).sum(2)
+
+
+CPU_CHUNK = 32
+
+
+def _draw_pieces(ctx, own: Tensor, sample: Tensor, x: Tensor, y: Tensor, w: Tensor, h: Tensor, ellipse, k) -> None:
+    """Set own [B*H*W] (the batch's masks, flattened) over pieces [n] of samples `sample`: boxes
+    (x, y, w, h) inside the image, a rectangle fills its box, an ellipse (ellipse [n] bool) takes
+    the k [n] pixels of its box nearest the box centre in ellipse gauge (G.ellipse_in_box).
+
+    The pieces are computed in windows of one common size (the largest box; a window that would
+    leave the image moves inside). Inside its box an ellipse's gauge is the float32 arithmetic of
+    the whole-image computation, pixel for pixel; the window's other pixels are pushed out of
+    reach (+_FAR) as the whole image's were, so the k-th smallest value, hence the mask, is the
+    same."""
+    n = len(sample)
+    H, W = ctx.height, ctx.width
+    dev = own.device
+    bh, bw = max(1, int(h.max())), max(1, int(w.max()))
+    cx = x.clamp(max=W - bw).view(n, 1) + torch.arange(bw, device=dev)  # [n, bw] image columns
+    cy = y.clamp(max=H - bh).view(n, 1) + torch.arange(bh, device=dev)
+    inx = ((cx >= x.view(n, 1)) & (cx < (x + w).view(n, 1))).view(n, 1, bw)
+    iny = ((cy >= y.view(n, 1)) & (cy < (y + h).view(n, 1))).view(n, bh, 1)
+    inside = _and(iny, inx).view(n, bh * bw)
+    rows = torch.nonzero(ellipse).squeeze(1)
+    if len(rows):
+        # the k pixels of the box nearest its centre in ellipse gauge (G.ellipse_in_box)
+        gx = (cx[rows].float() + 0.5).view(-1, 1, bw)
+        gy = (cy[rows].float() + 0.5).view(-1, bh, 1)
+        xr, yr = x[rows].float().view(-1, 1, 1), y[rows].float().view(-1, 1, 1)
+        half_w, half_h = w[rows].float().view(-1, 1, 1) / 2, h[rows].float().view(-1, 1, 1) / 2
+        g = (((gx - xr - half_w) / half_w) ** 2 + ((gy - yr - half_h) / half_h) ** 2).view(len(rows), -1)
+        g = g + (~inside[rows]).to(g.dtype) * _FAR  # outside the box: out of reach
+        thr = kth_smallest(g, k[rows], torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
+        inside[rows] = g <= thr.view(-1, 1)
+    lin = (sample.view(n, 1, 1) * H + cy.view(n, bh, 1)) * W + cx.view(n, 1, bw)
+    own[lin.view(n, -1)[inside]] = True
 
 
 def _split(total: Tensor, weights: Tensor, active: Tensor) -> Tensor:
