@@ -14,6 +14,7 @@ import torch
 from occsynth.faces.templates import get_template
 from occsynth.occluders.families import geometric as G
 from occsynth.occluders.torch import TorchOccluder
+from occsynth.occluders.torch import shapes as shapes_module
 from occsynth.occluders.torch._ops import (
     _FAR,
     _and,
@@ -298,3 +299,28 @@ def test_polygon_windows_match_the_whole_grid(params, dtype, value_range, h, w, 
 @pytest.mark.parametrize("params", PIECES)
 def test_pieces_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
     _compare("pieces", _WholeGridPieces, params, dtype, value_range, h, w, with_landmarks, device)
+
+
+@pytest.mark.parametrize("chunk", [1, 10_000])  # a window per sample; one window for the batch (as off CPU)
+def test_chunk_sizes_give_the_same_output(chunk, monkeypatch):
+    monkeypatch.setattr(shapes_module, "CPU_CHUNK", chunk)
+    _compare("polygon", _WholeGridPolygon, POLYGONS[4], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
+    _compare("pieces", _WholeGridPieces, PIECES[3], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
+
+
+def test_polygon_windows_too_small_fall_back_to_the_whole_image(monkeypatch):
+    """With windows of the shape at half its area scale, the check fails for nearly every sample
+    (the k-th smallest gauge lies beyond the window's reach): they are redone over the whole
+    image, and the output is still the whole-grid one."""
+    calls = []
+    window = shapes_module._PolygonOp._window
+
+    def spy(*args):
+        bad = window(*args)
+        calls.append(int(bad.sum()))
+        return bad
+
+    monkeypatch.setattr(shapes_module, "REACH", (0.5, 0.0))
+    monkeypatch.setattr(shapes_module._PolygonOp, "_window", staticmethod(spy))
+    _compare("polygon", _WholeGridPolygon, {"ratio": [0.05, 0.5]}, torch.float32, None, 48, 56, True, "cpu", b=40)
+    assert sum(calls) >= 40  # most samples of both seeds failed the check and were redone
