@@ -239,9 +239,7 @@ class _PolygonOp(_GaugeOp):
         reach = torch.where(whole, math.inf, reach)  # the whole image: nothing to check
         own = torch.zeros(b * H * W, dtype=torch.bool, device=img.device)
         todo = torch.arange(b, device=img.device)
-        for _ in range(2):  # the windows, then the samples that fail the check over the whole image
-            if len(todo) == 0:
-                break
+        while len(todo):  # the windows, then the samples that failed the check over the whole image
             if img.device.type == "cpu" and len(todo) > CPU_CHUNK:
                 order = todo[torch.argsort(((x1 - x0) * (y1 - y0))[todo])]
                 chunks = [order[i : i + CPU_CHUNK] for i in range(0, len(order), CPU_CHUNK)]
@@ -275,7 +273,8 @@ class _PolygonOp(_GaugeOp):
         thr = kth_smallest(g, ks.clamp(min=1), s0[sel] ** sh.power, sh.power)
         thr = torch.where(ks > 0, thr, -_FAR)
         mask = g <= thr.unsqueeze(1)
-        bad = (ks > 0) & ((thr.double() > reach[sel]) | (_count(mask) < ks))
+        # the check, where a window is not the whole image (reach finite): those are always kept
+        bad = (ks > 0) & torch.isfinite(reach[sel]) & ((thr.double() > reach[sel]) | (_count(mask) < ks))
         if ring is not None:
             mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
         mask = _and(mask, ~bad.view(n, 1))
