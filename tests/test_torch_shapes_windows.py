@@ -26,7 +26,7 @@ from occsynth.occluders.torch._ops import (
     _round_half_even,
     kth_smallest,
 )
-from occsynth.occluders.torch.shapes import _PiecesOp, _PolygonOp, _pseudo_angle, _Shapes, _split, rect_dims
+from occsynth.occluders.torch.shapes import _covered, _PiecesOp, _PolygonOp, _pseudo_angle, _Shapes, _split, rect_dims
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -324,3 +324,14 @@ def test_polygon_windows_too_small_fall_back_to_the_whole_image(monkeypatch):
     monkeypatch.setattr(shapes_module._PolygonOp, "_window", staticmethod(spy))
     _compare("polygon", _WholeGridPolygon, {"ratio": [0.05, 0.5]}, torch.float32, None, 48, 56, True, "cpu", b=40)
     assert sum(calls) >= 40  # most samples of both seeds failed the check and were redone
+
+
+def test_covered_counts_the_union_of_the_intervals_in_each_row():
+    """_covered by hand: intervals [3, 5], [0, 4], [9, 9] and an empty [7, 6] (clipped away);
+    row 0 holds all of them (0..5 and 9: 7 integers), row 1 the first and the empty one (3), row
+    2 none (0), row 3 the last two (1)."""
+    s = torch.tensor([[3, 0, 9, 7]])
+    e = torch.tensor([[5, 4, 9, 6]])
+    band = torch.tensor([[[1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 1]]], dtype=torch.bool)
+    assert _covered(s, e, band).tolist() == [[7, 3, 0, 1]]
+    assert _covered(s[:, :0], e[:, :0], band[..., :0]).tolist() == [[0, 0, 0, 0]]

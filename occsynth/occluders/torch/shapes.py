@@ -279,7 +279,7 @@ class _PolygonOp(_GaugeOp):
             mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
         mask = _and(mask, ~bad.view(n, 1))
         lin = (sel.view(n, 1, 1) * H + py.view(n, bh, 1)) * W + px.view(n, 1, bw)
-        own[lin.view(n, -1)[mask]] = True
+        _set_true(own, lin.view(-1), mask.view(-1))
         return bad
 
     def shapes(self, ctx, c, b):
@@ -517,6 +517,15 @@ def _covered(s: Tensor, e: Tensor, band: Tensor) -> Tensor:
     return torch.clamp(end - torch.maximum(s.view(b, 1, j), prior + 1) + 1, min=0).sum(2)
 
 
+def _set_true(own: Tensor, at: Tensor, where: Tensor) -> None:
+    """own[at[where]] = True (own, where bool; at int64 indices into own). On CPU by a scatter
+    taking the maximum of 0/1 bytes (no nonzero pass: ~3x faster); elsewhere by indexing."""
+    if own.device.type == "cpu":
+        own.view(torch.uint8).scatter_reduce_(0, at, where.view(torch.uint8), reduce="amax")
+    else:
+        own[at[where]] = True
+
+
 def _draw_pieces(ctx, own: Tensor, sample: Tensor, x: Tensor, y: Tensor, w: Tensor, h: Tensor, ellipse, k) -> None:
     """Set own [B*H*W] (the batch's masks, flattened) over pieces [n] of samples `sample`: boxes
     (x, y, w, h) inside the image, a rectangle fills its box, an ellipse (ellipse [n] bool) takes
@@ -548,7 +557,7 @@ def _draw_pieces(ctx, own: Tensor, sample: Tensor, x: Tensor, y: Tensor, w: Tens
         thr = kth_smallest(g, k[rows], torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
         inside[rows] = g <= thr.view(-1, 1)
     lin = (sample.view(n, 1, 1) * H + cy.view(n, bh, 1)) * W + cx.view(n, 1, bw)
-    own[lin.view(n, -1)[inside]] = True
+    _set_true(own, lin.view(-1), inside.view(-1))
 
 
 def _split(total: Tensor, weights: Tensor, active: Tensor) -> Tensor:
