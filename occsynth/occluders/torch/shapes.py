@@ -204,7 +204,7 @@ class _PolygonOp(_GaugeOp):
         The gauge is the polygon's Minkowski gauge ({g <= s} is the unit polygon scaled by s), and
         the unit polygon lies within the unit disc, so a pixel whose centre is more than 2 pixels
         outside the box of the polygon scaled by `reach` has g > reach + 2. Each sample's window
-        holds that box grown by 2 pixels (reach = 1.25 s0 + 2, s0 the area scale), so wherever
+        holds that box grown by 2 pixels (reach = 1.05 s0 + 1, REACH; s0 the area scale), so wherever
         the k-th smallest gauge of the window is <= reach and at least k window pixels are <= it,
         the window holds the k smallest pixels of the image: the mask is the whole image's (its
         float32 gauge values are the same arithmetic, pixel for pixel). Samples where that check
