@@ -16,6 +16,7 @@ from occsynth.occluders.torch._ops import (
     Tensor,
     _and,
     _codes,
+    _count,
     _Ctx,
     _int,
     _num,
@@ -184,12 +185,102 @@ class _EllipseOp(_GaugeOp):
         return _Shapes(gauge, torch.full_like(ex, math.pi), -ex, ex, -ey, ey, power=2)
 
 
+# samples per chunk of window work on CPU (as the bank op: small temporaries stay in cache)
+CPU_CHUNK = 32
+
+# a polygon window holds the shape scaled by REACH[0] * s0 + REACH[1] (s0 its area scale)
+REACH = (1.05, 1.0)
+
 # up to this many vertices, a polygon's sector is found by counting comparisons (see gauge)
 SECTOR_COUNT_MAX = 16
 
 
 class _PolygonOp(_GaugeOp):
     name = "polygon"
+
+    def __call__(self, ctx, img, lm):
+        """_GaugeOp's placement and ranking, with the gauge computed only in a window per sample.
+
+        The gauge is the polygon's Minkowski gauge ({g <= s} is the unit polygon scaled by s), and
+        the unit polygon lies within the unit disc, so a pixel whose centre is more than 2 pixels
+        outside the box of the polygon scaled by `reach` has g > reach + 2. Each sample's window
+        holds that box grown by 2 pixels (reach = 1.05 s0 + 1, REACH; s0 the area scale), so wherever
+        the k-th smallest gauge of the window is <= reach and at least k window pixels are <= it,
+        the window holds the k smallest pixels of the image: the mask is the whole image's (its
+        float32 gauge values are the same arithmetic, pixel for pixel). Samples where that check
+        fails, or whose shape does not fit the image, are computed over the whole image."""
+        b = img.shape[0]
+        W, H = ctx.width, ctx.height
+        u = self._draws(ctx, b)
+        c = self.concrete(ctx, u)
+        c["ratio"] = self._ratio(u)
+        sh = self.shapes(ctx, c, b)
+        k = _round_half_even(c["ratio"] * W * H).long()
+        s0 = torch.sqrt(k.to(torch.float64) / sh.area)
+        span_x, span_y = s0 * (sh.xmax - sh.xmin), s0 * (sh.ymax - sh.ymin)
+        fits = (span_x <= W) & (span_y <= H)
+        pos = ctx.rand(b, 2)
+        cx = torch.where(fits, -s0 * sh.xmin + pos[:, 0] * (W - span_x), W / 2.0 - s0 * (sh.xmin + sh.xmax) / 2)
+        cy = torch.where(fits, -s0 * sh.ymin + pos[:, 1] * (H - span_y), H / 2.0 - s0 * (sh.ymin + sh.ymax) / 2)
+        shrink = (~fits) & (c["overflow"] == G.OVERFLOW.index("shrink"))
+        ring = None
+        if bool(shrink.any()):
+            ring = torch.where(shrink, self._ring_min(ctx, sh, cx, cy), _FAR)
+        reach = REACH[0] * s0 + REACH[1]
+        x0 = torch.floor(cx + reach * sh.xmin) - 2
+        x1 = torch.ceil(cx + reach * sh.xmax) + 2
+        y0 = torch.floor(cy + reach * sh.ymin) - 2
+        y1 = torch.ceil(cy + reach * sh.ymax) + 2
+        whole = ~fits | ~(torch.isfinite(x0) & torch.isfinite(x1) & torch.isfinite(y0) & torch.isfinite(y1))
+        x0 = torch.where(whole, 0.0, x0.clamp(0, W)).long()
+        x1 = torch.where(whole, float(W), x1.clamp(0, W)).long()
+        y0 = torch.where(whole, 0.0, y0.clamp(0, H)).long()
+        y1 = torch.where(whole, float(H), y1.clamp(0, H)).long()
+        reach = torch.where(whole, math.inf, reach)  # the whole image: nothing to check
+        own = torch.zeros(b * H * W, dtype=torch.bool, device=img.device)
+        todo = torch.arange(b, device=img.device)
+        while len(todo):  # the windows, then the samples that failed the check over the whole image
+            if img.device.type == "cpu" and len(todo) > CPU_CHUNK:
+                order = todo[torch.argsort(((x1 - x0) * (y1 - y0))[todo])]
+                chunks = [order[i : i + CPU_CHUNK] for i in range(0, len(order), CPU_CHUNK)]
+            else:
+                chunks = [todo]
+            failed = []
+            for sel in chunks:
+                bad = self._window(ctx, own, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1)
+                failed.append(sel[bad])
+            todo = torch.cat(failed)
+            x0[todo], y0[todo], x1[todo], y1[todo] = 0, 0, W, H
+            reach[todo] = math.inf
+        own = own.view(b, H, W)
+        return _paint(ctx, img, own, c["fill"], None), own
+
+    @staticmethod
+    def _window(ctx, own, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1) -> Tensor:
+        """Rank the gauge of samples `sel` in windows of one common size (the largest of their
+        boxes x0..x1, y0..y1; a window that would leave the image moves inside) and set own
+        [B*H*W] there; returns which of them fail the check (see __call__), own left unset."""
+        H, W = ctx.height, ctx.width
+        n, dev = len(sel), own.device
+        bw, bh = max(1, int((x1[sel] - x0[sel]).max())), max(1, int((y1[sel] - y0[sel]).max()))
+        px = x0[sel].clamp(max=W - bw).view(n, 1) + torch.arange(bw, device=dev)  # [n, bw] image columns
+        py = y0[sel].clamp(max=H - bh).view(n, 1) + torch.arange(bh, device=dev)
+        # as the whole-image grid: float32 pixel index + 0.5 - float32 centre
+        dx = px.float().view(n, 1, bw) + 0.5 - cx[sel].float().view(n, 1, 1)
+        dy = py.float().view(n, bh, 1) + 0.5 - cy[sel].float().view(n, 1, 1)
+        g = sh.gauge(dx, dy, sel).reshape(n, -1)
+        ks = k[sel]
+        thr = kth_smallest(g, ks.clamp(min=1), s0[sel] ** sh.power, sh.power)
+        thr = torch.where(ks > 0, thr, -_FAR)
+        mask = g <= thr.unsqueeze(1)
+        # the check, where a window is not the whole image (reach finite): those are always kept
+        bad = (ks > 0) & torch.isfinite(reach[sel]) & ((thr.double() > reach[sel]) | (_count(mask) < ks))
+        if ring is not None:
+            mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
+        mask = _and(mask, ~bad.view(n, 1))
+        lin = (sel.view(n, 1, 1) * H + py.view(n, bh, 1)) * W + px.view(n, 1, bw)
+        _set_true(own, lin.view(-1), mask.view(-1))
+        return bad
 
     def shapes(self, ctx, c, b):
         n = c["vertices"]
@@ -218,22 +309,27 @@ class _PolygonOp(_GaugeOp):
         bounds = pa.float().contiguous()
         cxs, cys = coef_x.gather(1, order).float(), coef_y.gather(1, order).float()
 
-        def gauge(dx, dy):
+        # per sample, the coefficients by sector count c (how many vertex angles are <= the
+        # pixel's): sector c - 1, and c = 0 (before the first vertex) is the last sector, n - 1
+        last = (n - 1).view(b, 1)
+        by_count = torch.cat([last, torch.arange(N, device=ctx.device).expand(b, N)], 1)
+        tab_x, tab_y = cxs.gather(1, by_count), cys.gather(1, by_count)  # [b, N + 1]
+
+        def gauge(dx, dy, rows=None):
             pa = _pseudo_angle(dx, dy)
             shape = pa.shape
-            flat = pa.reshape(b, -1)
-            # the sector: how many vertex angles are <= pa, minus one (searchsorted, right=True);
-            # for up to 16 vertices counted by N comparisons in uint8, ~3x faster on CPU (unused
-            # columns hold 5.0, above every pseudo-angle, and are never counted)
+            flat = pa.reshape(shape[0], -1)
+            bd, tx, ty = (bounds, tab_x, tab_y) if rows is None else (bounds[rows], tab_x[rows], tab_y[rows])
+            # the sector count: for up to 16 vertices by N comparisons in uint8, ~3x faster on CPU
+            # than searchsorted (unused columns hold 5.0, above every pseudo-angle: never counted)
             if N <= SECTOR_COUNT_MAX:
                 count = torch.zeros(flat.shape, dtype=torch.uint8, device=flat.device)
                 for j in range(N):
-                    count += (bounds[:, j : j + 1] <= flat).view(torch.uint8)
-                idx = count.long() - 1
+                    count += (bd[:, j : j + 1] <= flat).view(torch.uint8)
+                count = count.long()
             else:
-                idx = torch.searchsorted(bounds, flat, right=True) - 1
-            idx += (idx < 0).long() * n.view(b, 1)  # -1 (before the first vertex): the last sector
-            return dx * cxs.gather(1, idx).view(shape) + dy * cys.gather(1, idx).view(shape)
+                count = torch.searchsorted(bd, flat, right=True)
+            return dx * tx.gather(1, count).view(shape) + dy * ty.gather(1, count).view(shape)
 
         big = torch.full_like(px, float("inf"))
         area = 0.5 * torch.where(active, d, torch.zeros_like(d)).sum(1)
@@ -343,34 +439,32 @@ class _PiecesOp(_Op):
             rows = rows[best_ok[rows].sum(1) < real[rows].sum(1)]
             if len(rows) == 0:
                 break
-        own = torch.zeros(b, H * W, dtype=torch.bool, device=dev)
-        ys, xs = ctx.grid()
-        gx = (xs.view(1, 1, W) + 0.5).expand(1, H, W).reshape(1, -1)
-        gy = (ys.view(1, H, 1) + 0.5).expand(1, H, W).reshape(1, -1)
-        for j in range(N):
-            placed = best_ok[:, j]
-            if not bool(placed.any()):
-                continue
-            x, y, w, h = best_x[:, j], best_y[:, j], bw[:, j], bh[:, j]
-            piece = _rect_mask(ctx, x, y, w, h).view(b, -1)
-            rows = torch.nonzero(ellipse[:, j] & placed).squeeze(1)
-            if len(rows):
-                # the k pixels of the box nearest its centre in ellipse gauge (G.ellipse_in_box)
-                x, y, w, h = x[rows].float().view(-1, 1), y[rows].float().view(-1, 1), w[rows], h[rows]
-                half_w, half_h = w.float().view(-1, 1) / 2, h.float().view(-1, 1) / 2
-                g = ((gx - x - half_w) / half_w) ** 2 + ((gy - y - half_h) / half_h) ** 2
-                g = g + (~piece[rows]).to(g.dtype) * _FAR  # outside the box: out of reach
-                k = torch.minimum(counts[rows, j], w * h).clamp(min=1)
-                thr = kth_smallest(g, k, torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
-                piece[rows] = g <= thr.view(-1, 1)
-            own |= _and(piece, placed.view(b, 1))
+        # every placed piece drawn inside its own window (see _draw_pieces): on CPU in chunks of
+        # CPU_CHUNK pieces of similar box sizes, elsewhere in one piece
+        sample, j = torch.nonzero(best_ok, as_tuple=True)
+        x, y, w, h = best_x[sample, j], best_y[sample, j], bw[sample, j], bh[sample, j]
+        k = torch.minimum(counts[sample, j], w * h).clamp(min=1)
+        own = torch.zeros(b * H * W, dtype=torch.bool, device=dev)
+        if dev.type == "cpu" and len(sample) > CPU_CHUNK:
+            order = torch.argsort(w * h)
+            chunks = [order[s : s + CPU_CHUNK] for s in range(0, len(sample), CPU_CHUNK)]
+        else:
+            chunks = [torch.arange(len(sample), device=dev)] if len(sample) else []
+        for sel in chunks:
+            _draw_pieces(ctx, own, sample[sel], x[sel], y[sel], w[sel], h[sel], ellipse[sample, j][sel], k[sel])
         own = own.view(b, H, W)
         return _paint(ctx, img, own, fill, None), own
 
     @staticmethod
     def _layout(ctx, bw, bh, real):
         """One layout attempt: piece j at a uniformly random free top-left position, keeping a
-        one-pixel gap from the pieces placed before it (as G._layout)."""
+        one-pixel gap from the pieces placed before it (as G._layout).
+
+        The pick is the (t+1)-th free position in row-major order, t uniform below their count.
+        The free positions are counted per row without a [b, H, W] grid: in row y, the columns
+        [0, W - w] less the union of the column intervals of the placed pieces whose row band
+        holds y (a sweep over the intervals sorted by start); then the row holding the (t+1)-th,
+        and in that row alone, the column."""
         b, N = bw.shape
         W, H = ctx.width, ctx.height
         dev = ctx.device
@@ -379,26 +473,91 @@ class _PiecesOp(_Op):
         x = torch.zeros(b, N, dtype=torch.long, device=dev)
         y = torch.zeros_like(x)
         ok = torch.zeros(b, N, dtype=torch.bool, device=dev)
+        ar = torch.arange(b, device=dev)
         for j in range(N):
-            w, h = bw[:, j].view(b, 1, 1), bh[:, j].view(b, 1, 1)
-            # uint8 arithmetic instead of broadcast bool ops (see _and)
-            valid = (ys <= H - h).to(torch.uint8) * (xs <= W - w).to(torch.uint8)
-            for i in range(j):
-                px, py = x[:, i].view(b, 1, 1), y[:, i].view(b, 1, 1)
-                pw, ph = bw[:, i].view(b, 1, 1), bh[:, i].view(b, 1, 1)
-                # positions within one pixel of placed box i: a row band times a column band
-                rows = ((ys >= py - h) & (ys <= py + ph) & ok[:, i].view(b, 1, 1)).to(torch.uint8)
-                cols = ((xs >= px - w) & (xs <= px + pw)).to(torch.uint8)
-                valid = valid * (1 - rows * cols)
-            valid = valid.view(b, -1)
-            # a uniform pick among the valid positions: the t-th of them, t uniform below their count
-            seen = torch.cumsum(valid, 1, dtype=torch.int32)
-            t = torch.floor(ctx.rand(b) * seen[:, -1]).to(torch.int32)
-            # seen is sorted along each row: the first position where it passes t
-            pos = torch.searchsorted(seen, (t + 1).view(b, 1)).view(b).clamp(max=H * W - 1)
-            ok[:, j] = (seen[:, -1] > 0) & real[:, j]
+            w, h = bw[:, j].view(b, 1), bh[:, j].view(b, 1)
+            xmax = torch.clamp(W - w, max=W - 1)  # top-left columns 0..xmax, rows 0..ymax
+            ymax = torch.clamp(H - h, max=H - 1)
+            # column intervals [s, e] (inclusive, within 0..xmax) barred by the pieces placed so far
+            # (within one pixel of piece i: columns px - w .. px + pw, rows py - h .. py + ph)
+            s = torch.clamp(x[:, :j] - w, min=0)
+            e = torch.minimum(x[:, :j] + bw[:, :j], xmax)
+            band = (ys >= (y[:, :j] - h).view(b, 1, j)) & (ys <= (y[:, :j] + bh[:, :j]).view(b, 1, j))
+            band = band & ok[:, :j].view(b, 1, j)  # [b, H, j]: interval i bars row y
+            free = (xmax + 1).clamp(min=0) - _covered(s, e, band)  # [b, H]
+            free = torch.where(ys.view(1, H) <= ymax, free, 0)
+            seen = torch.cumsum(free, 1)
+            total = seen[:, -1]
+            t = torch.floor(ctx.rand(b) * total.to(torch.int32)).long()
+            row = torch.searchsorted(seen, (t + 1).view(b, 1)).view(b).clamp(max=H - 1)
+            before = torch.where(row > 0, seen.gather(1, (row - 1).clamp(min=0).view(b, 1)).view(b), 0)
+            # the chosen row: its free columns, and the (t + 1 - before)-th of them
+            barred = band[ar, row].view(b, j, 1) & (xs >= s.view(b, j, 1)) & (xs <= e.view(b, j, 1))
+            line = (xs.view(1, W) <= xmax) & ~barred.any(1)
+            cols = torch.cumsum(line.to(torch.int32), 1)
+            col = torch.searchsorted(cols, (t + 1 - before).to(torch.int32).view(b, 1)).view(b)
+            pos = torch.where(total > 0, row * W + col, H * W - 1)  # none free: as the clamped search gave
+            ok[:, j] = (total > 0) & real[:, j]
             y[:, j], x[:, j] = pos // W, pos % W
         return x, y, ok
+
+
+def _covered(s: Tensor, e: Tensor, band: Tensor) -> Tensor:
+    """Per row, how many integers the intervals [s_i, e_i] (s, e [b, j]) cover together, counting
+    interval i in row y only where band[:, y, i] ([b, H, j] bool): [b, H] int64. A sweep over the
+    intervals sorted by start: each adds what it reaches past the furthest end before it."""
+    b, H, j = band.shape
+    if j == 0:
+        return torch.zeros(b, H, dtype=torch.long, device=band.device)
+    s, order = torch.sort(s, dim=1, stable=True)
+    e, band = e.gather(1, order), band.gather(2, order.view(b, 1, j).expand(b, H, j))
+    end = torch.where(band, e.view(b, 1, j), -1)
+    reach = torch.cummax(end, 2).values
+    prior = torch.cat([torch.full((b, H, 1), -1, dtype=reach.dtype, device=reach.device), reach[..., :-1]], 2)
+    return torch.clamp(end - torch.maximum(s.view(b, 1, j), prior + 1) + 1, min=0).sum(2)
+
+
+def _set_true(own: Tensor, at: Tensor, where: Tensor) -> None:
+    """own[at[where]] = True (own, where bool; at int64 indices into own). On CPU by a scatter
+    taking the maximum of 0/1 bytes (no nonzero pass: ~3x faster); elsewhere by indexing."""
+    if own.device.type == "cpu":
+        own.view(torch.uint8).scatter_reduce_(0, at, where.view(torch.uint8), reduce="amax")
+    else:
+        own[at[where]] = True
+
+
+def _draw_pieces(ctx, own: Tensor, sample: Tensor, x: Tensor, y: Tensor, w: Tensor, h: Tensor, ellipse, k) -> None:
+    """Set own [B*H*W] (the batch's masks, flattened) over pieces [n] of samples `sample`: boxes
+    (x, y, w, h) inside the image, a rectangle fills its box, an ellipse (ellipse [n] bool) takes
+    the k [n] pixels of its box nearest the box centre in ellipse gauge (G.ellipse_in_box).
+
+    The pieces are computed in windows of one common size (the largest box; a window that would
+    leave the image moves inside). Inside its box an ellipse's gauge is the float32 arithmetic of
+    the whole-image computation, pixel for pixel; the window's other pixels are pushed out of
+    reach (+_FAR) as the whole image's were, so the k-th smallest value, hence the mask, is the
+    same."""
+    n = len(sample)
+    H, W = ctx.height, ctx.width
+    dev = own.device
+    bh, bw = max(1, int(h.max())), max(1, int(w.max()))
+    cx = x.clamp(max=W - bw).view(n, 1) + torch.arange(bw, device=dev)  # [n, bw] image columns
+    cy = y.clamp(max=H - bh).view(n, 1) + torch.arange(bh, device=dev)
+    inx = ((cx >= x.view(n, 1)) & (cx < (x + w).view(n, 1))).view(n, 1, bw)
+    iny = ((cy >= y.view(n, 1)) & (cy < (y + h).view(n, 1))).view(n, bh, 1)
+    inside = _and(iny, inx).view(n, bh * bw)
+    rows = torch.nonzero(ellipse).squeeze(1)
+    if len(rows):
+        # the k pixels of the box nearest its centre in ellipse gauge (G.ellipse_in_box)
+        gx = (cx[rows].float() + 0.5).view(-1, 1, bw)
+        gy = (cy[rows].float() + 0.5).view(-1, bh, 1)
+        xr, yr = x[rows].float().view(-1, 1, 1), y[rows].float().view(-1, 1, 1)
+        half_w, half_h = w[rows].float().view(-1, 1, 1) / 2, h[rows].float().view(-1, 1, 1) / 2
+        g = (((gx - xr - half_w) / half_w) ** 2 + ((gy - yr - half_h) / half_h) ** 2).view(len(rows), -1)
+        g = g + (~inside[rows]).to(g.dtype) * _FAR  # outside the box: out of reach
+        thr = kth_smallest(g, k[rows], torch.ones(len(rows), dtype=torch.float64, device=dev), power=2)
+        inside[rows] = g <= thr.view(-1, 1)
+    lin = (sample.view(n, 1, 1) * H + cy.view(n, bh, 1)) * W + cx.view(n, 1, bw)
+    _set_true(own, lin.view(-1), inside.view(-1))
 
 
 def _split(total: Tensor, weights: Tensor, active: Tensor) -> Tensor:
