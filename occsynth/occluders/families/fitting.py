@@ -88,6 +88,31 @@ def estimated_area(points: np.ndarray, weight: float, matrix: np.ndarray, pivot:
     return area
 
 
+def secant_search(area, target, factor, current, lo, hi, tolerance, steps, gap) -> tuple[float, float]:
+    """fit_area's search for the size factor whose `area` is `target`, from `factor` (whose
+    area is `current`) within the log-size bracket [lo, hi]: (the best factor seen, the last
+    one). Area grows about with the square of the size: each step jumps there (secant step in
+    log size) and falls back to bisection when the jump leaves the bracket (clipping, empty
+    area); it stops within `tolerance`, after `steps` or when the bracket is under `gap`."""
+    best = (factor, current)
+    for _ in range(steps):
+        if abs(current - target) <= tolerance:
+            break
+        here = math.log(factor)
+        if current < target:
+            lo = here
+        else:
+            hi = here
+        if hi - lo < gap:
+            break
+        step = here + 0.5 * math.log(target / current) if current > 0 else math.inf
+        factor = math.exp(step if lo < step < hi else (lo + hi) / 2)
+        current = area(factor)
+        if abs(current - target) < abs(best[1] - target):
+            best = (factor, current)
+    return best[0], factor
+
+
 def _scaled(value: Any, factor: float) -> Any:
     if isinstance(value, (list, tuple)):
         return [float(v) * factor for v in value]
@@ -282,25 +307,8 @@ class FitArea(Occluder):
                 current = area(factor)
         else:
             current = area(factor)
-        best = (factor, current)
-        for _ in range(16):
-            if abs(current - target) <= self.params["tolerance"]:
-                break
-            here = math.log(factor)
-            if current < target:
-                lo = here
-            else:
-                hi = here
-            if hi - lo < 1e-4:
-                break
-            # Area grows about with the square of the size: jump there (secant step), and
-            # fall back to bisection when the jump leaves the bracket (clipping, empty area).
-            step = here + 0.5 * math.log(target / current) if current > 0 else math.inf
-            factor = math.exp(step if lo < step < hi else (lo + hi) / 2)
-            current = area(factor)
-            if abs(current - target) < abs(best[1] - target):
-                best = (factor, current)
-        return attempt(best[0])  # a template occluder's one full render
+        factor, _ = secant_search(area, target, factor, current, lo, hi, self.params["tolerance"], 16, 1e-4)
+        return attempt(factor)  # a template occluder's one full render
 
     def _alpha_factor(self, image, points, variant, inner, start, target):
         """(the size factor whose estimated area (`estimated_area`) is the target, the
@@ -325,18 +333,5 @@ class FitArea(Occluder):
         """The factor whose `area` (an estimate: no rendering) is the target, by the trial
         search's secant/bisection in log size, from `factor`, within [min_factor, max_factor]."""
         lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
-        current = area(factor)
-        for _ in range(40):
-            if abs(current - target) <= 0.25 * self.params["tolerance"]:
-                break
-            here = math.log(factor)
-            if current < target:
-                lo = here
-            else:
-                hi = here
-            if hi - lo < 1e-6:
-                break
-            step = here + 0.5 * math.log(target / current) if current > 0 else math.inf
-            factor = math.exp(step if lo < step < hi else (lo + hi) / 2)
-            current = area(factor)
+        _, factor = secant_search(area, target, factor, area(factor), lo, hi, 0.25 * self.params["tolerance"], 40, 1e-6)
         return factor

@@ -121,7 +121,9 @@ class _GaugeOp(_Op):
                 c[key] = _num(value, u[key])
         return c
 
-    def __call__(self, ctx, img, lm):
+    def _placement(self, ctx, img):
+        """The draws and placement every gauge shape starts with (same draws, same order):
+        (b, W, H, concrete values, shapes, pixel count k, area scale s0, fits, cx, cy)."""
         b = img.shape[0]
         W, H = ctx.width, ctx.height
         u = self._draws(ctx, b)
@@ -135,6 +137,10 @@ class _GaugeOp(_Op):
         pos = ctx.rand(b, 2)
         cx = torch.where(fits, -s0 * sh.xmin + pos[:, 0] * (W - span_x), W / 2.0 - s0 * (sh.xmin + sh.xmax) / 2)
         cy = torch.where(fits, -s0 * sh.ymin + pos[:, 1] * (H - span_y), H / 2.0 - s0 * (sh.ymin + sh.ymax) / 2)
+        return b, W, H, c, sh, k, s0, fits, cx, cy
+
+    def __call__(self, ctx, img, lm):
+        b, W, H, c, sh, k, s0, fits, cx, cy = self._placement(ctx, img)
         ys, xs = ctx.grid()
         # separable coordinates [b,1,W] and [b,H,1]: gauges broadcast them, saving full-size ops
         dx = xs.view(1, 1, W) + 0.5 - cx.float().view(b, 1, 1)
@@ -209,19 +215,7 @@ class _PolygonOp(_GaugeOp):
         the window holds the k smallest pixels of the image: the mask is the whole image's (its
         float32 gauge values are the same arithmetic, pixel for pixel). Samples where that check
         fails, or whose shape does not fit the image, are computed over the whole image."""
-        b = img.shape[0]
-        W, H = ctx.width, ctx.height
-        u = self._draws(ctx, b)
-        c = self.concrete(ctx, u)
-        c["ratio"] = self._ratio(u)
-        sh = self.shapes(ctx, c, b)
-        k = _round_half_even(c["ratio"] * W * H).long()
-        s0 = torch.sqrt(k.to(torch.float64) / sh.area)
-        span_x, span_y = s0 * (sh.xmax - sh.xmin), s0 * (sh.ymax - sh.ymin)
-        fits = (span_x <= W) & (span_y <= H)
-        pos = ctx.rand(b, 2)
-        cx = torch.where(fits, -s0 * sh.xmin + pos[:, 0] * (W - span_x), W / 2.0 - s0 * (sh.xmin + sh.xmax) / 2)
-        cy = torch.where(fits, -s0 * sh.ymin + pos[:, 1] * (H - span_y), H / 2.0 - s0 * (sh.ymin + sh.ymax) / 2)
+        b, W, H, c, sh, k, s0, fits, cx, cy = self._placement(ctx, img)
         shrink = (~fits) & (c["overflow"] == G.OVERFLOW.index("shrink"))
         ring = None
         if bool(shrink.any()):
