@@ -21,6 +21,8 @@ cv2.setNumThreads(1)
 # The occsynth_train fixtures (tiny datasets built once per session), available to every module.
 from train_fixtures import one_torch_thread, sk_faces, tiny_ident, tiny_pairs, tiny_train  # noqa: E402,F401
 
+from occsynth.faces.detect import FaceDetector  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OCCSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 LFW_TGZ = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
@@ -83,3 +85,14 @@ def lfw_subset_dir(tmp_path_factory) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(archive.extractfile(member).read())
     return out
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """The project's MTCNN detector, one intra-op thread for the module (module fixtures such
+    as test_redetect's chips detect before the per-test `one_torch_thread` applies; on a shared
+    2-core machine torch's second thread mostly spins)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield FaceDetector()
+    torch.set_num_threads(threads)

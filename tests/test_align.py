@@ -35,15 +35,6 @@ IMAGES_PER_IDENTITY = 3
 
 
 @pytest.fixture(scope="module")
-def detector():
-    # One thread: on a shared 2-core machine torch's second thread mostly spins.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield FaceDetector()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def lfw_images(lfw_subset_dir: Path) -> list[np.ndarray]:
     images = []
     for identity in sorted(p for p in lfw_subset_dir.iterdir() if p.is_dir()):

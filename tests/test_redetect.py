@@ -12,14 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from occsynth.build.config import BuildConfig
 from occsynth.build.stages import ShardImages, align_images, find_faces
 from occsynth.cli import main
 from occsynth.faces.align import estimate_similarity, warp
-from occsynth.faces.detect import FaceDetector, select_face
+from occsynth.faces.detect import select_face
 from occsynth.faces.templates import get_template
 from occsynth.io.archive import iter_files
 
@@ -28,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # finds this face in the 250x250 photo but not in the tight chip below; on the padded canvas it
 # does, its eyes 0.5 px (112x112) from the full photo's detection.
 SOURCE = "Shafal_Mosed/Shafal_Mosed_0001.jpg"
-
-
-@pytest.fixture(scope="module")
-def detector():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield FaceDetector()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ from occsynth.occluders.torch.bank import _boxes, _windows
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _whole_grid_bank(op, ctx, img, lm):
     """The `bank` op before the windows (bank.py at 6f161a1), arithmetic unchanged: one 3-D
     grid_sample of the template stack over every pixel of every image. Also returns alpha."""

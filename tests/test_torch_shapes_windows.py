@@ -31,14 +31,6 @@ from occsynth.occluders.torch.shapes import _covered, _PiecesOp, _PolygonOp, _ps
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- the references
 
 
