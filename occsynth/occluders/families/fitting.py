@@ -113,6 +113,15 @@ def secant_search(area, target, factor, current, lo, hi, tolerance, steps, gap) 
     return best[0], factor
 
 
+def _base_params(inner: dict, param: str) -> dict:
+    """The inner occluder's parameters with its size parameter made explicit (its default when
+    not given): what fit_area scales, when searching and when replaying."""
+    params = dict(inner.get("params") or {})
+    if param not in params:
+        params[param] = create_occluder(inner["name"]).defaults[param]
+    return params
+
+
 def _scaled(value: Any, factor: float) -> Any:
     if isinstance(value, (list, tuple)):
         return [float(v) * factor for v in value]
@@ -198,21 +207,16 @@ class FitArea(Occluder):
         """The inner occluder a fit_area record was rendered with (for replay): the recorded
         fit_area parameters' inner occluder at the size found (`fit_factor`)."""
         params = cls.replay_params(record["spec_params"])
-        inner = params["occluder"]
-        inner_params = dict(inner.get("params") or {})
-        param = params["param"]
-        if param not in inner_params:
-            inner_params[param] = create_occluder(inner["name"]).defaults[param]
+        inner, param = params["occluder"], params["param"]
+        inner_params = _base_params(inner, param)
         inner_params[param] = _scaled(inner_params[param], float(record["fit_factor"]))
         return create_occluder(inner["name"], **inner_params)
 
     def __call__(self, image, mask, landmarks, rng):
         target = float(sample_value(self.params["ratio"], rng))
         inner = self.params["occluder"]
-        base_params = dict(inner.get("params", {}))
         param = self.params["param"]
-        if param not in base_params:
-            base_params[param] = create_occluder(inner["name"]).defaults[param]
+        base_params = _base_params(inner, param)
         final_params = None
         probe = create_occluder(inner["name"], **base_params)
         if probe.params.get("harmonize") not in (None, False):
