@@ -130,6 +130,16 @@ def test_plain_jpegs_take_opencv_and_match_pillow(name):
     np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
+@pytest.mark.skipif(not hasattr(cv2, "IMREAD_COLOR_RGB"), reason="OpenCV before 4.10 has no RGB decode")
+@pytest.mark.parametrize("name", sorted(PLAIN_JPEGS))
+def test_rgb_decode_is_the_bgr_decode_swapped(name):
+    # decode_image asks libjpeg-turbo for RGB directly; older OpenCV decodes BGR and swaps
+    buf = np.frombuffer(PLAIN_JPEGS[name](), np.uint8)
+    rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
 def test_jpegs_that_are_not_plain_take_pillows_path():
     rgb = _photo(40, 56)
     data = _pil_bytes(Image.fromarray(rgb), "JPEG", quality=90)
