@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from occsynth.contract import round_points
-from occsynth.faces.geometry import similarity_matrix, transform_points
+from occsynth.faces.geometry import similarity, transform_points  # noqa: F401 (transform_points: part of this module's API)
 from occsynth.faces.templates import AlignTemplate
 
 # Where the subject's face sits in LFW deep-funneled (250x250), measured on MTCNN detections
@@ -62,7 +62,8 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise ValueError(f"a similarity needs at least 2 point pairs, got {len(src)}")
     # Relative tests: coordinates of any magnitude, coincidence up to float noise.
     # (plain floats: at 5 points NumPy's per-call cost was a tenth of re-aligning an image)
-    for name, pts in (("src", src.tolist()), ("dst", dst.tolist())):
+    src_list, dst_list = src.tolist(), dst.tolist()
+    for name, pts in (("src", src_list), ("dst", dst_list)):
         n = len(pts)
         mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
         spread = sum((x - mx) ** 2 + (y - my) ** 2 for x, y in pts)
@@ -72,7 +73,7 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
                 if name == "src"
                 else "dst points coincide: the similarity would collapse to a point"
             )
-    m = similarity_matrix(src, dst)
+    m = np.array(similarity(src_list, dst_list), dtype=np.float64).reshape(2, 3)  # = similarity_matrix(src, dst)
     if m[0, 0] == 0.0 and m[1, 0] == 0.0:
         raise ValueError("src and dst are uncorrelated: the least-squares similarity has zero scale")
     return m
@@ -108,7 +109,8 @@ def align_face(
         raise ValueError(f"landmarks must be 5x2, got shape {src.shape}")
     matrix = estimate_similarity(src, template.points)
     aligned = warp(image, matrix, template.size)
-    return aligned, matrix, round_points(transform_points(src, matrix))
+    # transform_points without its checks (src is checked above, warp checked the matrix)
+    return aligned, matrix, round_points(src @ matrix[:, :2].T + matrix[:, 2])
 
 
 def framing_of(width: int, height: int) -> str:
