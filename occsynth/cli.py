@@ -11,6 +11,7 @@ specs by compiling them, the build config by BuildConfig.validate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -24,9 +25,10 @@ from occsynth import __version__
 from occsynth.benchmarks import BUILDERS, list_builders
 from occsynth.build import BuildConfig, plan_align
 from occsynth.build import build as run_build_pipeline
+from occsynth.build.executor import create_executor
 from occsynth.build.locks import compare_lock, make_lock
 from occsynth.build.pipeline import DatasetBuild, build_all
-from occsynth.build.stages import composer
+from occsynth.build.stages import composer, stored_detections
 from occsynth.clikit import OccsynthCommand, OccsynthGroup, setup_logging
 from occsynth.faces.landmarks import LandmarkCache
 from occsynth.faces.templates import DEFAULT_TEMPLATE, TEMPLATES
@@ -215,7 +217,17 @@ def remember_detections(config, out: Path, new_detections: int, opts: dict) -> N
         cache.update_from(Path(out) / "landmarks.jsonl")
 
 
-def run_job(config, plan, source, out: Path, opts: dict) -> dict:
+@contextlib.contextmanager
+def started_workers(opts: dict, config: BuildConfig):
+    """The build's executor, its workers started at once: they import and read the stored
+    landmarks (~1 s) while the parent lists the source and plans, instead of after it."""
+    warm = [(stored_detections, (config.landmark_files,))] if config.landmark_files else []
+    with create_executor(opts["executor"], opts["workers"]) as runner:
+        runner.start(preload=("occsynth.build.shard",), warm=warm)
+        yield runner
+
+
+def run_job(config, plan, source, out: Path, opts: dict, runner=None) -> dict:
     """Build (or resume) one dataset, then remember its detections in the cache."""
     return run_build_pipeline(
         config,
@@ -224,6 +236,7 @@ def run_job(config, plan, source, out: Path, opts: dict) -> dict:
         out,
         workers=opts["workers"],
         executor=opts["executor"],
+        runner=runner,
         command=_command_line(),
         progress=not opts["quiet"],
         max_failure_rate=opts.get("max_failure_rate"),
@@ -237,8 +250,10 @@ def run_build(
     config = make_config(opts, name=name, spec=spec, aligned=aligned, keep_clean=keep_clean)
     config.validate()
     composer(spec)  # values first: a bad spec fails before the source is listed or decompressed
-    source = open_source(source_spec)
-    return run_job(config, plan_align(source.items(), spec="", variants=variants), source, Path(out), opts)
+    with started_workers(opts, config) as runner:
+        source = open_source(source_spec)
+        plan = plan_align(source.items(), spec="", variants=variants)
+        return run_job(config, plan, source, Path(out), opts, runner)
 
 
 def _report(manifest: dict, out: str) -> None:
@@ -354,35 +369,37 @@ def _builder_command(builder):
         shared = {k: opts.pop(k) for k in list(opts) if k in build_keys}
         config = make_config(shared, name=builder.name)
         config.validate()
-        jobs = builder.jobs(config, **opts)
-        targets = [out / job.subdir for job in jobs]
+        with started_workers(shared, config) as runner:  # the workers import while the jobs are planned
+            jobs = builder.jobs(config, **opts)
+            targets = [out / job.subdir for job in jobs]
 
-        def built(i: int, manifest: dict, new_detections: int) -> None:
-            # runs while the workers go on with the next datasets' shards
-            job, target = jobs[i], targets[i]
-            remember_detections(job.config, target, new_detections, shared)
-            achieved = job.finish(target, manifest)
-            facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
-            write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
-            write_card(target, facts)
-            click.echo(
-                f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
-                f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
-                + ", ".join(f"{k}={v}" for k, v in achieved.items())
+            def built(i: int, manifest: dict, new_detections: int) -> None:
+                # runs while the workers go on with the next datasets' shards
+                job, target = jobs[i], targets[i]
+                remember_detections(job.config, target, new_detections, shared)
+                achieved = job.finish(target, manifest)
+                facts = {"benchmark": builder.name, "definition": builder.definition, **job.facts, "achieved": achieved}
+                write_text(target / "build_facts.json", json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n")
+                write_card(target, facts)
+                click.echo(
+                    f"[{builder.name}{'/' + job.subdir if job.subdir else ''}] "
+                    f"{manifest['totals']['samples']} samples, {manifest['totals']['failures']} failures; "
+                    + ", ".join(f"{k}={v}" for k, v in achieved.items())
+                )
+
+            # one set of workers for every dataset of the build (lfw-block's levels); each dataset's
+            # lock is held until its protocol files and card are written
+            threading.Thread(target=card_warm_up, name="card-warm-up", daemon=True).start()
+            build_all(
+                [DatasetBuild(job.config, job.plan, job.source, target) for job, target in zip(jobs, targets)],
+                workers=shared["workers"],
+                executor=shared["executor"],
+                runner=runner,
+                command=_command_line(),
+                progress=not shared["quiet"],
+                max_failure_rate=shared.get("max_failure_rate"),
+                on_built=built,
             )
-
-        # one set of workers for every dataset of the build (lfw-block's levels); each dataset's
-        # lock is held until its protocol files and card are written
-        threading.Thread(target=card_warm_up, name="card-warm-up", daemon=True).start()
-        build_all(
-            [DatasetBuild(job.config, job.plan, job.source, target) for job, target in zip(jobs, targets)],
-            workers=shared["workers"],
-            executor=shared["executor"],
-            command=_command_line(),
-            progress=not shared["quiet"],
-            max_failure_rate=shared.get("max_failure_rate"),
-            on_built=built,
-        )
         lock = make_lock(builder.name, {**opts, **shared}, out, [job.subdir for job in jobs])
         if write_lock:
             write_text(Path(write_lock), json.dumps(lock, indent=2, sort_keys=True) + "\n")

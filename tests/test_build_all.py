@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from occsynth import contract
 from occsynth.build import BuildConfig, plan_align
 from occsynth.build import shard as shard_module
-from occsynth.build.executor import ProcessExecutor, Shared, shared_value
+from occsynth.build.executor import ProcessExecutor, Shared, create_executor, shared_value
 from occsynth.build.pipeline import SCRATCH_DIR, DatasetBuild, build, build_all
 from occsynth.build.stages import ShardImages, composer, make_sample
 from occsynth.faces.templates import get_template
@@ -69,6 +70,35 @@ def test_an_executor_keeps_its_workers_inside_with():
     assert second <= first and len(first) <= 2 and os.getpid() not in first  # the same workers again
     outside = ProcessExecutor(2)
     assert not set(outside.map_unordered(_pid, range(4))) & set(outside.map_unordered(_pid, range(4)))
+
+
+_WARMED: list = []
+
+
+def _warm(value):
+    _WARMED.append(value)
+
+
+def _fail():
+    raise FileNotFoundError("a landmarks file that is not there")
+
+
+def _imported(name):
+    return name in sys.modules, list(_WARMED), os.getpid()
+
+
+def test_start_runs_the_workers_and_their_imports_before_any_task():
+    with ProcessExecutor(2) as executor:
+        # a module nothing here imports; a warm-up call; one that fails (the tasks would meet it)
+        executor.start(preload=("colorsys",), warm=[(_fail, ()), (_warm, ("landmarks",))])
+        started = executor._pool
+        assert started is not None
+        results = list(executor.map_unordered(_imported, ["colorsys"] * 4))
+        assert executor._pool is started  # the tasks ran on the workers start() made
+    assert all(loaded and warmed == ["landmarks"] for loaded, warmed, _ in results)
+    assert len({pid for *_, pid in results}) <= 2
+    serial = create_executor("process", 1)
+    serial.start(preload=("colorsys",))  # nothing to start: tasks run in this process
 
 
 class _Counted:
@@ -187,3 +217,44 @@ def test_clean_samples_are_what_the_composer_makes_without_drawing(faces):
     assert meta["occluders"] == reference.records == [] and meta["occlusion_ratio"] == 0.0
     again, _, _ = make_sample(sample, state, config, template)
     assert again == members  # the encoded crop is reused, the bytes are the same
+
+
+def test_shards_are_fsynced_off_the_workers_path_before_the_manifest(faces, tmp_path, monkeypatch):
+    # run_shard writes its shard and stats record without fsync; the build fsyncs both (in a
+    # background thread) before the dataset's manifest is written, kept shards of a killed run too
+    import threading
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        # a file's final name, also while it is written under a temporary one (io.atomic, io.tar)
+        path = re.sub(r"^\.|(\.\d+)?\.tmp$", "", Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        events.append(("sync", path, threading.current_thread() is threading.main_thread()))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (events.append(("publish", Path(dst).name, None)), real_replace(src, dst))[1]
+    )
+
+    def check(out: Path, names: set[str]) -> None:
+        manifest_at = events.index(("publish", contract.MANIFEST, None))
+        synced = {name for kind, name, _ in events[:manifest_at] if kind == "sync"}
+        assert names <= synced
+        # never by the thread that built the shards (a serial run builds them in the main thread)
+        assert not {name for kind, name, main in events if kind == "sync" and main} & names
+
+    job = _jobs(faces, tmp_path)[1]
+    build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
+    names = {p.name for p in job.out_dir.iterdir() if p.name.endswith((".tar", ".stats.json"))}
+    assert len(names) == 10  # 24 samples, 5 per shard
+    check(job.out_dir, names)
+
+    # a resumed build: the shards it keeps are fsynced before its manifest too
+    for p in sorted(job.out_dir.glob("*.tar"))[1:]:
+        p.unlink()
+    (job.out_dir / contract.MANIFEST).unlink()
+    events.clear()
+    build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
+    check(job.out_dir, names)

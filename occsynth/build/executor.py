@@ -16,6 +16,8 @@ in the parent and unpickled once per worker process (a source listing 13,233 LFW
 
 from __future__ import annotations
 
+import importlib
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -28,6 +30,8 @@ import cv2
 
 from occsynth.errors import UsageError
 from occsynth.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 Task = Any
 Result = Any
@@ -54,12 +58,20 @@ def configure_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _init_worker() -> None:
+def _init_worker(preload: tuple[str, ...] = (), warm: tuple = ()) -> None:
     # One thread per worker process: N workers use N cores. OMP_NUM_THREADS=1 (set for the
     # spawned workers) covers a later import of torch.
     global _ONE_THREAD
     _ONE_THREAD = True
     configure_threads()
+    # what the tasks will need, made while the parent still plans (ProcessExecutor.start)
+    for module in preload:
+        importlib.import_module(module)
+    for fn, args in warm:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - a task meets the same error and reports it as its own
+            logger.debug("worker warm-up %s failed", getattr(fn, "__name__", fn), exc_info=True)
 
 
 class Shared:
@@ -109,6 +121,9 @@ class SerialExecutor:
     def __enter__(self) -> SerialExecutor:
         return self
 
+    def start(self, preload: tuple[str, ...] = (), warm: tuple = ()) -> None:
+        """Nothing to start: tasks run here."""
+
     def __exit__(self, *exc) -> None:
         pass
 
@@ -144,12 +159,12 @@ class ProcessExecutor:
         self._pool = None
         self._size = 0
 
-    def _start(self, size: int):
+    def _start(self, size: int, preload: tuple[str, ...] = (), warm: tuple = ()):
         ctx = mp.get_context("spawn")
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers
         try:
-            return ctx.Pool(size, initializer=_init_worker)
+            return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
         finally:
             if saved is None:
                 os.environ.pop("OMP_NUM_THREADS")
@@ -159,6 +174,16 @@ class ProcessExecutor:
     def __enter__(self) -> ProcessExecutor:
         self._keep = True
         return self
+
+    def start(self, preload: tuple[str, ...] = (), warm: tuple = ()) -> None:
+        """Inside `with`: start all the workers now, importing the modules `preload` and calling
+        each (function, args) of `warm` (errors ignored: the tasks meet them), so that their
+        start-up (~1 s: an interpreter, numpy, OpenCV, occsynth, stored landmarks) overlaps
+        the caller's listing and planning instead of following it. (A build of fewer shards
+        than workers then has an idle worker; without start() only as many as there are tasks
+        are started.)"""
+        if self._keep and self._pool is None:
+            self._pool, self._size = self._start(self.workers, preload, warm), self.workers
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._keep = False
@@ -210,6 +235,9 @@ class RayExecutor:
 
     def __enter__(self) -> RayExecutor:
         return self
+
+    def start(self, preload: tuple[str, ...] = (), warm: tuple = ()) -> None:
+        """Ray starts its workers itself."""
 
     def __exit__(self, *exc) -> None:
         pass

@@ -41,7 +41,7 @@ from occsynth.build.stages import composer
 from occsynth.build.stats import dataset_stats
 from occsynth.errors import UsageError
 from occsynth.faces.templates import get_template
-from occsynth.io.atomic import write_text
+from occsynth.io.atomic import BackgroundSync, write_text
 from occsynth.io.dataset import remember_index
 from occsynth.io.tar import sha256_file
 
@@ -137,6 +137,7 @@ def build_all(
     with contextlib.ExitStack() as stack:
         if runner is None:
             runner = stack.enter_context(create_executor(executor, workers))
+        syncer = stack.enter_context(BackgroundSync())  # the shards' fsyncs (shard.run_shard)
         for b in builds:
             stack.enter_context(exclusive(b.out_dir))
         shared: dict[int, Shared] = {}  # one copy of each source for the workers
@@ -145,6 +146,9 @@ def build_all(
         tasks, owner = [], {}
         for i, b in enumerate(builds):
             done, todo, dataset_chunks = _resume(b)
+            for index in done:  # kept from a killed run, whose fsyncs may not have run
+                syncer.add(b.out_dir / contract.shard_name(index))
+                syncer.add(b.out_dir / contract.shard_stats_name(index))
             results.append(done)
             chunks.append(dataset_chunks)
             source = shared.setdefault(id(b.source), Shared(b.source))
@@ -159,6 +163,7 @@ def build_all(
             while len(manifests) < len(builds) and pending[len(manifests)] == 0:
                 i = len(manifests)
                 b = builds[i]
+                syncer.wait()  # every shard of dataset i on disk before its manifest says so
                 manifest = finalize(b.out_dir, b.config, b.source, results[i], command=command, extra=b.extra_manifest)
                 manifests.append(manifest)
                 _check_outcome(b.out_dir, manifest, max_failure_rate)
@@ -179,6 +184,8 @@ def build_all(
                 i = owner[(Path(result["out_dir"]).resolve(), index)]
                 results[i][index] = result
                 pending[i] -= 1
+                syncer.add(Path(result["out_dir"]) / contract.shard_name(index))
+                syncer.add(Path(result["out_dir"]) / contract.shard_stats_name(index))
                 if last_use.get((i, index)) and result["aligned_key"]:  # no later dataset needs it
                     for suffix in (".json", ".npy"):
                         (Path(last_use[(i, index)]) / (result["aligned_key"] + suffix)).unlink(missing_ok=True)

@@ -48,7 +48,10 @@ def run_shard(task: ShardTask) -> dict:
             save_aligned(Path(task.scratch), key, state)
     del data
     state.images.clear()  # the decoded sources are not needed once aligned
-    with ShardWriter(out_dir / contract.shard_name(task.index)) as writer:
+    # the shard and its stats record are fsynced by the parent, off this worker's path
+    # (pipeline.build_all, before the manifest): until then a power cut can only cost a rebuild
+    # of the shard, since a resume checks the record (JSON) and the shard's sha256 in it
+    with ShardWriter(out_dir / contract.shard_name(task.index), durable=False) as writer:
         out = write_samples(writer, task.samples, state, config, template)
         digest = writer.commit()
     maps_path = out_dir / contract.shard_maps_name(task.index)
@@ -74,7 +77,7 @@ def run_shard(task: ShardTask) -> dict:
     # the detections and the samples' metadata as already encoded (keys: these two last)
     text = (contract.dumps(stats)[:-1] + ',"detections":[' + ",".join(detections) + '],"samples":['
             + ",".join(out.texts) + "]}")
-    write_text(out_dir / contract.shard_stats_name(task.index), text)
+    write_text(out_dir / contract.shard_stats_name(task.index), text, durable=False)
     return {
         "out_dir": task.out_dir,
         "summary": summary(stats),

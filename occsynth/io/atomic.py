@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "fsync_dir", "temp_path"]
+__all__ = ["BackgroundSync", "atomic_write", "write_bytes", "write_text", "write_json", "fsync_dir", "temp_path"]
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -32,6 +33,49 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+class BackgroundSync:
+    """fsync files in a background thread, off the path of the work that wrote them: `add(path)`
+    queues a file (its folder is fsynced too), `wait()` returns once every queued file is on
+    disk and re-raises the first error. fsync blocks in the kernel without the GIL, so the
+    caller goes on meanwhile (a build: ~3 fsyncs of 10-30 ms per shard, ~3% of a re-alignment,
+    were spent by the workers themselves)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._folders: set[Path] = set()
+
+    def add(self, path: str | os.PathLike) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._pending.append(self._pool.submit(fsync_file, path))
+        self._folders.add(Path(path).parent)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        folders, self._folders = self._folders, set()
+        for future in pending:
+            future.result()
+        for folder in sorted(folders):  # the renames that named the files
+            fsync_dir(folder)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> BackgroundSync:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
@@ -67,9 +111,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w", encoding="utf-8") as fh:
+    with atomic_write(path, "w", encoding="utf-8", durable=durable) as fh:
         fh.write(text)
     return Path(path)
 

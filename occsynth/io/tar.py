@@ -7,7 +7,8 @@ project's archive rule (io/archive.py) and the WebDataset key/extension rule, se
 Determinism: members are written in the order given with fixed metadata (mtime 0, uid/gid 0,
 no user names, mode 0644), so equal samples give byte-identical shards on any machine.
 Atomicity: a shard is written to `<name>.tmp`, fsynced, then renamed; a reader never sees a
-half-written shard under its final name.
+half-written shard under its final name. (`durable=False` leaves the fsync to the caller: a
+build fsyncs its shards off the workers' path, before its manifest says they are complete.)
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class ShardWriter:
     an exception discards the temporary file instead of publishing a partial shard.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, durable: bool = True):
         self.path = Path(path)
+        self.durable = durable
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp_path, "wb")
@@ -109,7 +111,8 @@ class ShardWriter:
         if self._offset % tarfile.RECORDSIZE:
             self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp_path, self.path)
         return self._hash.hexdigest()
