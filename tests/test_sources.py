@@ -472,3 +472,123 @@ def test_real_lfw_archive(lfw_tgz, tmp_path):
     assert image.shape == (250, 250, 3) and image.std() > 20
     again = open_source(lfw_tgz, cache_dir=tmp_path / "lfw_cache")  # from the cache
     assert again.fingerprint() == source.fingerprint()
+
+
+# ---------------------------------------------------------------- the plain tar header scan
+def _members(tar_path):
+    with tarfile.open(tar_path, "r:") as tf:
+        return [(m.name, m.type, m.size, m.offset_data, m.isreg(), m.isdir()) for m in tf.getmembers()]
+
+
+def _scanned(tar_path):
+    members = sources_mod._scan_plain(tar_path)
+    return None if members is None else [(m.name, m.type, m.size, m.offset_data, m.isreg(), m.isdir()) for m in members]
+
+
+def _tar_of(path, fmt, entries):
+    """entries: (name, bytes | None for a folder)."""
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+PLAIN_ENTRIES = [
+    ("A", None),
+    ("A/a.png", b"x" * 700),
+    ("A/empty.png", b""),
+    ("B/b.jpg", b"y" * 512),
+    ("C/" + "d" * 90 + "/" + "e" * 60 + ".png", b"z" * 3),  # > 100 chars: ustar's prefix field
+    ("Ünïcode/ф.png", b"u" * 1025),
+]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT])
+def test_plain_tar_scan_reads_what_tarfile_reads(tmp_path, fmt):
+    # (GNU tar writes a name over 100 characters as a long-name header: not plain, left out)
+    entries = [e for e in PLAIN_ENTRIES if fmt == tarfile.USTAR_FORMAT or len(e[0].encode()) <= 100]
+    archive = _tar_of(tmp_path / "plain.tar", fmt, entries)
+    scanned = _scanned(archive)
+    assert scanned is not None  # read by the scan, not handed to tarfile
+    assert scanned == _members(archive)
+
+
+def test_old_style_folder_with_trailing_slash_is_a_folder(tmp_path):
+    archive = _tar_of(tmp_path / "v7.tar", tarfile.USTAR_FORMAT, [("A/a.png", b"1")])
+    raw = bytearray(archive.read_bytes())
+    header = bytearray(512)  # an AREGTYPE ("\0") member named "B/": old tars' folder
+    header[:2] = b"B/"
+    header[100:108], header[124:136], header[136:148] = b"0000644\0", b"00000000000\0", b"00000000000\0"
+    header[156:157], header[257:265] = b"\0", b"ustar\x0000"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    raw[1024:1024] = header  # after the first member (header + one data block)
+    archive.write_bytes(bytes(raw))
+    assert _scanned(archive) == _members(archive)
+    assert [m[0] for m in _members(archive) if m[5]] == ["B"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["pax long name", "gnu long name", "symlink", "hard link", "bad checksum", "empty", "cut header", "base-256 size"],
+)
+def test_tars_the_scan_does_not_read_go_to_tarfile(tmp_path, case):
+    # anything but plain file and folder headers: the scan steps aside and the index is tarfile's
+    long = "A/" + "n" * 120 + ".png"
+    if case == "pax long name":
+        archive = _tar_of(tmp_path / "t.tar", tarfile.PAX_FORMAT, [(long, b"1")])
+    elif case == "gnu long name":
+        archive = _tar_of(tmp_path / "t.tar", tarfile.GNU_FORMAT, [("B" * 150 + "/x.png", b"1")])
+    elif case in ("symlink", "hard link"):
+        archive = tmp_path / "t.tar"
+        with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as tf:
+            info = tarfile.TarInfo("A/a.png")
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"1"))
+            link = tarfile.TarInfo("A/l.png")
+            link.type = tarfile.SYMTYPE if case == "symlink" else tarfile.LNKTYPE
+            link.linkname = "a.png" if case == "symlink" else "A/a.png"
+            tf.addfile(link)
+    else:
+        archive = _tar_of(tmp_path / "t.tar", tarfile.USTAR_FORMAT, [("A/a.png", b"1"), ("A/b.png", b"2")])
+        raw = bytearray(archive.read_bytes())
+        if case == "bad checksum":
+            raw[1024] ^= 1  # the second header's name, its checksum unchanged
+        elif case == "empty":
+            raw = bytearray(10240)
+        elif case == "cut header":
+            raw = raw[: 1024 + 300]
+        elif case == "base-256 size":
+            raw[124:136] = b"\x80" + bytes(10) + b"\x01"
+            raw[148:156] = b" " * 8
+            raw[148:156] = b"%06o\0 " % sum(raw[:512])
+        archive.write_bytes(bytes(raw))
+    assert sources_mod._scan_plain(archive) is None
+    try:
+        expected = [e[:3] for e in _index_with_tarfile(archive)]
+    except SourceError as exc:  # tarfile refuses it: so does the index, with the same message
+        with pytest.raises(SourceError) as got:
+            sources_mod._index_tar(archive, archive)
+        assert str(got.value) == str(exc)
+    else:
+        assert [e[:3] for e in sources_mod._index_tar(archive, archive)] == expected
+
+
+def _index_with_tarfile(archive):
+    saved = sources_mod._scan_plain
+    sources_mod._scan_plain = lambda path: None
+    try:
+        return sources_mod._index_tar(archive, archive)
+    finally:
+        sources_mod._scan_plain = saved
+
+
+def test_index_of_a_plain_tar_is_the_tarfile_index(tmp_path):
+    archive = _tar_of(tmp_path / "plain.tar", tarfile.USTAR_FORMAT, PLAIN_ENTRIES)
+    assert sources_mod._index_tar(archive, archive) == _index_with_tarfile(archive)

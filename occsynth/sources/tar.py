@@ -195,12 +195,79 @@ def _write_index(index_path: Path, tar_path: Path, archive: Path, entries: list)
     write_text(index_path, payload)
 
 
+# ustar ("ustar\0" "00") and GNU ("ustar  \0") magics: the headers `_scan_plain` reads itself
+_PLAIN_MAGICS = (b"ustar\x0000", b"ustar  \x00")
+_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
+
+
+def _octal(field: bytes) -> int | None:
+    """tarfile's reading of a plain octal header number (its `nti`), None where tarfile would
+    read it otherwise (base-256) or refuse it."""
+    if field[:1] in (b"\x80", b"\xff"):
+        return None
+    end = field.find(b"\0")
+    try:
+        return int(field[: None if end < 0 else end].decode("ascii").strip() or "0", 8)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _scan_plain(tar_path: Path) -> list[tarfile.TarInfo] | None:
+    """The members of a tar made only of plain ustar/GNU file and folder headers (what tar
+    writers make for image folders, occsynth's shards included), read header by header: the
+    same names, types, sizes and data offsets as tarfile's `getmembers()`, about ten times
+    faster (an index of LFW's 13,233 images is otherwise ~2 s of a re-alignment). None at
+    anything else (pax or GNU long-name headers, links, sparse files, base-256 numbers, a bad
+    checksum, a truncated or empty archive): the caller then reads it with tarfile, which knows
+    every variant and its errors."""
+    encoding, errors = tarfile.ENCODING, "surrogateescape"
+    members: list[tarfile.TarInfo] = []
+    offset = 0
+    with open(tar_path, "rb", buffering=0) as fh:
+        size_on_disk = os.fstat(fh.fileno()).st_size
+        while True:
+            fh.seek(offset)
+            buf = fh.read(512)
+            if len(buf) != 512:
+                return None  # tarfile stops (or fails) at a short header: its call
+            if buf.count(0) == 512:
+                return members if members else None  # the end-of-archive block (an empty tar: tarfile's error)
+            if buf[257:265] not in _PLAIN_MAGICS:
+                return None
+            kind = buf[156:157]
+            if kind not in (b"0", b"\0", b"5"):
+                return None
+            numbers = [_octal(buf[a:b]) for a, b in _NUMERIC_FIELDS]
+            chksum = _octal(buf[148:156])
+            if None in numbers or chksum != sum(buf[:148]) + 256 + sum(buf[156:]):
+                return None  # a signed checksum or a bad one: tarfile decides
+            size = numbers[3]
+            name = buf[:100].split(b"\0", 1)[0].decode(encoding, errors)
+            prefix = buf[345:500].split(b"\0", 1)[0].decode(encoding, errors)
+            if kind == b"\0" and name.endswith("/"):
+                kind = b"5"  # old tars mark a folder by its trailing slash
+            if kind == b"5":
+                if size:
+                    return None
+                name = name.rstrip("/")
+            if prefix:
+                name = prefix + "/" + name
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.offset, info.offset_data = kind, size, offset, offset + 512
+            members.append(info)
+            offset += 512 + (-(-size // 512) * 512 if kind != b"5" else 0)
+            if offset > size_on_disk + 512:
+                return None  # truncated data: tarfile's own reading (and our check below) handle it
+
+
 def _index_tar(tar_path: Path, archive: Path) -> list[list]:
     """[member path, size, data offset, problem] for every non-folder member, links resolved."""
     file_size = tar_path.stat().st_size
     try:
-        with tarfile.open(tar_path, "r:") as tf:
-            members = tf.getmembers()
+        members = _scan_plain(tar_path)
+        if members is None:
+            with tarfile.open(tar_path, "r:") as tf:
+                members = tf.getmembers()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"{archive}: not a readable tar archive ({exc})") from exc
 
