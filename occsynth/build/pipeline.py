@@ -5,7 +5,9 @@ sources -> align -> occlude -> write shards. A build is described by a `BuildCon
 and extra metadata). The plan is cut into shards of `shard_size` samples in key order; each
 shard is one task whose output depends only on its samples and the config, so any executor
 and worker count give byte-identical shards, and a killed run resumes by redoing only the
-shards that have no published `NNNNN.tar` + `NNNNN.stats.json` pair.
+shards that have no published `NNNNN.tar` + `NNNNN.stats.json` pair (the record holds the
+shard's sha256, checked on resume; both files are fsynced by the parent, in a background thread,
+before the manifest is written: the workers never wait for the disk).
 
 The output folder is guarded (guard.py): one build at a time (an exclusive lock), and a resume
 only of the same build: same config, plan and version, and finished shards whose inputs still

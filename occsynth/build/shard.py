@@ -56,8 +56,8 @@ def run_shard(task: ShardTask) -> dict:
         digest = writer.commit()
     maps_path = out_dir / contract.shard_maps_name(task.index)
     if out.sums.count:
-        # not fsynced: the stats record (fsynced, written next) marks the shard finished, and
-        # a maps file lost to a power cut only makes the card decode the shards (card.py)
+        # never fsynced: a maps file lost to a power cut only makes the card decode the shards
+        # (card.py); the stats record written next marks the shard finished
         with atomic_write(maps_path, "wb", durable=False) as f:
             np.save(f, out.sums.to_array(), allow_pickle=False)
     else:
