@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -439,6 +439,38 @@ def shading(look: Look, coords: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the paste
 
 
+def bisect_blur(
+    render: Callable[[float], np.ndarray],
+    ratio: Callable[[np.ndarray], float | None],
+    out: np.ndarray,
+    achieved: float,
+) -> tuple[float, np.ndarray, float]:
+    """The sharpness match by bisection on the log ratio (which falls as the blur grows) over
+    [0, MAX_BLUR], SEARCH_STEPS renders at most: (blur, image, ratio) of the render closest to
+    ratio 1 (`out`, `achieved`: the unblurred render and its ratio). A ratio of None (blurred
+    past having edges) moves the upper end down."""
+    lo, hi = 0.0, MAX_BLUR
+    best = (math.log(achieved), 0.0, out, achieved)
+    for _ in range(SEARCH_STEPS):
+        mid = 0.5 * (lo + hi)
+        candidate = render(mid)
+        r = ratio(candidate)
+        if r is None:  # blurred past having edges
+            hi = mid
+            continue
+        err = abs(math.log(r))
+        if err < best[0]:
+            best = (err, mid, candidate, r)
+        if err <= TOLERANCE:
+            break
+        if r > 1.0:
+            lo = mid
+        else:
+            hi = mid
+    _, blur, out, achieved = best
+    return blur, out, achieved
+
+
 def _full(shape, box: np.ndarray, x0: int, y0: int) -> np.ndarray:
     out = np.zeros(shape + box.shape[2:], dtype=np.float32)
     h, w = box.shape[:2]
@@ -548,30 +580,12 @@ def harmonized_paste(
         value = blur_scale(luma(out), outline)
         return None if not value else look.sharpness / value
 
-    # 5. sharpness: blur while the layer's edges are sharper than the face's (bisection on the
-    # log ratio, which falls as the blur grows); a layer as soft or softer is left as it is
+    # 5. sharpness: blur while the layer's edges are sharper than the face's; a layer as soft
+    # or softer is left as it is
     blur, out = 0.0, render(0.0)
     achieved = ratio(out) if opts["sharpness"] and look.sharpness else None
     if achieved is not None and math.log(achieved) > TOLERANCE:
-        lo, hi = 0.0, MAX_BLUR
-        best = (math.log(achieved), blur, out, achieved)
-        for _ in range(SEARCH_STEPS):
-            mid = 0.5 * (lo + hi)
-            candidate = render(mid)
-            r = ratio(candidate)
-            if r is None:  # blurred past having edges
-                hi = mid
-                continue
-            err = abs(math.log(r))
-            if err < best[0]:
-                best = (err, mid, candidate, r)
-            if err <= TOLERANCE:
-                break
-            if r > 1.0:
-                lo = mid
-            else:
-                hi = mid
-        _, blur, out, achieved = best
+        blur, out, achieved = bisect_blur(render, ratio, out, achieved)
     result = image.copy()
     result[by0:by1, bx0:bx1] = out
     out = result
