@@ -457,6 +457,13 @@ def estimate_look(
     return Look(coeffs, mean_log, black, white, cast, sharp, noise, quality, light)
 
 
+def _channels(plane: np.ndarray) -> np.ndarray:
+    """A float32 HxW plane as HxWx3 (the same value in each channel): the array that
+    `plane[..., None]` broadcasts to, made, because NumPy's arithmetic broadcasting a last axis
+    of 1 against 3 runs several times slower than on arrays of the same shape (same values)."""
+    return cv2.merge([plane, plane, plane])
+
+
 def shoulder(value: np.ndarray) -> np.ndarray:
     """Highlights rolled off as a camera's tone curve does: the identity up to KNEE, then a
     tanh shoulder toward 1, so a lit white layer keeps its folds instead of clipping flat."""
@@ -470,8 +477,9 @@ def _tone(rgb: np.ndarray) -> np.ndarray:
     brightest channel would pass 1 scaled down whole (clipping channels one by one would turn
     a lit orange yellow)."""
     y = luma(rgb)
-    out = rgb * (shoulder(y) / np.maximum(y, np.float32(1e-6)))[..., None]
-    return np.clip(out / np.maximum(out.max(axis=-1, keepdims=True), np.float32(1.0)), 0.0, 1.0)
+    out = rgb * _channels(shoulder(y) / np.maximum(y, np.float32(1e-6)))
+    top = np.maximum(np.maximum(out[..., 0], out[..., 1]), out[..., 2])  # out.max(axis=-1), faster
+    return np.clip(out / _channels(np.maximum(top, np.float32(1.0))), 0.0, 1.0)
 
 
 def shading(look: Look, coords: np.ndarray) -> np.ndarray:
@@ -680,7 +688,7 @@ def harmonized_paste(
     # 1-2. light, levels and colour cast on the layer's colours
     colour = window(rgba[..., :3].astype(np.float32) * np.float32(1 / 255))
     if opts["light"]:
-        colour *= shading(look, box_coords)[..., None]
+        colour *= _channels(shading(look, box_coords))
     colour = look.black + (look.white - look.black) * _tone(colour * look.cast)
     weight = window(weight_box.astype(np.float32))
 
@@ -691,27 +699,30 @@ def harmonized_paste(
             weight, np.float32([[1, 0, dx], [0, 1, dy]]), (box_shape[1], box_shape[0]), flags=cv2.INTER_LINEAR
         )
         shadow = cv2.GaussianBlur(moved, (0, 0), max(0.5, SHADOW_BLUR * iod)) * np.float32(shadow_strength)
-        base = base * (1.0 - shadow)[..., None]
+        base = base * _channels(1.0 - shadow)
 
     # 4. image quality: draws after every geometric draw of the occluder
-    noise = rng.standard_normal(box_shape, dtype=np.float32)[..., None] + 0.3 * rng.standard_normal(
+    noise = _channels(rng.standard_normal(box_shape, dtype=np.float32)) + 0.3 * rng.standard_normal(
         box_shape + (3,), dtype=np.float32
     )
     noise *= np.float32(look.noise)
+    weight3 = _channels(weight)
+    premultiplied = colour * weight3
 
     def render(sigma: float) -> np.ndarray:
         if sigma > 0:  # out of focus: colour and alpha blurred together
-            premult = cv2.GaussianBlur(colour * weight[..., None], (0, 0), sigma)
+            premult = cv2.GaussianBlur(premultiplied, (0, 0), sigma)
             w = cv2.GaussianBlur(weight, (0, 0), sigma)
-            col = premult / np.maximum(w, 1e-4)[..., None]
+            col = premult / _channels(np.maximum(w, 1e-4))
+            w3 = _channels(w)
         else:
-            col, w = colour, weight
-        w3 = w[..., None]
-        comp = base * (1.0 - w3) + (col + noise) * w3
+            col, w3 = colour, weight3
+        rest = 1.0 - w3
+        comp = base * rest + (col + noise) * w3
         if look.jpeg is not None:
             rgb = np.clip(np.round(comp), 0, 255).astype(np.uint8)
             decoded = cv2.cvtColor(_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), look.jpeg), cv2.COLOR_BGR2RGB)
-            comp = comp * (1.0 - w3) + decoded.astype(np.float32) * w3
+            comp = comp * rest + decoded.astype(np.float32) * w3
         return np.clip(np.round(comp), 0, 255).astype(np.uint8)
 
     def ratio(out: np.ndarray) -> float | None:
