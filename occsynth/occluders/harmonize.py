@@ -84,6 +84,7 @@ MIN_PIXELS = 40
 EDGE_GRADIENT = 4.0  # grey levels per pixel: the least gradient peak `blur_scale` measures
 MIN_EDGES = 12  # gradient peaks needed to measure a region's blur
 REBLUR = 1.0
+SQUARE3 = np.ones((3, 3), np.uint8)
 
 DEFAULTS = {"shadow": 0.3, "jpeg": "auto", "sharpness": True, "light": True, "blur_search": "predict"}
 # Options added after harmonised samples were first recorded, at the value that reproduces them:
@@ -259,10 +260,17 @@ def _gradient(gray: np.ndarray) -> np.ndarray:
 def _gradient_at(gray: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """`_gradient(gray)[rows, cols]`, computed only there: the same float32 operations on the
     same values, element by element, so the same numbers."""
-    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101)
-    r, c = rows + 1, cols + 1
-    gx = g[r, c + 1] - g[r, c - 1]
-    gy = g[r + 1, c] - g[r - 1, c]
+    return _gradient_flat(gray, rows * gray.shape[1] + cols)
+
+
+def _gradient_flat(gray: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`_gradient(gray).ravel()[index]` (flat indices), computed only there, as `_gradient_at`
+    (one-dimensional gathers are faster than pairs of row and column indices)."""
+    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101).ravel()
+    w = gray.shape[1]
+    p = index + 2 * (index // w) + (w + 3)  # the same pixel in the bordered image: row + 1, column + 1
+    gx = g[p + 1] - g[p - 1]
+    gy = g[p + (w + 2)] - g[p - (w + 2)]
     return np.sqrt(gx * gx + gy * gy) * np.float32(0.5)
 
 
@@ -274,12 +282,12 @@ def blur_scale(gray: np.ndarray, region: np.ndarray) -> float | None:
     s = REBLUR R / sqrt(1 - R^2) (about sqrt(0.8^2 + s^2) px on a pixel grid). None below
     MIN_EDGES peaks (nothing to measure)."""
     m0 = _gradient(gray)
-    peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, np.ones((3, 3), np.uint8)))
-    if int(peaks.sum()) < MIN_EDGES:
+    peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, SQUARE3))
+    index = np.flatnonzero(peaks)  # row by row, as np.nonzero
+    if index.size < MIN_EDGES:
         return None
-    rows, cols = np.nonzero(peaks)
-    m1 = _gradient_at(cv2.GaussianBlur(gray, (0, 0), REBLUR), rows, cols)
-    r = float(median32(np.clip(m1 / m0[rows, cols], 0.0, 0.999)))
+    m1 = _gradient_flat(cv2.GaussianBlur(gray, (0, 0), REBLUR), index)
+    r = float(median32(np.clip(m1 / m0.ravel()[index], 0.0, 0.999)))
     return REBLUR * r / math.sqrt(1.0 - r * r)
 
 
@@ -345,6 +353,8 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 def blockiness(gray: np.ndarray) -> float:
     """Mean absolute step across the 8x8 grid's lines over the mean step elsewhere (1: no grid)."""
+    if isinstance(gray, np.ndarray) and gray.dtype == np.uint8 and gray.ndim == 2 and gray.size * 510 < 2**24:
+        return _blockiness_u8(gray)
     g = np.asarray(gray, dtype=np.float32)
     dx = np.abs(np.diff(g, axis=1))
     dy = np.abs(np.diff(g, axis=0))
@@ -353,6 +363,24 @@ def blockiness(gray: np.ndarray) -> float:
     off_y = np.delete(dy, np.s_[7::8], axis=0).ravel()
     off = np.concatenate([off_x, off_y])
     return float(on.mean() / max(off.mean(), 1e-6)) if on.size and off.size else 1.0
+
+
+def _blockiness_u8(gray: np.ndarray) -> float:
+    """`blockiness` of a small uint8 image from integer sums: its float32 steps are integers
+    whose every partial sum stays below 2**24 (size x 510), so NumPy's float32 means are the
+    exact sums over the counts (in float64, then float32), which these are: the same number."""
+    h, w = gray.shape
+    g = gray.astype(np.int16)
+    dx = np.abs(np.diff(g, axis=1))
+    dy = np.abs(np.diff(g, axis=0))
+    on_sum = int(dx[:, 7::8].sum()) + int(dy[7::8, :].sum())
+    on_n = h * len(range(7, w - 1, 8)) + len(range(7, h - 1, 8)) * w
+    off_n = dx.size + dy.size - on_n
+    if not on_n or not off_n:
+        return 1.0
+    on = np.float32(on_sum / on_n)
+    off = np.float32((int(dx.sum()) + int(dy.sum()) - on_sum) / off_n)
+    return float(on / max(off, 1e-6))
 
 
 def estimate_jpeg_quality(gray_u8: np.ndarray) -> int | None:
@@ -396,10 +424,17 @@ def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def estimate_look(
-    image: np.ndarray, landmarks: np.ndarray, covered: np.ndarray, coords: np.ndarray, jpeg: Any = "auto"
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    covered: np.ndarray,
+    coords: np.ndarray,
+    jpeg: Any = "auto",
+    face: np.ndarray | None = None,
 ) -> Look:
+    """The photo's `Look` around a layer covering `covered` (bool); `face`: the face region
+    (`face_region`) when the caller has it."""
     gray = luma(image)
-    face = face_region(gray.shape, landmarks, coords)
+    face = face_region(gray.shape, landmarks, coords) if face is None else face
     _, visible = _regions(covered, face)
     flat = np.zeros(6, np.float64)
     coeffs, mean_log = flat, 0.0
@@ -664,8 +699,9 @@ def harmonized_paste(
     coords = face_coords(shape, lm)
     covered = np.zeros(shape, bool)
     covered[y0 : y0 + rgba.shape[0], x0 : x0 + rgba.shape[1]] = rgba[..., 3] > 0
-    look = estimate_look(image, lm, covered, coords, opts["jpeg"])
-    outline_full, _ = _occluder_regions(mask, face_region(shape, lm, coords))
+    face = face_region(shape, lm, coords)
+    look = estimate_look(image, lm, covered, coords, opts["jpeg"], face)
+    outline_full, _ = _occluder_regions(mask, face)
     iod = inter_ocular(lm)
     shadow_strength = float(opts["shadow"])
     shadow_reach = SHADOW_OFFSET * iod + 3 * max(0.5, SHADOW_BLUR * iod) if shadow_strength > 0 else 0.0
