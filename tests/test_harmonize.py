@@ -504,6 +504,17 @@ def test_gradient_at_points_and_fast_mean_are_the_same_numbers():
     assert np.array_equal(hz._gradient(gray), reference)
 
 
+def test_blockiness_of_a_uint8_image_is_the_float32_computation_bit_for_bit():
+    """blockiness takes exact integer sums for small uint8 images; the same float as the
+    float32 means it computes for any other input (here: the image as float32)."""
+    rng = np.random.default_rng(2)
+    gray = cv2.cvtColor(FACE, cv2.COLOR_RGB2GRAY)
+    images = [gray, hz._jpeg(gray, 60), gray[3:50, 5:90], gray[:8, :30], np.full((20, 20), 7, np.uint8)]
+    images += [rng.integers(0, 256, tuple(rng.integers(2, 170, 2)), dtype=np.uint8) for _ in range(40)]
+    for image in images:
+        assert hz.blockiness(image) == hz.blockiness(image.astype(np.float32)), image.shape
+
+
 def test_fast_percentiles_and_median_are_numpys_bit_for_bit():
     """percentile32 / percentiles64 / median32 replace np.percentile and np.median (their
     per-call overhead was a fifth of a paste): same dtype, same bits, on float32 arrays of every
