@@ -279,7 +279,8 @@ def blur_scale(gray: np.ndarray, region: np.ndarray) -> float | None:
     at the gradient peaks (3x3 maxima of at least EDGE_GRADIENT grey levels per pixel), the
     median ratio R of the gradient after a further Gaussian blur of REBLUR px to the gradient
     before; a step edge blurred by s gives R = s / sqrt(s^2 + REBLUR^2), read back as
-    s = REBLUR R / sqrt(1 - R^2) (about sqrt(0.8^2 + s^2) px on a pixel grid). None below
+    s = REBLUR R / sqrt(1 - R^2) (about sqrt(c^2 + s^2) px on a pixel grid: c = 0.8 for an
+    edge between two pixel columns, ~0.57 over edges at any angle and offset). None below
     MIN_EDGES peaks (nothing to measure)."""
     m0 = _gradient(gray)
     peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, SQUARE3))
