@@ -255,7 +255,7 @@ def test_lfw_builds_harmonise_by_default_and_no_harmonize_builds_as_before(mini_
         locks[flag] = json.loads(lock.read_text())
     occluded = [r for r in index["--harmonize"].values() if r["occluders"]]
     assert occluded and all("harmonize" in r["occluders"][0]["params"] for r in occluded)  # its look record
-    assert all(r["occluders"][0]["spec_params"]["harmonize"] is True for r in occluded)
+    assert all(r["occluders"][0]["spec_params"]["harmonize"] == {"blur_search": "predict"} for r in occluded)
     for key, old in index["--no-harmonize"].items():  # records as written before harmonisation existed
         for rec in old["occluders"]:
             assert "harmonize" not in rec["params"] and not {"harmonize", "version"} & set(rec["spec_params"])

@@ -80,12 +80,66 @@ def test_records_leave_out_legacy_values_and_replay_both_ways():
     off = occlude(FACE, LANDMARKS, "sunglasses(harmonize=false)", 3)
     on = occlude(FACE, LANDMARKS, "sunglasses", 3)
     assert "harmonize" not in off.records[0]["spec_params"] and "version" not in off.records[0]["spec_params"]
-    assert on.records[0]["spec_params"]["harmonize"] is True
+    # harmonised: the sharpness search added after the first harmonised builds is written out
+    assert on.records[0]["spec_params"]["harmonize"] == {"blur_search": "predict"}
     for occ in (off, on):
         again = replay(FACE, LANDMARKS, json.loads(contract.dumps(occ.records)))
         assert np.array_equal(again.image, occ.image) and np.array_equal(again.mask, occ.mask)
     # a record without the key (made before harmonisation) replays un-harmonised
     assert "harmonize" not in replay(FACE, LANDMARKS, off.records).records[0]["params"]
+
+
+def test_harmonize_values_record_the_blur_search_and_replay_old_records_with_bisection():
+    assert hz.recorded(True) == {"blur_search": "predict"}  # the new default, written out
+    assert hz.recorded({"shadow": 0.0}) == {"shadow": 0.0, "blur_search": "predict"}
+    assert hz.recorded({"blur_search": "bisect"}) is True  # what records said before the option
+    assert hz.recorded({"shadow": 0.0, "blur_search": "bisect"}) == {"shadow": 0.0}
+    assert hz.recorded(False) is False and hz.replayed(False) is False
+    assert hz.replayed(True) == {"blur_search": "bisect"}  # a record made before the option
+    assert hz.replayed({"jpeg": 90}) == {"jpeg": 90, "blur_search": "bisect"}
+    assert hz.replayed({"blur_search": "predict"}) == {"blur_search": "predict"}
+    for value in (True, {"shadow": 0.0}, {"blur_search": "bisect"}, {"jpeg": 90, "blur_search": "predict"}):
+        assert hz.options(hz.replayed(hz.recorded(value))) == hz.options(value)
+
+
+def _count_searches(monkeypatch) -> list[str]:
+    """The names of the sharpness searches harmonized_paste calls, in order."""
+    used = []
+    for name in ("predict_blur", "bisect_blur"):
+        original = getattr(hz, name)
+
+        def search(*args, _name=name, _original=original):
+            used.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(hz, name, search)
+    return used
+
+
+def test_records_made_before_blur_search_replay_with_the_bisection_byte_for_byte(monkeypatch):
+    golden = json.loads((DATA / "bisect_occlusions.json").read_text())
+    faces = {"astronaut": FACE, "astronaut-soft": cv2.GaussianBlur(FACE, (0, 0), 1.6)}
+    used = _count_searches(monkeypatch)
+    for row in golden["samples"]:
+        image = faces[row["face"]]
+        expected = (row["image_sha256"], row["mask_sha256"], contract.dumps(row["records"]))
+        again = replay(image, LANDMARKS, row["records"])
+        assert (_sha(again.image), _sha(again.mask), contract.dumps(again.records)) == expected, row["case"]
+        # the spec with blur_search: bisect builds them again, records included
+        spec = with_harmonize(golden["specs"][row["case"]], {"blur_search": "bisect"})
+        occ = occlude(image, LANDMARKS, spec, row["seed"])
+        assert (_sha(occ.image), _sha(occ.mask), contract.dumps(occ.records)) == expected, row["case"]
+    assert set(used) == {"bisect_blur"}
+    assert sum(r["records"][0]["params"]["harmonize"]["blur"] > 0 for r in golden["samples"]) >= 8  # searched
+    # the default search (predict) is written out, replays as itself, and changes the output
+    used.clear()
+    spec = golden["specs"]["sunglasses"]
+    occ = occlude(faces["astronaut-soft"], LANDMARKS, spec, 0)
+    assert occ.records[0]["spec_params"]["harmonize"] == {"blur_search": "predict"} and used == ["predict_blur"]
+    again = replay(faces["astronaut-soft"], LANDMARKS, json.loads(contract.dumps(occ.records)))
+    assert np.array_equal(again.image, occ.image) and used == ["predict_blur"] * 2
+    old = next(r for r in golden["samples"] if (r["case"], r["face"], r["seed"]) == ("sunglasses", "astronaut-soft", 0))
+    assert np.array_equal(occ.mask > 0, again.mask > 0) and _sha(occ.image) != old["image_sha256"]
 
 
 def test_with_harmonize_reaches_nested_and_preset_occluders():
@@ -108,9 +162,10 @@ def test_with_harmonize_reaches_nested_and_preset_occluders():
 
 
 def test_bad_harmonize_values_fail_when_the_spec_compiles():
-    for value in ({"shadow": 2.0}, {"blur": 1.0}, "yes", {"jpeg": 0}, {"sharpness": "on"}):
-        with pytest.raises(SpecError, match="harmonize"):
+    for value in ({"shadow": 2.0}, {"blur": 1.0}, "yes", {"jpeg": 0}, {"sharpness": "on"}, {"blur_search": "secant"}):
+        with pytest.raises(SpecError, match="harmonize") as error:
             create_occluder("sunglasses", harmonize=value)
+        assert "\n" not in str(error.value) and "blur_search: predict|bisect" in str(error.value)
     assert create_occluder("sunglasses", harmonize={"shadow": 0.0, "jpeg": 90}).params["harmonize"]["jpeg"] == 90
 
 
@@ -294,6 +349,121 @@ def test_same_seed_same_bytes_other_seed_other_noise():
     assert not np.array_equal(a[0], c[0])
 
 
+# ----------------------------------------------------------------------------- the sharpness search
+
+SQUARE_REGION = np.zeros((96, 96), bool)
+SQUARE_REGION[8:-8, 8:-8] = True
+
+
+def _square(sigma: float = 0.0) -> np.ndarray:
+    """A bright square with sides off the pixel grid on a dark ground (area-sampled 8x8),
+    blurred by cv2.GaussianBlur(sigma)."""
+    ss = 8
+    y, x = (np.mgrid[0 : 96 * ss, 0 : 96 * ss] + 0.5) / ss
+    inside = (x > 24.3) & (x < 72.6) & (y > 24.7) & (y < 72.2)
+    image = (40 + 180 * inside.reshape(96, ss, 96, ss).mean(axis=(1, 3))).astype(np.float32)
+    return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
+
+
+def test_kernel_variance_is_opencvs_and_kernel_sigma_inverts_it():
+    delta = np.zeros((41, 41), np.float32)
+    delta[20, 20] = 1.0
+    x = np.arange(41) - 20.0
+    for sigma in (0.3, 0.45, 0.6, 1.0, 2.5, 4.0):
+        row = cv2.GaussianBlur(delta, (0, 0), sigma)[20].astype(np.float64)  # the kernel, scaled
+        variance = float((row * x * x).sum() / row.sum())
+        assert hz.kernel_variance(sigma) == pytest.approx(variance, rel=1e-5, abs=1e-7)
+        assert hz.kernel_sigma(variance) == pytest.approx(sigma, abs=1e-4)
+    assert hz.kernel_variance(0.0) == 0.0
+    assert hz.kernel_variance(0.45) < 0.75 * 0.45**2  # a small sigma blurs by much less than sigma^2
+
+
+def test_the_predicted_blur_of_a_crisp_square_is_the_blur_that_made_the_face():
+    layer = hz.blur_scale(_square(), SQUARE_REGION)
+    for sigma in (0.5, 0.8, 1.2, 1.8, 2.5, 3.5):
+        face = hz.blur_scale(_square(sigma), SQUARE_REGION)
+        # widths add in quadrature (the grid term cancels); gain 1: edges blurred by the kernel alone
+        assert hz.predicted_blur(face, layer, gain=1.0) == pytest.approx(sigma, rel=0.12), sigma
+    # sqrt(F^2 - S0^2) itself is 24% short at 0.5 px: OpenCV's kernel there has variance 0.215, not 0.25
+    face = hz.blur_scale(_square(0.5), SQUARE_REGION)
+    assert math.sqrt(face**2 - layer**2) < 0.8 * 0.5
+    # the default gain asks for 1.5x the variance (renders get noise and JPEG after the blur)
+    assert hz.predicted_blur(1.5, 0.8) == pytest.approx(hz.kernel_sigma(1.5 * (1.5**2 - 0.8**2)))
+
+
+def _rendered(sigma: float) -> np.ndarray:
+    """The square as a paste is rendered: blurred, then noise, rounding and a JPEG round trip."""
+    noise = np.random.default_rng(0).standard_normal((96, 96)).astype(np.float32) * 2.0
+    image = np.clip(np.round(_square(sigma) + noise), 0, 255).astype(np.uint8)
+    return hz._jpeg(image, 75).astype(np.float32)
+
+
+def test_the_predicted_search_matches_in_fewer_renders_than_the_bisection():
+    renders = {"predict": 0, "bisect": 0}
+    for true in (0.6, 0.9, 1.3, 2.6):
+        face = hz.blur_scale(_rendered(true), SQUARE_REGION)
+
+        def ratio(image, face=face):
+            scale = hz.blur_scale(image, SQUARE_REGION)
+            return face / scale if scale else None
+
+        unblurred = _rendered(0.0)
+        start = ratio(unblurred)
+        assert math.log(start) > hz.TOLERANCE  # crisper than the "face": a search runs
+        for search in renders:
+            calls = []
+
+            def render(sigma, calls=calls):
+                calls.append(sigma)
+                return _rendered(sigma)
+
+            if search == "predict":
+                blur, out, achieved = hz.predict_blur(render, ratio, face, unblurred, start)
+            else:
+                blur, out, achieved = hz.bisect_blur(render, ratio, unblurred, start)
+            assert abs(math.log(achieved)) <= hz.TOLERANCE, (true, search)
+            assert np.array_equal(out, _rendered(blur)) and all(0 < s <= hz.MAX_BLUR for s in calls)
+            renders[search] += len(calls)
+    assert renders["predict"] <= renders["bisect"] / 2, renders
+
+
+def _model_curve(face: float, layer: float, gain: float, edges_until: float = math.inf):
+    """render/ratio where a render is its blur and reads sqrt(layer^2 + kernel_variance / gain)
+    (no edges left past `edges_until`), with the list of blurs rendered."""
+    calls = []
+
+    def render(sigma):
+        calls.append(sigma)
+        return np.float64(sigma)
+
+    def ratio(sigma):
+        if sigma > edges_until:
+            return None
+        return face / math.sqrt(layer**2 + hz.kernel_variance(float(sigma)) / gain)
+
+    return render, ratio, calls
+
+
+def test_the_predicted_search_on_its_model_and_at_its_limits():
+    # on the model's own curve the predicted blur is the match
+    render, ratio, calls = _model_curve(1.0, 0.5, hz.BLUR_GAIN)
+    blur, _, achieved = hz.predict_blur(render, ratio, 1.0, np.float64(0.0), ratio(0.0))
+    assert calls == [blur] and abs(math.log(achieved)) < 1e-3
+    # off it (the layer reads softer per unit of blur), the renders so far find the match
+    render, ratio, calls = _model_curve(1.0, 0.5, 3.0)
+    blur, out, achieved = hz.predict_blur(render, ratio, 1.0, np.float64(0.0), ratio(0.0))
+    assert abs(math.log(achieved)) <= hz.TOLERANCE and len(calls) <= 3 and out == blur
+    # out of reach: too sharp even at MAX_BLUR, which is rendered once and kept
+    render, ratio, calls = _model_curve(10.0, 0.5, 1.0)
+    blur, _, achieved = hz.predict_blur(render, ratio, 10.0, np.float64(0.0), ratio(0.0))
+    assert calls == [hz.MAX_BLUR] and blur == hz.MAX_BLUR and achieved == ratio(hz.MAX_BLUR)
+    # edges gone before the match (ratio None): an upper end; the closest render with edges is kept
+    render, ratio, calls = _model_curve(1.0, 0.5, 1.0, edges_until=0.6)
+    blur, _, achieved = hz.predict_blur(render, ratio, 1.0, np.float64(0.0), ratio(0.0))
+    assert len(calls) == hz.SEARCH_STEPS and blur == max(s for s in calls if s <= 0.6)
+    assert achieved == ratio(blur) > 1.0
+
+
 # ----------------------------------------------------------------------------- real faces
 
 SHARPNESS_FAMILIES = ("sunglasses", "eye_mask", "hat", "scarf", "surgical_mask", "cup", "phone", "hand", "mask3d")
@@ -332,6 +502,17 @@ def test_gradient_at_points_and_fast_mean_are_the_same_numbers():
         (padded[1:-1, 2:] - padded[1:-1, :-2]) ** 2 + (padded[2:, 1:-1] - padded[:-2, 1:-1]) ** 2
     ) * np.float32(0.5)
     assert np.array_equal(hz._gradient(gray), reference)
+
+
+def test_blockiness_of_a_uint8_image_is_the_float32_computation_bit_for_bit():
+    """blockiness takes exact integer sums for small uint8 images; the same float as the
+    float32 means it computes for any other input (here: the image as float32)."""
+    rng = np.random.default_rng(2)
+    gray = cv2.cvtColor(FACE, cv2.COLOR_RGB2GRAY)
+    images = [gray, hz._jpeg(gray, 60), gray[3:50, 5:90], gray[:8, :30], np.full((20, 20), 7, np.uint8)]
+    images += [rng.integers(0, 256, tuple(rng.integers(2, 170, 2)), dtype=np.uint8) for _ in range(40)]
+    for image in images:
+        assert hz.blockiness(image) == hz.blockiness(image.astype(np.float32)), image.shape
 
 
 def test_fast_percentiles_and_median_are_numpys_bit_for_bit():

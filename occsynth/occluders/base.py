@@ -66,8 +66,17 @@ class Occluder:
 
     def recorded_params(self) -> dict:
         """The parameters a sample records ("spec_params"): all of them but the `legacy` ones
-        at their legacy value."""
-        return {k: v for k, v in self.params.items() if not (k in self.legacy and v == self.legacy[k])}
+        at their legacy value, in `record_form`."""
+        return self.record_form(
+            {k: v for k, v in self.params.items() if not (k in self.legacy and v == self.legacy[k])}
+        )
+
+    @classmethod
+    def record_form(cls, params: dict) -> dict:
+        """Recorded parameters with their values as a record holds them: as given here; a
+        family whose parameter value holds options added later writes those out where they
+        are not at their legacy value (its `replay_params` puts that value back)."""
+        return params
 
     @classmethod
     def replay_params(cls, recorded: dict) -> dict:

@@ -20,10 +20,17 @@ alpha >= 0.5) is exactly the mask of the un-harmonised paste:
    a JPEG round trip at the face's estimated quality, and a Gaussian blur of the layer (colour
    and alpha together, as an out-of-focus edge) while its edges are crisper than the face's:
    `blur_scale` (the re-blur edge measure) of the occluder's body and outline against that of
-   the visible face, matched by bisection up to MAX_BLUR px. A layer as soft as the face or
-   softer is left as it is (no step sharpens). `sharpness_ratio` is the measure; beside it
-   `laplacian_ratio` (variance of the Laplacian) is reported, not matched: it also counts how
-   many edges a region has, so a plain mask scores low against a face however sharp it is.
+   the visible face, matched to TOLERANCE up to MAX_BLUR px. The search (option `blur_search`)
+   is "predict": edge widths add in quadrature, so the unblurred render's scale and the face's
+   give the blur to try first (`predicted_blur`), and while a render misses, the next blur is
+   interpolated between the renders too sharp and too soft (`predict_blur`); "bisect", the
+   search before it, halves [0, MAX_BLUR] (`bisect_blur`) and is what a record without the
+   option replays. On 224 LFW faces a harmonised paste took 2.0 to 4.0 renders by family (the
+   unblurred one included) with "predict", 3.2 to 5.5 with "bisect", as close to the face. A
+   layer as soft as the face or softer is left as it is (no step sharpens). `sharpness_ratio`
+   is the measure; beside it `laplacian_ratio` (variance of the Laplacian) is reported, not
+   matched: it also counts how many edges a region has, so a plain mask scores low against a
+   face however sharp it is.
 
 Every random draw (noise) comes from the occluder's rng, after all its geometric draws, so
 `harmonize` never moves an occluder. The JPEG quality estimate is a "JPEG ghost" on the crop's
@@ -34,9 +41,10 @@ alignment the grid is gone and JPEG_FALLBACK is used (LFW's own quality).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -57,6 +65,16 @@ HIGHLIGHT_GAIN, HIGHLIGHT_LIFT = 1.1, 25.0  # white level at most this over the 
 MAX_BLUR = 4.0  # px, the largest Gaussian sigma the sharpness match may use
 SEARCH_STEPS = 7
 TOLERANCE = 0.05  # |log ratio| the sharpness search stops at
+# The "predict" search's first blur: the kernel whose variance (`kernel_variance`: below ~0.6 px
+# an OpenCV kernel blurs by less than sigma^2) is BLUR_GAIN x (F^2 - S0^2), F and S0 the
+# `blur_scale` of the face and of the unblurred render. An edge of Gaussian width w reads about
+# sqrt(c^2 + w^2) on a pixel grid (c from ~0.57 to 0.8 px with the edge's angle and position),
+# so widths add in quadrature and c cancels; but a render gets its noise and JPEG after the
+# blur and reads sharper than its edges: the kernel variance that matched was a median 1.5x
+# F^2 - S0^2 (224 LFW fixture faces x object, fit_area LFW-OCC, mask3d, maskthefaces, ocfr2022;
+# 1.40 to 1.68 by family).
+BLUR_GAIN = 1.5
+BLUR_DIGITS = 4  # the "predict" search's blurs are rounded to this many decimals (the record's)
 JPEG_QUALITIES = tuple(range(30, 100, 5))
 BLOCKY = 1.03  # blockiness above which the ghost search runs
 JPEG_FALLBACK = 75  # LFW deep-funneled is JPEG quality 75 (standard tables scaled 50%)
@@ -66,9 +84,17 @@ MIN_PIXELS = 40
 EDGE_GRADIENT = 4.0  # grey levels per pixel: the least gradient peak `blur_scale` measures
 MIN_EDGES = 12  # gradient peaks needed to measure a region's blur
 REBLUR = 1.0
+SQUARE3 = np.ones((3, 3), np.uint8)
 
-DEFAULTS = {"shadow": 0.3, "jpeg": "auto", "sharpness": True, "light": True}
-OPTION_NOTE = "true, false, or {shadow: 0..1, jpeg: auto|1..100|null, sharpness: true|false, light: true|false}"
+DEFAULTS = {"shadow": 0.3, "jpeg": "auto", "sharpness": True, "light": True, "blur_search": "predict"}
+# Options added after harmonised samples were first recorded, at the value that reproduces them:
+# a record leaves them out at that value and a replay puts it back (see `recorded`, `replayed`).
+LEGACY_OPTIONS = {"blur_search": "bisect"}
+BLUR_SEARCHES = ("predict", "bisect")
+OPTION_NOTE = (
+    "true, false, or {shadow: 0..1, jpeg: auto|1..100|null, sharpness: true|false, light: true|false, "
+    "blur_search: predict|bisect}"
+)
 
 
 # ----------------------------------------------------------------------------- options
@@ -101,7 +127,31 @@ def valid(value: Any) -> bool:
             or (isinstance(jpeg, int) and not isinstance(jpeg, bool) and 1 <= jpeg <= 100)
         )
         and all(isinstance(value.get(k, True), bool) for k in ("sharpness", "light"))
+        and value.get("blur_search", DEFAULTS["blur_search"]) in BLUR_SEARCHES
     )
+
+
+def recorded(value: Any) -> Any:
+    """The `harmonize` value a record holds: a LEGACY_OPTIONS option written out where the
+    value leaves it at a default that is not its legacy value (true -> {blur_search: predict})
+    and left out where it is at its legacy value, so a harmonised build that asks for the
+    earlier behaviour records what the earlier builds recorded (true where nothing is left)."""
+    if value is False or value is None:
+        return value
+    given = {} if value is True else dict(value)
+    out = {k: v for k, v in given.items() if not (k in LEGACY_OPTIONS and v == LEGACY_OPTIONS[k])}
+    for key, old in LEGACY_OPTIONS.items():
+        if key not in given and DEFAULTS[key] != old:
+            out[key] = DEFAULTS[key]
+    return out or True
+
+
+def replayed(value: Any) -> Any:
+    """The `harmonize` value a recorded one rebuilds: absent LEGACY_OPTIONS options at their
+    legacy value (the record predates them or left them out at that value)."""
+    if value is False or value is None:
+        return value
+    return {**LEGACY_OPTIONS, **({} if value is True else value)}
 
 
 # ----------------------------------------------------------------------------- measures
@@ -210,10 +260,17 @@ def _gradient(gray: np.ndarray) -> np.ndarray:
 def _gradient_at(gray: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """`_gradient(gray)[rows, cols]`, computed only there: the same float32 operations on the
     same values, element by element, so the same numbers."""
-    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101)
-    r, c = rows + 1, cols + 1
-    gx = g[r, c + 1] - g[r, c - 1]
-    gy = g[r + 1, c] - g[r - 1, c]
+    return _gradient_flat(gray, rows * gray.shape[1] + cols)
+
+
+def _gradient_flat(gray: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`_gradient(gray).ravel()[index]` (flat indices), computed only there, as `_gradient_at`
+    (one-dimensional gathers are faster than pairs of row and column indices)."""
+    g = cv2.copyMakeBorder(np.asarray(gray, dtype=np.float32), 1, 1, 1, 1, cv2.BORDER_REFLECT_101).ravel()
+    w = gray.shape[1]
+    p = index + 2 * (index // w) + (w + 3)  # the same pixel in the bordered image: row + 1, column + 1
+    gx = g[p + 1] - g[p - 1]
+    gy = g[p + (w + 2)] - g[p - (w + 2)]
     return np.sqrt(gx * gx + gy * gy) * np.float32(0.5)
 
 
@@ -222,15 +279,16 @@ def blur_scale(gray: np.ndarray, region: np.ndarray) -> float | None:
     at the gradient peaks (3x3 maxima of at least EDGE_GRADIENT grey levels per pixel), the
     median ratio R of the gradient after a further Gaussian blur of REBLUR px to the gradient
     before; a step edge blurred by s gives R = s / sqrt(s^2 + REBLUR^2), read back as
-    s = REBLUR R / sqrt(1 - R^2) (about sqrt(0.8^2 + s^2) px on a pixel grid). None below
+    s = REBLUR R / sqrt(1 - R^2) (about sqrt(c^2 + s^2) px on a pixel grid: c = 0.8 for an
+    edge between two pixel columns, ~0.57 over edges at any angle and offset). None below
     MIN_EDGES peaks (nothing to measure)."""
     m0 = _gradient(gray)
-    peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, np.ones((3, 3), np.uint8)))
-    if int(peaks.sum()) < MIN_EDGES:
+    peaks = region & (m0 >= EDGE_GRADIENT) & (m0 >= cv2.dilate(m0, SQUARE3))
+    index = np.flatnonzero(peaks)  # row by row, as np.nonzero
+    if index.size < MIN_EDGES:
         return None
-    rows, cols = np.nonzero(peaks)
-    m1 = _gradient_at(cv2.GaussianBlur(gray, (0, 0), REBLUR), rows, cols)
-    r = float(median32(np.clip(m1 / m0[rows, cols], 0.0, 0.999)))
+    m1 = _gradient_flat(cv2.GaussianBlur(gray, (0, 0), REBLUR), index)
+    r = float(median32(np.clip(m1 / m0.ravel()[index], 0.0, 0.999)))
     return REBLUR * r / math.sqrt(1.0 - r * r)
 
 
@@ -296,6 +354,8 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 def blockiness(gray: np.ndarray) -> float:
     """Mean absolute step across the 8x8 grid's lines over the mean step elsewhere (1: no grid)."""
+    if isinstance(gray, np.ndarray) and gray.dtype == np.uint8 and gray.ndim == 2 and gray.size * 510 < 2**24:
+        return _blockiness_u8(gray)
     g = np.asarray(gray, dtype=np.float32)
     dx = np.abs(np.diff(g, axis=1))
     dy = np.abs(np.diff(g, axis=0))
@@ -304,6 +364,24 @@ def blockiness(gray: np.ndarray) -> float:
     off_y = np.delete(dy, np.s_[7::8], axis=0).ravel()
     off = np.concatenate([off_x, off_y])
     return float(on.mean() / max(off.mean(), 1e-6)) if on.size and off.size else 1.0
+
+
+def _blockiness_u8(gray: np.ndarray) -> float:
+    """`blockiness` of a small uint8 image from integer sums: its float32 steps are integers
+    whose every partial sum stays below 2**24 (size x 510), so NumPy's float32 means are the
+    exact sums over the counts (in float64, then float32), which these are: the same number."""
+    h, w = gray.shape
+    g = gray.astype(np.int16)
+    dx = np.abs(np.diff(g, axis=1))
+    dy = np.abs(np.diff(g, axis=0))
+    on_sum = int(dx[:, 7::8].sum()) + int(dy[7::8, :].sum())
+    on_n = h * len(range(7, w - 1, 8)) + len(range(7, h - 1, 8)) * w
+    off_n = dx.size + dy.size - on_n
+    if not on_n or not off_n:
+        return 1.0
+    on = np.float32(on_sum / on_n)
+    off = np.float32((int(dx.sum()) + int(dy.sum()) - on_sum) / off_n)
+    return float(on / max(off, 1e-6))
 
 
 def estimate_jpeg_quality(gray_u8: np.ndarray) -> int | None:
@@ -347,10 +425,17 @@ def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def estimate_look(
-    image: np.ndarray, landmarks: np.ndarray, covered: np.ndarray, coords: np.ndarray, jpeg: Any = "auto"
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    covered: np.ndarray,
+    coords: np.ndarray,
+    jpeg: Any = "auto",
+    face: np.ndarray | None = None,
 ) -> Look:
+    """The photo's `Look` around a layer covering `covered` (bool); `face`: the face region
+    (`face_region`) when the caller has it."""
     gray = luma(image)
-    face = face_region(gray.shape, landmarks, coords)
+    face = face_region(gray.shape, landmarks, coords) if face is None else face
     _, visible = _regions(covered, face)
     flat = np.zeros(6, np.float64)
     coeffs, mean_log = flat, 0.0
@@ -408,6 +493,13 @@ def estimate_look(
     return Look(coeffs, mean_log, black, white, cast, sharp, noise, quality, light)
 
 
+def _channels(plane: np.ndarray) -> np.ndarray:
+    """A float32 HxW plane as HxWx3 (the same value in each channel): the array that
+    `plane[..., None]` broadcasts to, made, because NumPy's arithmetic broadcasting a last axis
+    of 1 against 3 runs several times slower than on arrays of the same shape (same values)."""
+    return cv2.merge([plane, plane, plane])
+
+
 def shoulder(value: np.ndarray) -> np.ndarray:
     """Highlights rolled off as a camera's tone curve does: the identity up to KNEE, then a
     tanh shoulder toward 1, so a lit white layer keeps its folds instead of clipping flat."""
@@ -421,8 +513,9 @@ def _tone(rgb: np.ndarray) -> np.ndarray:
     brightest channel would pass 1 scaled down whole (clipping channels one by one would turn
     a lit orange yellow)."""
     y = luma(rgb)
-    out = rgb * (shoulder(y) / np.maximum(y, np.float32(1e-6)))[..., None]
-    return np.clip(out / np.maximum(out.max(axis=-1, keepdims=True), np.float32(1.0)), 0.0, 1.0)
+    out = rgb * _channels(shoulder(y) / np.maximum(y, np.float32(1e-6)))
+    top = np.maximum(np.maximum(out[..., 0], out[..., 1]), out[..., 2])  # out.max(axis=-1), faster
+    return np.clip(out / _channels(np.maximum(top, np.float32(1.0))), 0.0, 1.0)
 
 
 def shading(look: Look, coords: np.ndarray) -> np.ndarray:
@@ -437,6 +530,127 @@ def shading(look: Look, coords: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the paste
+
+
+def bisect_blur(
+    render: Callable[[float], np.ndarray],
+    ratio: Callable[[np.ndarray], float | None],
+    out: np.ndarray,
+    achieved: float,
+) -> tuple[float, np.ndarray, float]:
+    """The sharpness match by bisection on the log ratio (which falls as the blur grows) over
+    [0, MAX_BLUR], SEARCH_STEPS renders at most: (blur, image, ratio) of the render closest to
+    ratio 1 (`out`, `achieved`: the unblurred render and its ratio). A ratio of None (blurred
+    past having edges) moves the upper end down."""
+    lo, hi = 0.0, MAX_BLUR
+    best = (math.log(achieved), 0.0, out, achieved)
+    for _ in range(SEARCH_STEPS):
+        mid = 0.5 * (lo + hi)
+        candidate = render(mid)
+        r = ratio(candidate)
+        if r is None:  # blurred past having edges
+            hi = mid
+            continue
+        err = abs(math.log(r))
+        if err < best[0]:
+            best = (err, mid, candidate, r)
+        if err <= TOLERANCE:
+            break
+        if r > 1.0:
+            lo = mid
+        else:
+            hi = mid
+    _, blur, out, achieved = best
+    return blur, out, achieved
+
+
+@functools.cache
+def _kernel_variances() -> tuple[np.ndarray, np.ndarray]:
+    """(sigma, the variance of the kernel cv2.GaussianBlur uses at that sigma on a float image)
+    over [0.25, MAX_BLUR] in steps of 0.001 px: round(8 sigma + 1) | 1 taps of exp(-x^2 / 2
+    sigma^2), normalised, so a sigma below ~0.6 px blurs by less than sigma^2 and one below
+    ~0.3 px hardly at all."""
+    sigma = np.linspace(0.25, MAX_BLUR, int(round((MAX_BLUR - 0.25) * 1000)) + 1)
+    radius = (np.round(8 * sigma + 1).astype(np.int64) | 1) // 2
+    x = np.arange(int(radius.max()) + 1, dtype=np.float64)
+    weight = np.exp(-(x[None, :] ** 2) / (2 * sigma[:, None] ** 2)) * (x[None, :] <= radius[:, None])
+    weight[:, 1:] *= 2  # both sides
+    return sigma, (weight * x**2).sum(axis=1) / weight.sum(axis=1)
+
+
+def kernel_variance(sigma: float) -> float:
+    """The variance of cv2.GaussianBlur's kernel at `sigma` (0 for no blur)."""
+    sigmas, variances = _kernel_variances()
+    return float(np.interp(sigma, sigmas, variances)) if sigma > 0 else 0.0
+
+
+def kernel_sigma(variance: float) -> float:
+    """The sigma whose cv2.GaussianBlur kernel has this variance (at least 0.25, at most MAX_BLUR)."""
+    sigmas, variances = _kernel_variances()
+    return float(np.interp(variance, variances, sigmas))
+
+
+def predicted_blur(face: float, layer: float, gain: float = BLUR_GAIN) -> float:
+    """The blur (px) predicted to bring a layer whose edges read `layer` (`blur_scale`) to
+    those of a face reading `face`: the kernel of variance gain x (face^2 - layer^2) (gain 1:
+    edges blurred by the kernel alone; BLUR_GAIN: a render, noise and JPEG added after it)."""
+    return kernel_sigma(gain * (face * face - layer * layer))
+
+
+def predict_blur(
+    render: Callable[[float], np.ndarray],
+    ratio: Callable[[np.ndarray], float | None],
+    face: float,
+    out: np.ndarray,
+    achieved: float,
+) -> tuple[float, np.ndarray, float]:
+    """The sharpness match from a prediction: the first blur is `predicted_blur` from the
+    face's scale and the unblurred render's (`out`, its ratio `achieved`: scale face /
+    achieved); while a render is off by more than TOLERANCE the next blur comes from the
+    renders so far, taking the squared scale as linear in the kernel variance (the model
+    above): between the closest render still too sharp (the unblurred one at first) and the
+    closest too soft, its interpolation kept inside the middle 80% of the bracket (the middle
+    when the softer one has no edges left); with none too soft yet, the line through the
+    unblurred render and the last one, extended. At most SEARCH_STEPS renders, none past
+    MAX_BLUR; (blur, image, ratio) of the render closest to ratio 1, as `bisect_blur`."""
+    target = face * face
+    start = (face / achieved) ** 2
+    best = (math.log(achieved), 0.0, out, achieved)
+    lo: tuple[float, float] = (0.0, start)  # (blur, squared scale) of the closest render too sharp
+    hi: tuple[float, float | None] | None = None  # the closest too soft (None: no edges left)
+    sigma = predicted_blur(face, face / achieved)
+    for _ in range(SEARCH_STEPS):
+        sigma = round(min(sigma, MAX_BLUR), BLUR_DIGITS)
+        if sigma <= lo[0] or (hi is not None and sigma >= hi[0]):
+            break  # nothing left to try between them
+        candidate = render(sigma)
+        r = ratio(candidate)
+        if r is None:  # blurred past having edges
+            hi = (sigma, None)
+        else:
+            err = abs(math.log(r))
+            if err < best[0]:
+                best = (err, sigma, candidate, r)
+            if err <= TOLERANCE:
+                break
+            if r > 1.0:
+                lo = (sigma, (face / r) ** 2)
+            else:
+                hi = (sigma, (face / r) ** 2)
+        if hi is None:
+            grown = lo[1] - start
+            if lo[0] == 0.0 or grown <= 0.0:
+                sigma = 2.0 * max(lo[0], sigma)
+            else:
+                sigma = kernel_sigma(kernel_variance(lo[0]) * (target - start) / grown)
+        elif hi[1] is None or hi[1] <= lo[1]:
+            sigma = 0.5 * (lo[0] + hi[0])
+        else:
+            t = min(max((target - lo[1]) / (hi[1] - lo[1]), 0.1), 0.9)
+            v_lo, v_hi = kernel_variance(lo[0]), kernel_variance(hi[0])
+            sigma = kernel_sigma(v_lo + t * (v_hi - v_lo))
+    _, blur, out, achieved = best
+    return blur, out, achieved
 
 
 def _full(shape, box: np.ndarray, x0: int, y0: int) -> np.ndarray:
@@ -486,8 +700,9 @@ def harmonized_paste(
     coords = face_coords(shape, lm)
     covered = np.zeros(shape, bool)
     covered[y0 : y0 + rgba.shape[0], x0 : x0 + rgba.shape[1]] = rgba[..., 3] > 0
-    look = estimate_look(image, lm, covered, coords, opts["jpeg"])
-    outline_full, _ = _occluder_regions(mask, face_region(shape, lm, coords))
+    face = face_region(shape, lm, coords)
+    look = estimate_look(image, lm, covered, coords, opts["jpeg"], face)
+    outline_full, _ = _occluder_regions(mask, face)
     iod = inter_ocular(lm)
     shadow_strength = float(opts["shadow"])
     shadow_reach = SHADOW_OFFSET * iod + 3 * max(0.5, SHADOW_BLUR * iod) if shadow_strength > 0 else 0.0
@@ -510,7 +725,7 @@ def harmonized_paste(
     # 1-2. light, levels and colour cast on the layer's colours
     colour = window(rgba[..., :3].astype(np.float32) * np.float32(1 / 255))
     if opts["light"]:
-        colour *= shading(look, box_coords)[..., None]
+        colour *= _channels(shading(look, box_coords))
     colour = look.black + (look.white - look.black) * _tone(colour * look.cast)
     weight = window(weight_box.astype(np.float32))
 
@@ -521,57 +736,45 @@ def harmonized_paste(
             weight, np.float32([[1, 0, dx], [0, 1, dy]]), (box_shape[1], box_shape[0]), flags=cv2.INTER_LINEAR
         )
         shadow = cv2.GaussianBlur(moved, (0, 0), max(0.5, SHADOW_BLUR * iod)) * np.float32(shadow_strength)
-        base = base * (1.0 - shadow)[..., None]
+        base = base * _channels(1.0 - shadow)
 
     # 4. image quality: draws after every geometric draw of the occluder
-    noise = rng.standard_normal(box_shape, dtype=np.float32)[..., None] + 0.3 * rng.standard_normal(
+    noise = _channels(rng.standard_normal(box_shape, dtype=np.float32)) + 0.3 * rng.standard_normal(
         box_shape + (3,), dtype=np.float32
     )
     noise *= np.float32(look.noise)
+    weight3 = _channels(weight)
+    premultiplied = colour * weight3
 
     def render(sigma: float) -> np.ndarray:
         if sigma > 0:  # out of focus: colour and alpha blurred together
-            premult = cv2.GaussianBlur(colour * weight[..., None], (0, 0), sigma)
+            premult = cv2.GaussianBlur(premultiplied, (0, 0), sigma)
             w = cv2.GaussianBlur(weight, (0, 0), sigma)
-            col = premult / np.maximum(w, 1e-4)[..., None]
+            col = premult / _channels(np.maximum(w, 1e-4))
+            w3 = _channels(w)
         else:
-            col, w = colour, weight
-        w3 = w[..., None]
-        comp = base * (1.0 - w3) + (col + noise) * w3
+            col, w3 = colour, weight3
+        rest = 1.0 - w3
+        comp = base * rest + (col + noise) * w3
         if look.jpeg is not None:
             rgb = np.clip(np.round(comp), 0, 255).astype(np.uint8)
             decoded = cv2.cvtColor(_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), look.jpeg), cv2.COLOR_BGR2RGB)
-            comp = comp * (1.0 - w3) + decoded.astype(np.float32) * w3
+            comp = comp * rest + decoded.astype(np.float32) * w3
         return np.clip(np.round(comp), 0, 255).astype(np.uint8)
 
     def ratio(out: np.ndarray) -> float | None:
         value = blur_scale(luma(out), outline)
         return None if not value else look.sharpness / value
 
-    # 5. sharpness: blur while the layer's edges are sharper than the face's (bisection on the
-    # log ratio, which falls as the blur grows); a layer as soft or softer is left as it is
+    # 5. sharpness: blur while the layer's edges are sharper than the face's; a layer as soft
+    # or softer is left as it is
     blur, out = 0.0, render(0.0)
     achieved = ratio(out) if opts["sharpness"] and look.sharpness else None
     if achieved is not None and math.log(achieved) > TOLERANCE:
-        lo, hi = 0.0, MAX_BLUR
-        best = (math.log(achieved), blur, out, achieved)
-        for _ in range(SEARCH_STEPS):
-            mid = 0.5 * (lo + hi)
-            candidate = render(mid)
-            r = ratio(candidate)
-            if r is None:  # blurred past having edges
-                hi = mid
-                continue
-            err = abs(math.log(r))
-            if err < best[0]:
-                best = (err, mid, candidate, r)
-            if err <= TOLERANCE:
-                break
-            if r > 1.0:
-                lo = mid
-            else:
-                hi = mid
-        _, blur, out, achieved = best
+        if opts["blur_search"] == "bisect":
+            blur, out, achieved = bisect_blur(render, ratio, out, achieved)
+        else:
+            blur, out, achieved = predict_blur(render, ratio, look.sharpness, out, achieved)
     result = image.copy()
     result[by0:by1, bx0:bx1] = out
     out = result
@@ -582,7 +785,7 @@ def harmonized_paste(
         "shadow": shadow_strength,
         "noise": round(look.noise, 3),
         "jpeg": look.jpeg,
-        "blur": round(blur, 4),
+        "blur": round(blur, BLUR_DIGITS),
         "sharpness_ratio": None if achieved is None else round(achieved, 4),
     }
     return out, record

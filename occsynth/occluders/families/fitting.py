@@ -189,6 +189,7 @@ class FitArea(Occluder):
         for key, old in cls.legacy.items():
             if key not in given and cls.defaults.get(key) != old:
                 params[key] = cls.defaults[key]
+        params = cls.record_form(params)
         if params != given or "params" in inner:
             out["occluder"] = {**inner, "params": params}
         return out

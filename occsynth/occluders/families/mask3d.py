@@ -35,10 +35,11 @@ from occsynth.assets.catalog import POSE_BANK_INDEX as BANK_INDEX
 from occsynth.assets.catalog import default_pose_bank_dir
 from occsynth.faces.geometry import compose_fast, similarity
 from occsynth.faces.pose import estimate_pose
-from occsynth.occluders.base import Occluder, register_occluder, sample_value
+from occsynth.occluders.base import register_occluder, sample_value
 from occsynth.occluders.families.objects import (
     HARMONIZE_PARAM,
     VERSION_PARAM,
+    HarmonizedOccluder,
     _pad,
     composite,
     effective_version,
@@ -117,7 +118,7 @@ def _direct_parts(kind: str, style: Any, seed: int):
 
 
 @register_occluder
-class FaceMask3D(Occluder):
+class FaceMask3D(HarmonizedOccluder):
     """A 3D face mask fitted to the face pose.
 
     Params: kind ("surgical" | "n95" | "kn95" | "cloth", a list or {"choice": [...]}),

@@ -313,7 +313,24 @@ def region_centre(region: str, rng: np.random.Generator | None = None) -> tuple[
         raise ValueError(f"unknown region {region!r}; choose from {', '.join(REGIONS)}") from None
 
 
-class TemplateOccluder(Occluder):
+class HarmonizedOccluder(Occluder):
+    """An occluder with a `harmonize` parameter: its options added after harmonised samples
+    were first recorded (harmonize.LEGACY_OPTIONS) are written out in records where they are
+    not at their legacy value, and a replay puts that value back where a record has none (so
+    a record made before them replays as it was made)."""
+
+    @classmethod
+    def record_form(cls, params: dict) -> dict:
+        params = super().record_form(params)
+        return {**params, "harmonize": hz.recorded(params["harmonize"])} if "harmonize" in params else params
+
+    @classmethod
+    def replay_params(cls, recorded: dict) -> dict:
+        out = super().replay_params(recorded)
+        return {**out, "harmonize": hz.replayed(out["harmonize"])} if "harmonize" in out else out
+
+
+class TemplateOccluder(HarmonizedOccluder):
     """Shared apply(): subclasses say which template and which 2x3 (or 3x3) map to use."""
 
     perspective = False
