@@ -149,7 +149,7 @@ def occlusion_ratio(mask: np.ndarray) -> float:
 def round_points(points: np.ndarray | list, decimals: int = 3) -> np.ndarray:
     """Landmarks are rounded before use so that the stored value IS the value used:
     a rebuild from stored landmarks then reproduces the detected build byte for byte."""
-    return np.round(np.asarray(points, dtype=np.float64), decimals)
+    return np.asarray(points, dtype=np.float64).round(decimals)  # np.round's own call, without its wrapper
 
 
 def mask_known(meta: dict) -> bool:

@@ -6,6 +6,7 @@ as seen in the image), in source-image pixel coordinates, rounded with contract.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,11 @@ class Face:
     landmarks: np.ndarray  # (5, 2) x, y in source pixels, read-only
 
     def __post_init__(self) -> None:
-        box = tuple(float(v) for v in np.asarray(self.box, dtype=np.float64).reshape(-1))
-        if len(box) != 4 or not all(np.isfinite(box)):
+        # plain floats for the scalar checks: a build makes one Face per stored detection
+        box = tuple(float(v) for v in np.asarray(self.box, dtype=np.float64).reshape(-1).tolist())
+        if len(box) != 4 or not all(map(math.isfinite, box)):
             raise ValueError(f"Face.box must be 4 finite numbers (x1, y1, x2, y2), got {self.box!r}")
-        if not np.isfinite(float(self.score)):
+        if not math.isfinite(float(self.score)):
             raise ValueError(f"Face.score must be finite, got {self.score!r}")
         landmarks = round_points(self.landmarks)
         if landmarks.shape != (5, 2) or not np.isfinite(landmarks).all():
