@@ -185,7 +185,7 @@ def test_the_parsed_index_is_remembered_until_the_file_changes(faces, tmp_path, 
     build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
     index = job.out_dir / contract.INDEX
     parsed = [json.loads(line) for line in index.read_text().splitlines()]
-    assert Dataset(job.out_dir).index() == parsed  # what the build remembered is what the file says
+    assert Dataset(job.out_dir).index() == parsed  # read once, then kept
 
     def no_read(*args, **kwargs):
         raise AssertionError("index.jsonl read again")
@@ -258,3 +258,21 @@ def test_shards_are_fsynced_off_the_workers_path_before_the_manifest(faces, tmp_
     events.clear()
     build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
     check(job.out_dir, names)
+
+
+def test_the_shards_statistics_parts_merge_to_the_statistics_of_every_parsed_sample(faces, tmp_path):
+    # the manifest's statistics come from parts gathered while writing, per shard; they equal the
+    # statistics computed from every line of index.jsonl read back (the definition)
+    from occsynth.build.stats import SampleStats, dataset_stats, merge_stats
+
+    job = _jobs(faces, tmp_path)[2]  # half clean, half ellipses: ratios, occluders, families
+    manifest = build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
+    metas = [json.loads(line) for line in (job.out_dir / contract.INDEX).read_text().splitlines()]
+    failures = Dataset(job.out_dir).failures()
+    assert manifest["stats"] == dataset_stats(metas, failures)
+    assert manifest["stats"]["occluded_samples"] > 0 and manifest["stats"]["families"]
+    parts = [SampleStats.of(metas[i : i + 5]) for i in range(0, len(metas), 5)]
+    assert merge_stats(parts, failures) == dataset_stats(metas, failures)
+    unknown = [{**m, contract.MASK_KNOWN: False} if i % 3 == 0 else m for i, m in enumerate(metas)]
+    split = merge_stats([SampleStats.of(unknown[:7]), SampleStats.of(unknown[7:])], failures)
+    assert split == dataset_stats(unknown, failures) and split["mask_unknown"] == len(metas[::3])

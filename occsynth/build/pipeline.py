@@ -40,11 +40,10 @@ from occsynth.build.executor import Shared, create_executor
 from occsynth.build.guard import changed_inputs, check_identity, exclusive, refuse_changed_inputs
 from occsynth.build.shard import result_from_stats, run_shard
 from occsynth.build.stages import composer
-from occsynth.build.stats import dataset_stats
+from occsynth.build.stats import merge_stats
 from occsynth.errors import UsageError
 from occsynth.faces.templates import get_template
 from occsynth.io.atomic import BackgroundSync, write_text
-from occsynth.io.dataset import remember_index
 from occsynth.io.tar import sha256_file
 
 # ---------------------------------------------------------------- the whole build
@@ -292,16 +291,16 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
 def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int, dict],
              command: str | None, extra: dict | None) -> dict:
     """Merge the shards' results (shard.ShardResult) into index.jsonl, failures.jsonl,
-    landmarks.jsonl and manifest.json. The index lines are the shards' own metadata text, and
-    the parsed index is remembered (io.dataset) for the protocol files and the card."""
-    metas, failures, detections = [], [], {}
+    landmarks.jsonl and manifest.json. The index lines are the shards' own metadata text and
+    the statistics their parts (stats.SampleStats): no line is parsed back here (a builder's
+    protocol files and card read the index once, io.dataset keeps it parsed)."""
+    parts, failures, detections = [], [], {}
     for index in sorted(results):
-        metas.extend(results[index]["metas"])
+        parts.append(results[index]["stats"])
         failures.extend(results[index]["failures"])
         detections.update(results[index]["detections"])
     failures.sort(key=lambda f: f["key"])
-    index_path = write_text(out_dir / contract.INDEX, "".join(results[i]["index"] for i in sorted(results)))
-    remember_index(index_path, metas)
+    write_text(out_dir / contract.INDEX, "".join(results[i]["index"] for i in sorted(results)))
     write_text(out_dir / contract.FAILURES, contract.dumps_lines(failures))
     if detections:
         write_text(out_dir / "landmarks.jsonl", "".join(detections[k] + "\n" for k in sorted(detections)))
@@ -324,11 +323,11 @@ def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int,
         "shards": [summaries[i] for i in sorted(summaries)],
         "totals": {
             "planned": sum(r["num_samples"] + r["num_failures"] for r in summaries.values()),
-            "samples": len(metas),
+            "samples": sum(part.samples for part in parts),
             "failures": len(failures),
             "shards": len(summaries),
         },
-        "stats": dataset_stats(metas, failures),
+        "stats": merge_stats(parts, failures),
     }
     if extra:
         manifest.update(extra)

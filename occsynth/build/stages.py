@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from occsynth import __version__, contract
+from occsynth.build.stats import SampleStats
 from occsynth.build.config import BuildConfig, NoFaceError, PlannedSample
 from occsynth.build.executor import configure_threads
 from occsynth.contract import Failure, SampleError
@@ -72,6 +73,13 @@ class ShardImages:
     from_store: set[str] = field(default_factory=set)               # detections reused, not run
     aligned: dict[str, tuple] = field(default_factory=dict)         # -> (crop, landmarks, info)
     encoded: dict[tuple, bytes] = field(default_factory=dict)       # (sid, format, quality) -> crop encoded
+
+    def merge(self, part: ShardImages) -> None:
+        """Take in what the stages found for some of the shard's images (their decoded
+        sources and encodings left out)."""
+        for name in ("digests", "errors", "faces", "padded", "detections", "aligned"):
+            getattr(self, name).update(getattr(part, name))
+        self.from_store |= part.from_store
 
 
 # ---------------------------------------------------------------- 1. read
@@ -381,12 +389,13 @@ class OcclusionSums:
 
 @dataclass
 class ShardOutput:
-    """What write_samples made: per written sample its metadata (as JSON text and as the plain
-    values a reader of index.jsonl gets back) and the shard's occlusion sums."""
+    """What write_samples made: per written sample its metadata as JSON text (index.jsonl's
+    lines), the shard's part of the dataset statistics and its occlusion sums, gathered while
+    writing: nothing is parsed or decoded back."""
 
-    metas: list[dict] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    stats: SampleStats = field(default_factory=SampleStats)
     sums: OcclusionSums | None = None
 
 
@@ -401,9 +410,8 @@ def write_samples(writer: ShardWriter, samples: list[PlannedSample], state: Shar
             out.failures.append(Failure(sample.key, sample.sample_id, sample.item.sample_id, exc.stage, exc.reason))
             continue
         writer.write(sample.key, members)
-        text = members[contract.EXT_META].decode("utf-8")
-        out.texts.append(text)
-        out.metas.append(json.loads(text))
+        out.texts.append(members[contract.EXT_META].decode("utf-8"))
+        out.stats.add(meta)
         if sample.mask_known:
             out.sums.add(occ.image, occ.mask if occ.records else None, meta["landmarks"])
     return out

@@ -1,22 +1,62 @@
-"""Statistics of a dataset, gathered from its samples' metadata and failure records."""
+"""Statistics of a dataset, gathered from its samples' metadata and failure records.
+
+A shard task gathers its part while writing (`SampleStats`, from the metadata values before they
+are encoded), the parent merges the parts in shard order (`merge_stats`): the same numbers as
+`dataset_stats` over every sample's parsed metadata, without parsing 12,000 index lines back."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from occsynth.contract import mask_known
 
 
-def dataset_stats(metas: list[dict], failures: list[dict]) -> dict:
-    """Occlusion statistics count the samples whose mask is known; samples with real occlusions
+@dataclass
+class SampleStats:
+    """One shard's part of the dataset statistics (picklable, merged in shard order)."""
+
+    samples: int = 0
+    identities: set = field(default_factory=set)
+    ratios: list = field(default_factory=list)  # occlusion ratios of the mask-known samples, in order
+    occluders: Counter = field(default_factory=Counter)
+    families: Counter = field(default_factory=Counter)
+    align_modes: Counter = field(default_factory=Counter)
+    mask_unknown: int = 0
+
+    def add(self, meta: dict) -> None:
+        """One sample's metadata: the dict as written, or as json.loads reads it back (the
+        fields counted here are strings and a float, equal either way)."""
+        self.samples += 1
+        self.identities.add(meta["identity"])
+        if mask_known(meta):
+            self.ratios.append(float(meta["occlusion_ratio"]))
+        else:
+            self.mask_unknown += 1
+        for record in meta["occluders"]:
+            self.occluders[record["name"]] += 1
+            self.families[record["family"]] += 1
+        self.align_modes[meta.get("align_mode", "")] += 1
+
+    @classmethod
+    def of(cls, metas: list[dict]) -> SampleStats:
+        part = cls()
+        for meta in metas:
+            part.add(meta)
+        return part
+
+
+def merge_stats(parts: list[SampleStats], failures: list[dict]) -> dict:
+    """The dataset statistics from its shards' parts (in shard order) and its failure records.
+    Occlusion statistics count the samples whose mask is known; samples with real occlusions
     and no pixel mask (contract.MASK_KNOWN) are counted apart, as "mask_unknown"."""
-    unknown = sum(not mask_known(m) for m in metas)
-    ratios = np.array([m["occlusion_ratio"] for m in metas if mask_known(m)], dtype=np.float64)
+    ratios = np.array([r for part in parts for r in part.ratios], dtype=np.float64)
     hist, edges = np.histogram(ratios, bins=10, range=(0.0, 1.0)) if len(ratios) else (np.zeros(10, int), np.linspace(0, 1, 11))
     occluded = ratios[ratios > 0]
+    total = Counter()
     stats = {
-        "identities": len({m["identity"] for m in metas}),
+        "identities": len(set().union(*(part.identities for part in parts))),
         "occlusion_ratio": {
             "mean": float(ratios.mean()) if len(ratios) else 0.0,
             "mean_occluded_only": float(occluded.mean()) if len(occluded) else 0.0,
@@ -26,12 +66,18 @@ def dataset_stats(metas: list[dict], failures: list[dict]) -> dict:
             "histogram": {"edges": np.round(edges, 2).tolist(), "counts": hist.tolist()},
         },
         "occluded_samples": int(len(occluded)),
-        "occluders": dict(sorted(Counter(o["name"] for m in metas for o in m["occluders"]).items())),
-        "families": dict(sorted(Counter(o["family"] for m in metas for o in m["occluders"]).items())),
-        "align_modes": dict(sorted(Counter(m.get("align_mode", "") for m in metas).items())),
+        "occluders": dict(sorted(sum((part.occluders for part in parts), total.copy()).items())),
+        "families": dict(sorted(sum((part.families for part in parts), total.copy()).items())),
+        "align_modes": dict(sorted(sum((part.align_modes for part in parts), total.copy()).items())),
         "failure_stages": dict(sorted(Counter(f["stage"] for f in failures).items())),
         "failure_reasons": dict(sorted(Counter(f["reason"] for f in failures).most_common(20))),
     }
+    unknown = sum(part.mask_unknown for part in parts)
     if unknown:  # only then: manifests of synthetic datasets stay as they were
         stats["mask_unknown"] = unknown
     return stats
+
+
+def dataset_stats(metas: list[dict], failures: list[dict]) -> dict:
+    """The dataset statistics from every sample's metadata (one part) and its failure records."""
+    return merge_stats([SampleStats.of(metas)], failures)
