@@ -228,7 +228,8 @@ def started_workers(opts: dict, config: BuildConfig):
 
 
 def run_job(config, plan, source, out: Path, opts: dict, runner=None) -> dict:
-    """Build (or resume) one dataset, then remember its detections in the cache."""
+    """Build (or resume) one dataset, then remember its detections in the cache. (No protocol
+    file or card follows: the workers need not parse the index back, pipeline.build_all.)"""
     return run_build_pipeline(
         config,
         plan,
@@ -241,6 +242,7 @@ def run_job(config, plan, source, out: Path, opts: dict, runner=None) -> dict:
         progress=not opts["quiet"],
         max_failure_rate=opts.get("max_failure_rate"),
         on_built=lambda _, manifest, new: remember_detections(config, out, new, opts),
+        parse_index=False,
     )
 
 

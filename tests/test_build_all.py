@@ -185,7 +185,7 @@ def test_the_parsed_index_is_remembered_until_the_file_changes(faces, tmp_path, 
     build(job.config, job.plan, job.source, job.out_dir, executor="serial", progress=False)
     index = job.out_dir / contract.INDEX
     parsed = [json.loads(line) for line in index.read_text().splitlines()]
-    assert Dataset(job.out_dir).index() == parsed  # read once, then kept
+    assert Dataset(job.out_dir).index() == parsed  # what the build remembered is what the file says
 
     def no_read(*args, **kwargs):
         raise AssertionError("index.jsonl read again")
@@ -276,3 +276,25 @@ def test_the_shards_statistics_parts_merge_to_the_statistics_of_every_parsed_sam
     unknown = [{**m, contract.MASK_KNOWN: False} if i % 3 == 0 else m for i, m in enumerate(metas)]
     split = merge_stats([SampleStats.of(unknown[:7]), SampleStats.of(unknown[7:])], failures)
     assert split == dataset_stats(unknown, failures) and split["mask_unknown"] == len(metas[::3])
+
+
+def test_the_build_remembers_the_index_its_workers_parsed_unless_told_not_to(faces, tmp_path, monkeypatch):
+    def no_read(*args, **kwargs):
+        raise AssertionError("index.jsonl read")
+
+    jobs = _jobs(faces, tmp_path)
+    build(jobs[2].config, jobs[2].plan, jobs[2].source, jobs[2].out_dir, executor="serial", progress=False)
+    build(
+        jobs[1].config,
+        jobs[1].plan,
+        jobs[1].source,
+        jobs[1].out_dir,
+        executor="serial",
+        progress=False,
+        parse_index=False,
+    )  # as `occsynth align`: nothing reads the index after the build
+    monkeypatch.setattr(dataset_module, "read_jsonl", no_read)
+    lines = (jobs[2].out_dir / contract.INDEX).read_text().splitlines()
+    assert Dataset(jobs[2].out_dir).index() == [json.loads(line) for line in lines]  # no read: remembered
+    with pytest.raises(AssertionError, match="index.jsonl read"):
+        Dataset(jobs[1].out_dir).index()

@@ -107,3 +107,7 @@ class ShardTask:
     # a folder where the shard's aligned faces are kept for another dataset of the same build
     # that has the same images (stages.save_aligned), or None; never changes the output bytes
     scratch: str | None = None
+    # send the samples' metadata parsed back (as a reader of index.jsonl gets it) with the result:
+    # a builder's protocol files and card read it right after (pipeline.build_all); never
+    # changes the output bytes
+    parse_index: bool = True

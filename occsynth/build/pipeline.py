@@ -44,6 +44,7 @@ from occsynth.build.stats import merge_stats
 from occsynth.errors import UsageError
 from occsynth.faces.templates import get_template
 from occsynth.io.atomic import BackgroundSync, write_text
+from occsynth.io.dataset import remember_index
 from occsynth.io.tar import sha256_file
 
 # ---------------------------------------------------------------- the whole build
@@ -98,11 +99,13 @@ def build(
     extra_manifest: dict | None = None,
     max_failure_rate: float | None = None,
     on_built: Callable[[int, dict, int], None] | None = None,
+    parse_index: bool = True,
 ) -> dict:
     """Run a build (resuming a killed one) and return its manifest (see build_all)."""
     return build_all(
         [DatasetBuild(config, plan, source, out_dir, extra_manifest)], workers=workers, executor=executor,
         runner=runner, command=command, progress=progress, max_failure_rate=max_failure_rate, on_built=on_built,
+        parse_index=parse_index,
     )[0]
 
 
@@ -116,8 +119,11 @@ def build_all(
     progress: bool = True,
     max_failure_rate: float | None = None,
     on_built: Callable[[int, dict, int], None] | None = None,
+    parse_index: bool = True,
 ) -> list[dict]:
     """Build (or resume) several datasets with one set of workers; their manifests in order.
+    (`parse_index`: the workers also parse each sample's metadata back, and the parent keeps
+    the parsed index for what reads it next: protocol files, the card; False where nothing does.)
 
     Every value is checked before any work. All shard tasks go to the executor at once, in
     dataset order; as soon as dataset i and every one before it have all their shards, dataset
@@ -154,7 +160,9 @@ def build_all(
             chunks.append(dataset_chunks)
             source = shared.setdefault(id(b.source), Shared(b.source))
             for index in todo:
-                tasks.append(ShardTask(index, str(b.out_dir), source, dataset_chunks[index], b.config))
+                tasks.append(
+                    ShardTask(index, str(b.out_dir), source, dataset_chunks[index], b.config, parse_index=parse_index)
+                )
                 owner[(folders[i], index)] = i
         last_use = _share_alignments(builds, tasks, owner, folders)
         pending = [len(chunks[i]) - len(results[i]) for i in range(len(builds))]
@@ -292,15 +300,17 @@ def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int,
              command: str | None, extra: dict | None) -> dict:
     """Merge the shards' results (shard.ShardResult) into index.jsonl, failures.jsonl,
     landmarks.jsonl and manifest.json. The index lines are the shards' own metadata text and
-    the statistics their parts (stats.SampleStats): no line is parsed back here (a builder's
-    protocol files and card read the index once, io.dataset keeps it parsed)."""
+    the statistics their parts (stats.SampleStats); the index as parsed back by the workers
+    (ShardTask.parse_index) is remembered (io.dataset) for a builder's protocol files and card."""
     parts, failures, detections = [], [], {}
     for index in sorted(results):
         parts.append(results[index]["stats"])
         failures.extend(results[index]["failures"])
         detections.update(results[index]["detections"])
     failures.sort(key=lambda f: f["key"])
-    write_text(out_dir / contract.INDEX, "".join(results[i]["index"] for i in sorted(results)))
+    index_path = write_text(out_dir / contract.INDEX, "".join(results[i]["index"] for i in sorted(results)))
+    if all(results[i]["metas"] is not None for i in results):  # parsed by the workers, in parallel
+        remember_index(index_path, [meta for i in sorted(results) for meta in results[i]["metas"]])
     write_text(out_dir / contract.FAILURES, contract.dumps_lines(failures))
     if detections:
         write_text(out_dir / "landmarks.jsonl", "".join(detections[k] + "\n" for k in sorted(detections)))

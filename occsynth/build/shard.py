@@ -57,7 +57,7 @@ def run_shard(task: ShardTask) -> dict:
     # (pipeline.build_all, before the manifest): until then a power cut can only cost a rebuild
     # of the shard, since a resume checks the record (JSON) and the shard's sha256 in it
     with ShardWriter(out_dir / contract.shard_name(task.index), durable=False) as writer:
-        out = write_samples(writer, task.samples, state, config, template)
+        out = write_samples(writer, task.samples, state, config, template, parse=task.parse_index)
         digest = writer.commit()
     maps_path = out_dir / contract.shard_maps_name(task.index)
     if out.sums.count:
@@ -87,6 +87,7 @@ def run_shard(task: ShardTask) -> dict:
         "out_dir": task.out_dir,
         "summary": summary(stats),
         "stats": out.stats,
+        "metas": out.metas,
         "index": "".join(t + "\n" for t in out.texts),
         "failures": stats["failures"],
         "detections": dict(zip(sources, detections)),
@@ -117,6 +118,7 @@ def result_from_stats(stats: dict) -> dict:
     return {
         "summary": summary(stats),
         "stats": SampleStats.of(metas),
+        "metas": metas,
         "index": contract.dumps_lines(metas),
         "failures": stats["failures"],
         "detections": {record["source"]: contract.dumps(record) for record in stats["detections"]},

@@ -394,15 +394,17 @@ class ShardOutput:
     writing: nothing is parsed or decoded back."""
 
     texts: list[str] = field(default_factory=list)
+    metas: list[dict] | None = None  # the texts parsed back, when asked for (ShardTask.parse_index)
     failures: list[Failure] = field(default_factory=list)
     stats: SampleStats = field(default_factory=SampleStats)
     sums: OcclusionSums | None = None
 
 
 def write_samples(writer: ShardWriter, samples: list[PlannedSample], state: ShardImages, config: BuildConfig,
-                  template: AlignTemplate) -> ShardOutput:
-    """Occlude, encode and append every sample in plan order."""
-    out = ShardOutput(sums=OcclusionSums(template.width, template.height))
+                  template: AlignTemplate, parse: bool = False) -> ShardOutput:
+    """Occlude, encode and append every sample in plan order (`parse`: keep the metadata
+    parsed back too)."""
+    out = ShardOutput(sums=OcclusionSums(template.width, template.height), metas=[] if parse else None)
     for sample in samples:
         try:
             members, meta, occ = make_sample(sample, state, config, template)
@@ -412,6 +414,8 @@ def write_samples(writer: ShardWriter, samples: list[PlannedSample], state: Shar
         writer.write(sample.key, members)
         out.texts.append(members[contract.EXT_META].decode("utf-8"))
         out.stats.add(meta)
+        if out.metas is not None:
+            out.metas.append(json.loads(out.texts[-1]))
         if sample.mask_known:
             out.sums.add(occ.image, occ.mask if occ.records else None, meta["landmarks"])
     return out
