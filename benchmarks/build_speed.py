@@ -52,11 +52,16 @@ from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
 PAIRS = SHARED_DATA / "lfw" / "pairs.txt"
 
 
-def end_to_end(lock_path: Path, workers: int, out: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s of the command and its workers, samples) of the build, checked against its lock."""
+def end_to_end(
+    lock_path: Path, workers: int, out: Path, unchecked: list[str] | None = None
+) -> tuple[float, float, int]:
+    """(wall s, CPU s of the command and its workers, samples) of the build, checked against its
+    lock; with `unchecked` options: another build (these options added), not checked."""
     lock = json.loads(lock_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
     cmd = check_command(lock, lock_path, out, workers)
+    if unchecked is not None:
+        cmd = cmd[: cmd.index("--check")] + unchecked
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
@@ -248,25 +253,6 @@ def floor_x2(lock_path: Path, out: Path) -> tuple[float, int]:
     return seconds, samples
 
 
-def end_to_end_unchecked(lock_path: Path, workers: int, out: Path, extra: list[str]) -> tuple[float, float, int]:
-    """(wall s, CPU s, samples) of the build with `extra` options and no lock check (another build)."""
-    lock = json.loads(lock_path.read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = check_command(lock, lock_path, out, workers)
-    cmd = cmd[: cmd.index("--check")] + extra
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if run.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
-    samples = sum(json.loads(m.read_text())["totals"]["samples"] for m in out.rglob("manifest.json"))
-    shutil.rmtree(out, ignore_errors=True)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return seconds, cpu, samples
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="lfw-occ-0.43,lfw-block")
@@ -305,7 +291,7 @@ def main() -> int:
                         seconds, samples = floor_x2(lock_path, work / name)
                         row = {}
                     elif kind == "end_to_end_w2_no_harmonize":
-                        seconds, cpu, samples = end_to_end_unchecked(lock_path, 2, work / name, ["--no-harmonize"])
+                        seconds, cpu, samples = end_to_end(lock_path, 2, work / name, unchecked=["--no-harmonize"])
                         row = {"cpu_s": round(cpu, 1)}
                     else:
                         seconds, cpu, samples = end_to_end(lock_path, int(kind[-1]), work / name)
