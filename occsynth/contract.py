@@ -33,6 +33,9 @@ import numpy as np
 SHARD_PATTERN = "{:05d}.tar"
 SHARD_STATS_PATTERN = "{:05d}.stats.json"
 SHARD_MAPS_PATTERN = "{:05d}.maps.npy"
+# parts of a shard built by several workers (build/shard.py), joined into the shard by the parent
+SHARD_PARTS_DIR = ".occsynth-parts"
+SHARD_PART_PATTERN = "{:05d}.part{:d}.tar"
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
 FAILURES = "failures.jsonl"
@@ -81,6 +84,10 @@ def shard_stats_name(index: int) -> str:
 
 def shard_maps_name(index: int) -> str:
     return SHARD_MAPS_PATTERN.format(index)
+
+
+def shard_part_name(index: int, part: int) -> str:
+    return SHARD_PARTS_DIR + "/" + SHARD_PART_PATTERN.format(index, part)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -111,3 +111,6 @@ class ShardTask:
     # a builder's protocol files and card read it right after (pipeline.build_all); never
     # changes the output bytes
     parse_index: bool = True
+    # (k, n): these samples are part k of n of shard `index` (a contiguous run of its samples in
+    # plan order), written for the parent to join (shard.join_parts); None: the whole shard
+    part: tuple[int, int] | None = None

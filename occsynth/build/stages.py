@@ -362,6 +362,9 @@ class OcclusionSums:
         self.rgb = np.zeros((height, width, 3), np.float64)
         self.landmarks = np.zeros((5, 2), np.float64)
         self.landmark_count = 0
+        # a part of a shard keeps each landmark set it added: `joined` adds them again in sample
+        # order, the float64 sum one pass over the whole shard makes (the other sums are integers)
+        self.trail: list[np.ndarray] | None = None
 
     def add(self, image: np.ndarray, mask: np.ndarray | None, landmarks: np.ndarray) -> None:
         """mask None: all visible (adds nothing to the occlusion sum)."""
@@ -374,6 +377,21 @@ class OcclusionSums:
         if np.shape(landmarks) == (5, 2):
             self.landmarks += landmarks
             self.landmark_count += 1
+            if self.trail is not None:
+                self.trail.append(np.asarray(landmarks, dtype=np.float64))
+
+    @classmethod
+    def joined(cls, parts: list[OcclusionSums]) -> OcclusionSums:
+        """The sums of a shard from those of its parts (in order, each made with a trail)."""
+        out = cls(*parts[0].size)
+        for part in parts:
+            out.count += part.count
+            out.mask += part.mask
+            out.rgb += part.rgb
+            for landmarks in part.trail:
+                out.landmarks += landmarks
+                out.landmark_count += 1
+        return out
 
     def to_array(self) -> np.ndarray:
         """One structured record (np.save writes it without pickle)."""
@@ -401,10 +419,12 @@ class ShardOutput:
 
 
 def write_samples(writer: ShardWriter, samples: list[PlannedSample], state: ShardImages, config: BuildConfig,
-                  template: AlignTemplate, parse: bool = False) -> ShardOutput:
+                  template: AlignTemplate, parse: bool = False, part: bool = False) -> ShardOutput:
     """Occlude, encode and append every sample in plan order (`parse`: keep the metadata
-    parsed back too)."""
+    parsed back too; `part`: the samples are a part of a shard, see OcclusionSums.joined)."""
     out = ShardOutput(sums=OcclusionSums(template.width, template.height), metas=[] if parse else None)
+    if part:
+        out.sums.trail = []
     for sample in samples:
         try:
             members, meta, occ = make_sample(sample, state, config, template)

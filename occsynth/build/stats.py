@@ -40,6 +40,21 @@ class SampleStats:
         self.align_modes[meta.get("align_mode", "")] += 1
 
     @classmethod
+    def joined(cls, parts: list[SampleStats]) -> SampleStats:
+        """One shard's statistics from those of its parts (in order): what one pass over all
+        their samples gathers, counters in the same first-seen order."""
+        out = cls()
+        for part in parts:
+            out.samples += part.samples
+            out.identities |= part.identities
+            out.ratios += part.ratios
+            out.occluders.update(part.occluders)
+            out.families.update(part.families)
+            out.align_modes.update(part.align_modes)
+            out.mask_unknown += part.mask_unknown
+        return out
+
+    @classmethod
     def of(cls, metas: list[dict]) -> SampleStats:
         part = cls()
         for meta in metas:

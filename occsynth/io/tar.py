@@ -76,20 +76,24 @@ class ShardWriter:
     an exception discards the temporary file instead of publishing a partial shard.
     """
 
-    def __init__(self, path: str | Path, *, durable: bool = True):
+    def __init__(self, path: str | Path, *, durable: bool = True, end: bool = True):
         self.path = Path(path)
         self.durable = durable
+        # end=False: a part of a shard (build/shard.py), its members only; the shard that
+        # appends the parts (`append_part`) ends the archive
+        self.end = end
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp_path, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if end else None  # a part is hashed as the shard's bytes
         self._offset = 0
         self._keys: set[str] = set()
         self.num_samples = 0
 
     def _put(self, data: bytes) -> None:
         self._file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._offset += len(data)
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
@@ -105,17 +109,31 @@ class ShardWriter:
         self._put(b"".join(parts))  # one write and one hash update per sample
         self.num_samples += 1
 
+    def append_part(self, path: str | Path, samples: int) -> None:
+        """Append the members of a part written with end=False (`samples` samples): the bytes
+        a writer given those samples directly would have written, since a member's header does
+        not depend on where it lies."""
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                self._put(block)
+        self.num_samples += samples
+
     def commit(self) -> str:
-        """Publish the shard under its final name; returns its sha256."""
+        """Publish the shard (or part) under its final name; returns its sha256 ("" for a part)."""
+        if not self.end:
+            return self._publish()
         self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
         if self._offset % tarfile.RECORDSIZE:
             self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
+        return self._publish()
+
+    def _publish(self) -> str:
         self._file.flush()
         if self.durable:
             os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp_path, self.path)
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else ""
 
     def abort(self) -> None:
         try:
