@@ -31,10 +31,8 @@ import hashlib
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -47,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from check_locks import build_args, check_command  # noqa: E402
-from machine import LFW_TGZ, SHARED_DATA, write_result  # noqa: E402
+from machine import LFW_TGZ, SHARED_DATA, timed_run, write_result  # noqa: E402
 
 PAIRS = SHARED_DATA / "lfw" / "pairs.txt"
 
@@ -62,16 +60,13 @@ def end_to_end(
     cmd = check_command(lock, lock_path, out, workers)
     if unchecked is not None:
         cmd = cmd[: cmd.index("--check")] + unchecked
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run, seconds, cpu = timed_run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(HERE.parent))
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
     samples = sum(json.loads(m.read_text())["totals"]["samples"] for m in out.rglob("manifest.json"))
     shutil.rmtree(out, ignore_errors=True)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return seconds, cpu, samples
 
 

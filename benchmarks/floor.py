@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from machine import LFW_TGZ, write_result  # noqa: E402
+from machine import LFW_TGZ, timed_run, write_result  # noqa: E402
 
 DETECTOR = {"batch": 1, "max_pixels": 64000000, "min_face_size": 40}  # the build defaults
 
@@ -187,12 +186,7 @@ def run_align(tar_path: Path, landmarks: Path, fmt: str, workers: int, work: Pat
         "--quiet",
     ]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    _, seconds, cpu = timed_run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     return seconds, cpu, manifest

@@ -74,3 +74,54 @@ def write_result(
     if markdown is not None:
         path.with_suffix(".md").write_text(markdown)
     return path
+
+
+# ------------------------------------------------------------------ timing a command
+def _children() -> set[int]:
+    """The processes whose parent is this one (Linux /proc)."""
+    me, out = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                out.add(int(entry))
+    return out
+
+
+def timed_run(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(the finished command, its wall seconds, the CPU seconds of it and of every process it
+    started). occsynth's workers fork from multiprocessing's fork server on Linux: they are not
+    the command's children, and the server outlives the command by a moment, so RUSAGE_CHILDREN
+    alone misses their CPU. This process becomes a child subreaper (prctl), so what the command
+    leaves running is handed to it when the command exits, and reaps it before reading the CPU."""
+    import ctypes
+    import resource
+
+    linux = sys.platform.startswith("linux")
+    if linux:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    known = _children() if linux else set()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, **kwargs)
+    seconds = time.perf_counter() - t0
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 30
+    while linux and time.monotonic() < deadline:
+        left = _children() - known
+        if left:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 0.2:
+            break
+        for pid in left:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.01)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run, seconds, cpu

@@ -120,6 +120,29 @@ def test_a_shared_object_is_pickled_once_and_unpickled_once_per_process():
     assert isinstance(copies[0].get(), _Counted) and shared_value(5) == 5
 
 
+def test_workers_start_without_the_callers_torch_and_with_one_omp_thread(tmp_path):
+    # on Linux the workers fork from a server process that imported the preload modules only;
+    # a caller that imported torch (and set its own thread count) passes neither on
+    (tmp_path / "facts.py").write_text(
+        "import os, sys\n"
+        "def facts(_):\n"
+        "    return [os.environ.get('OMP_NUM_THREADS'), os.getppid(), 'torch' in sys.modules, 'colorsys' in sys.modules]\n"
+    )
+    code = (
+        "import json, os, torch, facts\nfrom occsynth.build.executor import ProcessExecutor\n"
+        "with ProcessExecutor(2) as ex:\n"
+        "    ex.start(preload=('colorsys',))\n"
+        "    print(json.dumps([os.getpid(), list(ex.map_unordered(facts.facts, range(4)))]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    caller, facts = json.loads(out.stdout)
+    assert all(omp == "1" and not torch and preloaded for omp, _, torch, preloaded in facts)
+    if sys.platform.startswith("linux"):  # forked from the fork server, not from the caller
+        assert all(parent != caller for _, parent, *_ in facts)
+
+
 def test_a_serial_run_does_not_import_torch():
     code = (
         "import sys\nfrom occsynth.build.executor import SerialExecutor\n"
