@@ -91,7 +91,7 @@ def test_start_runs_the_workers_and_their_imports_before_any_task():
     with ProcessExecutor(2) as executor:
         # a module nothing here imports; a warm-up call; one that fails (the tasks would meet it)
         executor.start(preload=("colorsys",), warm=[(_fail, ()), (_warm, ("landmarks",))])
-        started = executor._pool
+        started = executor._ready()
         assert started is not None
         results = list(executor.map_unordered(_imported, ["colorsys"] * 4))
         assert executor._pool is started  # the tasks ran on the workers start() made

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import pickle
 import sys
+import threading
 import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Iterator
@@ -160,6 +161,27 @@ def _context(preload: tuple[str, ...]):
     return ctx
 
 
+class _Starting:
+    """A pool being made in a thread; get() waits for it (and raises what making it raised)."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self._made, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(make,), name="occsynth-workers", daemon=True)
+        self._thread.start()
+
+    def _run(self, make: Callable[[], Any]) -> None:
+        try:
+            self._made = make()
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the pool
+            self._error = exc
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._made
+
+
 class ProcessExecutor:
     """A local multiprocessing pool (the default)."""
 
@@ -173,17 +195,35 @@ class ProcessExecutor:
         self._pool = None
         self._size = 0
 
-    def _start(self, size: int, preload: tuple[str, ...] = (), warm: tuple = ()):
+    def _start(self, size: int, preload: tuple[str, ...] = (), warm: tuple = (), background: bool = False):
         ctx = _context(preload)
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers (or the fork server)
         try:
-            return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
+            if ctx.get_start_method() != "forkserver":
+                return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # the server starts now, with these settings for its workers
         finally:
             if saved is None:
                 os.environ.pop("OMP_NUM_THREADS")
             else:
                 os.environ["OMP_NUM_THREADS"] = saved
+
+        def make():
+            return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
+
+        # making the pool waits until the server has imported the preload modules (~0.5 s): in a
+        # thread, the caller's listing and planning go on meanwhile (start())
+        return _Starting(make) if background else make()
+
+    def _ready(self):
+        """The pool, once a pool being made in a thread (start()) is made."""
+        if isinstance(self._pool, _Starting):
+            starting, self._pool = self._pool, None
+            self._pool = starting.get()
+        return self._pool
 
     def __enter__(self) -> ProcessExecutor:
         self._keep = True
@@ -197,7 +237,7 @@ class ProcessExecutor:
         than workers then has an idle worker; without start() only as many as there are tasks
         are started.)"""
         if self._keep and self._pool is None:
-            self._pool, self._size = self._start(self.workers, preload, warm), self.workers
+            self._pool, self._size = self._start(self.workers, preload, warm, background=True), self.workers
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._keep = False
@@ -206,6 +246,10 @@ class ProcessExecutor:
     def _close(self) -> None:
         # every map_unordered has been consumed (or abandoned on an error): nothing is pending,
         # and terminating idle workers is immediate where close() waits for each to wind down
+        try:
+            self._ready()
+        except Exception:  # noqa: BLE001 - no task ran on it: the caller's own error (if any) stands
+            logger.debug("starting the workers failed", exc_info=True)
         pool, self._pool, self._size = self._pool, None, 0
         if pool is not None:
             pool.terminate()
@@ -220,7 +264,7 @@ class ProcessExecutor:
             with self._start(size) as pool:
                 yield from pool.imap_unordered(fn, tasks, chunksize=1)
             return
-        if self._pool is None or self._size < size:
+        if self._ready() is None or self._size < size:
             self._close()
             self._pool, self._size = self._start(size), size
         yield from self._pool.imap_unordered(fn, tasks, chunksize=1)
