@@ -85,22 +85,22 @@ def test_parts_that_are_not_one_whole_shard_are_refused(faces, tmp_path):
         join_parts(parts)
 
 
-def test_split_tail_cuts_the_last_shards_into_a_part_per_worker(tmp_path):
+def test_split_tail_cuts_the_last_shards_into_two_parts_per_worker(tmp_path):
     config = BuildConfig(name="x", specs={"": None})
     sizes = [1000, 1000, 1000, 1000, 442]
     tasks = [ShardTask(i, "out", None, list(range(i * 1000, i * 1000 + n)), config) for i, n in enumerate(sizes)]
     assert split_tail(tasks, 1) == tasks
     cut = split_tail(tasks, 2)
     assert cut[:3] == tasks[:3]
-    assert [(t.index, t.part, len(t.samples)) for t in cut[3:]] == [
-        (3, (0, 2), 500),
-        (3, (1, 2), 500),
-        (4, (0, 2), 221),
-        (4, (1, 2), 221),
+    assert [(t.index, t.part, len(t.samples)) for t in cut[3:]] == [(3, (k, 4), 250) for k in range(4)] + [
+        (4, (0, 4), 110),
+        (4, (1, 4), 111),
+        (4, (2, 4), 111),
+        (4, (3, 4), 110),
     ]
     assert [s for t in cut for s in t.samples] == [s for t in tasks for s in t.samples]  # contiguous, all
     three = split_tail(tasks, 3)
-    assert [(t.index, t.part) for t in three[2:]] == [(i, (k, 3)) for i in (2, 3, 4) for k in range(3)]
+    assert [(t.index, t.part) for t in three[2:]] == [(i, (k, 6)) for i in (2, 3, 4) for k in range(6)]
     # at least MIN_PART samples a part: a shard of 100 is cut in one part (kept whole) on any workers
     small = [ShardTask(0, "out", None, list(range(100)), config)]
     assert split_tail(small, 8) == small
@@ -131,7 +131,7 @@ def test_a_build_whose_last_shards_are_cut_writes_what_a_whole_shard_build_write
     (stale / "00001.part5.tar").write_bytes(b"left by a killed run")
     manifest = build(config, plan, source, tmp_path / "cut", runner=runner, progress=False)
 
-    assert joined == [3, 3, 2]  # 48 samples in shards of 20, 20, 8: 3 parts each, 2 of at least MIN_PART
+    assert joined == [5, 5, 2]  # 48 samples in shards of 20, 20, 8: up to 6 parts, each of MIN_PART or more
     assert manifest["totals"]["samples"] == 45 and manifest["totals"]["failures"] == 3
     whole, cut = _outputs(tmp_path / "whole"), _outputs(tmp_path / "cut")
     assert whole == cut and "manifest.json" in cut and "00002.maps.npy" in cut  # every file, byte for byte
