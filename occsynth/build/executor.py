@@ -33,6 +33,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
+try:
+    from multiprocessing import forkserver
+except ImportError:  # pragma: no cover - a platform without it spawns its workers (_context)
+    forkserver = None
+
 from occsynth.errors import UsageError
 from occsynth.registry import Registry
 
@@ -154,7 +159,7 @@ class SerialExecutor:
 def _context(preload: tuple[str, ...]):
     """The start method of the workers: the fork server on Linux (started by the first pool,
     it stays for the life of this process with what it imported then), 'spawn' elsewhere."""
-    if not sys.platform.startswith("linux") or "forkserver" not in mp.get_all_start_methods():
+    if forkserver is None or not sys.platform.startswith("linux") or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", *preload])  # read when the server starts, not after
@@ -202,8 +207,6 @@ class ProcessExecutor:
         try:
             if ctx.get_start_method() != "forkserver":
                 return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
-            from multiprocessing import forkserver
-
             forkserver.ensure_running()  # the server starts now, with these settings for its workers
         finally:
             if saved is None:
