@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_dataset import write_blocky_faces
 
 from occsynth import contract
 from occsynth.build import BuildConfig, plan_align
@@ -35,15 +36,8 @@ SPECS = {"clean": None, "blocks": "block(ratio=0.2..0.4)", "mixed": "0.5*clean |
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
-    """12 aligned 112x112 'faces' of 3 identities (smooth noise, so PNG sizes vary)."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(3)
-    for person in ("Ann", "Bob", "Cid"):
-        (root / person).mkdir()
-        for i in range(4):
-            image = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-            (root / person / f"{person}_{i:04d}.png").write_bytes(encode_image(image))
-    return root
+    """12 aligned 112x112 'faces' of 3 identities (blocks of noise, so PNG sizes vary)."""
+    return write_blocky_faces(tmp_path_factory.mktemp("faces"), per_person=4, seed=3)
 
 
 def _jobs(faces: Path, out: Path) -> list[DatasetBuild]:

@@ -9,15 +9,14 @@ import dataclasses
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
+from tiny_dataset import write_blocky_faces
 
 from occsynth import contract
 from occsynth.build import BuildConfig, ShardTask, pipeline, plan_align
 from occsynth.build.executor import SerialExecutor
 from occsynth.build.pipeline import build, split_tail
 from occsynth.build.shard import join_parts, run_shard
-from occsynth.io.images import encode_image
 from occsynth.sources import open_source
 
 SPEC = "0.4*clean | 0.6*ellipse(ratio=0.2..0.4)"
@@ -26,13 +25,7 @@ SPEC = "0.4*clean | 0.6*ellipse(ratio=0.2..0.4)"
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
     """15 aligned 112x112 'faces' of 3 identities and one file that is not an image."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(5)
-    for person in ("Ann", "Bob", "Cid"):
-        (root / person).mkdir()
-        for i in range(5):
-            image = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-            (root / person / f"{person}_{i:04d}.png").write_bytes(encode_image(image))
+    root = write_blocky_faces(tmp_path_factory.mktemp("faces"), per_person=5, seed=5)
     (root / "Bob" / "Bob_0009.png").write_bytes(b"not a png")
     return root
 

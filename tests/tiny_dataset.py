@@ -1,6 +1,6 @@
 """A tiny dataset directory written by hand following occsynth.contract (shards through
 ShardWriter, index.jsonl, failures.jsonl, manifest.json, pairs.jsonl), for the export and card
-tests. Not a test module: imported by them."""
+tests; and a folder of synthetic aligned faces to build from. Not a test module: imported by them."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ SAMPLES = [
     ("Carol", 3, (0, 56, 112, 112), ("mask", "cloth")),
 ]
 SHARD_SIZE = 5
+
+
+def write_blocky_faces(root: Path, per_person: int, seed: int) -> Path:
+    """Aligned 112x112 'faces' (8x8 blocks of noise, so PNG sizes vary) of Ann, Bob and Cid,
+    `per_person` each, as <root>/<Name>/<Name>_NNNN.png; returns root."""
+    rng = np.random.default_rng(seed)
+    for person in ("Ann", "Bob", "Cid"):
+        (root / person).mkdir()
+        for i in range(per_person):
+            image = rng.integers(0, 256, (14, 14, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+            (root / person / f"{person}_{i:04d}.png").write_bytes(encode_image(image))
+    return root
 
 
 def sample_id(identity: str, number: int) -> str:
