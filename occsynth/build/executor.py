@@ -202,21 +202,21 @@ class ProcessExecutor:
 
     def _start(self, size: int, preload: tuple[str, ...] = (), warm: tuple = (), background: bool = False):
         ctx = _context(preload)
+
+        def make():
+            return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
+
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers (or the fork server)
         try:
             if ctx.get_start_method() != "forkserver":
-                return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
+                return make()
             forkserver.ensure_running()  # the server starts now, with these settings for its workers
         finally:
             if saved is None:
                 os.environ.pop("OMP_NUM_THREADS")
             else:
                 os.environ["OMP_NUM_THREADS"] = saved
-
-        def make():
-            return ctx.Pool(size, initializer=_init_worker, initargs=(tuple(preload), tuple(warm)))
-
         # making the pool waits until the server has imported the preload modules (~0.5 s): in a
         # thread, the caller's listing and planning go on meanwhile (start())
         return _Starting(make) if background else make()

@@ -168,12 +168,8 @@ def join_parts(parts: list[dict]) -> dict:
         stats=SampleStats.joined([m.out.stats for m in made]),
         sums=OcclusionSums.joined([m.out.sums for m in made]),
     )
-    detections = {}
-    for m in made:
-        detections.update(m.detections)
-    inputs = {}
-    for m in made:
-        inputs.update(m.inputs)
+    detections = {s: d for m in made for s, d in m.detections.items()}  # an image in two parts: once
+    inputs = {s: d for m in made for s, d in m.inputs.items()}
     result = _publish(folder, index, digest, Made(
         out=out,
         detections={s: detections[s] for s in sorted(detections)},

@@ -41,8 +41,8 @@ class SampleStats:
 
     @classmethod
     def joined(cls, parts: list[SampleStats]) -> SampleStats:
-        """One shard's statistics from those of its parts (in order): what one pass over all
-        their samples gathers, counters in the same first-seen order."""
+        """The statistics of several parts (in order: a shard's parts, a dataset's shards): what
+        one pass over all their samples gathers, counters in the same first-seen order."""
         out = cls()
         for part in parts:
             out.samples += part.samples
@@ -66,12 +66,12 @@ def merge_stats(parts: list[SampleStats], failures: list[dict]) -> dict:
     """The dataset statistics from its shards' parts (in shard order) and its failure records.
     Occlusion statistics count the samples whose mask is known; samples with real occlusions
     and no pixel mask (contract.MASK_KNOWN) are counted apart, as "mask_unknown"."""
-    ratios = np.array([r for part in parts for r in part.ratios], dtype=np.float64)
+    whole = SampleStats.joined(parts)
+    ratios = np.array(whole.ratios, dtype=np.float64)
     hist, edges = np.histogram(ratios, bins=10, range=(0.0, 1.0)) if len(ratios) else (np.zeros(10, int), np.linspace(0, 1, 11))
     occluded = ratios[ratios > 0]
-    total = Counter()
     stats = {
-        "identities": len(set().union(*(part.identities for part in parts))),
+        "identities": len(whole.identities),
         "occlusion_ratio": {
             "mean": float(ratios.mean()) if len(ratios) else 0.0,
             "mean_occluded_only": float(occluded.mean()) if len(occluded) else 0.0,
@@ -81,15 +81,14 @@ def merge_stats(parts: list[SampleStats], failures: list[dict]) -> dict:
             "histogram": {"edges": np.round(edges, 2).tolist(), "counts": hist.tolist()},
         },
         "occluded_samples": int(len(occluded)),
-        "occluders": dict(sorted(sum((part.occluders for part in parts), total.copy()).items())),
-        "families": dict(sorted(sum((part.families for part in parts), total.copy()).items())),
-        "align_modes": dict(sorted(sum((part.align_modes for part in parts), total.copy()).items())),
+        "occluders": dict(sorted(whole.occluders.items())),
+        "families": dict(sorted(whole.families.items())),
+        "align_modes": dict(sorted(whole.align_modes.items())),
         "failure_stages": dict(sorted(Counter(f["stage"] for f in failures).items())),
         "failure_reasons": dict(sorted(Counter(f["reason"] for f in failures).most_common(20))),
     }
-    unknown = sum(part.mask_unknown for part in parts)
-    if unknown:  # only then: manifests of synthetic datasets stay as they were
-        stats["mask_unknown"] = unknown
+    if whole.mask_unknown:  # only then: manifests of synthetic datasets stay as they were
+        stats["mask_unknown"] = whole.mask_unknown
     return stats
 
 

@@ -85,7 +85,7 @@ class ShardWriter:
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp_path, "wb")
-        self._hash = hashlib.sha256() if end else None  # a part is hashed as the shard's bytes
+        self._hash = hashlib.sha256() if end else None  # a part is not hashed: the shard it joins is
         self._offset = 0
         self._keys: set[str] = set()
         self.num_samples = 0
@@ -120,14 +120,10 @@ class ShardWriter:
 
     def commit(self) -> str:
         """Publish the shard (or part) under its final name; returns its sha256 ("" for a part)."""
-        if not self.end:
-            return self._publish()
-        self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-        if self._offset % tarfile.RECORDSIZE:
-            self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
-        return self._publish()
-
-    def _publish(self) -> str:
+        if self.end:
+            self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+            if self._offset % tarfile.RECORDSIZE:
+                self._put(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
         self._file.flush()
         if self.durable:
             os.fsync(self._file.fileno())
