@@ -117,6 +117,9 @@ def test_a_build_whose_last_shards_are_cut_writes_what_a_whole_shard_build_write
     monkeypatch.setattr(pipeline, "MIN_PART", 4)
     joined = []
     monkeypatch.setattr(pipeline, "join_parts", lambda parts: joined.append(len(parts)) or join_parts(parts))
+    bars = []
+    progress = pipeline._progress
+    monkeypatch.setattr(pipeline, "_progress", lambda **kw: bars.append(kw["desc"]) or progress(**kw))
     runner = SerialExecutor()
     runner.workers = 3  # cut as for 3 workers, run here, one part after the other
     stale = tmp_path / "cut" / contract.SHARD_PARTS_DIR
@@ -124,6 +127,7 @@ def test_a_build_whose_last_shards_are_cut_writes_what_a_whole_shard_build_write
     (stale / "00001.part5.tar").write_bytes(b"left by a killed run")
     manifest = build(config, plan, source, tmp_path / "cut", runner=runner, progress=False)
 
+    assert bars == ["parts (3/3 shards to build)"]  # shards, not the parts they were cut into
     assert joined == [5, 5, 2]  # 48 samples in shards of 20, 20, 8: up to 6 parts, each of MIN_PART or more
     assert manifest["totals"]["samples"] == 45 and manifest["totals"]["failures"] == 3
     whole, cut = _outputs(tmp_path / "whole"), _outputs(tmp_path / "cut")

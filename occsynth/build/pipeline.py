@@ -165,6 +165,7 @@ def build_all(
                 )
                 owner[(folders[i], index)] = i
         last_use = _share_alignments(builds, tasks, owner, folders)
+        to_build = len(tasks)  # shards (before the tail is cut into parts)
         tasks = split_tail(tasks, getattr(runner, "workers", 1))
         parts: dict[tuple[Path, int], list[dict]] = {}  # the parts of a split shard received so far
         pending = [len(chunks[i]) - len(results[i]) for i in range(len(builds))]
@@ -187,7 +188,7 @@ def build_all(
         desc = names[0] if len(builds) == 1 else f"{', '.join(names)} ({len(builds)} datasets)"
         bar = _progress(total=sum(len(b.plan) for b in builds),
                         initial=sum(len(chunks[i][k]) for i in range(len(builds)) for k in results[i]),
-                        enabled=progress, desc=f"{desc} ({len(tasks)}/{sum(map(len, chunks))} shards to build)")
+                        enabled=progress, desc=f"{desc} ({to_build}/{sum(map(len, chunks))} shards to build)")
         try:
             finish_ready()
             for result in runner.map_unordered(run_shard, tasks):
