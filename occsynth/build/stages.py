@@ -21,7 +21,7 @@ from occsynth.build.executor import configure_threads
 from occsynth.contract import Failure, SampleError
 from occsynth.faces.align import align_face, center_crop_landmarks, warp
 from occsynth.faces.detect import PAD_FRACTION, Face, FaceDetector, select_face
-from occsynth.faces.landmarks import load_landmarks
+from occsynth.faces.landmarks import StoredLandmarks
 from occsynth.faces.templates import AlignTemplate
 from occsynth.io.atomic import atomic_write
 from occsynth.io.images import ImageLoadError, decode_image, encode_image, encode_mask
@@ -33,7 +33,7 @@ from occsynth.seeding import derive_seed, make_rng
 # ---------------------------------------------------------------- per-process caches
 _DETECTORS: dict[tuple, Any] = {}
 _COMPOSERS: dict[str, Any] = {}
-_STORES: dict[tuple[str, ...], dict] = {}
+_STORES: dict[tuple[str, ...], StoredLandmarks] = {}
 
 
 def detector(config: BuildConfig) -> FaceDetector:
@@ -54,9 +54,9 @@ def composer(spec: Any) -> Composer:
     return _COMPOSERS[key]
 
 
-def stored_detections(files: tuple[str, ...]) -> dict:
+def stored_detections(files: tuple[str, ...]) -> StoredLandmarks:
     if files not in _STORES:
-        _STORES[files] = load_landmarks(files)
+        _STORES[files] = StoredLandmarks(files)
     return _STORES[files]
 
 
