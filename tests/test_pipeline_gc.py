@@ -23,8 +23,7 @@ def faces(tmp_path_factory) -> Path:
 def _build(faces: Path, out: Path, on_built=None) -> dict:
     source = open_source(str(faces))
     config = BuildConfig(name="gc", specs={"": "ellipse(ratio=0.3)"}, aligned_input=True, shard_size=4, seed=1)
-    return build(config, plan_align(source.items()), source, out, executor="serial", progress=False,
-                 on_built=on_built)
+    return build(config, plan_align(source.items()), source, out, executor="serial", progress=False, on_built=on_built)
 
 
 @pytest.fixture
