@@ -6,12 +6,14 @@ generator. Inputs are synthetic aligned faces (no detection)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,30 @@ def test_start_runs_the_workers_and_their_imports_before_any_task():
     assert len({pid for *_, pid in results}) <= 2
     serial = create_executor("process", 1)
     serial.start(preload=("colorsys",))  # nothing to start: tasks run in this process
+
+
+class _Cycle:
+    pass
+
+
+_LEFT: list = []
+
+
+def _leave_a_cycle(_):
+    """As the task starts: how many objects are frozen, whether the cycles that earlier tasks of
+    this worker left are collected; then it leaves one more."""
+    frozen, collected = gc.get_freeze_count(), all(ref() is None for ref in _LEFT)
+    node = _Cycle()
+    node.me = node
+    _LEFT.append(weakref.ref(node))
+    return frozen, collected, os.getpid()
+
+
+def test_a_worker_freezes_what_it_holds_at_each_task_after_collecting_the_last_tasks_garbage():
+    with ProcessExecutor(1) as executor:
+        results = list(executor.map_unordered(_leave_a_cycle, range(4)))
+    assert len({pid for *_, pid in results}) == 1  # one worker ran them one after the other
+    assert all(frozen > 0 and collected for frozen, collected, _ in results)
 
 
 class _Counted:
