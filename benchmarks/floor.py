@@ -207,8 +207,8 @@ def run_in_process(tar_path: Path, landmarks: Path, fmt: str, work: Path) -> flo
     out = work / f"inprocess-{fmt}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    tasks = [
-        ShardTask(i, str(out), source, plan[k : k + 1000], dataclasses.replace(config))
+    tasks = [  # as `occsynth align` makes them: nothing reads the metadata back (cli.run_job)
+        ShardTask(i, str(out), source, plan[k : k + 1000], dataclasses.replace(config), parse_index=False)
         for i, k in enumerate(range(0, len(plan), 1000))
     ]
     # warm: the landmark store and the template are loaded once per process, as in a worker
