@@ -91,7 +91,8 @@ def _call_frozen(fn: Callable[[Task], Result], task: Task) -> Result:
     caches, the shared source, the task's samples) frozen out of the cyclic GC's collections
     (gc.freeze), which otherwise went through all of it again as the task allocated: ~1 s of a
     worker's ~13 s per lfw-block level. What the last task left is collected first, so no
-    garbage cycle is frozen."""
+    garbage cycle is frozen; a cycle frozen alive (a cache's) and dropped later stays until the
+    worker ends."""
     gc.collect()
     gc.freeze()
     return fn(task)
