@@ -315,6 +315,14 @@ def main() -> int:
             "median_seconds": seconds,
             "median_samples_per_s": med,
             "end_to_end_w2_per_core_over_in_process": round(med["end_to_end_w2"] / 2 / med["in_process"], 3),
+            # the same within each repeat (minutes apart; this machine's speed drifts), the median
+            "paired_median_end_to_end_w2_per_core_over_in_process": round(
+                statistics.median(
+                    a["seconds"] / (2 * b["seconds"])
+                    for a, b in zip(runs[name]["in_process"], runs[name]["end_to_end_w2"])
+                ),
+                3,
+            ),
             **(
                 {
                     # the build's speed over its bare floor on the same 2 cores (1.0: nothing but

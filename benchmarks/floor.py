@@ -221,6 +221,11 @@ def run_in_process(tar_path: Path, landmarks: Path, fmt: str, work: Path) -> flo
 
 
 # ------------------------------------------------------------------ main
+def _paired(slow: list[dict], fast: list[dict]) -> float:
+    """The median over repeats of slow seconds / fast seconds of the same repeat."""
+    return round(statistics.median(a["seconds"] / b["seconds"] for a, b in zip(slow, fast)), 3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images with landmarks (0 = all)")
@@ -284,6 +289,12 @@ def main() -> int:
             "floor_x2_over_floor": round(med["floor_x2"] / med["floor"], 3),
             "align_w1_over_in_process": round(med["align_w1"] / med["in_process"], 3),
             "in_process_over_floor": round(med["in_process"] / med["floor"], 3),
+            # the same ratios within each repeat (measured minutes apart, not across the run:
+            # this machine's speed drifts by more than the effects measured), their median
+            "paired_median": {
+                "align_w1_over_floor": _paired(runs[fmt]["floor"], runs[fmt]["align_w1"]),
+                "align_w2_over_w1": _paired(runs[fmt]["align_w1"], runs[fmt]["align_w2"]),
+            },
         }
     loads = [r["load_1m_before"] for f in formats for k in kinds for r in runs[f][k]]
     result = {
