@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from machine import LFW_TGZ, timed_run, write_result  # noqa: E402
+from machine import FILL_STORE, LFW_TGZ, timed_run, write_result  # noqa: E402
 
 DETECTOR = {"batch": 1, "max_pixels": 64000000, "min_face_size": 40}  # the build defaults
 
@@ -245,6 +245,10 @@ def main() -> int:
     try:
         tar_path, landmarks, rows = make_subset(work, args.limit, Path(args.landmarks))
         n = len(rows)
+        if n == 0:
+            print(f"SKIP: no LFW image has a stored detection in {args.landmarks}; fill it first:")
+            print("  " + FILL_STORE.format(tgz=LFW_TGZ))
+            return 0
         print(f"{n} LFW images with stored landmarks; {args.repeats} repeats of {kinds} x {formats}", flush=True)
         for rep in range(args.repeats):
             for fmt in formats:
