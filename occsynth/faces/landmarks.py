@@ -7,7 +7,6 @@ same images (from a folder, an archive, a renamed copy) reuse them instead of ru
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterable
@@ -15,7 +14,7 @@ from typing import Iterable
 from occsynth import contract
 from occsynth.io.atomic import write_text
 from occsynth.io.cache import cache_dir
-from occsynth.io.dataset import DatasetError, iter_jsonl
+from occsynth.io.dataset import DatasetError, iter_jsonl, json_line
 
 
 def _landmarks_file(path: str | Path) -> Path:
@@ -103,14 +102,8 @@ class StoredLandmarks:
 
 
 def _parse(path: Path, line_no: int, line: bytes) -> dict:
-    """One line as iter_jsonl and load_landmarks read it (the same errors)."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise DatasetError(f"{path}:{line_no}: not a JSON line (landmarks): {exc}") from None
-    if not isinstance(record, dict):
-        raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-    return _checked(path, line_no, record)
+    """One line as load_landmarks reads it (the same errors)."""
+    return _checked(path, line_no, json_line(path, line_no, line, "landmarks"))
 
 
 class LandmarkCache:

@@ -17,7 +17,7 @@ from typing import Iterator
 from occsynth import contract
 from occsynth.io.tar import ShardReader, iter_shard
 
-__all__ = ["Dataset", "DatasetError", "ShardEntry", "iter_jsonl", "read_jsonl", "remember_index"]
+__all__ = ["Dataset", "DatasetError", "ShardEntry", "iter_jsonl", "json_line", "read_jsonl", "remember_index"]
 
 _MANIFEST_KEYS = ("shards", "totals", "template", "image_size")
 
@@ -73,15 +73,20 @@ def iter_jsonl(path: str | os.PathLike, what: str = "") -> Iterator[tuple[int, d
     the file and the line."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise DatasetError(f"{path}:{line_no}: not a JSON line{f' ({what})' if what else ''}: {exc}") from None
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, record
+            if line.strip():
+                yield line_no, json_line(path, line_no, line, what)
+
+
+def json_line(path: str | os.PathLike, line_no: int, line: str | bytes, what: str = "") -> dict:
+    """One line of a JSON-lines file as an object; a DatasetError naming the file and the line
+    when it is not one (bytes that are not UTF-8 included)."""
+    try:
+        record = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise DatasetError(f"{path}:{line_no}: not a JSON line{f' ({what})' if what else ''}: {exc}") from None
+    if not isinstance(record, dict):
+        raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict]:
