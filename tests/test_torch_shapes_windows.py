@@ -1,8 +1,8 @@
-"""The `polygon` and `pieces` ops compute only inside each sample's window (issue 16, item 4):
-against the whole-grid implementations they replaced (shapes.py at 9c887c3, kept below with
-their arithmetic unchanged as `_WholeGridPolygon` and `_WholeGridPieces`), seeded batches give
-bit-identical images and masks, and the generator ends in the same state (the same draws, in the
-same order)."""
+"""The gauge shapes (`ellipse`, `polygon`, `blob`) and `pieces` compute only inside each sample's
+window (issue 16, item 4): against the whole-grid implementations they replaced (shapes.py at
+9c887c3 for polygon and pieces, at 9364582 for ellipse and blob, kept below with their
+arithmetic unchanged as `_WholeGrid*`), seeded batches give bit-identical images and masks, and
+the generator ends in the same state (the same draws, in the same order)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,18 @@ from occsynth.occluders.torch._ops import (
     _round_half_even,
     kth_smallest,
 )
-from occsynth.occluders.torch.shapes import _covered, _PiecesOp, _PolygonOp, _pseudo_angle, _Shapes, _split, rect_dims
+from occsynth.occluders.torch.shapes import (
+    _blob_tables,
+    _BlobOp,
+    _covered,
+    _EllipseOp,
+    _PiecesOp,
+    _PolygonOp,
+    _pseudo_angle,
+    _Shapes,
+    _split,
+    rect_dims,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -34,8 +45,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # ----------------------------------------------------------------------------- the references
 
 
-class _WholeGridPolygon(_PolygonOp):
-    """_GaugeOp.__call__ and _PolygonOp.shapes at 9c887c3: the gauge over every pixel."""
+class _WholeGrid:
+    """_GaugeOp.__call__ at 9c887c3 (the same at 9364582): the gauge over every pixel."""
 
     def __call__(self, ctx, img, lm):
         b = img.shape[0]
@@ -64,6 +75,10 @@ class _WholeGridPolygon(_PolygonOp):
             own = own & (g < ring.to(g.dtype).unsqueeze(1))
         own = own.view(b, H, W)
         return _paint(ctx, img, own, c["fill"], None), own
+
+
+class _WholeGridPolygon(_WholeGrid, _PolygonOp):
+    """_PolygonOp.shapes at 9c887c3."""
 
     def shapes(self, ctx, c, b):
         n = c["vertices"]
@@ -111,6 +126,56 @@ class _WholeGridPolygon(_PolygonOp):
             torch.where(active, py, -big).amax(1),
             power=1,
         )
+
+
+class _WholeGridEllipse(_WholeGrid, _EllipseOp):
+    """_EllipseOp.shapes at 9364582."""
+
+    def shapes(self, ctx, c, b):
+        a, bb = torch.sqrt(c["aspect"]), 1.0 / torch.sqrt(c["aspect"])
+        t = torch.deg2rad(c["angle"])
+        ca, sa = (torch.cos(t) / a).float().view(b, 1, 1), (torch.sin(t) / a).float().view(b, 1, 1)
+        cb, sb = (torch.cos(t) / bb).float().view(b, 1, 1), (torch.sin(t) / bb).float().view(b, 1, 1)
+
+        def gauge(dx, dy):
+            u = dx * ca + dy * sa
+            v = dy * cb - dx * sb
+            return u * u + v * v
+
+        ex = torch.sqrt((a * torch.cos(t)) ** 2 + (bb * torch.sin(t)) ** 2)
+        ey = torch.sqrt((a * torch.sin(t)) ** 2 + (bb * torch.cos(t)) ** 2)
+        return _Shapes(gauge, torch.full_like(ex, math.pi), -ex, ex, -ey, ey, power=2)
+
+
+class _WholeGridBlob(_WholeGrid, _BlobOp):
+    """_BlobOp.shapes at 9364582."""
+
+    def shapes(self, ctx, c, b):
+        K = c["harmonics"]
+        if bool(((K < 1) | (K > G.BLOB_MAX_HARMONICS)).any()) or bool((c["amplitude"] < 0).any()):
+            raise ValueError(f"blob needs harmonics in [1, {G.BLOB_MAX_HARMONICS}] and amplitude >= 0")
+        cos_k, sin_k, cos_dir, sin_dir, widths = _blob_tables(ctx.device)
+        M = int(K.max())
+        k = torch.arange(1, M + 1, device=ctx.device, dtype=torch.float64).view(1, M)
+        on = k <= K.view(b, 1)
+        size = torch.where(
+            on,
+            c["amplitude"].view(b, 1) * ctx.randn(b, M) / k,
+            torch.zeros(b, M, dtype=torch.float64, device=ctx.device),
+        )
+        phases = ctx.rand(b, M) * (2 * math.pi)
+        radius = torch.exp((size * torch.cos(phases)) @ cos_k[:M] - (size * torch.sin(phases)) @ sin_k[:M])
+        inv_sq = (1.0 / radius**2).float()
+        nb = G.BLOB_BINS
+
+        def gauge(dx, dy):
+            pa = _pseudo_angle(dx, dy)
+            idx = torch.clamp((pa * (nb / 4.0)).long(), max=nb - 1)
+            return (dx * dx + dy * dy) * inv_sq.gather(1, idx.reshape(b, -1)).view(pa.shape)
+
+        xs, ys = radius * cos_dir, radius * sin_dir
+        area = 0.5 * (radius**2 * widths).sum(1)
+        return _Shapes(gauge, area, xs.amin(1), xs.amax(1), ys.amin(1), ys.amax(1), power=2)
 
 
 class _WholeGridPieces(_PiecesOp):
@@ -267,6 +332,21 @@ POLYGONS = [
     {"ratio": [0.1, 0.4], "fill": {"choice": ["noise", "texture", "white"]}},
 ]
 
+ELLIPSES = [
+    {},  # the defaults
+    {"ratio": [0.0, 0.003], "aspect": [0.2, 5.0]},  # tiny and thin: k = 0 included
+    {"ratio": [0.4, 0.95], "aspect": [0.3, 3.0], "overflow": {"choice": ["clip", "shrink"]}},  # past the border
+    {"ratio": [0.05, 0.5], "angle": 45.0, "aspect": 4.0, "fill": "mean"},
+    {"ratio": [0.1, 0.4], "fill": {"choice": ["noise", "texture", "white"]}},
+]
+
+BLOBS = [
+    {},  # the defaults
+    {"ratio": [0.0005, 0.01], "harmonics": [1, 16], "amplitude": [0.0, 1.2]},  # tiny, rough
+    {"ratio": [0.4, 0.95], "amplitude": [0.3, 1.0], "overflow": {"choice": ["clip", "shrink"]}},
+    {"ratio": [0.05, 0.5], "harmonics": 16, "amplitude": 1.5, "fill": {"choice": ["mean", "texture"]}},
+]
+
 PIECES = [
     {},  # the defaults
     {"ratio": [0.0, 0.01], "n": [1, 6]},  # tiny pieces, empty ones included
@@ -288,6 +368,42 @@ def test_polygon_windows_match_the_whole_grid(params, dtype, value_range, h, w, 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_landmarks", [True, False])
 @pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
+@pytest.mark.parametrize("params", ELLIPSES)
+def test_ellipse_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
+    _compare("ellipse", _WholeGridEllipse, params, dtype, value_range, h, w, with_landmarks, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_landmarks", [True, False])
+@pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
+@pytest.mark.parametrize("params", BLOBS)
+def test_blob_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
+    _compare("blob", _WholeGridBlob, params, dtype, value_range, h, w, with_landmarks, device)
+
+
+def test_blob_shapes_lie_within_their_window_extents():
+    """The blob's slack holds: on a fine grid around unit blobs, every point with gauge <= 1 lies
+    within the extents widened by the slack, while the extents alone (taken at the bin centres)
+    can be passed."""
+    op = _BlobOp({"harmonics": [1, 16], "amplitude": [0.2, 1.5]})
+    ctx = _Ctx(torch.Generator().manual_seed(4), torch.device("cpu"), 0.0, 1.0, False, 64, 64, {})
+    b = 48
+    c = op.concrete(ctx, op._draws(ctx, b))
+    sh = op.shapes(ctx, c, b)
+    r = float(torch.maximum(sh.xmax.abs(), sh.xmin.abs()).max().item()) * 1.2 + 0.1
+    t = torch.linspace(-r, r, 801)
+    dx, dy = t.float().view(1, 1, -1).expand(b, 1, -1), t.float().view(1, -1, 1).expand(b, -1, 1)
+    inside = sh.gauge(dx, dy) <= 1.0
+    x, y = dx.expand_as(inside).double(), dy.expand_as(inside).double()
+    out = lambda lo, hi, v: inside & ((v < lo.view(b, 1, 1)) | (v > hi.view(b, 1, 1)))  # noqa: E731
+    past = out(sh.xmin - sh.slack, sh.xmax + sh.slack, x) | out(sh.ymin - sh.slack, sh.ymax + sh.slack, y)
+    assert not bool(past.any())
+    assert bool((out(sh.xmin, sh.xmax, x) | out(sh.ymin, sh.ymax, y)).any())  # the slack is needed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_landmarks", [True, False])
+@pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
 @pytest.mark.parametrize("params", PIECES)
 def test_pieces_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
     _compare("pieces", _WholeGridPieces, params, dtype, value_range, h, w, with_landmarks, device)
@@ -297,15 +413,25 @@ def test_pieces_windows_match_the_whole_grid(params, dtype, value_range, h, w, w
 def test_chunk_sizes_give_the_same_output(chunk, monkeypatch):
     monkeypatch.setattr(shapes_module, "CPU_CHUNK", chunk)
     _compare("polygon", _WholeGridPolygon, POLYGONS[4], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
+    _compare("ellipse", _WholeGridEllipse, ELLIPSES[2], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
+    _compare("blob", _WholeGridBlob, BLOBS[2], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
     _compare("pieces", _WholeGridPieces, PIECES[3], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
 
 
-def test_polygon_windows_too_small_fall_back_to_the_whole_image(monkeypatch):
+@pytest.mark.parametrize(
+    "name, op, reference",
+    [
+        ("polygon", _PolygonOp, _WholeGridPolygon),
+        ("ellipse", _EllipseOp, _WholeGridEllipse),
+        ("blob", _BlobOp, _WholeGridBlob),
+    ],
+)
+def test_windows_too_small_fall_back_to_the_whole_image(name, op, reference, monkeypatch):
     """With windows of the shape at half its area scale, the check fails for nearly every sample
     (the k-th smallest gauge lies beyond the window's reach): they are redone over the whole
     image, and the output is still the whole-grid one."""
     calls = []
-    window = shapes_module._PolygonOp._window
+    window = op._window
 
     def spy(*args):
         bad = window(*args)
@@ -313,8 +439,8 @@ def test_polygon_windows_too_small_fall_back_to_the_whole_image(monkeypatch):
         return bad
 
     monkeypatch.setattr(shapes_module, "REACH", (0.5, 0.0))
-    monkeypatch.setattr(shapes_module._PolygonOp, "_window", staticmethod(spy))
-    _compare("polygon", _WholeGridPolygon, {"ratio": [0.05, 0.5]}, torch.float32, None, 48, 56, True, "cpu", b=40)
+    monkeypatch.setattr(op, "_window", staticmethod(spy))
+    _compare(name, reference, {"ratio": [0.05, 0.5]}, torch.float32, None, 48, 56, True, "cpu", b=40)
     assert sum(calls) >= 40  # most samples of both seeds failed the check and were redone
 
 

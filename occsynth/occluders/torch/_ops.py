@@ -97,6 +97,8 @@ def _round_half_even(x: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- fills
 
+PAINT_CHUNK = 16  # images blended at a time on CPU (see _paint)
+
 
 def _paint(ctx: _Ctx, img: Tensor, own: Tensor, fill: Tensor, box: Tensor | None) -> Tensor:
     """where(own, fill colour, img); own [b,H,W] bool, fill [b] codes into G.FILLS, box [b,4]
@@ -110,7 +112,17 @@ def _paint(ctx: _Ctx, img: Tensor, own: Tensor, fill: Tensor, box: Tensor | None
         mean = torch.round(mean) if ctx.integer else mean
         colour = torch.where(code == G.FILLS.index("mean"), mean, colour)
     where = own.unsqueeze(1)
-    out = _blend(img, colour.to(img.dtype), where)
+    colour = colour.to(img.dtype)
+    if img.device.type == "cpu" and b > PAINT_CHUNK:
+        # in chunks of images whose temporaries stay in cache: on CPU the whole-batch blend is
+        # bound by memory traffic (each of its full-size temporaries is written and read back)
+        out = torch.empty_like(img)
+        for i in range(0, b, PAINT_CHUNK):
+            out[i : i + PAINT_CHUNK] = _blend(
+                img[i : i + PAINT_CHUNK], colour[i : i + PAINT_CHUNK], where[i : i + PAINT_CHUNK]
+            )
+    else:
+        out = _blend(img, colour, where)
     for name in ("noise", "texture"):
         chosen = fill == G.FILLS.index(name)
         if not bool(chosen.any()):
@@ -186,10 +198,13 @@ def _count(where: Tensor) -> Tensor:
     return where.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
-def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 3) -> Tensor:
+def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 1) -> Tensor:
     """Per row of g [b, M], the k-th smallest value (k [b] >= 1), so that {g <= t} has k members
     (ties aside). Newton steps on the count (which grows like t^(2/power) for a scaled shape) get
-    close in a few passes; an exact top-k over the few values between fixes the rest."""
+    close; an exact top-k over the few values between fixes the rest. One step by default: on
+    CPU a further step (a full pass) cost more than the top-k work it spared (ellipse, polygon:
+    5-7% faster in all with one than with three). The mask {g <= t} is the same whatever the
+    steps; t itself may be any value between the k-th and the next when no correction ran."""
     kf = k.to(torch.float64)
     t = guess.to(torch.float64).clone()
     for _ in range(steps):
@@ -203,15 +218,15 @@ def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 3
     if len(rows):
         need = int(diff.max())
         gr, tr, dr = g[rows], t[rows].unsqueeze(1), diff[rows]
-        # values <= t pushed out of reach (arithmetic rather than torch.where: see _and)
-        above = torch.maximum(gr, tr) + (gr <= tr).to(g.dtype) * _FAR
+        # values <= t pushed out of reach (a same-shape condition and a scalar: vectorised on CPU)
+        above = torch.where(gr > tr, gr, _FAR)
         smallest = torch.topk(above, min(need, g.shape[1]), dim=1, largest=False).values
         t[rows] = smallest.gather(1, (dr.clamp(min=1, max=smallest.shape[1]) - 1).unsqueeze(1)).squeeze(1)
     rows = torch.nonzero(diff < 0).squeeze(1)
     if len(rows):
         drop = int((-diff).max())
         gr, tr, dr = g[rows], t[rows].unsqueeze(1), diff[rows]
-        below = torch.minimum(gr, tr) - (gr > tr).to(g.dtype) * _FAR
+        below = torch.where(gr <= tr, gr, -_FAR)
         largest = torch.topk(below, min(drop + 1, g.shape[1]), dim=1, largest=True).values
         t[rows] = largest.gather(1, (-dr).clamp(min=0, max=largest.shape[1] - 1).unsqueeze(1)).squeeze(1)
     return t
