@@ -166,6 +166,23 @@ def test_chunks_do_not_change_the_result(monkeypatch):
         assert torch.equal(out, results[0][0]) and torch.equal(masks, results[0][1])
 
 
+def test_windows_written_by_indices_as_by_slices(monkeypatch):
+    """Off CPU the windows are written by a gather and a scatter of indices, on CPU by a loop
+    of slices: forced on CPU, the index path gives the same images and masks (uint8 and float)."""
+    banks = {"default": _bank()}
+    params = {"placement": {"choice": ["landmarks", "random"]}, "scale": [0.3, 3.0], "rotation": [-90, 90]}
+    occ = TorchOccluder({"name": "bank", "params": params}, banks=banks)
+    lm = (torch.as_tensor(get_template("arcface-112x112").points, dtype=torch.float32) * 0.6).expand(40, 5, 2)
+    for dtype in (torch.uint8, torch.float32):
+        images = torch.randint(0, 256, (40, 3, 72, 64), generator=torch.Generator().manual_seed(2)).to(dtype)
+        monkeypatch.setattr(bank_module, "SLICE_WRITES", ("cpu",))
+        by_slices = occ(images, lm, torch.Generator().manual_seed(7))
+        monkeypatch.setattr(bank_module, "SLICE_WRITES", ())
+        by_indices = occ(images, lm, torch.Generator().manual_seed(7))
+        assert torch.equal(by_slices[0], by_indices[0]) and torch.equal(by_slices[1], by_indices[1])
+        assert bool(by_slices[1].any()) and not torch.equal(by_slices[0], images)
+
+
 def test_exact_half_alpha_ties_stay_exact():
     """At scale 1 with no rotation, random placement puts even-sized templates at half-pixel
     offsets, so edge pixels of an opaque template sample alpha = 0.5 exactly (weights 0.5):

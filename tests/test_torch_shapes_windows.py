@@ -418,6 +418,20 @@ def test_chunk_sizes_give_the_same_output(chunk, monkeypatch):
     _compare("pieces", _WholeGridPieces, PIECES[3], torch.uint8, None, 64, 72, False, "cpu", b=40, seeds=(3,))
 
 
+@pytest.mark.parametrize("name", ["ellipse", "polygon", "blob"])
+def test_gauge_windows_written_by_indices_as_by_slices(name, monkeypatch):
+    """Off CPU the gauge windows are written by a scatter of indices, on CPU by a loop of slices:
+    forced on CPU, the index path gives the same masks and images."""
+    params = {"ratio": [0.02, 0.9], "overflow": {"choice": ["clip", "shrink"]}}
+    images = _images(40, torch.uint8, None, 64, 72, 3)
+    runs = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(shapes_module, "SLICE_WRITES", devices)
+        runs.append(TorchOccluder({"name": name, "params": params})(images, None, torch.Generator().manual_seed(3)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert bool(runs[0][1].any())
+
+
 @pytest.mark.parametrize(
     "name, op, reference",
     [

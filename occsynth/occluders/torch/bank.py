@@ -266,22 +266,25 @@ def _render(ctx, img: Tensor, prem: Tensor, rect: Tensor, idx: Tensor, z: Tensor
         chunks = [order[s : s + CPU_CHUNK] for s in range(0, b, CPU_CHUNK)]
     else:
         chunks = [torch.arange(b, device=img.device)]
-    # channel-major copy (one row of every image's pixels per channel): chunks scatter into it
-    out = img.transpose(0, 1).clone(memory_format=torch.contiguous_format).view(c, b * H * W)
-    own = torch.zeros(b * H * W, dtype=torch.bool, device=img.device)
+    out = img.clone(memory_format=torch.contiguous_format)
+    own = torch.zeros(b, H, W, dtype=torch.bool, device=img.device)
     for sel in chunks:
         wx, wy, bh, bw = _windows(x0[sel], y0[sel], x1[sel], y1[sel], H, W)
-        _paste(ctx, out, own, sel, prem, idx[sel], z[sel], centre[sel], mid[sel], wx, wy, bh, bw, H, W)
-    return out.view(c, b, H, W).transpose(0, 1).contiguous(), own.view(b, H, W)
+        _paste(ctx, out, own, sel, prem, idx[sel], z[sel], centre[sel], mid[sel], wx, wy, bh, bw)
+    return out, own
 
 
 CPU_CHUNK = 32
 
+# devices whose windows are written by a loop of slices (see _paste); elsewhere by indices
+SLICE_WRITES = ("cpu",)
 
-def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int, H: int, W: int) -> None:
-    """_render on the samples `sel`: out [c, B*H*W] (channel-major images) and own [B*H*W]
-    written in place; the other arguments are the chosen samples'."""
-    b, c = len(sel), out.shape[0]
+
+def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int) -> None:
+    """_render on the samples `sel`: out [B, c, H, W] (the images) and own [B, H, W] written in
+    place in the samples' windows; the other arguments are the chosen samples'."""
+    b = len(sel)
+    c, H, W = out.shape[1:]
     dev = out.device
     px = ((x0.view(b, 1) + torch.arange(bw, device=dev)).double() + 0.5).view(b, 1, bw) - centre[:, 0].view(b, 1, 1)
     py = ((y0.view(b, 1) + torch.arange(bh, device=dev)).double() + 0.5).view(b, bh, 1) - centre[:, 1].view(b, 1, 1)
@@ -299,10 +302,21 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
     rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo).add_(ctx.lo)
     if ctx.integer:
         rgb = rgb.round_()
-    # the windows' pixels in the flattened images: gather, blend, scatter back
-    lin = sel.view(b, 1, 1) * (H * W) + (y0.view(b, 1, 1) + torch.arange(bh, device=dev).view(1, bh, 1)) * W
-    lin = (lin + x0.view(b, 1, 1) + torch.arange(bw, device=dev).view(1, 1, bw)).view(1, b * bh * bw)
-    at = lin.expand(c, b * bh * bw)
-    rgb = rgb.to(out.dtype).transpose(0, 1).reshape(c, b * bh * bw)
-    out.scatter_(1, at, _blend(out.gather(1, at), rgb, own_w.view(1, b * bh * bw)))
-    own.scatter_(0, lin.view(-1), own_w.view(-1))
+    rgb = rgb.to(out.dtype)
+    if dev.type in SLICE_WRITES:
+        # the windows by slices (each sample's written once, none overlap): on CPU ~2x faster
+        # than building int64 indices for a gather and a scatter
+        starts = list(zip(sel.tolist(), y0.tolist(), x0.tolist()))
+        windows = torch.stack([out[s, :, y : y + bh, x : x + bw] for s, y, x in starts])
+        blended = _blend(windows, rgb, own_w)
+        for i, (s, y, x) in enumerate(starts):
+            out[s, :, y : y + bh, x : x + bw] = blended[i]
+            own[s, y : y + bh, x : x + bw] = own_w[i, 0]
+        return
+    # elsewhere, the windows' pixels in the flattened images: gather, blend, scatter back
+    rows = (y0.view(b, 1, 1, 1) + torch.arange(bh, device=dev).view(1, 1, bh, 1)) * W
+    pix = rows + x0.view(b, 1, 1, 1) + torch.arange(bw, device=dev).view(1, 1, 1, bw)  # [b, 1, bh, bw]
+    at = (sel.view(b, 1, 1, 1) * c + torch.arange(c, device=dev).view(1, c, 1, 1)) * (H * W) + pix
+    flat = out.view(-1)
+    flat[at] = _blend(flat[at], rgb, own_w)
+    own.view(-1)[sel.view(b, 1, 1, 1) * (H * W) + pix] = own_w

@@ -114,6 +114,9 @@ CPU_CHUNK = 32
 # a gauge shape's window holds the shape scaled by REACH[0] * s0 + REACH[1] (s0 its area scale)
 REACH = (1.05, 1.0)
 
+# devices whose gauge windows are written by a loop of slices (see _window); elsewhere by indices
+SLICE_WRITES = ("cpu",)
+
 
 class _GaugeOp(_Op):
     def shapes(self, ctx: _Ctx, c: dict, b: int) -> _Shapes:
@@ -222,7 +225,7 @@ class _GaugeOp(_Op):
         if ring is not None:
             mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
         mask = _and(mask, ~bad.view(n, 1))
-        if dev.type == "cpu":
+        if dev.type in SLICE_WRITES:
             # each sample's window is written once (a failed one with all False), so plain slice
             # assignment: a loop of n copies, ~2x faster on CPU than building the int64 indices
             # for a scatter
