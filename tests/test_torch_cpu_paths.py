@@ -1,12 +1,17 @@
 """The CPU speed paths of the batched ops give what the general ones give: a polygon's sector
 found by counting comparisons equals searchsorted's, for every vertex count it is used for; the
-paint blended in chunks of images equals the whole-batch blend; the k-th smallest gauge gives
-the same mask whatever the number of Newton steps before its exact correction."""
+paint blended in chunks of images equals the whole-batch blend; texture fills computed for the
+samples that use them only, in box windows, equal the whole-batch texture; noise drawn the same
+way paints its samples' masks only; the k-th smallest gauge gives the same mask whatever the
+number of Newton steps before its exact correction."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
+from occsynth.occluders.families import geometric as G
 from occsynth.occluders.torch import TorchOccluder, _ops, kth_smallest, shapes
 
 
@@ -58,3 +63,80 @@ def test_kth_smallest_mask_is_the_same_whatever_the_newton_steps():
         for power in (1, 2):
             t = kth_smallest(g, k, guess, power, steps=steps)
             assert torch.equal(g <= t.view(-1, 1), expected), (steps, power)
+
+
+def _whole_batch_paint(ctx, img, own, fill, box):
+    """_ops._paint at 220f38b, chunks left out: noise and texture computed for every sample and
+    blended where chosen."""
+    b, c, h, w = img.shape
+    code = fill.view(b, 1, 1, 1)
+    colour = torch.where(code == G.FILLS.index("white"), ctx.hi, ctx.lo).to(torch.float32).expand(b, c, 1, 1)
+    if bool((fill == G.FILLS.index("mean")).any()):
+        mean = img.float().mean(dim=(2, 3), keepdim=True)
+        mean = torch.round(mean) if ctx.integer else mean
+        colour = torch.where(code == G.FILLS.index("mean"), mean, colour)
+    where = own.unsqueeze(1)
+    out = _ops._blend(img, colour.to(img.dtype), where)
+    for name in ("noise", "texture"):
+        chosen = fill == G.FILLS.index(name)
+        if not bool(chosen.any()):
+            continue
+        if name == "noise":
+            u = ctx.rand(b, c, h, w, dtype=torch.float32)
+            value = torch.floor(u * 256.0).clamp(max=255.0) if ctx.integer else ctx.lo + (ctx.hi - ctx.lo) * u
+        else:
+            cells = G.TEXTURE_CELLS
+            grid = torch.floor(ctx.rand(b, c, cells, cells, dtype=torch.float32) * 256.0).clamp(max=255.0)
+            ys, xs = ctx.grid()
+            boxes = box if box is not None else _ops._box(own)
+            bx, by, bw, bh = (boxes[:, i].float().view(b, 1, 1) for i in range(4))
+            gx = (xs.view(1, 1, -1) - bx + 0.5) / bw.clamp(min=1) * 2 - 1
+            gy = (ys.view(1, -1, 1) - by + 0.5) / bh.clamp(min=1) * 2 - 1
+            coords = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)
+            tex = F.grid_sample(grid, coords, mode="bicubic", padding_mode="border", align_corners=False)
+            tex = torch.round(tex).clamp(0, 255)
+            value = tex if ctx.integer else ctx.lo + (ctx.hi - ctx.lo) * tex / 255.0
+        out = _ops._blend(out, value.to(img.dtype), _ops._and(where, chosen.view(b, 1, 1, 1)))
+    return out
+
+
+@pytest.mark.parametrize("windows", [("cpu",), ()])  # texture in box windows (CPU), or over whole frames
+def test_textures_computed_for_their_samples_only_equal_the_whole_batch(windows, monkeypatch):
+    """Texture values are the whole frame's at each pixel, computed for the samples that use
+    texture only, in box windows or not (noise is left out: it draws fewer numbers now)."""
+    specs = [
+        ("block", {"choice": ["black", "texture", "mean"]}),  # block and rectangle pass their box
+        ("ellipse", {"choice": ["white", "texture"]}),  # the others' box is the mask's
+        ("polygon", "texture"),
+        ("pieces", "texture"),
+    ]
+    monkeypatch.setattr(_ops, "FILL_CHUNK", 7)  # several window sizes
+    monkeypatch.setattr(_ops, "WINDOW_FILLS", windows)
+    for name, fill in specs:
+        spec = {"name": name, "params": {"ratio": [0.05, 0.5], "fill": fill}}
+        for dtype in (torch.uint8, torch.float32):
+            images = torch.randint(0, 256, (40, 3, 48, 40), generator=torch.Generator().manual_seed(4)).to(dtype)
+            images = images if dtype == torch.uint8 else images / 255
+            new = TorchOccluder(spec)(images, None, torch.Generator().manual_seed(9))
+            monkeypatch.setattr(shapes, "_paint", _whole_batch_paint)
+            old = TorchOccluder(spec)(images, None, torch.Generator().manual_seed(9))
+            monkeypatch.setattr(shapes, "_paint", _ops._paint)
+            assert torch.equal(new[1], old[1]) and torch.equal(new[0], old[0]), (spec, dtype)
+            assert bool(new[1].any()), spec
+
+
+@pytest.mark.parametrize("windows", [("cpu",), ()])  # noise in box windows (CPU), or over whole frames
+def test_noise_for_some_samples_fills_their_masks_only(windows, monkeypatch):
+    """Noise drawn for the samples that use it only: the others are painted as their own fill,
+    the noise samples' masks hold varied values, and no pixel outside a mask changes."""
+    monkeypatch.setattr(_ops, "WINDOW_FILLS", windows)
+    images = torch.randint(0, 256, (64, 3, 40, 36), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    occluder = TorchOccluder(
+        {"name": "ellipse", "params": {"ratio": [0.1, 0.5], "fill": {"choice": ["black", "noise"]}}}
+    )
+    out, masks = occluder(images, None, torch.Generator().manual_seed(2))
+    own = masks[:, 0]
+    assert torch.equal(out[~own.unsqueeze(1).expand_as(out)], images[~own.unsqueeze(1).expand_as(images)])
+    black = torch.tensor([bool((out[i][:, own[i]] == 0).all()) for i in range(64)])
+    noisy = torch.tensor([len(torch.unique(out[i][:, own[i]])) > 100 for i in range(64)])
+    assert bool((black ^ noisy).all()) and 10 < int(noisy.sum()) < 54
