@@ -167,8 +167,9 @@ def test_chunks_do_not_change_the_result(monkeypatch):
 
 
 def test_windows_written_by_indices_as_by_slices(monkeypatch):
-    """Off CPU the windows are written by a gather and a scatter of indices, on CPU by a loop
-    of slices: forced on CPU, the index path gives the same images and masks (uint8 and float)."""
+    """Off CPU the templates are sampled in one grid_sample and the windows written by a gather
+    and a scatter of indices, on CPU sample by sample and by a loop of slices: forced on CPU, the
+    first path gives the same images and masks (uint8 and float)."""
     banks = {"default": _bank()}
     params = {"placement": {"choice": ["landmarks", "random"]}, "scale": [0.3, 3.0], "rotation": [-90, 90]}
     occ = TorchOccluder({"name": "bank", "params": params}, banks=banks)
