@@ -357,28 +357,19 @@ PIECES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("with_landmarks", [True, False])
-@pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
-@pytest.mark.parametrize("params", POLYGONS)
-def test_polygon_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
-    _compare("polygon", _WholeGridPolygon, params, dtype, value_range, h, w, with_landmarks, device)
+GAUGE_CASES = [
+    *(("polygon", _WholeGridPolygon, params) for params in POLYGONS),
+    *(("ellipse", _WholeGridEllipse, params) for params in ELLIPSES),
+    *(("blob", _WholeGridBlob, params) for params in BLOBS),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_landmarks", [True, False])
 @pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
-@pytest.mark.parametrize("params", ELLIPSES)
-def test_ellipse_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
-    _compare("ellipse", _WholeGridEllipse, params, dtype, value_range, h, w, with_landmarks, device)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("with_landmarks", [True, False])
-@pytest.mark.parametrize("dtype, value_range, h, w", IMAGES)
-@pytest.mark.parametrize("params", BLOBS)
-def test_blob_windows_match_the_whole_grid(params, dtype, value_range, h, w, with_landmarks, device):
-    _compare("blob", _WholeGridBlob, params, dtype, value_range, h, w, with_landmarks, device)
+@pytest.mark.parametrize("name, reference, params", GAUGE_CASES)
+def test_gauge_windows_match_the_whole_grid(name, reference, params, dtype, value_range, h, w, with_landmarks, device):
+    _compare(name, reference, params, dtype, value_range, h, w, with_landmarks, device)
 
 
 def test_blob_shapes_lie_within_their_window_extents():
