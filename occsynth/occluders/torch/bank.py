@@ -300,7 +300,7 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
     if dev.type in SLICE_WRITES:
         # each sample's own template sampled where it lies (no copy of the chunk's templates,
         # one call a sample): 14% faster in all on CPU, batch 256; the values are the same
-        sample = torch.empty(b, prem.shape[1], bh, bw, device=dev)
+        sample = torch.empty(b, prem.shape[1], bh, bw, device=dev, dtype=prem.dtype)
         for i, t in enumerate(idx.tolist()):
             sample[i : i + 1] = F.grid_sample(
                 prem[t : t + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
