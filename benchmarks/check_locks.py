@@ -6,8 +6,9 @@ Each lock records its build and options (a lock without "harmonize", written bef
 harmonisation, is rebuilt with --no-harmonize; one without "redetect", written before the padded
 re-detection, with --redetect none); the build is rerun with `--check LOCK` into a
 temporary folder (detections come from the machine-wide landmark cache, so only the first
-build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs (with a note when the installed OpenCV is not
-the 5.0 the locks were made with: other OpenCV releases may write other bytes).
+build on a machine runs MTCNN). Prints one line per lock and exits 1 if any differs, with a
+note when the installed OpenCV is not the 5.0 the locks were made with (other OpenCV releases
+may write other bytes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cv2
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -100,12 +103,9 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if failed:
-        import cv2
-
-        # the locks were made with OpenCV 5.0 (pyproject.toml holds it below 5.1)
-        if not cv2.__version__.startswith("5.0."):
-            print(f"note: OpenCV {cv2.__version__} is installed; the locks were made with OpenCV 5.0")
+    # the locks were made with OpenCV 5.0 (pyproject.toml holds it below 5.1)
+    if failed and not cv2.__version__.startswith("5.0."):
+        print(f"note: OpenCV {cv2.__version__} is installed; the locks were made with OpenCV 5.0")
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from occsynth.faces.templates import get_template
-from occsynth.occluders.torch import TensorBank, TorchOccluder
+from occsynth.occluders.torch import TensorBank, TorchOccluder, _ops
 from occsynth.occluders.torch import bank as bank_module
 from occsynth.occluders.torch._ops import _blend, _codes, _Ctx, _int, _num
 from occsynth.occluders.torch.bank import _boxes, _windows
@@ -176,9 +176,9 @@ def test_windows_written_by_indices_as_by_slices(monkeypatch):
     lm = (torch.as_tensor(get_template("arcface-112x112").points, dtype=torch.float32) * 0.6).expand(40, 5, 2)
     for dtype in (torch.uint8, torch.float32):
         images = torch.randint(0, 256, (40, 3, 72, 64), generator=torch.Generator().manual_seed(2)).to(dtype)
-        monkeypatch.setattr(bank_module, "SLICE_WRITES", ("cpu",))
+        monkeypatch.setattr(_ops, "SLICE_DEVICES", ("cpu",))
         by_slices = occ(images, lm, torch.Generator().manual_seed(7))
-        monkeypatch.setattr(bank_module, "SLICE_WRITES", ())
+        monkeypatch.setattr(_ops, "SLICE_DEVICES", ())
         by_indices = occ(images, lm, torch.Generator().manual_seed(7))
         assert torch.equal(by_slices[0], by_indices[0]) and torch.equal(by_slices[1], by_indices[1])
         assert bool(by_slices[1].any()) and not torch.equal(by_slices[0], images)

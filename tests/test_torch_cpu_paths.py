@@ -111,7 +111,7 @@ def test_textures_computed_for_their_samples_only_equal_the_whole_batch(windows,
         ("pieces", "texture"),
     ]
     monkeypatch.setattr(_ops, "FILL_CHUNK", 7)  # several window sizes
-    monkeypatch.setattr(_ops, "WINDOW_FILLS", windows)
+    monkeypatch.setattr(_ops, "SLICE_DEVICES", windows)
     for name, fill in specs:
         spec = {"name": name, "params": {"ratio": [0.05, 0.5], "fill": fill}}
         for dtype in (torch.uint8, torch.float32):
@@ -129,7 +129,7 @@ def test_textures_computed_for_their_samples_only_equal_the_whole_batch(windows,
 def test_noise_for_some_samples_fills_their_masks_only(windows, monkeypatch):
     """Noise drawn for the samples that use it only: the others are painted as their own fill,
     the noise samples' masks hold varied values, and no pixel outside a mask changes."""
-    monkeypatch.setattr(_ops, "WINDOW_FILLS", windows)
+    monkeypatch.setattr(_ops, "SLICE_DEVICES", windows)
     images = torch.randint(0, 256, (64, 3, 40, 36), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     occluder = TorchOccluder(
         {"name": "ellipse", "params": {"ratio": [0.1, 0.5], "fill": {"choice": ["black", "noise"]}}}

@@ -13,7 +13,7 @@ import torch
 
 from occsynth.faces.templates import get_template
 from occsynth.occluders.families import geometric as G
-from occsynth.occluders.torch import TorchOccluder
+from occsynth.occluders.torch import TorchOccluder, _ops
 from occsynth.occluders.torch import shapes as shapes_module
 from occsynth.occluders.torch._ops import (
     _FAR,
@@ -417,7 +417,7 @@ def test_gauge_windows_written_by_indices_as_by_slices(name, monkeypatch):
     images = _images(40, torch.uint8, None, 64, 72, 3)
     runs = []
     for devices in (("cpu",), ()):
-        monkeypatch.setattr(shapes_module, "SLICE_WRITES", devices)
+        monkeypatch.setattr(_ops, "SLICE_DEVICES", devices)
         runs.append(TorchOccluder({"name": name, "params": params})(images, None, torch.Generator().manual_seed(3)))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert bool(runs[0][1].any())

@@ -24,6 +24,7 @@ from occsynth.occluders.torch._ops import (
     _paint,
     _rect_mask,
     _round_half_even,
+    by_slices,
     kth_smallest,
 )
 
@@ -113,9 +114,6 @@ CPU_CHUNK = 32
 
 # a gauge shape's window holds the shape scaled by REACH[0] * s0 + REACH[1] (s0 its area scale)
 REACH = (1.05, 1.0)
-
-# devices whose gauge windows are written by a loop of slices (see _window); elsewhere by indices
-SLICE_WRITES = ("cpu",)
 
 
 class _GaugeOp(_Op):
@@ -225,10 +223,8 @@ class _GaugeOp(_Op):
         if ring is not None:
             mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
         mask = _and(mask, ~bad.view(n, 1))
-        if dev.type in SLICE_WRITES:
-            # each sample's window is written once (a failed one with all False), so plain slice
-            # assignment: a loop of n copies, ~2x faster on CPU than building the int64 indices
-            # for a scatter
+        if by_slices(dev):  # (_ops.SLICE_DEVICES)
+            # each sample's window is written once (a failed one with all False): slice assignment
             frame = own.view(-1, H, W)
             starts = zip(sel.tolist(), py[:, 0].tolist(), px[:, 0].tolist(), mask.view(n, bh, bw))
             for s, y, x, m in starts:
