@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if args.torch_only == "cuda" and not torch.cuda.is_available():
-        print("error: --torch-only cuda: torch sees no CUDA device here", file=sys.stderr)
+        print("Error: --torch-only cuda: torch sees no CUDA device here", file=sys.stderr)
         return 1
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
