@@ -10,6 +10,7 @@ import pytest
 
 from occsynth.occluders import create_occluder, list_occluders, occlude
 from occsynth.occluders.families import objects
+from occsynth.occluders.families.fitting import FitArea
 from occsynth.occluders.families.objects import TemplateOccluder
 
 LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
@@ -82,3 +83,31 @@ def test_fit_area_with_trial_counts_equals_full_renders(face, inner, monkeypatch
         assert result.records == full.records
     errors = [abs(r.records[0]["fit"]["achieved"] - r.records[0]["fit"]["target"]) for r in fast]
     assert np.median(errors) <= 0.002  # the search itself still reaches its targets
+
+
+@pytest.mark.parametrize("harmonize", [True, False])
+def test_fit_area_renders_its_inner_occluder_once(face, harmonize, monkeypatch):
+    """The search counts sizes with own_area; the one full render is the result's: a harmonised
+    inner occluder is not also rendered unharmonised at the size found (only its area is needed,
+    and own_area has it), and the result is what rendering it there first gave."""
+    spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": {"name": "object", "params": {}}}}
+    spec["params"]["occluder"]["params"]["harmonize"] = harmonize
+    renders = []
+    original = objects.TemplateOccluder.render
+    search = FitArea._bisect
+
+    def counted(self, *args):
+        renders.append(self.params["harmonize"])
+        return original(self, *args)
+
+    monkeypatch.setattr(objects.TemplateOccluder, "render", counted)
+    for i in range(6):
+        renders.clear()
+        result = occlude(face, LANDMARKS + i % 3, spec, i)
+        assert renders == [harmonize]
+        assert result.records[0]["fit"]["achieved"] == result.records[0]["area"] == pytest.approx(result.ratio)
+        if harmonize:  # the previous path: the search's best rendered unharmonised, then harmonised
+            with monkeypatch.context() as patch:
+                patch.setattr(FitArea, "_bisect", lambda self, *args: search(self, *args[:8], True))
+                before = occlude(face, LANDMARKS + i % 3, spec, i)
+            assert np.array_equal(before.image, result.image) and before.records == result.records

@@ -18,8 +18,9 @@ differ only in which size within the tolerance they stop at. Occluders that are 
 templates under an affine map (shapes, perspective templates) always use trials.
 
 An inner occluder that harmonises (occluders/harmonize.py) is searched without it (same
-version, so the same geometry and area: harmonisation never moves the mask) and harmonised
-once, at the size found.
+version, so the same geometry and area: harmonisation never moves the mask) and rendered once,
+harmonised, at the size found (the search counts that size's mask with own_area; it used to
+render it unharmonised too, which changed nothing but the time).
 """
 
 from __future__ import annotations
@@ -217,19 +218,15 @@ class FitArea(Occluder):
         target = float(sample_value(self.params["ratio"], rng))
         inner = self.params["occluder"]
         param = self.params["param"]
-        base_params = _base_params(inner, param)
-        final_params = None
-        probe = create_occluder(inner["name"], **base_params)
-        if probe.params.get("harmonize") not in (None, False):
-            # search without harmonising, at the same version (same geometry), harmonise once after
-            final_params = base_params
-            base_params = {**base_params, "harmonize": False}
-            if "version" in probe.params:
-                base_params["version"] = probe.version
+        base_params, final_params = self._search_params()
         best = None
         for attempt in range(int(self.params["retries"]) + 1):
             seed = int(rng.integers(0, 2**63 - 1))
-            result = self._bisect(image, mask, landmarks, inner["name"], base_params, param, target, seed)
+            # a search followed by a harmonised render counts the size it found (own_area, the
+            # mask the render will have) instead of rendering it unharmonised first
+            result = self._bisect(
+                image, mask, landmarks, inner["name"], base_params, param, target, seed, final_params is None
+            )
             if best is None or abs(result[2]["area"] - target) < abs(best[2]["area"] - target):
                 best, best_seed = result, seed
             if abs(best[2]["area"] - target) <= self.params["tolerance"]:
@@ -242,6 +239,24 @@ class FitArea(Occluder):
             record["fit_factor"] = factor
         record["fit"] = {"target": target, "achieved": record["area"], "attempts": attempt + 1}
         return out, new_mask, record
+
+    def _search_params(self) -> tuple[dict, dict | None]:
+        """(the inner parameters the search runs with, the ones the found size is rendered with
+        when they differ: an inner occluder that harmonises is searched without it, at the same
+        version, so the same geometry and area); worked out once per instance."""
+        cached = self.__dict__.get("_search")
+        if cached is None:
+            inner = self.params["occluder"]
+            base_params = _base_params(inner, self.params["param"])
+            final_params = None
+            probe = create_occluder(inner["name"], **base_params)
+            if probe.params.get("harmonize") not in (None, False):
+                final_params = base_params
+                base_params = {**base_params, "harmonize": False}
+                if "version" in probe.params:
+                    base_params["version"] = probe.version
+            cached = self._search = (base_params, final_params)
+        return cached
 
     def _template_proto(self, name, image, landmarks, base_params: dict) -> TemplateOccluder | None:
         """One instance of a template inner occluder per inner spec, copied for each size
@@ -260,7 +275,10 @@ class FitArea(Occluder):
             protos[key] = proto
         return protos[key]
 
-    def _bisect(self, image, mask, landmarks, name, base_params, param, target, seed):
+    def _bisect(self, image, mask, landmarks, name, base_params, param, target, seed, render=True):
+        """The search from one seed: (image, mask, record) of the size found, fully rendered;
+        with render=False (a harmonised render follows) only the record's fit_factor and area
+        are real, the image and mask are None."""
         points = np.asarray(landmarks, dtype=np.float64)
         proto = self._template_proto(name, image, points, base_params)
 
@@ -273,6 +291,7 @@ class FitArea(Occluder):
             return occluder
 
         done: dict[float, tuple] = {}  # full renders made while searching
+        counted: dict[float, float] = {}  # template occluders' areas counted without rendering
 
         def attempt(factor: float):
             if factor not in done:
@@ -296,15 +315,20 @@ class FitArea(Occluder):
             """The area a full attempt's record would hold."""
             if proto is None:
                 return attempt(factor)[2]["area"]
-            inner.bit_generator.state = start
-            return variant(factor).own_area(image, points, inner) / pixels
+            if factor in done:
+                return done[factor][2]["area"]
+            if factor not in counted:
+                inner.bit_generator.state = start
+                counted[factor] = variant(factor).own_area(image, points, inner) / pixels
+            return counted[factor]
 
         lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
+        tolerance = self.params["tolerance"]
         factor = 1.0
         if proto is not None and self.params["sizing"] == "alpha" and not proto.perspective:
             factor, estimate = self._alpha_factor(image, points, variant, inner, start, target)
             current = area(factor)
-            if estimate is not None and current > 0 and abs(current - target) > self.params["tolerance"]:
+            if estimate is not None and current > 0 and abs(current - target) > tolerance:
                 # one more solve on the estimate scaled to agree with the real area found (the
                 # estimate's error is mostly a proportion: the outline's share of the area)
                 gain = current / max(estimate(factor), 1e-12)
@@ -312,8 +336,10 @@ class FitArea(Occluder):
                 current = area(factor)
         else:
             current = area(factor)
-        factor, _ = secant_search(area, target, factor, current, lo, hi, self.params["tolerance"], 16, 1e-4)
-        return attempt(factor)  # a template occluder's one full render
+        factor, _ = secant_search(area, target, factor, current, lo, hi, tolerance, 16, 1e-4)
+        if render or proto is None:
+            return attempt(factor)  # a template occluder's one full render
+        return None, None, {"fit_factor": factor, "area": area(factor)}
 
     def _alpha_factor(self, image, points, variant, inner, start, target):
         """(the size factor whose estimated area (`estimated_area`) is the target, the
