@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from occsynth.occluders.spec import compile_tree, load_spec
-from occsynth.occluders.torch._ops import Tensor, _Ctx, kth_smallest
+from occsynth.occluders.torch._ops import Tensor, _Ctx, by_slices, kth_smallest
 from occsynth.occluders.torch.bank import TensorBank, _BankOp
 from occsynth.occluders.torch.shapes import (
     _BlobOp,
@@ -140,7 +140,16 @@ class TorchOccluder:
             sel = torch.nonzero(branch == i).squeeze(1)
             if len(sel) == 0 or child[0] == "clean":
                 continue
-            sub_img, sub_mask = self._run(child, ctx, img[sel], mask[sel], None if lm is None else lm[sel])
-            img.index_copy_(0, sel, sub_img)
-            mask.index_copy_(0, sel, sub_mask)
+            # index_select, not img[sel]: the same rows, ~15x faster on CPU (advanced indexing
+            # takes a general gather path)
+            sub_img, sub_mask = self._run(
+                child, ctx, img.index_select(0, sel), mask.index_select(0, sel), None if lm is None else lm[sel]
+            )
+            if by_slices(img.device):  # row by row: ~7x faster than index_copy_ on CPU
+                for row, s in enumerate(sel.tolist()):
+                    img[s] = sub_img[row]
+                    mask[s] = sub_mask[row]
+            else:
+                img.index_copy_(0, sel, sub_img)
+                mask.index_copy_(0, sel, sub_mask)
         return img, mask

@@ -15,6 +15,7 @@ from occsynth.occluders.torch._ops import (
     _FAR,
     Tensor,
     _and,
+    _box,
     _codes,
     _count,
     _Ctx,
@@ -182,6 +183,9 @@ class _GaugeOp(_Op):
         y1 = torch.where(whole, float(H), y1.clamp(0, H)).long()
         reach = torch.where(whole, math.inf, reach)  # the whole image: nothing to check
         own = torch.zeros(b * H * W, dtype=torch.bool, device=img.device)
+        boxes = torch.zeros(b, 4, dtype=torch.long, device=img.device)  # boxes holding the masks
+        # the fills laid over a box (noise and texture: their windows, the texture's extent)
+        boxed = (c["fill"] == G.FILLS.index("texture")) | (c["fill"] == G.FILLS.index("noise"))
         todo = torch.arange(b, device=img.device)
         while len(todo):  # the windows, then the samples that failed the check over the whole image
             if img.device.type == "cpu" and len(todo) > CPU_CHUNK:
@@ -191,19 +195,22 @@ class _GaugeOp(_Op):
                 chunks = [todo]
             failed = []
             for sel in chunks:
-                bad = self._window(ctx, own, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1)
+                bad = self._window(ctx, own, boxes, boxed, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1)
                 failed.append(sel[bad])
             todo = torch.cat(failed)
             x0[todo], y0[todo], x1[todo], y1[todo] = 0, 0, W, H
             reach[todo] = math.inf
         own = own.view(b, H, W)
-        return _paint(ctx, img, own, c["fill"], None), own
+        return _paint(ctx, img, own, c["fill"], boxes), own
 
     @staticmethod
-    def _window(ctx, own, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1) -> Tensor:
+    def _window(ctx, own, boxes, boxed, sel, sh, k, s0, cx, cy, ring, reach, x0, y0, x1, y1) -> Tensor:
         """Rank the gauge of samples `sel` in windows of one common size (the largest of their
-        boxes x0..x1, y0..y1; a window that would leave the image moves inside) and set own
-        [B*H*W] there; returns which of them fail the check (see __call__), own left unset."""
+        boxes x0..x1, y0..y1; a window that would leave the image moves inside), set own
+        [B*H*W] there and, where `boxed` [B] (a fill laid over the mask's box), the mask's tight
+        box in boxes [B, 4], found in the window rather than over the whole frame (the other
+        fills use no box: theirs stay zero); returns which of them fail the check (see
+        __call__), own left unset."""
         H, W = ctx.height, ctx.width
         n, dev = len(sel), own.device
         bw, bh = max(1, int((x1[sel] - x0[sel]).max())), max(1, int((y1[sel] - y0[sel]).max()))
@@ -223,6 +230,10 @@ class _GaugeOp(_Op):
         if ring is not None:
             mask = mask & (g < ring[sel].to(g.dtype).unsqueeze(1))
         mask = _and(mask, ~bad.view(n, 1))
+        tight = torch.nonzero(boxed[sel]).squeeze(1)
+        if len(tight):
+            origin = (px[tight, 0], py[tight, 0])
+            boxes[sel[tight]] = _box(mask.view(n, bh, bw).index_select(0, tight), origin, (H, W))
         if by_slices(dev):  # (_ops.SLICE_DEVICES)
             # each sample's window is written once (a failed one with all False): slice assignment
             frame = own.view(-1, H, W)
