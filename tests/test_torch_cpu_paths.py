@@ -179,3 +179,36 @@ def test_box_found_in_windows_is_the_whole_frames():
     found = _ops._box(windows, (origin_x, origin_y), (H, W))
     assert torch.equal(found, _ops._box(frames))
     assert found[:4].tolist() == [[W, H, 0, 0]] * 4 and bool((found[4:, 2] > 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_mix_branches_written_back_by_rows_equal_index_copy(dtype, monkeypatch):
+    """A mix's branches run on their rows (index_select) and are written back row by row on CPU,
+    or by index_copy_ (the other devices' path): the same output, the input left intact."""
+    spec = "0.3*clean | 0.3*block(ratio=0.2, fill=white) | 0.4*ellipse(ratio=0.1..0.4, fill=black)"
+    images = torch.randint(0, 256, (50, 3, 40, 36), generator=torch.Generator().manual_seed(3)).to(dtype)
+    before = images.clone()
+    rows = TorchOccluder(spec)(images, None, torch.Generator().manual_seed(8))
+    monkeypatch.setattr(_ops, "SLICE_DEVICES", ())
+    copied = TorchOccluder(spec)(images, None, torch.Generator().manual_seed(8))
+    assert torch.equal(rows[0], copied[0]) and torch.equal(rows[1], copied[1])
+    assert torch.equal(images, before)
+    hit = rows[1].flatten(1).any(1)
+    assert 10 < int(hit.sum()) < 50  # every branch taken, clean rows untouched
+    assert torch.equal(rows[0][~hit], images[~hit])
+
+
+def test_random_bytes_are_uniform_and_seeded():
+    """Noise bytes read from 64-bit words: every byte value about equally often (chi-square
+    over 256 values well inside its 255 degrees of freedom), each of a word's 8 byte positions
+    alike, the same bytes from the same seed."""
+    ctx = _ops._Ctx(torch.Generator().manual_seed(1), torch.device("cpu"), 0.0, 255.0, True, 8, 8, {})
+    values = _ops._random_bytes(ctx, (64, 3, 50, 41))
+    assert values.dtype == torch.uint8 and values.shape == (64, 3, 50, 41)
+    counts = torch.bincount(values.flatten().long(), minlength=256).double()
+    expected = values.numel() / 256
+    assert float(((counts - expected) ** 2 / expected).sum()) < 360  # p ~ 1e-4 for 255 dof
+    words = _ops._random_bytes(ctx, (200_000, 8)).double()
+    assert float((words.mean(0) - 127.5).abs().max()) < 1.0  # the top byte too (no sign bit lost)
+    again = _ops._Ctx(torch.Generator().manual_seed(1), torch.device("cpu"), 0.0, 255.0, True, 8, 8, {})
+    assert torch.equal(_ops._random_bytes(again, (64, 3, 50, 41)), values)
