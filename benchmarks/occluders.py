@@ -17,7 +17,9 @@ Measures, in one run and on one core (torch and OpenCV limited to one thread):
 Each figure is the best of 5 rounds (the median is recorded too): the machine may be shared.
 The batched path over the per-image one (issue 16, item 4) is also measured paired
 (`torch_cpu_over_per_image_paired`): the two in alternation, the median of the per-round ratios,
-since this machine's speed drifts within minutes by more than the differences measured.
+since this machine's speed drifts within minutes by more than the differences measured; the
+paired cases add the shapes preset against itself per image, and the noise and texture fills of
+the families whose masks are not boxes.
 Targets reported against: >= 5,000 images/s per core for shapes and templates (CPU path), and
 >= 50,000 images/s for the torch path on one GPU at batch 1,024 (`--torch-only cuda` measures that
 alone, in a minute or two of device time; `--torch-only cpu` rehearses it).
@@ -272,8 +274,16 @@ def bench_paired(faces, landmarks, min_time: float, batch: int) -> dict:
         {"name": "bank", "params": {"bank": "shipped"}},
         {"name": "object", "params": {"harmonize": False, "version": 2}},
     )
+    # the shapes preset (a mix of the six families, five fills each) against the same preset
+    # per image, and the fills drawn per pixel (noise, texture) on the families whose masks are
+    # not boxes
+    cases["shapes_preset"] = ("shapes", "preset:shapes")
+    for name in ("ellipse", "polygon", "blob", "pieces"):
+        for fill in ("noise", "texture"):
+            spec = {"name": name, "params": {"fill": fill}}
+            cases[f"{name}_{fill}"] = (spec, spec)
     out = {}
-    for key, (spec, per_image) in cases.items():  # "shapes" has no single per-image counterpart
+    for key, (spec, per_image) in cases.items():
         composer = Composer(per_image)
         occluder = TorchOccluder(spec, banks=banks)
         composer(faces[0], landmarks, make_rng(0))
@@ -360,7 +370,8 @@ def main(argv=None) -> int:
         report["torch_cuda"] = "not measured: no GPU"
 
     # item 4 of issue 16: the batched path on CPU against the per-image path, same run ("bank"
-    # against the per-image template occluder `object`; the "shapes" preset has no single one)
+    # against the per-image template occluder `object`; the "shapes" preset against itself per
+    # image in the paired ratios)
     per_image = {name: r["rate"]["value"] for name, r in report["occluders"].items()}
     report["torch_cpu_over_per_image"] = {
         spec: round(r["rate"]["value"] / per_image[counterpart], 3)
