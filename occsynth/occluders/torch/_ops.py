@@ -264,7 +264,14 @@ def _axis_weights(pos: Tensor, start: Tensor, size: Tensor, cells: int) -> Tenso
     floor = torch.floor(src)
     weights = _cubic_weights(src - floor)
     taps = (floor.long().unsqueeze(-1) + torch.arange(-1, 3, device=pos.device)).clamp(0, cells - 1)
-    return torch.zeros(weights.shape[:-1] + (cells,), device=pos.device).scatter_add_(-1, taps, weights)
+    # each cell's weight: its taps' summed in tap order (the edge cell gets several), by
+    # element-wise ops rather than scatter_add_, whose atomic adds on CUDA come in any order
+    hits = taps.unsqueeze(-1) == torch.arange(cells, device=pos.device)  # [..., 4 taps, cells]
+    weighted = weights.unsqueeze(-1) * hits.to(weights.dtype)
+    out = weighted[..., 0, :]
+    for tap in range(1, 4):
+        out = out + weighted[..., tap, :]
+    return out
 
 
 def _texture(ctx: _Ctx, grid: Tensor, box: Tensor, xs: Tensor | None = None, ys: Tensor | None = None) -> Tensor:
