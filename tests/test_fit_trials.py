@@ -90,8 +90,8 @@ def test_fit_area_renders_its_inner_occluder_once(face, harmonize, monkeypatch):
     """The search counts sizes with own_area; the one full render is the result's: a harmonised
     inner occluder is not also rendered unharmonised at the size found (only its area is needed,
     and own_area has it), and the result is what rendering it there first gave."""
-    spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": {"name": "object", "params": {}}}}
-    spec["params"]["occluder"]["params"]["harmonize"] = harmonize
+    inner = {"name": "object", "params": {"harmonize": harmonize}}
+    spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": inner}}
     renders = []
     original = objects.TemplateOccluder.render
     search = FitArea._bisect

@@ -316,11 +316,10 @@ def _box(own: Tensor, origin: tuple[Tensor, Tensor] | None = None, frame: tuple[
     y0 = torch.where(rows, ar_h, h).amin(1)
     y1 = torch.where(rows, ar_h, -1).amax(1)
     size = torch.stack([(x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)], 1)
-    if origin is None:
-        return torch.cat([torch.stack([x0, y0], 1), size], 1)
-    empty = size[:, 0] == 0
-    x0 = torch.where(empty, frame[1], x0 + origin[0])
-    y0 = torch.where(empty, frame[0], y0 + origin[1])
+    if origin is not None:
+        empty = size[:, 0] == 0
+        x0 = torch.where(empty, frame[1], x0 + origin[0])
+        y0 = torch.where(empty, frame[0], y0 + origin[1])
     return torch.cat([torch.stack([x0, y0], 1), size], 1)
 
 
