@@ -73,7 +73,11 @@ def build_options(f, on_no_face: str = "skip"):
             help="Global seed; each sample's seed derives from it and the sample's id.",
         ),
         click.option(
-            "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Parallel worker processes."
+            "--workers",
+            type=click.IntRange(min=1),
+            default=2,
+            show_default=True,
+            help="Processes at work in parallel: this one and N-1 workers.",
         ),
         click.option(
             "--executor",

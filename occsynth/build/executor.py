@@ -1,7 +1,7 @@
 """Pluggable executors: run independent per-shard tasks, yield results as they finish.
 
 Results arrive in completion order; callers sort by shard id, so the output never depends
-on which worker finished first. Workers never fork from the caller (torch/OpenMP state does not
+on which worker (or the caller) finished first. Workers never fork from the caller (torch/OpenMP state does not
 survive fork reliably): on Linux they fork from multiprocessing's fork server, a fresh process
 that imported only the preload modules (numpy, OpenCV, occsynth's build: no torch) with
 OMP_NUM_THREADS=1, so N workers cost one import instead of N (~0.6 s of CPU each, and on 2 cores
@@ -13,6 +13,12 @@ An executor used as a context manager keeps its workers for every `map_unordered
 each worker keeps what it loaded (stored landmarks, compiled occluders, the source) for the
 next task. Without `with`, each `map_unordered` starts and stops its own workers.
 
+`create_executor("process", N)` makes the caller one of the N: it starts N - 1 workers and runs
+tasks itself between collecting their results (ProcessExecutor(parent_works=True)). It is at work
+as soon as a serial run would be (all of LFW re-aligned on 2 cores: first task at 0.33 s), where
+2 workers and an idle caller started at 0.5-0.6 s (the fork server's imports, then the tasks'
+pickles); see DEVELOPERS.md, "The parent works".
+
 `Shared(obj)` sends an object to the workers once instead of once per task: it is pickled once
 in the parent and unpickled once per worker process (a source listing 13,233 LFW images takes
 ~0.2 s to pickle and unpickle; twelve tasks per level carried it each time).
@@ -20,6 +26,7 @@ in the parent and unpickled once per worker process (a source listing 13,233 LFW
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib
@@ -27,6 +34,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import sys
 import threading
 import uuid
@@ -152,22 +160,30 @@ class SerialExecutor:
         pass
 
     def map_unordered(self, fn: Callable[[Task], Result], tasks: Iterable[Task]) -> Iterator[Result]:
-        global _ONE_THREAD
-        if _ONE_THREAD:  # already single-threaded (a worker, or a serial run inside one)
-            yield from map(fn, tasks)
-            return
-        cv_threads = cv2.getNumThreads()
-        _ONE_THREAD = True
-        try:
-            configure_threads()
+        with _one_thread():
             for task in tasks:
                 yield fn(task)
-        finally:
-            _ONE_THREAD = False
-            cv2.setNumThreads(cv_threads)
-            torch = sys.modules.get("torch")
-            if torch is not None and _SAVED_TORCH_THREADS:
-                torch.set_num_threads(_SAVED_TORCH_THREADS.pop())
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Tasks run in this process on one OpenCV (and torch) thread, as in a worker; the counts
+    before are restored after. (Nothing changes inside a worker or a serial run: already one.)"""
+    global _ONE_THREAD
+    if _ONE_THREAD:
+        yield
+        return
+    cv_threads = cv2.getNumThreads()
+    _ONE_THREAD = True
+    try:
+        configure_threads()
+        yield
+    finally:
+        _ONE_THREAD = False
+        cv2.setNumThreads(cv_threads)
+        torch = sys.modules.get("torch")
+        if torch is not None and _SAVED_TORCH_THREADS:
+            torch.set_num_threads(_SAVED_TORCH_THREADS.pop())
 
 
 def _context(preload: tuple[str, ...]):
@@ -206,10 +222,12 @@ class ProcessExecutor:
 
     name = "process"
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, parent_works: bool = False):
         if not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be an integer >= 1, got {workers!r}")
-        self.workers = workers
+        self.workers = workers  # processes at work: the pool's, plus the caller if parent_works
+        # the caller runs tasks too and starts one worker fewer (with 2 or more workers)
+        self.parent_works = parent_works and workers > 1
         self._keep = False  # inside `with`: the pool lives until the block ends
         self._pool = None
         self._size = 0
@@ -254,7 +272,8 @@ class ProcessExecutor:
         than workers then has an idle worker; without start() only as many as there are tasks
         are started.)"""
         if self._keep and self._pool is None:
-            self._pool, self._size = self._start(self.workers, preload, warm, background=True), self.workers
+            size = self.workers - self.parent_works
+            self._pool, self._size = self._start(size, preload, warm, background=True), size
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._keep = False
@@ -276,6 +295,9 @@ class ProcessExecutor:
         tasks = list(tasks)
         if not tasks:
             return
+        if self.parent_works:
+            yield from self._map_with_parent(fn, tasks)
+            return
         size = min(self.workers, len(tasks))  # no idle worker is started
         call = functools.partial(_call_frozen, fn)
         if not self._keep:
@@ -286,6 +308,80 @@ class ProcessExecutor:
             self._close()
             self._pool, self._size = self._start(size), size
         yield from self._pool.imap_unordered(call, tasks, chunksize=1)
+
+    def _map_with_parent(self, fn: Callable[[Task], Result], tasks: list[Task]) -> Iterator[Result]:
+        """The pool's workers and this process take the tasks one at a time from one list: each
+        worker is handed its next task as its result arrives (in the pool's result thread), and
+        this process runs one whenever no result waits to be yielded. It starts at once, while the
+        workers may still be starting (their first tasks are handed over when they are ready)."""
+        size = min(self.workers - 1, len(tasks) - 1)  # this process takes one task at least
+        if size < 1:
+            yield from SerialExecutor().map_unordered(fn, tasks)
+            return
+        if not self._keep:
+            starting = owned = self._start(size, background=True)
+        else:
+            owned = None
+            if self._pool is None or self._size < size:
+                self._close()
+                self._pool, self._size = self._start(size, background=True), size
+            starting = self._pool
+        call = functools.partial(_call_frozen, fn)
+        lock = threading.Lock()
+        todo = iter(tasks)
+        arrived: queue.SimpleQueue = queue.SimpleQueue()  # (ok, result or exception), as they finish
+        stop = threading.Event()  # the caller stopped (an error, or it left): hand out no more
+
+        def take() -> Any:
+            with lock:
+                return _END if stop.is_set() else next(todo, _END)
+
+        def hand_out(pool) -> None:
+            task = take()
+            if task is _END:
+                return
+            try:
+                pool.apply_async(
+                    call,
+                    (task,),
+                    callback=lambda r: (arrived.put((True, r)), hand_out(pool)),
+                    error_callback=lambda e: arrived.put((False, e)),
+                )
+            except Exception as exc:  # noqa: BLE001 - the pool was closed under us: the caller stops
+                arrived.put((False, exc))
+
+        def feed() -> None:
+            try:
+                pool = starting.get() if isinstance(starting, _Starting) else starting
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                arrived.put((False, exc))
+                return
+            for _ in range(size):
+                hand_out(pool)
+
+        threading.Thread(target=feed, name="occsynth-feed", daemon=True).start()
+        try:
+            with _one_thread():
+                for _ in range(len(tasks)):
+                    try:
+                        ok, result = arrived.get_nowait()
+                    except queue.Empty:
+                        task = take()
+                        if task is _END:  # every task is out: wait for the workers' last ones
+                            ok, result = arrived.get()
+                        else:
+                            ok, result = True, fn(task)  # (what this process holds: the caller's to freeze)
+                    if not ok:
+                        raise result
+                    yield result
+        finally:
+            stop.set()
+            if owned is not None:
+                self._pool = owned
+                self._close()
+
+
+_END = object()  # no task left to hand out
 
 
 class RayExecutor:
@@ -338,8 +434,11 @@ for _executor in (SerialExecutor, ProcessExecutor, RayExecutor):
 
 
 def create_executor(name: str, workers: int):
-    """`process` with workers=1 runs serially in-process (no pool start-up cost)."""
+    """`process` with workers=1 runs serially in-process (no pool start-up cost); with more, the
+    caller is one of the `workers` processes at work (ProcessExecutor(parent_works=True))."""
     cls = EXECUTORS.get(name)
     if name == "process" and workers == 1:
         return SerialExecutor()
+    if name == "process":
+        return cls(workers, parent_works=True)
     return cls(workers)

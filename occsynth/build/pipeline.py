@@ -193,6 +193,7 @@ def build_all(
                         enabled=progress, desc=f"{desc} ({to_build}/{sum(map(len, chunks))} shards to build)")
         try:
             finish_ready()
+            keep()  # the sources and tasks too: the parent may run tasks itself (parent_works)
             for result in runner.map_unordered(run_shard, tasks):
                 keep()  # what arrived so far (the samples' metadata) out of the next collections
                 whole = "part" not in result
