@@ -137,6 +137,37 @@ def test_noise_for_some_samples_fills_their_masks_only(windows, monkeypatch):
     assert bool((black ^ noisy).all()) and 10 < int(noisy.sum()) < 54
 
 
+def _ctx(dtype, h=30, w=26):
+    integer = dtype == torch.uint8
+    return _ops._Ctx(
+        torch.Generator().manual_seed(1), torch.device("cpu"), 0.0, 255.0 if integer else 1.0, integer, h, w, {}
+    )
+
+
+@pytest.mark.parametrize("windows", [("cpu",), ()])
+@pytest.mark.parametrize("name", ["noise", "texture"])
+def test_a_batch_of_laid_fills_only_starts_from_the_images_as_the_colour_blend_would_give(name, windows, monkeypatch):
+    """_paint skips the colour blend when every sample's fill is laid over its mask (noise,
+    texture): the same samples beside one black one (which takes the blend) come out the same,
+    the draws being made for the laid samples only."""
+    monkeypatch.setattr(_ops, "SLICE_DEVICES", windows)
+    monkeypatch.setattr(_ops, "FILL_CHUNK", 5)
+    gen = torch.Generator().manual_seed(6)
+    for dtype in (torch.uint8, torch.float32):
+        img = torch.randint(0, 256, (13, 3, 30, 26), generator=gen).to(dtype)
+        img = img if dtype == torch.uint8 else img / 255
+        own = torch.rand(13, 30, 26, generator=gen) < 0.3
+        own[:, :4] = False  # boxes smaller than the frame
+        own[3] = False  # and an empty mask
+        code = G.FILLS.index(name)
+        laid = _ops._paint(_ctx(dtype), img, own, torch.full((13,), code), None)
+        fill = torch.cat([torch.full((13,), code), torch.tensor([G.FILLS.index("black")])])
+        mixed = _ops._paint(_ctx(dtype), torch.cat([img, img[:1]]), torch.cat([own, own[:1]]), fill, None)
+        assert torch.equal(laid, mixed[:13]), dtype
+        assert torch.equal(laid[~own.unsqueeze(1).expand_as(img)], img[~own.unsqueeze(1).expand_as(img)])
+        assert not torch.equal(laid, img)
+
+
 def test_texture_is_grid_samples_bicubic():
     """_ops._texture (separable weights, element-wise) against grid_sample's bicubic mode
     (border padding, align_corners=False), which it replaced, on the same grids and boxes: boxes

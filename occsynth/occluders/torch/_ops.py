@@ -119,7 +119,12 @@ def _paint(ctx: _Ctx, img: Tensor, own: Tensor, fill: Tensor, box: Tensor | None
         colour = torch.where(code == G.FILLS.index("mean"), mean, colour)
     where = own.unsqueeze(1)
     colour = colour.to(img.dtype)
-    if img.device.type == "cpu" and b > PAINT_CHUNK:
+    laid = (fill == G.FILLS.index("noise")) | (fill == G.FILLS.index("texture"))
+    if bool(laid.all()):
+        # every mask is painted over below (the fills' windows hold it whole): the colour blend
+        # would be overwritten wherever it changed a pixel (on CPU ~10% of an ellipse batch's time)
+        out = img.clone()
+    elif img.device.type == "cpu" and b > PAINT_CHUNK:
         # in chunks of images whose temporaries stay in cache: on CPU the whole-batch blend is
         # bound by memory traffic (each of its full-size temporaries is written and read back)
         out = torch.empty_like(img)
