@@ -212,6 +212,34 @@ def test_box_found_in_windows_is_the_whole_frames():
     assert found[:4].tolist() == [[W, H, 0, 0]] * 4 and bool((found[4:, 2] > 0).all())
 
 
+def _box_by_nonzero(own: torch.Tensor) -> list:
+    out = []
+    for mask in own:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(xs) == 0:
+            out.append([own.shape[2], own.shape[1], 0, 0])
+        else:
+            out.append([int(xs.min()), int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(12, 112, 112), (9, 40, 16), (6, 255, 8), (5, 256, 8), (7, 33, 26)])
+def test_box_read_from_64_bit_words_is_the_masks_tight_box(shape):
+    """_ops._box reads 8 pixels a word where the width is a multiple of 8 and the height under
+    256 (its column counts then fit a byte), the bytes one by one elsewhere: both give each
+    mask's tight box, pixels at the corners and empty masks included."""
+    b, h, w = shape
+    gen = torch.Generator().manual_seed(h + w)
+    own = torch.rand(b, h, w, generator=gen) < torch.rand(b, 1, 1, generator=gen) * 0.02
+    own[0] = False
+    own[1] = False
+    own[1, h - 1, w - 1] = True
+    own[2] = False
+    own[2, 0, 0] = True
+    own[3, :, :] = True  # every column counts h
+    assert _ops._box(own).tolist() == _box_by_nonzero(own)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_mix_branches_written_back_by_rows_equal_index_copy(dtype, monkeypatch):
     """A mix's branches run on their rows (index_select) and are written back row by row on CPU,

@@ -311,9 +311,18 @@ def _box(own: Tensor, origin: tuple[Tensor, Tensor] | None = None, frame: tuple[
     (x, y [b]) the masks are windows of a frame of size `frame` (H, W) at those origins: the box
     in the frame, as _box of the whole frame gives (the window holds the whole mask)."""
     b, h, w = own.shape
-    # any() over bool in CPU torch is unvectorised: the sum of the bytes is ~2x faster
-    flags = own.view(torch.uint8)
-    cols, rows = flags.sum(dim=1, dtype=torch.int32) > 0, flags.sum(dim=2, dtype=torch.int32) > 0
+    if w % 8 == 0 and h < 256 and own.is_contiguous():
+        # 8 pixels a 64-bit word (torch's bools are the bytes 0 and 1): a row is marked where a
+        # word of it is not 0, and the words summed down the rows give each column's count in
+        # its own byte (at most h < 256: no carry into the next). A quarter of the time of the
+        # byte sums below over whole frames, where the column sum reduces a strided axis.
+        words = own.view(torch.uint8).view(b, h, w // 8, 8).view(torch.int64).view(b, h, w // 8)
+        cols = words.sum(dim=1).view(torch.uint8).view(b, w) > 0
+        rows = words.amax(dim=2) != 0  # the words are >= 0: a 1 byte sets at most bit 56
+    else:
+        # any() over bool in CPU torch is unvectorised: the sum of the bytes is ~2x faster
+        flags = own.view(torch.uint8)
+        cols, rows = flags.sum(dim=1, dtype=torch.int32) > 0, flags.sum(dim=2, dtype=torch.int32) > 0
     ar_w = torch.arange(w, device=own.device)
     ar_h = torch.arange(h, device=own.device)
     x0 = torch.where(cols, ar_w, w).amin(1)
