@@ -370,7 +370,9 @@ class ProcessExecutor:
                         if task is _END:  # every task is out: wait for the workers' last ones
                             ok, result = arrived.get()
                         else:
-                            ok, result = True, fn(task)  # (what this process holds: the caller's to freeze)
+                            # run here (keeping this process's objects out of the GC is the
+                            # caller's part: build_all freezes them, not a worker's gc.freeze)
+                            ok, result = True, fn(task)
                     if not ok:
                         raise result
                     yield result
