@@ -304,10 +304,16 @@ class ProcessExecutor:
             with self._start(size) as pool:
                 yield from pool.imap_unordered(call, tasks, chunksize=1)
             return
-        if self._ready() is None or self._size < size:
+        self._kept_pool(size)
+        yield from self._ready().imap_unordered(call, tasks, chunksize=1)
+
+    def _kept_pool(self, size: int, background: bool = False):
+        """Inside `with`: the kept pool (or the one being made), started anew if it has fewer
+        than `size` workers."""
+        if self._pool is None or self._size < size:
             self._close()
-            self._pool, self._size = self._start(size), size
-        yield from self._pool.imap_unordered(call, tasks, chunksize=1)
+            self._pool, self._size = self._start(size, background=background), size
+        return self._pool
 
     def _map_with_parent(self, fn: Callable[[Task], Result], tasks: list[Task]) -> Iterator[Result]:
         """The pool's workers and this process take the tasks one at a time from one list: each
@@ -318,14 +324,8 @@ class ProcessExecutor:
         if size < 1:
             yield from SerialExecutor().map_unordered(fn, tasks)
             return
-        if not self._keep:
-            starting = owned = self._start(size, background=True)
-        else:
-            owned = None
-            if self._pool is None or self._size < size:
-                self._close()
-                self._pool, self._size = self._start(size, background=True), size
-            starting = self._pool
+        owned = None if self._keep else self._start(size, background=True)
+        starting = owned if owned is not None else self._kept_pool(size, background=True)
         call = functools.partial(_call_frozen, fn)
         lock = threading.Lock()
         todo = iter(tasks)
