@@ -63,13 +63,13 @@ def test_estimated_area_by_hand():
 
 def _count_trials(monkeypatch) -> list:
     calls = []
-    original = objects.TemplateOccluder.own_area
+    original = objects.TemplateOccluder.count  # a trial's count (own_area and Sizes.area)
 
-    def counted(self, image, landmarks, rng):
+    def counted(self, *args):
         calls.append(1)
-        return original(self, image, landmarks, rng)
+        return original(self, *args)
 
-    monkeypatch.setattr(objects.TemplateOccluder, "own_area", counted)
+    monkeypatch.setattr(objects.TemplateOccluder, "count", counted)
     return calls
 
 

@@ -1,7 +1,9 @@
 """fit_area's trial sizes: a template occluder's trial counts its mask without compositing
-(TemplateOccluder.own_area) and only the chosen size is rendered. Both must change nothing:
-own_area is the count of the mask apply() returns for the same generator, and fit_area with
-the shortcut gives exactly what full renders of every trial give."""
+(TemplateOccluder.own_area) and only the chosen size is rendered; an object's trials share the
+draws made before the size (ObjectOccluder.sized). None may change anything: own_area is the
+count of the mask apply() returns for the same generator, Sizes gives what copies of the
+occluder at each size give, and fit_area with the shortcuts gives exactly what full renders of
+every trial give."""
 
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ def test_fit_area_with_trial_counts_equals_full_renders(face, inner, monkeypatch
     spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": inner}}
     fast = [occlude(face, LANDMARKS + i % 3, spec, i) for i in range(25)]
     monkeypatch.setattr(objects.TemplateOccluder, "own_area", _full_render_count)
+    monkeypatch.setattr(objects.ObjectOccluder, "size_param", None)  # each trial a copy, rendered
     for i, result in enumerate(fast):
         full = occlude(face, LANDMARKS + i % 3, spec, i)
         assert np.array_equal(result.image, full.image) and np.array_equal(result.mask, full.mask)
@@ -111,3 +114,32 @@ def test_fit_area_renders_its_inner_occluder_once(face, harmonize, monkeypatch):
                 patch.setattr(FitArea, "_bisect", lambda self, *args: search(self, *args[:8], True))
                 before = occlude(face, LANDMARKS + i % 3, spec, i)
             assert np.array_equal(before.image, result.image) and before.records == result.records
+
+
+@pytest.mark.parametrize("name", ["object", "sunglasses", "hand", "surgical_mask"])
+@pytest.mark.parametrize("harmonize", [False, True])  # version 1 (similarity) and 2 (posed) maps
+def test_sizes_place_and_count_as_copies_at_each_size(face, name, harmonize):
+    """Sizes.place / Sizes.area at a size: what a copy of the occluder with `scale` at that size
+    gives from the same generator state (map, record, count) and the state it leaves, in any
+    order of sizes, the same size twice included."""
+    occluder = create_occluder(name, harmonize=harmonize, region="random" if name == "hand" else None)
+    counts = []
+    for seed in range(8):
+        shifted = LANDMARKS + (seed % 5 - 2) * 7.0
+        rng = np.random.default_rng(seed)
+        sizes = occluder.sized(face, shifted, rng)
+        for factor in (1.0, 2.7, 0.3, 1.0, 5.0):
+            value = [0.9 * factor, 1.1 * factor]
+            copy = create_occluder(name, **{**occluder.params, "scale": value})
+            ref = np.random.default_rng(seed)
+            template, matrix, concrete = copy.place(face, shifted, ref)
+            got = sizes.place(value)
+            assert got[0] is template and np.array_equal(np.asarray(got[1]), np.asarray(matrix)), (name, seed)
+            assert got[2] == concrete
+            assert rng.bit_generator.state == ref.bit_generator.state
+            ref = np.random.default_rng(seed)
+            expected = copy.own_area(face, shifted, ref)
+            assert sizes.area(value) == expected, (name, seed, factor)
+            assert rng.bit_generator.state == ref.bit_generator.state
+            counts.append(expected)
+    assert min(counts) < max(counts) and max(counts) > 0  # sizes that differ were counted

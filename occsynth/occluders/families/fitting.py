@@ -301,6 +301,7 @@ class FitArea(Occluder):
                 done[factor] = (out, new_mask, record)
             return done[factor]
 
+        sizes = None
         if proto is not None:
             # Template occluders count their mask without compositing, drawing from the same
             # generators as a full attempt (Occluder.__call__: a seed from the attempt's
@@ -310,6 +311,15 @@ class FitArea(Occluder):
             )
             start = inner.bit_generator.state
             pixels = image.shape[0] * image.shape[1]
+            if param == proto.size_param:  # the draws before the size made once, not per trial
+                sizes = proto.sized(image, points, inner)
+
+        def place(factor: float):
+            """The inner occluder's place() at this size, from the attempt's generator."""
+            if sizes is not None:
+                return sizes.place(_scaled(base_params[param], factor))
+            inner.bit_generator.state = start
+            return variant(factor).place(image, points, inner)
 
         def area(factor: float) -> float:
             """The area a full attempt's record would hold."""
@@ -318,15 +328,18 @@ class FitArea(Occluder):
             if factor in done:
                 return done[factor][2]["area"]
             if factor not in counted:
-                inner.bit_generator.state = start
-                counted[factor] = variant(factor).own_area(image, points, inner) / pixels
+                if sizes is not None:
+                    counted[factor] = sizes.area(_scaled(base_params[param], factor)) / pixels
+                else:
+                    inner.bit_generator.state = start
+                    counted[factor] = variant(factor).own_area(image, points, inner) / pixels
             return counted[factor]
 
         lo, hi = math.log(self.params["min_factor"]), math.log(self.params["max_factor"])
         tolerance = self.params["tolerance"]
         factor = 1.0
         if proto is not None and self.params["sizing"] == "alpha" and not proto.perspective:
-            factor, estimate = self._alpha_factor(image, points, variant, inner, start, target)
+            factor, estimate = self._alpha_factor(image, place, target)
             current = area(factor)
             if estimate is not None and current > 0 and abs(current - target) > tolerance:
                 # one more solve on the estimate scaled to agree with the real area found (the
@@ -341,14 +354,13 @@ class FitArea(Occluder):
             return attempt(factor)  # a template occluder's one full render
         return None, None, {"fit_factor": factor, "area": area(factor)}
 
-    def _alpha_factor(self, image, points, variant, inner, start, target):
+    def _alpha_factor(self, image, place, target):
         """(the size factor whose estimated area (`estimated_area`) is the target, the
         estimate as a function of the factor); (1.0, None) when the size does not scale the
-        map about a fixed point."""
+        map about a fixed point. `place(factor)`: the inner occluder's place() at that size."""
         maps = []
         for factor in (1.0, 2.0):
-            inner.bit_generator.state = start
-            template, matrix, _ = variant(factor).place(image, points, inner)
+            template, matrix, _ = place(factor)
             maps.append(np.asarray(matrix, dtype=np.float64))
         m1, m2 = maps
         det1 = abs(m1[0, 0] * m1[1, 1] - m1[0, 1] * m1[1, 0])

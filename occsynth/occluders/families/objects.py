@@ -76,6 +76,12 @@ class Template:
     def size(self) -> tuple[int, int]:
         return self.rgba.shape[1], self.rgba.shape[0]
 
+    @functools.cached_property
+    def alpha(self) -> np.ndarray:
+        """The alpha channel, contiguous (what own_area warps), extracted once: fit_area counts
+        one template at ten sizes or more."""
+        return cv2.extractChannel(self.rgba, 3)
+
 
 def bleed_colors(rgba: np.ndarray, steps: int = 3) -> np.ndarray:
     """Copy colours of opaque pixels into the transparent pixels around them (alpha untouched),
@@ -356,12 +362,44 @@ class TemplateOccluder(HarmonizedOccluder):
     def own_area(self, image, landmarks, rng) -> int:
         """The pixel count of the mask apply() returns for this rng, without compositing (only
         the alpha is warped; OpenCV warps each channel alike): fit_area's trial sizes. Draws
-        from rng exactly as render() does (tests/test_fit_and_grid.py compares the two)."""
+        from rng exactly as render() does (tests/test_fit_trials.py compares the two)."""
         template, matrix, _ = self.place(image, landmarks, rng)
+        return self.count(image, template, matrix, rng)
+
+    def count(self, image, template: Template, matrix, rng) -> int:
+        """own_area after place(): the feather drawn as render() draws it, the alpha warped and
+        its mask pixels counted."""
         feather = float(sample_value(self.params.get("feather", 1.0), rng))
-        alpha = cv2.extractChannel(template.rgba, 3)
-        warped = warp_roi(alpha, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
+        warped = warp_roi(template.alpha, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
         return 0 if warped is None else cv2.countNonZero(cv2.compare(warped[0], ALPHA_HALF, cv2.CMP_GE))
+
+    # The size parameter `sized` varies (None: no `sized`; fit_area then tries each size on a
+    # copy of the occluder, placed from scratch).
+    size_param: str | None = None
+
+    def sized(self, image, landmarks, rng) -> Sizes:
+        """The placement from rng's current state at many values of `size_param` (Sizes)."""
+        raise NotImplementedError
+
+
+class Sizes:
+    """One placement of a template occluder at many sizes, for fit_area's search: `place(value)`
+    and `area(value)` give what place() and own_area() of a copy of the occluder with its
+    `size_param` at `value` give from the generator state `sized` started from, and leave the
+    generator where those leave it. The draws made before the size (template, region, the
+    pose's fit) are made once; each call goes back to the state after them."""
+
+    def __init__(self, occluder: TemplateOccluder, image: np.ndarray, pose: Any, rng: np.random.Generator):
+        self.occluder, self.image, self.pose, self.rng = occluder, image, pose, rng
+        self.state = rng.bit_generator.state
+
+    def place(self, value: Any) -> tuple[Template, np.ndarray, dict]:
+        self.rng.bit_generator.state = self.state
+        return self.occluder.place_sized(self.pose, value, self.rng)
+
+    def area(self, value: Any) -> int:
+        template, matrix, _ = self.place(value)
+        return self.occluder.count(self.image, template, matrix, self.rng)
 
 
 def _category_filter(value: Any, rng: np.random.Generator) -> tuple[str, ...] | None:
@@ -435,7 +473,17 @@ class ObjectOccluder(TemplateOccluder):
             self._bank_cache = load_bank(self.params["bank_dir"], self.version)
         return self._bank_cache
 
+    size_param = "scale"
+
     def place(self, image, landmarks, rng):
+        return self.place_sized(self._pose(image, landmarks, rng), self.params["scale"], rng)
+
+    def sized(self, image, landmarks, rng) -> Sizes:
+        return Sizes(self, image, self._pose(image, landmarks, rng), rng)
+
+    def _pose(self, image, landmarks, rng) -> tuple:
+        """place()'s draws and work before the size: the template, its region and its map onto
+        the face before scale, rotation and shift."""
         bank = self._bank()
         if self.params["template"] is not None:
             names = [t.name for t in bank.templates]
@@ -471,7 +519,13 @@ class ObjectOccluder(TemplateOccluder):
                 base = cache[key] = posed_map(meta, landmarks, targets)
         else:
             base = similarity(anchor["points"], targets)
-        scale = float(sample_value(self.params["scale"], rng))
+        return template, lm, targets, region, base, posed
+
+    def place_sized(self, pose: tuple, scale_spec: Any, rng) -> tuple[Template, np.ndarray, dict]:
+        """place() from its `_pose`, with the scale parameter at `scale_spec`."""
+        template, lm, targets, region, base, posed = pose
+        meta = template.meta
+        scale = float(sample_value(scale_spec, rng))
         angle = float(sample_value(self.params["rotation"], rng))
         jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
         shift = rng.uniform(-jitter, jitter, size=2).tolist() if jitter > 0 else [0.0, 0.0]
