@@ -4,6 +4,7 @@ the logging set-up the CLIs own (-v, --quiet). Light on purpose: click, yaml and
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -68,6 +69,19 @@ class OccsynthGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         return _invoke(super().invoke, ctx)
+
+    def __call__(self, *args, **kwargs):
+        """The command line's entry point (console script, python -m; CliRunner calls main()
+        and is not affected): when the command exits, everything alive is frozen out of the
+        cyclic GC (gc.freeze), whose collections at interpreter shutdown otherwise go through
+        it all again: ~0.9 s after a build of LFW's 12,000 samples, whose parent holds ~460,000
+        objects (its results' metadata, the source listing). They are still freed by reference
+        counts as the modules are torn down; only the cycles among them are left to the OS."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit:
+            gc.freeze()
+            raise
 
 
 OccsynthGroup.group_class = OccsynthGroup

@@ -43,3 +43,24 @@ def test_unknown_build_and_bad_spec_fail_clearly(tmp_path):
         ],
     )
     assert result.exit_code != 0 and "unknown occluder 'nosuch'" in result.output
+
+
+def test_the_command_lines_exit_leaves_what_is_alive_out_of_the_shutdown_collections():
+    """Called as a program (console script, python -m), a command that exits freezes what is
+    alive (gc.freeze), so the interpreter's collections at shutdown do not go through a
+    build's results again; the exit code is kept. CliRunner calls main() and freezes nothing."""
+    import gc
+
+    import pytest
+
+    before = gc.get_freeze_count()  # (another test's in-process build may have frozen some)
+    assert CliRunner().invoke(main, ["occluders"]).exit_code == 0
+    assert gc.get_freeze_count() == before
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["build", "lfw-nope"], prog_name="occsynth")
+        assert exit_.value.code == 2
+        assert gc.get_freeze_count() > before
+    finally:
+        if before == 0:
+            gc.unfreeze()
