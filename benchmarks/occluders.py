@@ -8,6 +8,8 @@ Measures, in one run and on one core (torch and OpenCV limited to one thread):
     listed under "skipped" with the reason; importers get the third-party template sets in
     ../shared/data when present), each applied the way the dataset pipeline does it: a Composer
     call with a fresh per-sample generator, records included;
+  * fit_area around object(harmonize=false), with alpha and with trial sizing (the condition
+    issue 16 set fit_area's target under: its objects were not harmonised then);
   * albumentations' CoarseDropout with a mask target, as a reference: one 61x61 hole on 112x112,
     which approximates a 30% block (61^2 / 112^2 = 29.7%), next to our block(ratio=0.3);
   * the batched torch path (TorchOccluder, batch 256: the geometric families, the shapes preset
@@ -163,6 +165,29 @@ def bench_object_unharmonized(faces, landmarks, min_time, min_iters):
         "rate_median": {"value": round(median, 1), "unit": "images/s/core"},
         "iterations": n,
     }
+
+
+def bench_fit_area_unharmonized(faces, landmarks, min_time, min_iters):
+    """fit_area around object(harmonize=false), LFW-OCC's sizing without the photometric paste:
+    what issue 16 measured when it set fit_area's 5,000 images/s/core (its objects then ran at
+    7,000-11,000/s unharmonised), with the search as builds run it (alpha sizing) and as
+    --no-harmonize rebuilds run it (trial sizing, the legacy)."""
+    out = {}
+    for sizing in ("alpha", "trials"):
+        spec = {
+            "name": "fit_area",
+            "params": {"sizing": sizing, "occluder": {"name": "object", "params": {"harmonize": False}}},
+        }
+        composer = Composer(spec)
+        per_s, median, n = rate(lambda i: composer(faces[i % len(faces)], landmarks, make_rng(i)), min_time, min_iters)
+        out[sizing] = {
+            "params": spec["params"],
+            "rate": {"value": round(per_s, 1), "unit": "images/s/core"},
+            "rate_median": {"value": round(median, 1), "unit": "images/s/core"},
+            "meets_target": per_s >= CPU_TARGET,
+            "iterations": n,
+        }
+    return out
 
 
 def bench_coarse_dropout(faces, landmarks, min_time, min_iters):
@@ -362,6 +387,7 @@ def main(argv=None) -> int:
         return 0
     report["occluders"], report["skipped"] = bench_registry(faces, landmarks, min_time, min_iters)
     report["object_unharmonized"] = bench_object_unharmonized(faces, landmarks, min_time, min_iters)
+    report["fit_area_unharmonized"] = bench_fit_area_unharmonized(faces, landmarks, min_time, min_iters)
     report["coarse_dropout_reference"] = bench_coarse_dropout(faces, landmarks, min_time, min_iters)
     report["torch_cpu"] = bench_torch(faces, "cpu", min_time, TORCH_BATCH)
     if torch.cuda.is_available():
@@ -389,6 +415,10 @@ def main(argv=None) -> int:
         cd["block_0.3_over_coarse_dropout"] = round(cd["block_0.3_same_run"]["value"] / cd["rate"]["value"], 3)
     if "fit_area" in per_image and "object" in per_image:
         report["fit_area_over_object"] = round(per_image["fit_area"] / per_image["object"], 3)
+    unharmonized = report["object_unharmonized"]["rate"]["value"]
+    report["fit_area_unharmonized_over_object_unharmonized"] = {
+        sizing: round(r["rate"]["value"] / unharmonized, 3) for sizing, r in report["fit_area_unharmonized"].items()
+    }
 
     out = write_result("occluders", report, args.out)
     for name, r in report["occluders"].items():
@@ -396,6 +426,8 @@ def main(argv=None) -> int:
     for name, reason in report["skipped"].items():
         print(f"{name:>12}  skipped: {reason}")
     print(f"object(harmonize=false)  {report['object_unharmonized']['rate']['value']:>9.0f} images/s/core")
+    for sizing, r in report["fit_area_unharmonized"].items():
+        print(f"fit_area(object harmonize=false, sizing={sizing})  {r['rate']['value']:>9.0f} images/s/core")
     cd = report["coarse_dropout_reference"]
     if "rate" in cd:
         print(f"CoarseDropout {cd['rate']['value']:>9.0f} images/s/core  ratio {cd['achieved_ratio']['value']:.3f}")
