@@ -64,3 +64,36 @@ def test_the_command_lines_exit_leaves_what_is_alive_out_of_the_shutdown_collect
     finally:
         if before == 0:
             gc.unfreeze()
+
+
+def test_garbage_cycles_alive_at_the_exit_are_still_finalised(tmp_path):
+    """What the exit freezes is what is alive; a garbage cycle (here one holding an object
+    whose finalizer writes a file, as an unflushed file would) is collected first."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import click
+        from occsynth.clikit import OccsynthGroup
+
+        class Last:
+            def __del__(self):
+                open({str(tmp_path / "finalised")!r}, "w").write("yes")
+
+        @click.group(cls=OccsynthGroup)
+        def cli():
+            pass
+
+        @cli.command()
+        def run():
+            cycle = [Last()]
+            cycle.append(cycle)
+
+        cli(["run"])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "finalised").read_text() == "yes"
