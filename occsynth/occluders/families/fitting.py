@@ -129,6 +129,18 @@ def _scaled(value: Any, factor: float) -> Any:
     return float(value) * factor
 
 
+def _sized_copy(proto: TemplateOccluder | None, name: str, params: dict, param: str, factor: float) -> Occluder:
+    """The occluder `name` with `params` and `param` scaled by `factor`: a copy of `proto` (the
+    instance made with `params`, see FitArea._template_proto) with that parameter changed, or
+    a new occluder when there is none."""
+    value = _scaled(params[param], factor)
+    if proto is None:
+        return create_occluder(name, **{**params, param: value})
+    occluder = copy.copy(proto)
+    occluder.params = {**proto.params, param: value}
+    return occluder
+
+
 @register_occluder
 class FitArea(Occluder):
     """Params: occluder ({"name", "params"} of the inner occluder), ratio (target fraction of
@@ -222,19 +234,18 @@ class FitArea(Occluder):
         best = None
         for attempt in range(int(self.params["retries"]) + 1):
             seed = int(rng.integers(0, 2**63 - 1))
-            # a search followed by a harmonised render counts the size it found (own_area, the
-            # mask the render will have) instead of rendering it unharmonised first
-            result = self._bisect(
-                image, mask, landmarks, inner["name"], base_params, param, target, seed, final_params is None
-            )
+            # a template occluder's search counts the sizes it tries (own_area, the mask a render
+            # will have) and renders nothing: only the best attempt's size is rendered, below
+            result = self._bisect(image, mask, landmarks, inner["name"], base_params, param, target, seed, False)
             if best is None or abs(result[2]["area"] - target) < abs(best[2]["area"] - target):
                 best, best_seed = result, seed
             if abs(best[2]["area"] - target) <= self.params["tolerance"]:
                 break
         out, new_mask, record = best
-        if final_params is not None:
+        if out is None or final_params is not None:  # the one render (harmonised if the inner harmonises)
             factor = record["fit_factor"]
-            occluder = create_occluder(inner["name"], **{**final_params, param: _scaled(final_params[param], factor)})
+            params = base_params if final_params is None else final_params
+            occluder = self._variant(inner["name"], image, landmarks, params, param, factor)
             out, new_mask, record = occluder(image, mask, landmarks, np.random.Generator(np.random.PCG64(best_seed)))
             record["fit_factor"] = factor
         record["fit"] = {"target": target, "achieved": record["area"], "attempts": attempt + 1}
@@ -275,20 +286,22 @@ class FitArea(Occluder):
             protos[key] = proto
         return protos[key]
 
+    def _variant(self, name, image, landmarks, params: dict, param: str, factor: float) -> Occluder:
+        """The inner occluder with `params` and its size parameter scaled by `factor`: a copy of
+        the spec's template instance (_template_proto), or a new occluder of another family."""
+        proto = self._template_proto(name, image, np.asarray(landmarks, dtype=np.float64), params)
+        return _sized_copy(proto, name, params, param, factor)
+
     def _bisect(self, image, mask, landmarks, name, base_params, param, target, seed, render=True):
         """The search from one seed: (image, mask, record) of the size found, fully rendered;
-        with render=False (a harmonised render follows) only the record's fit_factor and area
-        are real, the image and mask are None."""
+        with render=False a template occluder's is not rendered (the caller renders the best
+        attempt's size once): only the record's fit_factor and area are real, the image and
+        mask are None (other occluders are rendered to be measured: theirs come rendered)."""
         points = np.asarray(landmarks, dtype=np.float64)
         proto = self._template_proto(name, image, points, base_params)
 
         def variant(factor: float) -> Occluder:
-            value = _scaled(base_params[param], factor)
-            if proto is None:
-                return create_occluder(name, **{**base_params, param: value})
-            occluder = copy.copy(proto)
-            occluder.params = {**proto.params, param: value}
-            return occluder
+            return _sized_copy(proto, name, base_params, param, factor)
 
         done: dict[float, tuple] = {}  # full renders made while searching
         counted: dict[float, float] = {}  # template occluders' areas counted without rendering
