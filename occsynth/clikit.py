@@ -4,6 +4,7 @@ the logging set-up the CLIs own (-v, --quiet). Light on purpose: click, yaml and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
@@ -82,8 +83,9 @@ class OccsynthGroup(click.Group):
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit:
-            gc.collect()
-            gc.freeze()
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while exiting: just exit
+                gc.collect()
+                gc.freeze()
             raise
 
 
