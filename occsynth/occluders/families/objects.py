@@ -381,6 +381,10 @@ class TemplateOccluder(HarmonizedOccluder):
         """The placement from rng's current state at many values of `size_param` (Sizes)."""
         raise NotImplementedError
 
+    def place_sized(self, pose: Any, value: Any, rng) -> tuple[Template, np.ndarray, dict]:
+        """place() from what `sized` worked out before the size, with `size_param` at `value`."""
+        raise NotImplementedError
+
 
 class Sizes:
     """One placement of a template occluder at many sizes, for fit_area's search: `place(value)`
