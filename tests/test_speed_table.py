@@ -1,0 +1,93 @@
+"""benchmarks/speed_table.py: issue 16's targets against the newest results, read from the JSON the
+benchmarks wrote (the committed ones, and made-up folders for the choice of files)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "benchmarks" / "speed_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    ]
+
+
+def test_the_committed_results_give_a_row_for_every_item(tmp_path):
+    out = tmp_path / "speed.md"
+    assert _module().main(["--out", str(out)]) == 0
+    rows = _rows(out.read_text())
+    assert {row[0] for row in rows} == {"1", "2", "3", "4", "5"}
+    for row in rows:  # each figure says where it came from, or that it was not measured
+        assert row[4] in ("met", "**not met**", "not measured"), row
+        assert row[5].startswith("`") or row[4] == "not measured", row
+    assert any(row[0] == "4" and "GPU" in row[1] for row in rows)  # measured or said not to be
+
+
+def _result(kind: str, date: str, **fields) -> dict:
+    return {"benchmark": kind, "machine": {"date": date, "git_commit": "0123456789"}, **fields}
+
+
+def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(tmp_path):
+    paired = {"block": {"median": 1.2, "rounds": [1.2]}}
+    full = _result(
+        "occluders",
+        "2026-12-01T10:00:00",
+        occluders={"fit_area": {"rate": {"value": 6000.0}}},
+        torch_cpu_over_per_image_paired=paired,
+        coarse_dropout_reference={"block_0.3_over_coarse_dropout": 1.4},
+        torch_cuda="not measured: no GPU",
+    )
+    gpu_only = _result(
+        "occluders",
+        "2026-12-02T10:00:00",
+        torch_cuda={"shapes": {"rate": {"value": 61000.0}}, "bank": {"rate": {"value": 40000.0}}},
+        gpu_name="H200",
+    )
+    builds = _result(
+        "build_speed",
+        "2026-12-01T11:00:00",
+        summary={
+            "lfw-occ-0.43": {
+                "median_seconds": {"end_to_end_w2": 12.0, "end_to_end_w2_no_harmonize": 9.0, "floor_x2": 4.0},
+                "end_to_end_w2_per_core_over_in_process": 0.85,
+            }
+        },
+    )
+    for name, result in (("a.json", full), ("b.json", gpu_only), ("c.json", builds)):
+        (tmp_path / name).write_text(json.dumps(result))
+    out = tmp_path / "speed.md"
+    assert _module().main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    rows = {(row[0], row[1]): row for row in _rows(out.read_text())}
+    assert rows[("2", "fit_area (default: harmonised object)")][3:5] == ["6,000 images/s/core", "met"]
+    assert rows[("2", "fit_area (default: harmonised object)")][5].startswith("`a.json`")
+    assert rows[("4", "torch GPU, batch 1,024: shapes")][3:5] == ["61,000 images/s (H200)", "met"]
+    assert rows[("4", "torch GPU, batch 1,024: bank")][4] == "**not met**"
+    assert rows[("5", "block(ratio=0.3) over albumentations CoarseDropout")][4] == "**not met**"
+    occ = rows[("2", "lfw-occ-0.43 end to end, 2 workers, default build")]
+    assert occ[3:5] == ["12.0 s (floor on 2 processes 4.0 s)", "**not met**"]
+    assert (
+        rows[("2", "lfw-occ-0.43 end to end, 2 workers, --no-harmonize (the build when the target was set)")][4]
+        == "met"
+    )
+    assert rows[("2", "lfw-block end to end, 2 workers")][3:] == ["-", "not measured", "no result"]
+    assert rows[("1", "align over the bare loop")][4] == "not measured"
+
+
+def test_a_folder_without_results_is_one_error_line(tmp_path, capsys):
+    assert _module().main(["--results", str(tmp_path), "--out", str(tmp_path / "speed.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: no floor, build_speed or occluders results")
+    assert not (tmp_path / "speed.md").exists()
