@@ -315,7 +315,9 @@ def _paste(ctx, out, own, sel, prem, idx, z, centre, mid, x0, y0, bh: int, bw: i
         )
     alpha = sample[:, 3:4]
     own_w = alpha >= 0.5
-    rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo).add_(ctx.lo)
+    rgb = sample[:, :3].div_(alpha.clamp(min=1e-6)).clamp_(0, 1).mul_(ctx.hi - ctx.lo)
+    if ctx.lo != 0:  # (adding 0 changes nothing here: every value is >= +0, none is -0)
+        rgb = rgb.add_(ctx.lo)
     if ctx.integer:
         rgb = rgb.round_()
     rgb = rgb.to(out.dtype)
