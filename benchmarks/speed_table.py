@@ -19,10 +19,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("floor", "build_speed", "occluders")
-WALL_TARGETS = {"lfw-occ-0.43": 10.0, "lfw-block": 60.0}
-CPU_TARGET = 5000.0  # images/s/core, fit_area (item 2)
-GPU_TARGET = 50000.0  # images/s, torch path at batch 1,024 (item 4)
-COARSE_DROPOUT_KEEP = 1.5  # item 5: our block was 1.5x CoarseDropout when the issue was filed
+WALL = " wall s (2 workers)"  # build_speed's targets: "<build> wall s (2 workers)"
+# The targets come from the results (each benchmark records its own), but for two the issue
+# words without a number: item 4's "at least as fast" and item 5's "keep it so" (our block was
+# 1.5x CoarseDropout when the issue was filed).
+AS_FAST = 1.0
+COARSE_DROPOUT_KEEP = 1.5
 
 
 def load_results(folder: Path) -> dict[str, list[tuple[str, Path, dict]]]:
@@ -59,38 +61,45 @@ def _source(path: Path, result: dict) -> str:
     return f"`{path.name}` ({str(machine.get('date', '?'))[:10]}, {commit})"
 
 
-def _met(value: float | None, target: float, at_most: bool = False) -> str:
+def _met(value: float | None, target: float | None, at_most: bool = False) -> str:
     if value is None:
         return "not measured"
+    if target is None:
+        return "no target recorded"
     return "met" if (value <= target if at_most else value >= target) else "**not met**"
 
 
-def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
+def rows(found: dict) -> list[tuple[str, str, str, str, str, str]]:
     """(item, what, target, figure, met, source) rows, in the issue's order."""
     out = []
     path, result = newest(found["floor"], lambda r: "png" in r["summary"])
     if path is not None:
         png = result["summary"]["png"]
         paired = png.get("paired_median", {})
-        for key, target, what in (
-            ("align_w1_over_floor", 0.8, "align --workers 1 over the bare loop, per core (PNG)"),
-            ("align_w2_over_w1", 1.8, "align --workers 2 over --workers 1 (PNG)"),
+        for key, what in (
+            ("align_w1_over_floor", "align --workers 1 over the bare loop, per core (PNG)"),
+            ("align_w2_over_w1", "align --workers 2 over --workers 1 (PNG)"),
         ):
+            target = result["targets"][key]
             value = png.get(key)
             figure = f"{value:.3f} (paired {paired.get(key, float('nan')):.3f})" if value is not None else "-"
             out.append(("1", what, f">= {target}", figure, _met(value, target), _source(path, result)))
     else:
-        out.append(("1", "align over the bare loop", ">= 0.8, >= 1.8", "-", "not measured", "no floor result"))
+        out.append(("1", "align over the bare loop", "see floor.py", "-", "not measured", "no floor result"))
 
     builds: dict[str, tuple[Path, dict]] = {}
     for _, path, result in found["build_speed"]:
         for name in result.get("summary", {}):
             builds.setdefault(name, (path, result))
-    for name, target in WALL_TARGETS.items():
+    # the builds with a wall target, as the newest build result lists them
+    targets = found["build_speed"][0][2].get("targets", {}) if found["build_speed"] else {}
+    walls = {key[: -len(WALL)]: value for key, value in targets.items() if key.endswith(WALL)}
+    for name, target in walls.items():
         if name not in builds:
             out.append(("2", f"{name} end to end, 2 workers", f"<= {target:g} s", "-", "not measured", "no result"))
             continue
         path, result = builds[name]
+        target = result["targets"][name + WALL]
         seconds = result["summary"][name]["median_seconds"]
         floor = seconds.get("floor_x2")
         for kind, label in (
@@ -113,17 +122,19 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
     path, result = newest(found["occluders"], lambda r: "fit_area" in r["occluders"])
     if path is not None:
         fit = result["occluders"]["fit_area"]["rate"]["value"]
+        cpu_target = result["targets"]["cpu_shapes_and_templates"]["value"]
         cases = [("fit_area (default: harmonised object)", fit)]
         for sizing, r in (result.get("fit_area_unharmonized") or {}).items():
             cases.append((f"fit_area, object harmonize=false, {sizing} sizing", r["rate"]["value"]))
         for what, value in cases:
             figure = "-" if value is None else f"{value:,.0f} images/s/core"
             out.append(
-                ("2", what, f">= {CPU_TARGET:,.0f}/s/core", figure, _met(value, CPU_TARGET), _source(path, result))
+                ("2", what, f">= {cpu_target:,.0f}/s/core", figure, _met(value, cpu_target), _source(path, result))
             )
-    for name in WALL_TARGETS:
+    for name in walls:
         if name in builds:
             path, result = builds[name]
+            target = result["targets"]["end_to_end_per_core_over_in_process"]
             summary = result["summary"][name]
             value = summary.get("end_to_end_w2_per_core_over_in_process")
             paired = summary.get("paired_median_end_to_end_w2_per_core_over_in_process")
@@ -132,9 +143,9 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
                 (
                     "3",
                     f"{name}: end to end per core over in-process",
-                    ">= 0.8",
+                    f">= {target}",
                     figure,
-                    _met(value, 0.8),
+                    _met(value, target),
                     _source(path, result),
                 )
             )
@@ -145,13 +156,16 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
                 (
                     "4",
                     f"torch CPU over per-image, batch 256, paired: {case}",
-                    ">= 1.0",
+                    f">= {AS_FAST}",
                     f"{r['median']:.3f}",
-                    _met(r["median"], 1.0),
+                    _met(r["median"], AS_FAST),
                     _source(path, result),
                 )
             )
     path, result = newest(found["occluders"], lambda r: isinstance(r["torch_cuda"], dict))
+    recorded = newest(found["occluders"], lambda r: "torch_gpu_h100" in r["targets"])[1]
+    gpu_target = (result or recorded or {}).get("targets", {}).get("torch_gpu_h100", {}).get("value")
+    gpu_text = "see occluders.py" if gpu_target is None else f">= {gpu_target:,.0f}/s"
     if path is not None:
         for spec in ("shapes", "bank"):
             value = result["torch_cuda"].get(spec, {}).get("rate", {}).get("value")
@@ -160,9 +174,9 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
                 (
                     "4",
                     f"torch GPU, batch 1,024: {spec}",
-                    f">= {GPU_TARGET:,.0f}/s",
+                    gpu_text,
                     figure,
-                    _met(value, GPU_TARGET),
+                    _met(value, gpu_target),
                     _source(path, result),
                 )
             )
@@ -171,7 +185,7 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str]]:
             (
                 "4",
                 "torch GPU, batch 1,024: shapes, bank",
-                f">= {GPU_TARGET:,.0f}/s",
+                gpu_text,
                 "-",
                 "not measured",
                 "no GPU lent so far",

@@ -42,9 +42,11 @@ def _result(kind: str, date: str, **fields) -> dict:
 
 def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(tmp_path):
     paired = {"block": {"median": 1.2, "rounds": [1.2]}}
+    occluder_targets = {"cpu_shapes_and_templates": {"value": 5000.0}, "torch_gpu_h100": {"value": 50000.0}}
     full = _result(
         "occluders",
         "2026-12-01T10:00:00",
+        targets=occluder_targets,
         occluders={"fit_area": {"rate": {"value": 6000.0}}},
         torch_cpu_over_per_image_paired=paired,
         coarse_dropout_reference={"block_0.3_over_coarse_dropout": 1.4},
@@ -53,12 +55,18 @@ def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(t
     gpu_only = _result(
         "occluders",
         "2026-12-02T10:00:00",
+        targets=occluder_targets,
         torch_cuda={"shapes": {"rate": {"value": 61000.0}}, "bank": {"rate": {"value": 40000.0}}},
         gpu_name="H200",
     )
     builds = _result(
         "build_speed",
         "2026-12-01T11:00:00",
+        targets={
+            "lfw-occ-0.43 wall s (2 workers)": 10,
+            "lfw-block wall s (2 workers)": 60,
+            "end_to_end_per_core_over_in_process": 0.8,
+        },
         summary={
             "lfw-occ-0.43": {
                 "median_seconds": {"end_to_end_w2": 12.0, "end_to_end_w2_no_harmonize": 9.0, "floor_x2": 4.0},
