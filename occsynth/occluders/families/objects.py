@@ -486,8 +486,8 @@ class ObjectOccluder(TemplateOccluder):
         return Sizes(self, image, self._pose(image, landmarks, rng), rng)
 
     def _pose(self, image, landmarks, rng) -> tuple:
-        """place()'s draws and work before the size: the template, its region and its map onto
-        the face before scale, rotation and shift."""
+        """place()'s draws and work before the size: the template, its region, its map onto the
+        face before scale, rotation and shift, the inter-ocular distance and the targets' centre."""
         bank = self._bank()
         if self.params["template"] is not None:
             names = [t.name for t in bank.templates]
@@ -523,18 +523,19 @@ class ObjectOccluder(TemplateOccluder):
                 base = cache[key] = posed_map(meta, landmarks, targets)
         else:
             base = similarity(anchor["points"], targets)
-        return template, lm, targets, region, base, posed
+        iod = math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
+        cx = sum(p[0] for p in targets) / len(targets)
+        cy = sum(p[1] for p in targets) / len(targets)
+        return template, region, base, posed, iod, cx, cy
 
     def place_sized(self, pose: tuple, scale_spec: Any, rng) -> tuple[Template, np.ndarray, dict]:
         """place() from its `_pose`, with the scale parameter at `scale_spec`."""
-        template, lm, targets, region, base, posed = pose
+        template, region, base, posed, iod, cx, cy = pose
         meta = template.meta
         scale = float(sample_value(scale_spec, rng))
         angle = float(sample_value(self.params["rotation"], rng))
-        jitter = float(sample_value(self.params["jitter"], rng)) * math.hypot(lm[1][0] - lm[0][0], lm[1][1] - lm[0][1])
+        jitter = float(sample_value(self.params["jitter"], rng)) * iod
         shift = rng.uniform(-jitter, jitter, size=2).tolist() if jitter > 0 else [0.0, 0.0]
-        cx = sum(p[0] for p in targets) / len(targets)
-        cy = sum(p[1] for p in targets) / len(targets)
         matrix = compose_fast(base, cx, cy, scale, angle, shift[0], shift[1])
         concrete = {
             "category": meta["category"],
