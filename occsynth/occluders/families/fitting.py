@@ -71,19 +71,20 @@ def estimated_area(points: np.ndarray, weight: float, matrix: np.ndarray, pivot:
     unit = abs(float(matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0])) * weight / (h * w)
     lo = np.zeros(len(rel))
     hi = np.full(len(rel), np.inf)
-    for axis, size in ((0, w), (1, h)):
-        d, c = rel[:, axis], float(pivot[axis])
-        a, b = -0.5 - c, size - 0.5 - c  # pivot + k d must lie in [a, b] relative to the pivot
-        with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis, size in ((0, w), (1, h)):
+            d, c = rel[:, axis], float(pivot[axis])
+            a, b = -0.5 - c, size - 0.5 - c  # pivot + k d must lie in [a, b] relative to the pivot
             k1, k2 = a / d, b / d
-        moving = d != 0
-        lo = np.where(moving, np.maximum(lo, np.minimum(k1, k2)), np.where(a <= 0 <= b, lo, np.inf))
-        hi = np.where(moving, np.minimum(hi, np.maximum(k1, k2)), hi)
+            moving = d != 0
+            lo = np.where(moving, np.maximum(lo, np.minimum(k1, k2)), np.where(a <= 0 <= b, lo, np.inf))
+            hi = np.where(moving, np.minimum(hi, np.maximum(k1, k2)), hi)
     keep = lo <= hi
     starts, ends = np.sort(lo[keep]), np.sort(hi[keep])
+    after, before = starts.searchsorted, ends.searchsorted  # the methods: np.searchsorted's wrapper costs more
 
     def area(k: float) -> float:
-        count = int(np.searchsorted(starts, k, side="right")) - int(np.searchsorted(ends, k, side="left"))
+        count = int(after(k, "right")) - int(before(k, "left"))
         return count * unit * k * k
 
     return area
