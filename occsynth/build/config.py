@@ -1,4 +1,5 @@
 """What a build is: its config (what determines the bytes), its plan of samples, its tasks."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,10 @@ INT_RANGES = (
 
 @dataclass(frozen=True)
 class PlannedSample:
-    key: str          # member prefix in the shard; plans are sorted by it
-    sample_id: str    # the per-sample seed derives from (global seed, sample_id)
-    item: Any         # sources.SourceItem of the source image
-    spec: str = ""    # name of an occlusion spec in BuildConfig.specs ("" = clean)
+    key: str  # member prefix in the shard; plans are sorted by it
+    sample_id: str  # the per-sample seed derives from (global seed, sample_id)
+    item: Any  # sources.SourceItem of the source image
+    spec: str = ""  # name of an occlusion spec in BuildConfig.specs ("" = clean)
     extra: dict = field(default_factory=dict)  # builder metadata (pair, fold, side, ...)
     # False for an image with real occlusion (MFR2's masks, AR's sunglasses): its pixel mask is
     # unknown, and the sample says so (contract.MASK_KNOWN)
@@ -68,8 +69,12 @@ class BuildConfig:
                 raise UsageError(f"{name} must be in [{lo}, {'inf' if hi is None else hi}], got {value}")
         if self.template not in TEMPLATES and self.template not in ALIASES:
             raise UsageError(f"unknown template {self.template!r}; choose from {', '.join(TEMPLATES)}")
-        for name, allowed in (("on_no_face", ON_NO_FACE), ("redetect", REDETECT), ("multi_face", POLICIES),
-                              ("image_format", FORMATS)):
+        for name, allowed in (
+            ("on_no_face", ON_NO_FACE),
+            ("redetect", REDETECT),
+            ("multi_face", POLICIES),
+            ("image_format", FORMATS),
+        ):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("aligned_input", "keep_clean"):

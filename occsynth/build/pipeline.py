@@ -20,6 +20,7 @@ are queued together and each dataset is finalized as soon as its shards are done
 workers go on with the next. The index, failures, landmarks and statistics come from what the
 shard tasks return (shard.py), so no shard or stats file is read back on a fresh build.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,7 @@ from occsynth.faces.templates import get_template
 from occsynth.io.atomic import BackgroundSync, write_text
 from occsynth.io.dataset import remember_index
 from occsynth.io.tar import sha256_file
+
 
 # ---------------------------------------------------------------- the whole build
 def plan_fingerprint(plan: list[PlannedSample]) -> str:
@@ -104,8 +106,14 @@ def build(
 ) -> dict:
     """Run a build (resuming a killed one) and return its manifest (see build_all)."""
     return build_all(
-        [DatasetBuild(config, plan, source, out_dir, extra_manifest)], workers=workers, executor=executor,
-        runner=runner, command=command, progress=progress, max_failure_rate=max_failure_rate, on_built=on_built,
+        [DatasetBuild(config, plan, source, out_dir, extra_manifest)],
+        workers=workers,
+        executor=executor,
+        runner=runner,
+        command=command,
+        progress=progress,
+        max_failure_rate=max_failure_rate,
+        on_built=on_built,
         parse_index=parse_index,
     )[0]
 
@@ -134,8 +142,7 @@ def build_all(
     to use instead of starting one; it stays open."""
     if max_failure_rate is not None and not 0.0 <= max_failure_rate <= 1.0:
         raise UsageError(f"max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
-    builds = [dataclasses.replace(b, out_dir=Path(b.out_dir), plan=sorted(b.plan, key=lambda s: s.key))
-              for b in builds]
+    builds = [dataclasses.replace(b, out_dir=Path(b.out_dir), plan=sorted(b.plan, key=lambda s: s.key)) for b in builds]
     folders = [b.out_dir.resolve() for b in builds]
     if len(set(folders)) != len(folders):
         raise ValueError("two datasets of one build_all call share an output folder")
@@ -188,9 +195,12 @@ def build_all(
 
         names = sorted({b.config.name for b in builds})
         desc = names[0] if len(builds) == 1 else f"{', '.join(names)} ({len(builds)} datasets)"
-        bar = _progress(total=sum(len(b.plan) for b in builds),
-                        initial=sum(len(chunks[i][k]) for i in range(len(builds)) for k in results[i]),
-                        enabled=progress, desc=f"{desc} ({to_build}/{sum(map(len, chunks))} shards to build)")
+        bar = _progress(
+            total=sum(len(b.plan) for b in builds),
+            initial=sum(len(chunks[i][k]) for i in range(len(builds)) for k in results[i]),
+            enabled=progress,
+            desc=f"{desc} ({to_build}/{sum(map(len, chunks))} shards to build)",
+        )
         try:
             finish_ready()
             keep()  # the sources and tasks too: the parent may run tasks itself (parent_works)
@@ -282,8 +292,9 @@ MAX_SCRATCH_BYTES = 4 << 30
 SCRATCH_DIR = ".occsynth-aligned"
 
 
-def _share_alignments(builds: list[DatasetBuild], tasks: list[ShardTask], owner: dict,
-                      folders: list[Path]) -> dict[tuple[int, int], str]:
+def _share_alignments(
+    builds: list[DatasetBuild], tasks: list[ShardTask], owner: dict, folders: list[Path]
+) -> dict[tuple[int, int], str]:
     """Give a scratch folder to the tasks whose images (same source, same items, same order)
     another task of this build aligns too (lfw-block: shard k of every level); returns, for the
     last task of each such group, the folder to clean its entry from once it is done."""
@@ -360,12 +371,14 @@ def _check_outcome(out_dir: Path, manifest: dict, max_failure_rate: float | None
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="img", desc=desc,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, disable=not enabled, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True
+    )
 
 
-def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int, dict],
-             command: str | None, extra: dict | None) -> dict:
+def finalize(
+    out_dir: Path, config: BuildConfig, source: Any, results: dict[int, dict], command: str | None, extra: dict | None
+) -> dict:
     """Merge the shards' results (shard.ShardResult) into index.jsonl, failures.jsonl,
     landmarks.jsonl and manifest.json. The index lines are the shards' own metadata text and
     the statistics their parts (stats.SampleStats); the index as parsed back by the workers
@@ -394,10 +407,12 @@ def finalize(out_dir: Path, config: BuildConfig, source: Any, results: dict[int,
         "seed": config.seed,
         "template": template.name,
         "image_size": [template.width, template.height],
-        "source": {"description": getattr(source, "description", str(source)),
-                   "fingerprint": source.fingerprint(),
-                   # top-level files beside identity folders, not items (only when there are some)
-                   **({"ignored": list(source.ignored)} if getattr(source, "ignored", ()) else {})},
+        "source": {
+            "description": getattr(source, "description", str(source)),
+            "fingerprint": source.fingerprint(),
+            # top-level files beside identity folders, not items (only when there are some)
+            **({"ignored": list(source.ignored)} if getattr(source, "ignored", ()) else {}),
+        },
         "shards": [summaries[i] for i in sorted(summaries)],
         "totals": {
             "planned": sum(r["num_samples"] + r["num_failures"] for r in summaries.values()),
@@ -422,6 +437,9 @@ def plan_align(items: list, *, spec: str = "", variants: int = 1) -> list[Planne
     for i, item in enumerate(sorted(items, key=lambda it: it.sample_id)):
         for v in range(variants):
             sample_id = item.sample_id if variants == 1 else f"{item.sample_id}#{v}"
-            plan.append(PlannedSample(f"{i * variants + v:0{width}d}", sample_id, item, spec,
-                                      {"variant": v} if variants > 1 else {}))
+            plan.append(
+                PlannedSample(
+                    f"{i * variants + v:0{width}d}", sample_id, item, spec, {"variant": v} if variants > 1 else {}
+                )
+            )
     return plan

@@ -15,6 +15,7 @@ build shared by the workers): it writes its samples' members, unended, under
 `.occsynth-parts/` and returns them made but unpublished; `join_parts`, in the parent, appends
 the parts into the shard and publishes it as `run_shard` would have (the same bytes).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ import numpy as np
 from occsynth import contract
 from occsynth.build.config import ShardTask
 from occsynth.build.executor import shared_value
-from occsynth.build.stats import SampleStats
 from occsynth.build.stages import (
     OcclusionSums,
     ShardImages,
@@ -39,6 +39,7 @@ from occsynth.build.stages import (
     save_aligned,
     write_samples,
 )
+from occsynth.build.stats import SampleStats
 from occsynth.faces.templates import get_template
 from occsynth.io.atomic import atomic_write, write_text
 from occsynth.io.tar import ShardWriter
@@ -93,8 +94,9 @@ def _make(task: ShardTask, writer: ShardWriter) -> Made:
         if key is not None:
             save_aligned(Path(task.scratch), key, state)
     del data
-    out = write_samples(writer, task.samples, state, config, template, parse=task.parse_index,
-                        part=task.part is not None)
+    out = write_samples(
+        writer, task.samples, state, config, template, parse=task.parse_index, part=task.part is not None
+    )
     return Made(
         out=out,
         detections={s: contract.dumps(state.detections[s]) for s in sorted(state.detections)},  # encoded once
@@ -127,8 +129,14 @@ def _publish(folder: str, index: int, digest: str, made: Made) -> dict:
         "inputs": made.inputs,
     }
     # the detections and the samples' metadata as already encoded (keys: these two last)
-    text = (contract.dumps(stats)[:-1] + ',"detections":[' + ",".join(made.detections.values()) + '],"samples":['
-            + ",".join(out.texts) + "]}")
+    text = (
+        contract.dumps(stats)[:-1]
+        + ',"detections":['
+        + ",".join(made.detections.values())
+        + '],"samples":['
+        + ",".join(out.texts)
+        + "]}"
+    )
     write_text(out_dir / contract.shard_stats_name(index), text, durable=False)
     return {
         "out_dir": folder,
@@ -170,13 +178,18 @@ def join_parts(parts: list[dict]) -> dict:
     )
     detections = {s: d for m in made for s, d in m.detections.items()}  # an image in two parts: once
     inputs = {s: d for m in made for s, d in m.inputs.items()}
-    result = _publish(folder, index, digest, Made(
-        out=out,
-        detections={s: detections[s] for s in sorted(detections)},
-        reused=set().union(*(m.reused for m in made)),
-        inputs={s: inputs[s] for s in sorted(inputs)},
-        aligned_key=None,
-    ))
+    result = _publish(
+        folder,
+        index,
+        digest,
+        Made(
+            out=out,
+            detections={s: detections[s] for s in sorted(detections)},
+            reused=set().union(*(m.reused for m in made)),
+            inputs={s: inputs[s] for s in sorted(inputs)},
+            aligned_key=None,
+        ),
+    )
     for p in parts:
         Path(p["path"]).unlink(missing_ok=True)
     return result

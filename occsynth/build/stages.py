@@ -3,6 +3,7 @@ encode -> write. `run_shard` (shard.py) chains them. Every stage works on the sh
 source images once (a source image may feed several samples) and turns an input that cannot go
 on into a SampleError for its samples (recorded as a failure, never dropped).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ import cv2
 import numpy as np
 
 from occsynth import __version__, contract
-from occsynth.build.stats import SampleStats
 from occsynth.build.config import BuildConfig, NoFaceError, PlannedSample
 from occsynth.build.executor import configure_threads
+from occsynth.build.stats import SampleStats
 from occsynth.contract import Failure, SampleError
 from occsynth.faces.align import align_face, center_crop_landmarks, warp
 from occsynth.faces.detect import PAD_FRACTION, Face, FaceDetector, select_face
@@ -41,8 +42,9 @@ def detector(config: BuildConfig) -> FaceDetector:
     if key not in _DETECTORS:
         # Batch 1 by default: MTCNN's last landmark digit depends on which images share a
         # batch, and a fresh build must match a lock made from another build's detections.
-        _DETECTORS[key] = FaceDetector(device=config.device, min_face_size=config.min_face_size,
-                                       batch_size=config.detect_batch)
+        _DETECTORS[key] = FaceDetector(
+            device=config.device, min_face_size=config.min_face_size, batch_size=config.detect_batch
+        )
     configure_threads()  # torch is imported by now: one thread inside an executor's tasks
     return _DETECTORS[key]
 
@@ -64,15 +66,15 @@ def stored_detections(files: tuple[str, ...]) -> StoredLandmarks:
 class ShardImages:
     """The shard's distinct source images as they move through the stages."""
 
-    images: dict[str, np.ndarray] = field(default_factory=dict)     # sample_id of the source -> RGB
-    digests: dict[str, str] = field(default_factory=dict)           # -> sha256 of the file's bytes
-    errors: dict[str, SampleError] = field(default_factory=dict)    # -> why it cannot go on
-    faces: dict[str, list] = field(default_factory=dict)            # -> detected faces
-    padded: dict[str, list] = field(default_factory=dict)           # -> faces of the padded re-detection
-    detections: dict[str, dict] = field(default_factory=dict)       # -> landmarks.jsonl record
-    from_store: set[str] = field(default_factory=set)               # detections reused, not run
-    aligned: dict[str, tuple] = field(default_factory=dict)         # -> (crop, landmarks, info)
-    encoded: dict[tuple, bytes] = field(default_factory=dict)       # (sid, format, quality) -> crop encoded
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # sample_id of the source -> RGB
+    digests: dict[str, str] = field(default_factory=dict)  # -> sha256 of the file's bytes
+    errors: dict[str, SampleError] = field(default_factory=dict)  # -> why it cannot go on
+    faces: dict[str, list] = field(default_factory=dict)  # -> detected faces
+    padded: dict[str, list] = field(default_factory=dict)  # -> faces of the padded re-detection
+    detections: dict[str, dict] = field(default_factory=dict)  # -> landmarks.jsonl record
+    from_store: set[str] = field(default_factory=set)  # detections reused, not run
+    aligned: dict[str, tuple] = field(default_factory=dict)  # -> (crop, landmarks, info)
+    encoded: dict[tuple, bytes] = field(default_factory=dict)  # (sid, format, quality) -> crop encoded
 
     def merge(self, part: ShardImages) -> None:
         """Take in what the stages found for some of the shard's images (their decoded
@@ -188,8 +190,10 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
                 info["num_faces"] = len(state.padded[sid])
         if face is None:
             if config.on_no_face == "fail":
-                raise NoFaceError(f"no face found in {sid!r} (on_no_face='fail'); "
-                                  "use --on-no-face skip or center-crop to record and continue")
+                raise NoFaceError(
+                    f"no face found in {sid!r} (on_no_face='fail'); "
+                    "use --on-no-face skip or center-crop to record and continue"
+                )
             if config.on_no_face == "skip":
                 state.errors[sid] = SampleError("detect", "no face detected")
                 continue
@@ -208,8 +212,11 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
             continue
         info.update(source_landmarks=contract.round_points(src_landmarks), transform=np.round(matrix, 6))
         # arrays as lists once per source, not once per sample by the JSON encoder's hook (same text)
-        state.aligned[sid] = (crop, landmarks, {k: v.tolist() if isinstance(v, np.ndarray) else v
-                                                for k, v in info.items()})
+        state.aligned[sid] = (
+            crop,
+            landmarks,
+            {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in info.items()},
+        )
 
 
 # ---------------------------------------------------------------- 3b. aligned faces kept for the next dataset
@@ -218,8 +225,18 @@ def align_images(state: ShardImages, config: BuildConfig, template: AlignTemplat
 # detections, errors) under a key of its content, the same shard of the next datasets loads it
 # instead of decoding, detecting and aligning again. The key covers everything the aligned state
 # depends on: the inputs' bytes (sha256), the alignment settings and the occsynth version.
-ALIGNED_SETTINGS = ("template", "aligned_input", "on_no_face", "redetect", "multi_face", "min_face_size", "detect_batch",
-                    "max_pixels", "device", "landmark_files")
+ALIGNED_SETTINGS = (
+    "template",
+    "aligned_input",
+    "on_no_face",
+    "redetect",
+    "multi_face",
+    "min_face_size",
+    "detect_batch",
+    "max_pixels",
+    "device",
+    "landmark_files",
+)
 
 
 def aligned_key(state: ShardImages, config: BuildConfig) -> str | None:
@@ -298,8 +315,9 @@ def _crop_encoded(state: ShardImages, sid: str, fmt: str, quality: int) -> bytes
     return state.encoded[key]
 
 
-def make_sample(sample: PlannedSample, state: ShardImages, config: BuildConfig,
-                template: AlignTemplate) -> tuple[dict[str, bytes], dict, Occlusion]:
+def make_sample(
+    sample: PlannedSample, state: ShardImages, config: BuildConfig, template: AlignTemplate
+) -> tuple[dict[str, bytes], dict, Occlusion]:
     """One sample's shard members (image, mask, metadata[, clean]), its metadata and its
     occlusion; SampleError if it has none."""
     sid = sample.item.sample_id
@@ -338,8 +356,11 @@ def make_sample(sample: PlannedSample, state: ShardImages, config: BuildConfig,
     ext = contract.EXT_IMAGE_JPG if config.image_format == "jpg" else contract.EXT_IMAGE_PNG
     unchanged = occ.image is crop and not occ.records  # occluders never draw in place (occluders.base)
     members = {
-        ext: (_crop_encoded(state, sid, config.image_format, config.jpeg_quality) if unchanged
-              else encode_image(occ.image, config.image_format, config.jpeg_quality)),
+        ext: (
+            _crop_encoded(state, sid, config.image_format, config.jpeg_quality)
+            if unchanged
+            else encode_image(occ.image, config.image_format, config.jpeg_quality)
+        ),
         contract.EXT_MASK: _mask_png(occ.mask, bool(occ.records)),
         contract.EXT_META: contract.dumps(meta).encode("utf-8"),
     }
@@ -396,8 +417,16 @@ class OcclusionSums:
     def to_array(self) -> np.ndarray:
         """One structured record (np.save writes it without pickle)."""
         h, w = self.size[1], self.size[0]
-        dtype = np.dtype([("size", "<i8", (2,)), ("count", "<i8"), ("landmark_count", "<i8"),
-                          ("landmarks", "<f8", (5, 2)), ("mask", "<i8", (h, w)), ("rgb", "<i8", (h, w, 3))])
+        dtype = np.dtype(
+            [
+                ("size", "<i8", (2,)),
+                ("count", "<i8"),
+                ("landmark_count", "<i8"),
+                ("landmarks", "<f8", (5, 2)),
+                ("mask", "<i8", (h, w)),
+                ("rgb", "<i8", (h, w, 3)),
+            ]
+        )
         record = np.zeros((), dtype)
         record["size"], record["count"], record["landmark_count"] = self.size, self.count, self.landmark_count
         record["landmarks"] = self.landmarks
@@ -418,8 +447,15 @@ class ShardOutput:
     sums: OcclusionSums | None = None
 
 
-def write_samples(writer: ShardWriter, samples: list[PlannedSample], state: ShardImages, config: BuildConfig,
-                  template: AlignTemplate, parse: bool = False, part: bool = False) -> ShardOutput:
+def write_samples(
+    writer: ShardWriter,
+    samples: list[PlannedSample],
+    state: ShardImages,
+    config: BuildConfig,
+    template: AlignTemplate,
+    parse: bool = False,
+    part: bool = False,
+) -> ShardOutput:
     """Occlude, encode and append every sample in plan order (`parse`: keep the metadata
     parsed back too; `part`: the samples are a part of a shard, see OcclusionSums.joined)."""
     out = ShardOutput(sums=OcclusionSums(template.width, template.height), metas=[] if parse else None)

@@ -3,6 +3,7 @@
 A shard task gathers its part while writing (`SampleStats`, from the metadata values before they
 are encoded), the parent merges the parts in shard order (`merge_stats`): the same numbers as
 `dataset_stats` over every sample's parsed metadata, without parsing 12,000 index lines back."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -68,7 +69,9 @@ def merge_stats(parts: list[SampleStats], failures: list[dict]) -> dict:
     and no pixel mask (contract.MASK_KNOWN) are counted apart, as "mask_unknown"."""
     whole = SampleStats.joined(parts)
     ratios = np.array(whole.ratios, dtype=np.float64)
-    hist, edges = np.histogram(ratios, bins=10, range=(0.0, 1.0)) if len(ratios) else (np.zeros(10, int), np.linspace(0, 1, 11))
+    hist, edges = (
+        np.histogram(ratios, bins=10, range=(0.0, 1.0)) if len(ratios) else (np.zeros(10, int), np.linspace(0, 1, 11))
+    )
     occluded = ratios[ratios > 0]
     stats = {
         "identities": len(whole.identities),
