@@ -190,7 +190,9 @@ def make_config(opts: dict, *, name: str, spec=None, aligned: bool = False, keep
     if not opts["no_cache"] and not aligned:
         cache = LandmarkCache()
         if cache.path.exists():
-            landmark_files.append(str(cache.path))
+            # first: of two records of an image the later wins, and the files asked for by name
+            # are the ones meant (another machine's detections, a lock's), not the cache's
+            landmark_files.insert(0, str(cache.path))
     return BuildConfig(
         name=name,
         template=opts["template"],

@@ -1,5 +1,5 @@
-"""Stored detections: landmarks.jsonl files and the machine-wide store, keyed by the sha256 of
-each source file's bytes.
+"""Stored detections: landmarks.jsonl files (or .jsonl.gz: the detections shipped with the
+benchmark locks) and the machine-wide store, keyed by the sha256 of each source file's bytes.
 
 A dataset is detected once: every build adds its new detections here, and later builds of the
 same images (from a folder, an archive, a renamed copy) reuse them instead of running MTCNN.
@@ -7,6 +7,7 @@ same images (from a folder, an archive, a renamed copy) reuse them instead of ru
 
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 from typing import Iterable
@@ -14,7 +15,7 @@ from typing import Iterable
 from occsynth import contract
 from occsynth.io.atomic import write_text
 from occsynth.io.cache import cache_dir
-from occsynth.io.dataset import DatasetError, iter_jsonl, json_line
+from occsynth.io.dataset import DatasetError, json_line
 
 
 def _landmarks_file(path: str | Path) -> Path:
@@ -32,16 +33,30 @@ def _checked(path: Path, line_no: int, record: dict) -> dict:
     return record
 
 
+def _lines(path: Path) -> list[bytes]:
+    """A landmarks file's lines (gunzipped for .gz); bytes.splitlines breaks where text-mode
+    reading does (LF, CRLF, CR), so the line numbers are the file's."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:  # BadGzipFile is an OSError
+            raise DatasetError(f"{path}: not a gzip file of landmarks: {exc}") from None
+    return data.splitlines()
+
+
 def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
-    """sha256 of the source file -> detection record, from landmarks.jsonl files, every record
-    parsed and checked now (StoredLandmarks parses a record when it is asked for).
+    """sha256 of the source file -> detection record, from landmarks.jsonl(.gz) files, every
+    record parsed and checked now (StoredLandmarks parses a record when it is asked for).
 
     Keyed by content, so detections made on a folder are reused for the same images in an
     archive, and a renamed file keeps its landmarks. A later record of the same sha256 wins."""
     store: dict[str, dict] = {}
     for path in map(_landmarks_file, paths):
-        for line_no, record in iter_jsonl(path, "landmarks"):
-            store[_checked(path, line_no, record)["sha256"]] = record
+        for line_no, line in enumerate(_lines(path), 1):
+            if line.strip():
+                record = _parse(path, line_no, line)
+                store[record["sha256"]] = record
     return store
 
 
@@ -70,8 +85,7 @@ class StoredLandmarks:
         self._found: dict[str, dict | None] = {}
         order = 0
         for path in map(_landmarks_file, paths):
-            # bytes.splitlines breaks where text-mode reading does (\n, \r\n, \r): same line numbers
-            for line_no, line in enumerate(path.read_bytes().splitlines(), 1):
+            for line_no, line in enumerate(_lines(path), 1):
                 if not line.strip():
                     continue
                 order += 1
