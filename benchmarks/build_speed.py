@@ -19,8 +19,8 @@ For each build of benchmarks/locks/ named with --only, alternating within each r
   * with --no-harmonize-too, harmonised builds again with --no-harmonize (the builds as they
     were before harmonisation; not checked against the lock, which is the harmonised build).
 Reported: wall seconds and samples/s, and the ratios end-to-end / in-process per core
-(target >= 0.8, issue "Speed to the floor" item 3) and end-to-end / floor on 2 cores. Detections come from the machine-wide
-landmark cache (as check_locks.py); the load average is recorded before each measurement
+(target >= 0.8, issue "Speed to the floor" item 3) and end-to-end / floor on 2 cores. Detections come from
+the file the locks were made from (locks/lfw-detections.jsonl.gz, as check_locks.py); the load average is recorded before each measurement
 (the machine is shared).
 """
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from check_locks import build_args, check_command  # noqa: E402
-from machine import FILL_STORE, LFW_TGZ, SHARED_DATA, lfw_without_detection, timed_run, write_result  # noqa: E402
+from machine import LFW_TGZ, LOCK_DETECTIONS, SHARED_DATA, lfw_without_detection, timed_run, write_result  # noqa: E402
 
 PAIRS = SHARED_DATA / "lfw" / "pairs.txt"
 # issue 16's wall targets, seconds end to end on 2 workers (item 2), recorded with every result
@@ -266,15 +266,17 @@ def main() -> int:
     if not LFW_TGZ.exists():
         print(f"SKIP: {LFW_TGZ} not found (real LFW needed)")
         return 0
-    from occsynth.faces.landmarks import LandmarkCache
-
-    cache = LandmarkCache().path  # what the timed builds read (no --no-cache)
-    missing, total = lfw_without_detection(cache)
+    if not LOCK_DETECTIONS.exists():  # what the timed builds read (--landmarks, --no-cache)
+        print(f"Error: {LOCK_DETECTIONS} not found: the detections the locks were made from", file=sys.stderr)
+        return 1
+    missing, total = lfw_without_detection(LOCK_DETECTIONS)
     if missing:
-        print(f"SKIP: {missing:,} of {total:,} LFW images have no stored detection in {cache}: the builds")
-        print("would time MTCNN for them, not the build from stored landmarks. Fill the cache first:")
-        print("  " + FILL_STORE.format(tgz=LFW_TGZ))
-        return 0
+        print(
+            f"Error: {missing:,} of {total:,} LFW images have no detection in {LOCK_DETECTIONS}: the builds",
+            file=sys.stderr,
+        )
+        print("would time MTCNN for them, not the build from stored landmarks", file=sys.stderr)
+        return 1
     base = ["in_process", "end_to_end_w2"] + (["end_to_end_w1"] if args.with_w1 else [])
     base += [] if args.no_floor else ["floor_x2"]
     names = [n for n in args.only.split(",") if n]

@@ -14,6 +14,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(os.environ.get("OCCSYNTH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LFW_TGZ = SHARED_DATA / "lfw" / "lfw-deepfunneled.tgz"
+# The MTCNN detections of every LFW image the locks were made from (see check_locks.py): the
+# builds the benchmarks time and check read them, not this machine's detection cache.
+LOCK_DETECTIONS = Path(__file__).resolve().parent / "locks" / "lfw-detections.jsonl.gz"
 
 
 FILL_STORE = "occsynth align {tgz} --out /tmp/lfw-detected --workers 2  (detects LFW once, ~2-5 min on 2 cores)"
