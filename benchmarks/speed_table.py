@@ -3,8 +3,12 @@
     python benchmarks/speed_table.py [--results benchmarks/results] [--out benchmarks/results/speed.md]
 
 Reads the JSON that floor.py, build_speed.py and occluders.py wrote (nothing is typed in by
-hand). For each benchmark it takes the newest file by the date its machine record holds; a build
-takes the newest file that timed it (an lfw-occ-only rerun does not hide lfw-block's figures).
+hand). One table per machine (the CPU model each file records), newest machine first: a slower
+machine's seconds say nothing of the build on a faster one, and the ratios of one are not
+hidden by another's. Within a machine, each benchmark's figures come from its newest file by the
+date its machine record holds; a build takes the newest file that timed it (an lfw-occ-only
+rerun does not hide lfw-block's figures). The GPU rows come from the newest GPU result of any
+machine (the device's host is not the machine the CPU rows are about).
 Each row says its target, the figure, whether the figure meets the target, and which file and
 commit it came from. The wall times are seconds on the machine named in that file: compare them
 with the floor measured in the same run (`floor_x2`), not with another file's seconds.
@@ -43,6 +47,28 @@ def load_results(folder: Path) -> dict[str, list[tuple[str, Path, dict]]]:
     return found
 
 
+def cpu(entry: tuple[str, Path, dict]) -> str:
+    """The CPU model a result's machine record names ("?" when it names none)."""
+    return str(entry[2].get("machine", {}).get("cpu") or "?")
+
+
+def _gpu_only(result: dict) -> bool:
+    """A GPU check's file (occluders.py --torch-only): nothing in it is about its host's CPU."""
+    return result.get("benchmark") == "occluders" and "occluders" not in result and "torch_cpu" not in result
+
+
+def by_machine(found: dict) -> list[tuple[str, dict]]:
+    """[(cpu, found restricted to that cpu's results)], the machine with the newest result first;
+    GPU-only results make no table of their own."""
+    newest_date: dict[str, str] = {}
+    for entries in found.values():
+        for entry in entries:
+            if not _gpu_only(entry[2]):
+                newest_date[cpu(entry)] = max(newest_date.get(cpu(entry), ""), entry[0])
+    order = sorted(newest_date, key=lambda name: newest_date[name], reverse=True)
+    return [(name, {kind: [e for e in entries if cpu(e) == name] for kind, entries in found.items()}) for name in order]
+
+
 def newest(entries: list, has) -> tuple[Path, dict] | tuple[None, None]:
     """The newest (path, result) of `entries` for which has(result) holds: a newer file that
     measured something else (a GPU-only run) does not hide an older one's figures."""
@@ -69,8 +95,10 @@ def _met(value: float | None, target: float | None, at_most: bool = False) -> st
     return "met" if (value <= target if at_most else value >= target) else "**not met**"
 
 
-def rows(found: dict) -> list[tuple[str, str, str, str, str, str]]:
-    """(item, what, target, figure, met, source) rows, in the issue's order."""
+def rows(found: dict, gpu: list | None = None) -> list[tuple[str, str, str, str, str, str]]:
+    """(item, what, target, figure, met, source) rows, in the issue's order; the GPU rows from
+    `gpu` (occluders results of any machine; default found's)."""
+    gpu = found["occluders"] if gpu is None else gpu
     out = []
     path, result = newest(found["floor"], lambda r: "png" in r["summary"])
     if path is not None:
@@ -138,7 +166,9 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str, str]]:
             summary = result["summary"][name]
             value = summary.get("end_to_end_w2_per_core_over_in_process")
             paired = summary.get("paired_median_end_to_end_w2_per_core_over_in_process")
-            figure = f"{value:.3f}" + (f" (paired {paired:.3f})" if paired is not None else "")
+            figure = (
+                "-" if value is None else f"{value:.3f}" + (f" (paired {paired:.3f})" if paired is not None else "")
+            )
             out.append(
                 (
                     "3",
@@ -162,8 +192,8 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str, str]]:
                     _source(path, result),
                 )
             )
-    path, result = newest(found["occluders"], lambda r: isinstance(r["torch_cuda"], dict))
-    recorded = newest(found["occluders"], lambda r: "torch_gpu_h100" in r["targets"])[1]
+    path, result = newest(gpu, lambda r: isinstance(r["torch_cuda"], dict))
+    recorded = newest(gpu, lambda r: "torch_gpu_h100" in r["targets"])[1]
     gpu_target = (result or recorded or {}).get("targets", {}).get("torch_gpu_h100", {}).get("value")
     gpu_text = "see occluders.py" if gpu_target is None else f">= {gpu_target:,.0f}/s"
     if path is not None:
@@ -210,17 +240,23 @@ def rows(found: dict) -> list[tuple[str, str, str, str, str, str]]:
     return out
 
 
-def render(table: list[tuple]) -> str:
+def render(tables: list[tuple[str, list[tuple]]]) -> str:
     lines = [
         "# Speed to the floor (issue 16): targets against the newest results",
         "",
-        "Written by `python benchmarks/speed_table.py` from the JSON in this folder; seconds are on the",
-        "machine each file names, whose speed drifts: read them beside the floor of the same run.",
-        "",
-        "| item | what | target | measured | met | from |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Written by `python benchmarks/speed_table.py` from the JSON in this folder, one table per",
+        "machine (newest first). Seconds are that machine's, and its speed drifts: read them beside the",
+        "floor of the same run.",
     ]
-    lines += [f"| {' | '.join(row)} |" for row in table]
+    for name, table in tables:
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            "| item | what | target | measured | met | from |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {' | '.join(row)} |" for row in table]
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +272,7 @@ def main(argv=None) -> int:
     if not any(found.values()):
         print(f"Error: no floor, build_speed or occluders results in {args.results}", file=sys.stderr)
         return 1
-    args.out.write_text(render(rows(found)))
+    args.out.write_text(render([(name, rows(mine, found["occluders"])) for name, mine in by_machine(found)]))
     print(f"wrote {args.out}")
     return 0
 

@@ -36,8 +36,8 @@ def test_the_committed_results_give_a_row_for_every_item(tmp_path):
     assert any(row[0] == "4" and "GPU" in row[1] for row in rows)  # measured or said not to be
 
 
-def _result(kind: str, date: str, **fields) -> dict:
-    return {"benchmark": kind, "machine": {"date": date, "git_commit": "0123456789"}, **fields}
+def _result(kind: str, date: str, cpu: str | None = None, **fields) -> dict:
+    return {"benchmark": kind, "machine": {"date": date, "git_commit": "0123456789", "cpu": cpu}, **fields}
 
 
 def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(tmp_path):
@@ -92,6 +92,50 @@ def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(t
     )
     assert rows[("2", "lfw-block end to end, 2 workers")][3:] == ["-", "not measured", "no result"]
     assert rows[("1", "align over the bare loop")][4] == "not measured"
+
+
+def _sections(text: str) -> dict[str, list[list[str]]]:
+    """{machine heading: its table's rows}."""
+    out: dict[str, list[list[str]]] = {}
+    for block in text.split("\n## ")[1:]:
+        heading, _, body = block.partition("\n")
+        out[heading] = _rows(body)
+    return out
+
+
+def test_each_machine_gets_its_own_table_and_the_gpu_rows_come_from_any(tmp_path):
+    """A slower machine's newer seconds do not stand for a faster one's build: one table per CPU
+    model, newest machine first; the device's GPU result fills the GPU rows of each."""
+    targets = {"lfw-block wall s (2 workers)": 60, "end_to_end_per_core_over_in_process": 0.8}
+
+    def block(seconds: float, floor: float) -> dict:
+        return {"median_seconds": {"end_to_end_w2": seconds, "floor_x2": floor}}
+
+    fast = _result(
+        "build_speed", "2026-12-01T10:00:00", "AMD EPYC", targets=targets, summary={"lfw-block": block(44.0, 28.0)}
+    )
+    slow = _result(
+        "build_speed", "2026-12-02T10:00:00", "Intel Xeon", targets=targets, summary={"lfw-block": block(110.0, 70.0)}
+    )
+    gpu_only = _result(
+        "occluders",
+        "2026-12-03T10:00:00",
+        "device host",
+        targets={"torch_gpu_h100": {"value": 50000.0}},
+        torch_cuda={"shapes": {"rate": {"value": 61000.0}}, "bank": {"rate": {"value": 52000.0}}},
+        gpu_name="H200",
+    )
+    for name, result in (("fast.json", fast), ("slow.json", slow), ("gpu.json", gpu_only)):
+        (tmp_path / name).write_text(json.dumps(result))
+    out = tmp_path / "speed.md"
+    assert _module().main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    sections = _sections(out.read_text())
+    assert list(sections) == ["Intel Xeon", "AMD EPYC"]  # newest first; no table for the GPU's host
+    for machine, seconds, met in (("Intel Xeon", "110.0 s", "**not met**"), ("AMD EPYC", "44.0 s", "met")):
+        rows = {(row[0], row[1]): row for row in sections[machine]}
+        block_row = rows[("2", "lfw-block end to end, 2 workers, default build")]
+        assert block_row[3].startswith(seconds) and block_row[4] == met
+        assert rows[("4", "torch GPU, batch 1,024: shapes")][3:5] == ["61,000 images/s (H200)", "met"]
 
 
 def test_a_folder_without_results_is_one_error_line(tmp_path, capsys):
