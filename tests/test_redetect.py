@@ -105,7 +105,9 @@ def test_locks_written_before_the_padded_redetection_rebuild_without_it():
 
     def redetect(options: dict) -> str:
         args = module.build_args({"build": "lfw-occ", "options": options})
-        assert args.count("--redetect") == 1 and args[-2:] == ["--seed", "0"]
+        assert args.count("--redetect") == 1 and args[args.index("--seed") + 1] == "0"
+        # and from the detections the locks were made from, not this machine's cache
+        assert args[-3:] == ["--landmarks", str(module.LOCK_DETECTIONS), "--no-cache"]
         return args[args.index("--redetect") + 1]
 
     assert redetect({"harmonize": True, "seed": 0}) == "none"  # a lock written before it
