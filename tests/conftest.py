@@ -96,3 +96,21 @@ def detector():
     torch.set_num_threads(1)
     yield FaceDetector()
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """A module's builds share one detection cache, and never the user's (modules that build
+    use it with `pytestmark = pytest.mark.usefixtures("private_cache")`)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OCCSYNTH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def fake_lfw(tmp_path_factory) -> tuple[Path, Path]:
+    """A small fake LFW (fake_lfw.py: smooth images without faces) and its pairs file, per module (test_eval_suite's own is per test)."""
+    from fake_lfw import write_fake_lfw
+
+    return write_fake_lfw(tmp_path_factory.mktemp("fake_lfw"))

@@ -29,13 +29,7 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Builds in this module share one detection cache, and never the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCCSYNTH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest: one detection cache per module
 
 
 @pytest.fixture(scope="module")

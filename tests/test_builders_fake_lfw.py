@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fake_lfw import PEOPLE, N, write_fake_lfw
+from fake_lfw import PEOPLE, N
 from PIL import Image
 
 from occsynth.benchmarks import get_builder
@@ -39,18 +39,7 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Builds in this module share one detection cache, and never the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCCSYNTH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def fake_lfw(tmp_path_factory) -> tuple[Path, Path]:
-    return write_fake_lfw(tmp_path_factory.mktemp("fake_lfw"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest: one detection cache per module
 
 
 def _build(name: str, fake_lfw, out: Path, *extra: str) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fake_lfw import write_fake_lfw
 
 from occsynth.build.locks import DETECTIONS, compare_lock
 from occsynth.cli import main
@@ -20,19 +19,7 @@ from occsynth.faces.landmarks import StoredLandmarks, load_landmarks
 from occsynth.faces.templates import get_template
 from occsynth.io.dataset import DatasetError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Builds here share one detection cache, and never the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCCSYNTH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def fake_lfw(tmp_path_factory) -> tuple[Path, Path]:
-    return write_fake_lfw(tmp_path_factory.mktemp("fake_lfw"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest: one detection cache per module
 
 
 def _build(fake_lfw, out: Path, *extra: str):
