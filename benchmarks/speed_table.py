@@ -95,10 +95,9 @@ def _met(value: float | None, target: float | None, at_most: bool = False) -> st
     return "met" if (value <= target if at_most else value >= target) else "**not met**"
 
 
-def rows(found: dict, gpu: list | None = None) -> list[tuple[str, str, str, str, str, str]]:
+def rows(found: dict, gpu: list) -> list[tuple[str, str, str, str, str, str]]:
     """(item, what, target, figure, met, source) rows, in the issue's order; the GPU rows from
-    `gpu` (occluders results of any machine; default found's)."""
-    gpu = found["occluders"] if gpu is None else gpu
+    `gpu` (the occluders results of every machine)."""
     out = []
     path, result = newest(found["floor"], lambda r: "png" in r["summary"])
     if path is not None:

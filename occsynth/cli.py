@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from occsynth import __version__
+from occsynth import __version__, contract
 from occsynth.benchmarks import BUILDERS, list_builders
 from occsynth.build import BuildConfig, plan_align
 from occsynth.build import build as run_build_pipeline
@@ -220,7 +220,7 @@ def remember_detections(config, out: Path, new_detections: int, opts: dict) -> N
     cache = LandmarkCache()
     given = [f for f in config.landmark_files if Path(f).resolve() != cache.path.resolve()]
     if new_detections or given:
-        cache.update_from(Path(out) / "landmarks.jsonl")
+        cache.update_from(Path(out) / contract.LANDMARKS)
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ SHARD_PART_PATTERN = "{:05d}.part{:d}.tar"
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
 FAILURES = "failures.jsonl"
+LANDMARKS = "landmarks.jsonl"  # the detections a build used (and the machine-wide store's file)
 
 EXT_IMAGE_PNG = "png"
 EXT_IMAGE_JPG = "jpg"

@@ -110,7 +110,8 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fake_lfw(tmp_path_factory) -> tuple[Path, Path]:
-    """A small fake LFW (fake_lfw.py: smooth images without faces) and its pairs file, per module (test_eval_suite's own is per test)."""
+    """A small fake LFW (fake_lfw.py: smooth images without faces) and its pairs file, one per
+    module (test_eval_suite's own is per test)."""
     from fake_lfw import write_fake_lfw
 
     return write_fake_lfw(tmp_path_factory.mktemp("fake_lfw"))

@@ -14,10 +14,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from occsynth import __version__
+from occsynth import __version__, contract
 
-CHECKED_FILES = ("index.jsonl", "failures.jsonl", "pairs.jsonl", "protocol.json", "landmarks.jsonl")
-DETECTIONS = "landmarks.jsonl"
+DETECTIONS = contract.LANDMARKS
+CHECKED_FILES = (contract.INDEX, contract.FAILURES, "pairs.jsonl", "protocol.json", DETECTIONS)
 NOTE = (
     "checksums depend on the detections (landmarks.jsonl: rebuild from the lock's own with --landmarks "
     "FILE --no-cache) and on the versions of OpenCV and zlib that warp, harmonise and encode"
@@ -67,11 +67,11 @@ def compare_lock(expected: dict, actual: dict) -> list[str]:
             continue
         for key in sorted(want):
             if key == "shards":
-                for shard in sorted(set(want["shards"]) | set(have.get("shards", {}))):
-                    if want["shards"].get(shard) != have.get("shards", {}).get(shard):
+                built = have.get("shards", {})
+                for shard in sorted(set(want["shards"]) | set(built)):
+                    if want["shards"].get(shard) != built.get(shard):
                         problems.append(
-                            f"{sub}/{shard}: {have.get('shards', {}).get(shard, 'missing')} "
-                            f"!= locked {want['shards'].get(shard, 'absent')}"
+                            f"{sub}/{shard}: {built.get(shard, 'missing')} != locked {want['shards'].get(shard, 'absent')}"
                         )
             elif want.get(key) != have.get(key):
                 problems.append(f"{sub}/{key}: {have.get(key)} != locked {want.get(key)}")

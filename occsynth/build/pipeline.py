@@ -394,7 +394,7 @@ def finalize(
         remember_index(index_path, [meta for i in sorted(results) for meta in results[i]["metas"]])
     write_text(out_dir / contract.FAILURES, contract.dumps_lines(failures))
     if detections:
-        write_text(out_dir / "landmarks.jsonl", "".join(detections[k] + "\n" for k in sorted(detections)))
+        write_text(out_dir / contract.LANDMARKS, "".join(detections[k] + "\n" for k in sorted(detections)))
     template = get_template(config.template)
     summaries = {i: results[i]["summary"] for i in results}
     manifest = {

@@ -21,7 +21,7 @@ from occsynth.io.dataset import DatasetError, json_line
 def _landmarks_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        path = path / "landmarks.jsonl"
+        path = path / contract.LANDMARKS
     if not path.exists():
         raise FileNotFoundError(f"landmarks file not found: {path}")
     return path
@@ -122,7 +122,7 @@ def _parse(path: Path, line_no: int, line: bytes) -> dict:
 
 class LandmarkCache:
     def __init__(self, directory: str | Path | None = None):
-        self.path = Path(cache_dir(directory)) / "landmarks.jsonl"
+        self.path = Path(cache_dir(directory)) / contract.LANDMARKS
 
     def update_from(self, landmarks_jsonl: str | Path) -> int:
         """Merge the records of a build's landmarks.jsonl; returns how many were new."""
