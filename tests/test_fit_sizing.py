@@ -13,7 +13,7 @@ import pytest
 from occsynth import contract
 from occsynth.occluders import create_occluder, occlude, replay, with_harmonize
 from occsynth.occluders.families import objects
-from occsynth.occluders.families.fitting import alpha_points, estimated_area
+from occsynth.occluders.families.fitting import _general_area, alpha_points, estimated_area
 from occsynth.occluders.families.objects import Template
 
 LANDMARKS = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
@@ -59,6 +59,31 @@ def test_estimated_area_by_hand():
     half = np.array([[0.5, 0.0, 10.0], [0.0, 0.5, 10.0]])
     area = estimated_area(points, weight, half, np.array([15.0, 15.0]), shape)
     assert area(1.0) == pytest.approx(100 / 10000)
+
+
+def test_estimated_area_inside_pivot_path_counts_as_the_general_one():
+    """With the pivot inside the frame estimated_area sorts the intervals' ends only; the
+    general count (both ends) must give the same area at every k > 0, bit for bit, and the
+    (2, N) product the (N, 2) one's (what the estimate was before: builds start there)."""
+    rng = np.random.default_rng(11)
+    points, weight = alpha_points(_square_template(150, pad=7))  # a grid of step 3
+    shape = (112, 112)
+    ks = np.exp(np.linspace(np.log(0.05), np.log(12.0), 2000))
+    inside = 0
+    for _ in range(60):
+        angle, scale = rng.uniform(-0.5, 0.5), rng.uniform(0.1, 1.5)
+        c, s = scale * np.cos(angle), scale * np.sin(angle)
+        matrix = np.array([[c, -s, rng.uniform(-40, 100)], [s, c, rng.uniform(-40, 100)]])
+        pivot = rng.uniform(-20, 130, size=2)  # inside the frame or not
+        rel = np.ascontiguousarray(matrix[:, :2]) @ points.T + (matrix[:, 2] - pivot)[:, None]
+        assert np.array_equal(rel.T, points @ matrix[:, :2].T + (matrix[:, 2] - pivot))
+        det = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]
+        unit = abs(float(det)) * weight / (shape[0] * shape[1])
+        fast = estimated_area(points, weight, matrix, pivot, shape)
+        general = _general_area(rel, unit, tuple(pivot), shape)
+        inside += fast.__name__ != general.__name__
+        assert [fast(k) for k in ks] == [general(k) for k in ks]
+    assert 10 <= inside <= 50  # both paths were taken
 
 
 def _count_trials(monkeypatch) -> list:

@@ -132,7 +132,14 @@ def sample_value(value: Any, rng: np.random.Generator) -> Any:
         weights = value.get("p")
         index = int(rng.choice(len(options), p=None if weights is None else np.asarray(weights) / np.sum(weights)))
         return options[index]
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+    # the two items tested one by one: all() over a generator cost more than the draw (fit_area
+    # places an object ~5 times per sample, three values each)
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], (int, float))
+        and isinstance(value[1], (int, float))
+    ):
         lo, hi = float(value[0]), float(value[1])
         return float(rng.uniform(lo, hi)) if hi > lo else lo
     return value
