@@ -274,3 +274,20 @@ def test_draw_param_matches_sample_value_semantics():
 def test_bad_parameters_are_refused(name, params, error):
     with pytest.raises(error):
         _run(create_occluder(name, **params), _image(64, 64), 0)
+
+
+@pytest.mark.parametrize("fill", G.FILLS)
+def test_paint_box_is_paint_of_a_full_box(fill):
+    """Block and rectangle paint their window directly (paint_box): the same image, mask and
+    draws as `paint` of an all-True box (what they did before, and what records replay)."""
+    image = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    for x, y, w, h in ((0, 0, 30, 40), (5, 7, 11, 9), (29, 39, 1, 1), (4, 4, 0, 0)):
+        rng_a, rng_b = np.random.default_rng(8), np.random.default_rng(8)
+        out, mask = G.paint_box(image, x, y, w, h, fill, rng_a)
+        expected_mask = np.zeros((40, 30), dtype=bool)
+        expected_mask[y : y + h, x : x + w] = True
+        expected = G.paint(image, np.ones((h, w), dtype=bool), x, y, fill, rng_b)
+        assert np.array_equal(out, expected) and np.array_equal(mask, expected_mask)
+        assert rng_a.bit_generator.state == rng_b.bit_generator.state  # the same draws
+    with pytest.raises(ValueError, match="unknown fill"):
+        G.paint_box(image, 0, 0, 2, 2, "plaid", np.random.default_rng(0))

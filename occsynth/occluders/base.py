@@ -98,7 +98,13 @@ class Occluder:
         )
         if own.shape != image.shape[:2] or own.dtype != np.bool_:
             raise TypeError(f"{self.name}: apply() must return a bool mask of shape {image.shape[:2]}")
-        new_mask = np.where(own, np.uint8(MASK_OCCLUDED), mask)  # one pass, no copy + scatter
+        if mask.dtype == np.uint8 and MASK_OCCLUDED == 255:
+            # where(own, 255, mask) for uint8: 255 where own (a bool's byte 1 negated), OR the
+            # mask (x | 255 = 255, x | 0 = x); np.where with a scalar took ~8x as long
+            new_mask = np.negative(own.view(np.uint8))
+            new_mask |= mask
+        else:
+            new_mask = np.where(own, np.uint8(MASK_OCCLUDED), mask)
         record = {
             "family": self.family,
             "name": self.name,

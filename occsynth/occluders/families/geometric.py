@@ -92,6 +92,29 @@ def paint(image: np.ndarray, local: np.ndarray, x: int, y: int, fill: str, rng: 
     return out
 
 
+def paint_box(image: np.ndarray, x: int, y: int, w: int, h: int, fill: str, rng: np.random.Generator):
+    """(`paint` of a w x h box of True at x, y, its full-frame bool mask): the same pixels and
+    draws, written to the window directly (a block's paint by a mask cost ~3x this)."""
+    out = image.copy()
+    channels = image.shape[2]
+    window = out[y : y + h, x : x + w]
+    if fill == "black":
+        window[...] = 0
+    elif fill == "white":
+        window[...] = 255
+    elif fill == "noise":  # drawn row by row as `paint` draws a mask's pixels
+        window[...] = rng.integers(0, 256, size=(h * w, channels), dtype=np.uint8).reshape(h, w, channels)
+    elif fill == "mean":
+        window[...] = image.reshape(-1, channels).mean(axis=0).round().astype(np.uint8)
+    elif fill == "texture":
+        window[...] = texture(h, w, channels, rng)
+    else:
+        raise ValueError(f"unknown fill {fill!r}; expected one of {FILLS}")
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[y : y + h, x : x + w] = True
+    return out, mask
+
+
 def _pixels(array: np.ndarray) -> np.ndarray:
     """View each pixel's channels as one opaque item (the last axis must be contiguous, which
     holds for windows of a C-ordered image): boolean indexing of H x W x 3 by an H x W mask is
@@ -467,7 +490,7 @@ class Block(Occluder):
         x = int(rng.integers(0, w - bw + 1))
         y = int(rng.integers(0, h - bh + 1))
         # painting the block's window gives the same pixels (and noise order) as the whole mask
-        out, mask = _place(image, np.ones((bh, bw), dtype=bool), x, y, fill, rng)
+        out, mask = paint_box(image, x, y, bw, bh, fill, rng)
         return out, mask, {"ratio": ratio, "fill": fill, "x": x, "y": y, "width": bw, "height": bh}
 
 
@@ -483,7 +506,7 @@ class Rectangle(_Shape):
         bw, bh = rect_dims(target_pixels(c["ratio"], width, height), c["aspect"], width, height)
         x = int(rng.integers(0, width - bw + 1))
         y = int(rng.integers(0, height - bh + 1))
-        out, mask = _place(image, np.ones((bh, bw), dtype=bool), x, y, c["fill"], rng)
+        out, mask = paint_box(image, x, y, bw, bh, c["fill"], rng)
         return out, mask, {**c, "x": x, "y": y, "width": bw, "height": bh}
 
 
