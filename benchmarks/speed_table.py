@@ -225,7 +225,8 @@ def rows(found: dict, gpu: list) -> list[tuple[str, str, str, str, str, str]]:
     )
     if path is not None:
         value = result["coarse_dropout_reference"]["block_0.3_over_coarse_dropout"]
-        figure = f"{value:.3f}"
+        paired = result["coarse_dropout_reference"].get("block_0.3_over_coarse_dropout_paired")
+        figure = f"{value:.3f}" + (f" (paired {paired['median']:.3f})" if paired else "")
         out.append(
             (
                 "5",

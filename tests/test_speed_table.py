@@ -49,7 +49,10 @@ def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(t
         targets=occluder_targets,
         occluders={"fit_area": {"rate": {"value": 6000.0}}},
         torch_cpu_over_per_image_paired=paired,
-        coarse_dropout_reference={"block_0.3_over_coarse_dropout": 1.4},
+        coarse_dropout_reference={
+            "block_0.3_over_coarse_dropout": 1.4,
+            "block_0.3_over_coarse_dropout_paired": {"median": 1.6, "rounds": [1.6]},
+        },
         torch_cuda="not measured: no GPU",
     )
     gpu_only = _result(
@@ -83,7 +86,10 @@ def test_a_newer_file_that_measured_something_else_does_not_hide_older_figures(t
     assert rows[("2", "fit_area (default: harmonised object)")][5].startswith("`a.json`")
     assert rows[("4", "torch GPU, batch 1,024: shapes")][3:5] == ["61,000 images/s (H200)", "met"]
     assert rows[("4", "torch GPU, batch 1,024: bank")][4] == "**not met**"
-    assert rows[("5", "block(ratio=0.3) over albumentations CoarseDropout")][4] == "**not met**"
+    assert rows[("5", "block(ratio=0.3) over albumentations CoarseDropout")][3:5] == [
+        "1.400 (paired 1.600)",
+        "**not met**",
+    ]
     occ = rows[("2", "lfw-occ-0.43 end to end, 2 workers, default build")]
     assert occ[3:5] == ["12.0 s (floor on 2 processes 4.0 s)", "**not met**"]
     assert (
