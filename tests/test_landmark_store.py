@@ -97,3 +97,36 @@ def test_a_missing_file_is_named(tmp_path):
     for read in (load_landmarks, StoredLandmarks):
         with pytest.raises(FileNotFoundError, match="landmarks file not found: .*nothing.jsonl"):
             read([tmp_path / "nothing.jsonl"])
+
+
+def test_get_with_detector_settings_takes_the_last_record_made_with_them(tmp_path):
+    """Every record of an image is kept: a later file's record made with other settings (a named
+    --landmarks file) does not hide an earlier one made with the build's (the machine cache)."""
+    ours, theirs = {"batch": 1, "max_pixels": 64000000, "min_face_size": 40}, {"batch": 1, "min_face_size": 20}
+    cache, named = tmp_path / "cache.jsonl", tmp_path / "named.jsonl"
+    cache.write_text(contract.dumps_lines([_record(1, score=1), _record(1, score=2), _record(2)]))
+    named.write_text(contract.dumps_lines([_record(1, score=3, detector=theirs), _record(3, detector=theirs)]))
+    store = StoredLandmarks([cache, named])
+    assert store.get(_sha(1))["score"] == 3  # without settings: the last record, as load_landmarks
+    assert store.get(_sha(1), detector=ours)["score"] == 2  # the last one made with them
+    assert store.get(_sha(1), detector=theirs)["score"] == 3
+    assert store.get(_sha(3), detector=ours) is None and store.get(_sha(3), detector=theirs) is not None
+    assert store.get(_sha(2), detector=theirs) is None and store.get(_sha(2), detector=ours) is not None
+
+
+def test_the_machine_cache_keeps_a_record_per_image_and_settings(tmp_path):
+    from occsynth.faces.landmarks import LandmarkCache
+
+    cache = LandmarkCache(tmp_path / "cache")
+    other = {"batch": 1, "max_pixels": 64000000, "min_face_size": 20}
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text(contract.dumps_lines([_record(n) for n in range(3)]))
+    second.write_text(contract.dumps_lines([_record(n, detector=other) for n in range(2)]))
+    assert cache.update_from(first) == 3 and cache.update_from(second) == 2
+    assert cache.update_from(first) == 0 and len(cache) == 5  # the other settings' did not replace them
+    store = StoredLandmarks([cache.path])
+    assert store.get(_sha(0), detector=_record(0)["detector"]) == _record(0)
+    assert store.get(_sha(0), detector=other) == _record(0, detector=other)
+    first.write_text(contract.dumps_lines([_record(0, score=0.5)]))  # a record made again replaces its own
+    assert cache.update_from(first) == 1 and len(cache) == 5
+    assert StoredLandmarks([cache.path]).get(_sha(0), detector=_record(0)["detector"])["score"] == 0.5

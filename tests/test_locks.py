@@ -96,3 +96,30 @@ def test_gzipped_landmarks_read_as_plain_ones_and_a_damaged_one_is_one_error(tmp
     bad_line = _gzip([lines[0], "{not json", lines[2]], tmp_path / "bad.jsonl.gz")
     with pytest.raises(DatasetError, match=r"bad.jsonl.gz:2: not a JSON line"):
         load_landmarks([bad_line])
+
+
+def test_a_named_file_made_with_other_settings_does_not_send_the_build_to_mtcnn(fake_lfw, tmp_path, monkeypatch):
+    """The cache holds every image's detection with the build's settings; a named file holds
+    later records of the same images made with other settings. The build takes the cache's
+    (before, the later record hid them and every image was detected again)."""
+    from occsynth.build import stages
+
+    first = _build(fake_lfw, tmp_path / "first", "--workers", "1")
+    assert first.exit_code == 0, first.output
+    lines = (tmp_path / "first" / DETECTIONS).read_text().splitlines()
+    other = []
+    for line in lines:
+        record = json.loads(line)
+        record["detector"] = {**record["detector"], "min_face_size": 7}
+        record["faces"] = [{"box": [0.0, 0.0, 9.0, 9.0], "score": 0.9, "landmarks": [[1.0, 1.0]] * 5}]
+        other.append(json.dumps(record))
+    named = tmp_path / "other-settings.jsonl"
+    named.write_text("\n".join(other) + "\n")
+
+    def no_mtcnn(config):
+        raise AssertionError("MTCNN ran: the stored records made with the build's settings were not used")
+
+    monkeypatch.setattr(stages, "detector", no_mtcnn)
+    again = _build(fake_lfw, tmp_path / "again", "--workers", "1", "--landmarks", str(named))
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / DETECTIONS).read_text().splitlines() == lines

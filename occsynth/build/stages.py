@@ -130,11 +130,14 @@ def find_faces(state: ShardImages, config: BuildConfig) -> None:
     so their records and samples are those of a build without it."""
     if config.aligned_input:
         return
-    stored = stored_detections(config.landmark_files) if config.landmark_files else {}
+    stored = stored_detections(config.landmark_files) if config.landmark_files else None
+    settings = config.detector_settings()
     todo = []
     for sid, image in state.images.items():
-        record = stored.get(state.digests[sid])
-        if record is not None and record.get("detector") == config.detector_settings():
+        # the last stored record made with this build's settings (another file's later record
+        # of the image, made with other settings, does not send it back to MTCNN)
+        record = None if stored is None else stored.get(state.digests[sid], detector=settings)
+        if record is not None:
             state.faces[sid] = _faces(record["faces"])
             if record.get("padded", {}).get("pad_fraction") == PAD_FRACTION:
                 state.padded[sid] = _faces(record["padded"]["faces"])

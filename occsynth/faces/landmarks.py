@@ -77,38 +77,41 @@ class StoredLandmarks:
 
     So a damaged line that was indexed is reported when its record is asked for (the same
     DatasetError naming the file and line, from the shard task that needs it), and not at all
-    when no image of the build has its sha256: its record could not have been used."""
+    when no image of the build has its sha256: its record could not have been used.
+
+    Every record of an image is kept, in file order: `get(sha256, detector=settings)` is the
+    last one made with those detector settings (a named file's record made with other
+    settings does not hide the machine cache's with the right ones)."""
 
     def __init__(self, paths: Iterable[str | Path]):
-        self._parsed: dict[str, tuple[int, dict]] = {}  # sha256 -> (line order, record): parsed at load
-        self._lines: dict[str, list[tuple[int, Path, int, bytes]]] = {}  # sha256 -> indexed lines, in order
-        self._found: dict[str, dict | None] = {}
-        order = 0
+        # sha256 -> its records in file order: parsed at load (dict) or indexed lines
+        self._entries: dict[str, list[dict | tuple[Path, int, bytes]]] = {}
+        self._found: dict[tuple[str, str | None], dict | None] = {}
         for path in map(_landmarks_file, paths):
             for line_no, line in enumerate(_lines(path), 1):
                 if not line.strip():
                     continue
-                order += 1
                 keys = _SHA256.findall(line)
                 if len(keys) == 1 and b"\\" not in line:
-                    self._lines.setdefault(keys[0].decode("ascii"), []).append((order, path, line_no, line))
+                    self._entries.setdefault(keys[0].decode("ascii"), []).append((path, line_no, line))
                 else:
                     record = _parse(path, line_no, line)
-                    self._parsed[record["sha256"]] = (order, record)
+                    self._entries.setdefault(record["sha256"], []).append(record)
 
-    def get(self, sha256: str, default: dict | None = None) -> dict | None:
-        """The last record of `sha256` in the files (the same as load_landmarks(...).get)."""
-        if sha256 not in self._found:
-            order, record = self._parsed.get(sha256, (0, None))
-            for later, path, line_no, line in reversed(self._lines.get(sha256, ())):
-                if later < order:
+    def get(self, sha256: str, default: dict | None = None, detector: dict | None = None) -> dict | None:
+        """The last record of `sha256` in the files (the same as load_landmarks(...).get), or
+        with `detector` the last one whose "detector" settings are these."""
+        key = (sha256, None if detector is None else contract.dumps(detector))
+        if key not in self._found:
+            found = None
+            for entry in reversed(self._entries.get(sha256, ())):
+                record = entry if isinstance(entry, dict) else _parse(*entry)
+                # an indexed line whose one match was a nested key is not this image's record
+                if record["sha256"] == sha256 and (detector is None or record.get("detector") == detector):
+                    found = record
                     break
-                parsed = _parse(path, line_no, line)
-                if parsed["sha256"] == sha256:  # else the one match was a nested key, not the record's
-                    record = parsed
-                    break
-            self._found[sha256] = record
-        found = self._found[sha256]
+            self._found[key] = found
+        found = self._found[key]
         return default if found is None else found
 
     def __contains__(self, sha256: str) -> bool:
@@ -121,6 +124,9 @@ def _parse(path: Path, line_no: int, line: bytes) -> dict:
 
 
 class LandmarkCache:
+    """The machine-wide store: one record per image and detector settings (a build with other
+    settings adds its records beside those of the earlier ones instead of replacing them)."""
+
     def __init__(self, directory: str | Path | None = None):
         self.path = Path(cache_dir(directory)) / contract.LANDMARKS
 
@@ -129,8 +135,8 @@ class LandmarkCache:
         landmarks_jsonl = Path(landmarks_jsonl)
         if not landmarks_jsonl.exists():
             return 0
-        known = load_landmarks([self.path]) if self.path.exists() else {}
-        fresh = {k: v for k, v in load_landmarks([landmarks_jsonl]).items() if known.get(k) != v}
+        known = _by_settings(self.path) if self.path.exists() else {}
+        fresh = {k: v for k, v in _by_settings(landmarks_jsonl).items() if known.get(k) != v}
         if not fresh:
             return 0
         known.update(fresh)
@@ -143,3 +149,13 @@ class LandmarkCache:
             return 0
         with open(self.path) as f:
             return sum(1 for line in f if line.strip())
+
+
+def _by_settings(path: Path) -> dict[tuple[str, str], dict]:
+    """(sha256, detector settings as JSON) -> the last such record of a landmarks file."""
+    out: dict[tuple[str, str], dict] = {}
+    for line_no, line in enumerate(_lines(path), 1):
+        if line.strip():
+            record = _parse(path, line_no, line)
+            out[(record["sha256"], contract.dumps(record.get("detector")))] = record
+    return out
