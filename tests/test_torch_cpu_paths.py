@@ -51,9 +51,11 @@ def test_paint_in_chunks_equals_the_whole_batch_blend(monkeypatch):
     assert all(bool(mask.any()) for _, mask in runs[0])
 
 
-def test_kth_smallest_mask_is_the_same_whatever_the_newton_steps():
+@pytest.mark.parametrize("partition", [("cpu",), ()])  # NumPy's selection on CPU, or the Newton steps
+def test_kth_smallest_mask_is_the_same_whatever_the_newton_steps(partition, monkeypatch):
     """Rows of gauges with ties (values on a coarse grid), k from 1 to the whole row: {g <= t}
     holds the k smallest (all members of a tie at the k-th value) for 0 to 6 steps alike."""
+    monkeypatch.setattr(_ops, "PARTITION_DEVICES", partition)
     gen = torch.Generator().manual_seed(0)
     g = torch.floor(torch.rand(64, 500, generator=gen) * 300) / 300 + torch.rand(64, 1, generator=gen)
     k = torch.randint(1, 501, (64,), generator=gen)
@@ -271,3 +273,24 @@ def test_random_bytes_are_uniform_and_seeded():
     assert float((words.mean(0) - 127.5).abs().max()) < 1.0  # the top byte too (no sign bit lost)
     again = _ops._Ctx(torch.Generator().manual_seed(1), torch.device("cpu"), 0.0, 255.0, True, 8, 8, {})
     assert torch.equal(_ops._random_bytes(again, (64, 3, 50, 41)), values)
+
+
+@pytest.mark.parametrize("name", ["ellipse", "polygon", "blob", "pieces", "shapes"])
+def test_kth_value_by_partition_gives_the_newton_paths_output(name, monkeypatch):
+    """On CPU the k-th smallest gauge is selected by np.partition (_ops.PARTITION_DEVICES); the
+    Newton steps and top-k (the other devices' path) give the same images and masks, bit for
+    bit, over every fill, shrink and clip overflow and shapes that leave their windows."""
+    fills = {"choice": ["black", "white", "mean", "noise", "texture"]}
+    spec = "preset:shapes" if name == "shapes" else {"name": name, "params": {"ratio": [0.02, 0.95], "fill": fills}}
+    if name in ("ellipse", "polygon", "blob"):
+        spec["params"]["overflow"] = {"choice": ["clip", "shrink"]}
+    for dtype in (torch.uint8, torch.float32):
+        images = torch.randint(0, 256, (80, 3, 48, 40), generator=torch.Generator().manual_seed(2)).to(dtype)
+        images = images if dtype == torch.uint8 else images / 255
+        runs = []
+        for partition in (("cpu",), ()):
+            monkeypatch.setattr(_ops, "PARTITION_DEVICES", partition)
+            runs.append(TorchOccluder(spec)(images, None, torch.Generator().manual_seed(5)))
+        (image_a, mask_a), (image_b, mask_b) = runs
+        assert torch.equal(mask_a, mask_b) and torch.equal(image_a, image_b), (name, dtype)
+        assert bool(mask_a.any())

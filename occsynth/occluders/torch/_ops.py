@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from occsynth.occluders.families import geometric as G
@@ -357,13 +358,22 @@ def _count(where: Tensor) -> Tensor:
     return where.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
+# Devices where kth_smallest selects with NumPy's np.partition row by row (introselect: one
+# pass over a row, no count passes, no top-k): on CPU ~10x faster than the Newton steps and
+# top-k below, which stay for other devices. Tests empty it to run the other path on CPU.
+PARTITION_DEVICES = ("cpu",)
+
+
 def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 1) -> Tensor:
     """Per row of g [b, M], the k-th smallest value (k [b] >= 1), so that {g <= t} has k members
     (ties aside). Newton steps on the count (which grows like t^(2/power) for a scaled shape) get
     close; an exact top-k over the few values between fixes the rest. One step by default: on
     CPU a further step (a full pass) cost more than the top-k work it spared (ellipse, polygon:
     5-7% faster in all with one than with three). The mask {g <= t} is the same whatever the
-    steps; t itself may be any value between the k-th and the next when no correction ran."""
+    steps; t itself may be any value between the k-th and the next when no correction ran.
+    On PARTITION_DEVICES t is the k-th value itself, selected by NumPy (the same mask)."""
+    if g.device.type in PARTITION_DEVICES:
+        return _kth_by_partition(g, k)
     kf = k.to(torch.float64)
     t = guess.to(torch.float64).clone()
     for _ in range(steps):
@@ -389,6 +399,18 @@ def kth_smallest(g: Tensor, k: Tensor, guess: Tensor, power: int, steps: int = 1
         largest = torch.topk(below, min(drop + 1, g.shape[1]), dim=1, largest=True).values
         t[rows] = largest.gather(1, (-dr).clamp(min=0, max=largest.shape[1] - 1).unsqueeze(1)).squeeze(1)
     return t
+
+
+def _kth_by_partition(g: Tensor, k: Tensor) -> Tensor:
+    """kth_smallest on CPU: each row's k-th smallest value (k clamped to the row's length) by
+    np.partition on the tensor's own memory (a copy only if it is not contiguous)."""
+    rows = g.detach().contiguous().numpy()
+    size = rows.shape[1]
+    out = np.empty(rows.shape[0], dtype=rows.dtype)
+    for i, kk in enumerate(k.tolist()):
+        kk = min(max(int(kk), 1), size) - 1
+        out[i] = np.partition(rows[i], kk)[kk]
+    return torch.from_numpy(out)
 
 
 # ----------------------------------------------------------------------------- ops
