@@ -294,3 +294,19 @@ def test_kth_value_by_partition_gives_the_newton_paths_output(name, monkeypatch)
         (image_a, mask_a), (image_b, mask_b) = runs
         assert torch.equal(mask_a, mask_b) and torch.equal(image_a, image_b), (name, dtype)
         assert bool(mask_a.any())
+
+
+def test_uint8_windows_blend_in_place_as_the_stacked_blend():
+    """_blend_windows on CPU uint8 blends each window through NumPy views (_lay_uint8): the
+    values of gathering the windows, _blend and writing them back, and nothing outside them."""
+    gen = torch.Generator().manual_seed(3)
+    out = torch.randint(0, 256, (6, 3, 20, 24), generator=gen, dtype=torch.uint8)
+    starts = [(0, 0, 0), (2, 5, 9), (5, 12, 16)]  # one window a sample, the last at the corner
+    value = torch.randint(0, 256, (3, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    masks = torch.rand(3, 1, 8, 8, generator=gen) < 0.5
+    expected = out.clone()
+    for i, (s, y, x) in enumerate(starts):
+        window = expected[s, :, y : y + 8, x : x + 8]
+        expected[s, :, y : y + 8, x : x + 8] = _ops._blend(window, value[i], masks[i])
+    _ops._blend_windows(out, starts, 8, 8, value, masks)
+    assert torch.equal(out, expected)

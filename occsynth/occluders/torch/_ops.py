@@ -176,10 +176,29 @@ def _blend_windows(out: Tensor, starts: list, bh: int, bw: int, value: Tensor, m
     """For each (sample s, y, x) of `starts`, out[s, :, y:y+bh, x:x+bw] = value[i] where
     masks[i] [1, bh, bw] (_blend), in place: the windows gathered by slices, blended at once,
     written back by slices (each sample's window once: none overlap)."""
+    if out.device.type == "cpu" and out.dtype == torch.uint8:
+        mask = masks.contiguous().numpy().view(np.uint8)
+        _lay_uint8(out, starts, bh, bw, value, lambda i, s, y, x: mask[i])
+        return
     windows = torch.stack([out[s, :, y : y + bh, x : x + bw] for s, y, x in starts])
     blended = _blend(windows, value.to(out.dtype), masks)
     for i, (s, y, x) in enumerate(starts):
         out[s, :, y : y + bh, x : x + bw] = blended[i]
+
+
+def _lay_uint8(out: Tensor, starts: list, bh: int, bw: int, value: Tensor, mask_of) -> None:
+    """_blend_windows for uint8 images on CPU: each window blended in place through NumPy views
+    of the tensors' memory, as x + (v - x) * m in uint8 (mod 256: v where m is 1, x where 0:
+    _blend's values), the mask of window i being mask_of(i, s, y, x) ([bh, bw] or [1, bh, bw]
+    uint8 0/1). No stacked copies of the windows or masks: ~2x faster than gather, blend and
+    write back (NumPy's slicing costs ~1/10 of torch's per window)."""
+    frame = out.numpy()
+    values = value.to(torch.uint8).contiguous().numpy()
+    for i, (s, y, x) in enumerate(starts):
+        window = frame[s, :, y : y + bh, x : x + bw]
+        step = np.subtract(values[i], window)
+        step *= mask_of(i, s, y, x)
+        window += step
 
 
 def _noise_values(ctx: _Ctx, u: Tensor) -> Tensor:
@@ -208,6 +227,7 @@ def _fill_windows(ctx: _Ctx, out: Tensor, own: Tensor, rows: Tensor, boxes: Tens
     x0, y0 = boxes[:, 0], boxes[:, 1]
     x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
     order = torch.argsort(boxes[:, 2] * boxes[:, 3], stable=True)
+    frame = own.numpy().view(np.uint8) if own.device.type == "cpu" else None  # (_lay_uint8's masks)
     for i in range(0, n, FILL_CHUNK):
         sel = order[i : i + FILL_CHUNK]
         m = len(sel)
@@ -222,6 +242,9 @@ def _fill_windows(ctx: _Ctx, out: Tensor, own: Tensor, rows: Tensor, boxes: Tens
             py = (wy.view(m, 1) + torch.arange(bh, device=out.device)).float()
             value = _texture(ctx, grid[sel], boxes[sel], px, py)
         starts = list(zip(rows[sel].tolist(), wy.tolist(), wx.tolist()))
+        if out.device.type == "cpu" and out.dtype == torch.uint8:  # the masks read in place
+            _lay_uint8(out, starts, bh, bw, value, lambda i, s, y, x: frame[s, y : y + bh, x : x + bw])
+            continue
         masks = torch.stack([own[s, y : y + bh, x : x + bw] for s, y, x in starts]).unsqueeze(1)
         _blend_windows(out, starts, bh, bw, value, masks)
 
