@@ -220,13 +220,19 @@ def _fill_windows(ctx: _Ctx, out: Tensor, own: Tensor, rows: Tensor, boxes: Tens
     computed only in a window holding the sample's box (boxes [n, 4]: x, y, w, h; the mask lies
     in it): windows of one size per chunk of FILL_CHUNK samples of similar boxes, written back by
     slices. Texture values are the whole frame's, pixel for pixel (the same arithmetic at the
-    same pixel); noise is drawn per chunk, in the order of the boxes' areas."""
+    same pixel), whatever the chunks; noise is drawn per chunk, in the order of the boxes' areas."""
     n, H, W = len(rows), out.shape[2], out.shape[3]
     if n == 0:
         return
     x0, y0 = boxes[:, 0], boxes[:, 1]
     x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
-    order = torch.argsort(boxes[:, 2] * boxes[:, 3], stable=True)
+    if name == "noise":  # its draws follow the chunks: kept in the order of the boxes' areas
+        order = torch.argsort(boxes[:, 2] * boxes[:, 3], stable=True)
+    else:
+        # texture values depend on the pixel alone: chunks of similar widths (then heights)
+        # make tighter common windows (pixels computed over the boxes' own: 1.76 -> 1.20 for
+        # ellipses, 1.68 -> 1.30 for blobs at FILL_CHUNK 32, by area order -> by width)
+        order = torch.argsort(boxes[:, 2] * (H + 1) + boxes[:, 3], stable=True)
     frame = own.numpy().view(np.uint8) if own.device.type == "cpu" else None  # (_lay_uint8's masks)
     for i in range(0, n, FILL_CHUNK):
         sel = order[i : i + FILL_CHUNK]
