@@ -381,6 +381,15 @@ def _rect_mask(ctx: _Ctx, x: Tensor, y: Tensor, w: Tensor, h: Tensor) -> Tensor:
 _FAR = 1e30  # beyond any gauge value; finite, so 0 * _FAR stays 0
 
 
+def _at_most(values: Tensor, limits: Tensor) -> Tensor:
+    """values <= limits as bool, `limits` broadcasting against `values` (a threshold per row: [n, 1]
+    against [n, M]). On CPU by NumPy on the tensors' memory: torch's CPU comparison against a
+    broadcast operand ran ~8x slower (0.14 against 0.018 ms for [32, 4900]), the same booleans."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.less_equal(values.numpy(), limits.numpy()))
+    return values <= limits
+
+
 def _count(where: Tensor) -> Tensor:
     """True values per row of a bool [b, M], as int32: summed as uint8 into int32 (a bool sum,
     or count_nonzero, first copies the whole tensor into int64: twice as slow on CPU)."""
