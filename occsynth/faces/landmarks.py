@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from occsynth import contract
 from occsynth.io.atomic import write_text
@@ -51,13 +51,14 @@ def load_landmarks(paths: Iterable[str | Path]) -> dict[str, dict]:
 
     Keyed by content, so detections made on a folder are reused for the same images in an
     archive, and a renamed file keeps its landmarks. A later record of the same sha256 wins."""
-    store: dict[str, dict] = {}
-    for path in map(_landmarks_file, paths):
-        for line_no, line in enumerate(_lines(path), 1):
-            if line.strip():
-                record = _parse(path, line_no, line)
-                store[record["sha256"]] = record
-    return store
+    return {record["sha256"]: record for path in map(_landmarks_file, paths) for record in _records(path)}
+
+
+def _records(path: Path) -> Iterator[dict]:
+    """Every record of one landmarks file, parsed and checked, in file order."""
+    for line_no, line in enumerate(_lines(path), 1):
+        if line.strip():
+            yield _parse(path, line_no, line)
 
 
 # A line's sha256 as the store writes it (lower-case hex). A line where this finds it once and
@@ -153,9 +154,4 @@ class LandmarkCache:
 
 def _by_settings(path: Path) -> dict[tuple[str, str], dict]:
     """(sha256, detector settings as JSON) -> the last such record of a landmarks file."""
-    out: dict[tuple[str, str], dict] = {}
-    for line_no, line in enumerate(_lines(path), 1):
-        if line.strip():
-            record = _parse(path, line_no, line)
-            out[(record["sha256"], contract.dumps(record.get("detector")))] = record
-    return out
+    return {(record["sha256"], contract.dumps(record.get("detector"))): record for record in _records(path)}
