@@ -73,22 +73,7 @@ def paint(image: np.ndarray, local: np.ndarray, x: int, y: int, fill: str, rng: 
     Only the window is touched, which keeps small shapes cheap."""
     out = image.copy()
     h, w = local.shape
-    channels = image.shape[2]
-    count = int(np.count_nonzero(local))
-    if fill == "black":
-        values = np.zeros((count, channels), dtype=np.uint8)
-    elif fill == "white":
-        values = np.full((count, channels), 255, dtype=np.uint8)
-    elif fill == "noise":
-        values = rng.integers(0, 256, size=(count, channels), dtype=np.uint8)
-    elif fill == "mean":
-        colour = image.reshape(-1, channels).mean(axis=0).round().astype(np.uint8)
-        values = np.tile(colour, (count, 1))
-    elif fill == "texture":
-        values = texture(h, w, channels, rng)[local]
-    else:
-        raise ValueError(f"unknown fill {fill!r}; expected one of {FILLS}")
-    _pixels(out[y : y + h, x : x + w])[local] = _pixels(values)
+    _pixels(out[y : y + h, x : x + w])[local] = _pixels(_fill_values(image, h, w, local, fill, rng))
     return out
 
 
@@ -96,23 +81,31 @@ def paint_box(image: np.ndarray, x: int, y: int, w: int, h: int, fill: str, rng:
     """(`paint` of a w x h box of True at x, y, its full-frame bool mask): the same pixels and
     draws, written to the window directly (a block's paint by a mask cost ~3x this)."""
     out = image.copy()
-    channels = image.shape[2]
-    window = out[y : y + h, x : x + w]
-    if fill == "black":
-        window[...] = 0
-    elif fill == "white":
-        window[...] = 255
-    elif fill == "noise":  # drawn row by row as `paint` draws a mask's pixels
-        window[...] = rng.integers(0, 256, size=(h * w, channels), dtype=np.uint8).reshape(h, w, channels)
-    elif fill == "mean":
-        window[...] = image.reshape(-1, channels).mean(axis=0).round().astype(np.uint8)
-    elif fill == "texture":
-        window[...] = texture(h, w, channels, rng)
-    else:
-        raise ValueError(f"unknown fill {fill!r}; expected one of {FILLS}")
+    out[y : y + h, x : x + w] = _fill_values(image, h, w, None, fill, rng).reshape(h, w, image.shape[2])
     mask = np.zeros(image.shape[:2], dtype=bool)
     mask[y : y + h, x : x + w] = True
     return out, mask
+
+
+def _fill_values(image: np.ndarray, h: int, w: int, local: np.ndarray | None, fill: str, rng) -> np.ndarray:
+    """The values a fill lays on the True pixels of the h x w box `local` (None: every pixel of
+    it), in row-major order, as (count, channels) uint8: noise drawn pixel after pixel, texture
+    computed over the whole box."""
+    channels = image.shape[2]
+    count = h * w if local is None else int(np.count_nonzero(local))
+    if fill == "black":
+        return np.zeros((count, channels), dtype=np.uint8)
+    if fill == "white":
+        return np.full((count, channels), 255, dtype=np.uint8)
+    if fill == "noise":
+        return rng.integers(0, 256, size=(count, channels), dtype=np.uint8)
+    if fill == "mean":
+        colour = image.reshape(-1, channels).mean(axis=0).round().astype(np.uint8)
+        return np.tile(colour, (count, 1))
+    if fill == "texture":
+        values = texture(h, w, channels, rng)
+        return values.reshape(-1, channels) if local is None else values[local]
+    raise ValueError(f"unknown fill {fill!r}; expected one of {FILLS}")
 
 
 def _pixels(array: np.ndarray) -> np.ndarray:
