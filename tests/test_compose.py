@@ -10,6 +10,7 @@ import pytest
 
 from occsynth import contract
 from occsynth.occluders import Composer, list_occluders, load_spec, occlude, parse_cli_spec
+from occsynth.occluders.base import sample_value
 from occsynth.occluders.compose import replay
 from occsynth.occluders.presets import (
     FROM_BASE_SCALE,
@@ -27,6 +28,22 @@ GEOMETRIC = ("block", "rectangle", "ellipse", "polygon", "blob", "pieces")
 
 def _image(h=112, w=112):
     return np.random.default_rng(0).integers(1, 255, size=(h, w, 3), dtype=np.uint8)
+
+
+def test_sample_value_draws_what_rng_uniform_draws():
+    """A [lo, hi] value is drawn as lo + (hi - lo) * rng.random(), which is NumPy's uniform
+    bit for bit and leaves the generator in the same state (builds' bytes depend on it)."""
+    src = np.random.default_rng(3)
+    ranges = [(0.9, 1.1), (-8.0, 8.0), (0.33, 0.53), (-15.0, 15), (0, 2)]
+    ranges += [tuple(sorted(src.uniform(-1e3, 1e3, 2) * 10.0 ** src.integers(-6, 4))) for _ in range(40)]
+    for i, (lo, hi) in enumerate(ranges):
+        ours, numpys = np.random.default_rng(i), np.random.default_rng(i)
+        for _ in range(500):
+            value = sample_value([lo, hi], ours)
+            assert type(value) is float and value == float(numpys.uniform(lo, hi)), (lo, hi)
+        assert ours.bit_generator.state == numpys.bit_generator.state
+    still = np.random.default_rng(0)
+    assert sample_value([2.5, 2.5], still) == 2.5 and still.random() == np.random.default_rng(0).random()
 
 
 # ------------------------------------------------------------------ parsing
