@@ -90,30 +90,32 @@ def test_fit_area_with_trial_counts_equals_full_renders(face, inner, monkeypatch
 
 @pytest.mark.parametrize("harmonize", [True, False])
 def test_fit_area_renders_its_inner_occluder_once(face, harmonize, monkeypatch):
-    """The search counts sizes with own_area; the one full render is the result's: a harmonised
-    inner occluder is not also rendered unharmonised at the size found (only its area is needed,
-    and own_area has it), and the result is what rendering it there first gave."""
+    """The search counts sizes with own_area; the one composite is the result's, finished from
+    the place the search made with its own generator (TemplateOccluder.finish): a harmonised
+    inner occluder is not also rendered unharmonised at the size found, no generator is made
+    again, and the result is what a full render of the size found gives (the previous path:
+    the search's best rendered in full, then harmonised from a new generator)."""
     inner = {"name": "object", "params": {"harmonize": harmonize}}
     spec = {"name": "fit_area", "params": {"ratio": [0.33, 0.53], "occluder": inner}}
     renders = []
-    original = objects.TemplateOccluder.render
+    original = objects.TemplateOccluder.finish
     search = FitArea._bisect
 
     def counted(self, *args):
         renders.append(self.params["harmonize"])
         return original(self, *args)
 
-    monkeypatch.setattr(objects.TemplateOccluder, "render", counted)
+    monkeypatch.setattr(objects.TemplateOccluder, "finish", counted)
     for i in range(6):
         renders.clear()
         result = occlude(face, LANDMARKS + i % 3, spec, i)
         assert renders == [harmonize]
         assert result.records[0]["fit"]["achieved"] == result.records[0]["area"] == pytest.approx(result.ratio)
-        if harmonize:  # the previous path: the search's best rendered unharmonised, then harmonised
-            with monkeypatch.context() as patch:
-                patch.setattr(FitArea, "_bisect", lambda self, *args: search(self, *args[:8], True))
-                before = occlude(face, LANDMARKS + i % 3, spec, i)
-            assert np.array_equal(before.image, result.image) and before.records == result.records
+        with monkeypatch.context() as patch:
+            patch.setattr(FitArea, "_bisect", lambda self, *args: search(self, *args[:8], True))
+            before = occlude(face, LANDMARKS + i % 3, spec, i)
+        assert np.array_equal(before.image, result.image) and np.array_equal(before.mask, result.mask)
+        assert before.records == result.records
 
 
 @pytest.mark.parametrize("name", ["object", "sunglasses", "hand", "surgical_mask"])

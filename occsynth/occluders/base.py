@@ -96,6 +96,14 @@ class Occluder:
         out, own, concrete = self.apply(
             image, np.asarray(landmarks, dtype=np.float64), np.random.Generator(np.random.PCG64(seed))
         )
+        return self.result(image, mask, out, own, concrete, seed)
+
+    def result(
+        self, image: np.ndarray, mask: np.ndarray, out: np.ndarray, own: np.ndarray, concrete: dict, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """What __call__ returns once apply() (its generator made from `seed`) gave (out, own,
+        concrete): the image, the union of `mask` and `own`, and the record. fit_area calls it
+        after rendering from its search's generator (the same draws as apply's)."""
         if own.shape != image.shape[:2] or own.dtype != np.bool_:
             raise TypeError(f"{self.name}: apply() must return a bool mask of shape {image.shape[:2]}")
         if mask.dtype == np.uint8 and MASK_OCCLUDED == 255:

@@ -266,10 +266,13 @@ class FitArea(Occluder):
                 best, best_seed = result, seed
             if abs(best[2]["area"] - target) <= self.params["tolerance"]:
                 break
-        out, new_mask, record = best
-        if out is None or final_params is not None:  # the one render (harmonised if the inner harmonises)
-            factor = record["fit_factor"]
-            params = base_params if final_params is None else final_params
+        out, new_mask, record, finish = best
+        factor = record["fit_factor"]
+        params = base_params if final_params is None else final_params
+        if finish is not None:  # a template occluder: its one render, from the search's generator
+            out, new_mask, record = finish(params)
+            record["fit_factor"] = factor
+        elif final_params is not None:  # rendered unharmonised by the search: once more, harmonised
             occluder = self._variant(inner["name"], image, landmarks, params, param, factor)
             out, new_mask, record = occluder(image, mask, landmarks, np.random.Generator(np.random.PCG64(best_seed)))
             record["fit_factor"] = factor
@@ -318,10 +321,11 @@ class FitArea(Occluder):
         return _sized_copy(proto, name, params, param, factor)
 
     def _bisect(self, image, mask, landmarks, name, base_params, param, target, seed, render=True):
-        """The search from one seed: (image, mask, record) of the size found, fully rendered;
-        with render=False a template occluder's is not rendered (the caller renders the best
-        attempt's size once): only the record's fit_factor and area are real, the image and
-        mask are None (other occluders are rendered to be measured: theirs come rendered)."""
+        """The search from one seed: (image, mask, record, None) of the size found, fully
+        rendered; with render=False a template occluder's is not rendered: only the record's
+        fit_factor and area are real, the image and mask are None, and the last item renders
+        it (`finish(params)`: the caller renders the best attempt's size once). Other occluders
+        are rendered to be measured: theirs come rendered."""
         points = np.asarray(landmarks, dtype=np.float64)
         proto = self._template_proto(name, image, points, base_params)
 
@@ -344,9 +348,8 @@ class FitArea(Occluder):
             # Template occluders count their mask without compositing, drawing from the same
             # generators as a full attempt (Occluder.__call__: a seed from the attempt's
             # generator, then apply's generator from that seed, reset before each trial).
-            inner = np.random.Generator(
-                np.random.PCG64(int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1)))
-            )
+            inner_seed = int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1))
+            inner = np.random.Generator(np.random.PCG64(inner_seed))
             start = inner.bit_generator.state
             pixels = image.shape[0] * image.shape[1]
             if param == proto.size_param:  # the draws before the size made once, not per trial
@@ -389,8 +392,18 @@ class FitArea(Occluder):
             current = area(factor)
         factor, _ = secant_search(area, target, factor, current, lo, hi, tolerance, 16, 1e-4)
         if render or proto is None:
-            return attempt(factor)  # a template occluder's one full render
-        return None, None, {"fit_factor": factor, "area": area(factor)}
+            return (*attempt(factor), None)  # a template occluder's one full render
+
+        def finish(params: dict):
+            """The render a full attempt at `factor` makes, with the inner `params` (the search's
+            or the harmonising ones: same geometry), without making its generator again: place()
+            from the search's generator leaves it where apply()'s is after its place()."""
+            template, matrix, concrete = place(factor)
+            occluder = self._variant(name, image, landmarks, params, param, factor)
+            out, own, concrete, _ = occluder.finish(image, points, inner, template, matrix, concrete)
+            return occluder.result(image, mask, out, own, concrete, inner_seed)
+
+        return None, None, {"fit_factor": factor, "area": area(factor)}, finish
 
     def _alpha_factor(self, image, place, target):
         """(the size factor whose estimated area (`estimated_area`) is the target, the
@@ -401,12 +414,15 @@ class FitArea(Occluder):
             template, matrix, _ = place(factor)
             maps.append(np.asarray(matrix, dtype=np.float64))
         m1, m2 = maps
-        det1 = abs(m1[0, 0] * m1[1, 1] - m1[0, 1] * m1[1, 0])
-        k = math.sqrt(abs(m2[0, 0] * m2[1, 1] - m2[0, 1] * m2[1, 0]) / max(det1, 1e-300))
-        scale = float(np.abs(m1[:, :2]).max())
-        if not (k > 1.0 + 1e-6 and float(np.abs(m2[:, :2] - k * m1[:, :2]).max()) <= 1e-9 * k * scale):
+        # in Python floats: the same IEEE operations as on the arrays, a sixth of the time
+        (a1, b1, c1), (d1, e1, f1) = m1.tolist()
+        (a2, b2, c2), (d2, e2, f2) = m2.tolist()
+        k = math.sqrt(abs(a2 * e2 - b2 * d2) / max(abs(a1 * e1 - b1 * d1), 1e-300))
+        scale = max(abs(a1), abs(b1), abs(d1), abs(e1))
+        off = max(abs(a2 - k * a1), abs(b2 - k * b1), abs(d2 - k * d1), abs(e2 - k * e1))
+        if not (k > 1.0 + 1e-6 and off <= 1e-9 * k * scale):
             return 1.0, None  # not a scaling about a fixed point: the trial search from size 1
-        pivot = (m2[:, 2] - k * m1[:, 2]) / (1.0 - k)
+        pivot = np.array([(c2 - k * c1) / (1.0 - k), (f2 - k * f1) / (1.0 - k)])
         estimate = estimated_area(*alpha_points(template), m1, pivot, image.shape[:2])
         return self._solve(estimate, target, 1.0), estimate
 

@@ -346,7 +346,11 @@ class TemplateOccluder(HarmonizedOccluder):
 
     def render(self, image, landmarks, rng):
         """Everything apply() computes, plus the warped alpha (debug/tests)."""
-        template, matrix, concrete = self.place(image, landmarks, rng)
+        return self.finish(image, landmarks, rng, *self.place(image, landmarks, rng))
+
+    def finish(self, image, landmarks, rng, template: Template, matrix, concrete: dict):
+        """render() after place() gave (template, matrix, concrete) from `rng`: the feather,
+        the warp and the composite (fit_area finishes the place its search made)."""
         feather = float(sample_value(self.params.get("feather", 1.0), rng))
         warped = warp_roi(template.rgba, matrix, image.shape[:2], margin=_pad(feather), perspective=self.perspective)
         out, mask, look = composite(image, warped, feather, landmarks, rng, self.params.get("harmonize"))
