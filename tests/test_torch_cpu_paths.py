@@ -310,3 +310,29 @@ def test_uint8_windows_blend_in_place_as_the_stacked_blend():
         expected[s, :, y : y + 8, x : x + 8] = _ops._blend(window, value[i], masks[i])
     _ops._blend_windows(out, starts, 8, 8, value, masks)
     assert torch.equal(out, expected)
+
+
+def test_pieces_layout_in_numpy_is_the_torch_layout(monkeypatch):
+    """The pieces' layout on CPU (NumPy on the tensors' memory) places every piece where the
+    torch layout does, from the same draws: crowded layouts (many pieces, large ratios, so
+    some pieces find no free spot) included."""
+    specs = ["pieces(ratio=0.05..0.6)", "pieces(ratio=0.3..0.7, n=3..9, fill=texture)", "pieces(ratio=0.02..0.1)"]
+    numpy_runs = [_run(spec, seed) for spec in specs for seed in range(3)]
+    monkeypatch.setattr(shapes, "LAYOUT_NUMPY_DEVICES", ())
+    torch_runs = [_run(spec, seed) for spec in specs for seed in range(3)]
+    for (image_a, mask_a), (image_b, mask_b) in zip(numpy_runs, torch_runs):
+        assert torch.equal(mask_a, mask_b) and torch.equal(image_a, image_b)
+    assert all(bool(mask.any()) for _, mask in numpy_runs)
+    # the layout itself, on boxes too large for all to fit: some pieces are left out, alike
+    gen = torch.Generator().manual_seed(0)
+    bw = torch.randint(1, 30, (64, 12), generator=gen)
+    bh = torch.randint(1, 30, (64, 12), generator=gen)
+    real = torch.rand(64, 12, generator=gen) < 0.9
+    layouts = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(shapes, "LAYOUT_NUMPY_DEVICES", devices)
+        c = _ops._Ctx(torch.Generator().manual_seed(5), torch.device("cpu"), 0.0, 1.0, False, 40, 36, {})
+        layouts.append(shapes._PiecesOp._layout(c, bw, bh, real))
+    for a, b in zip(*layouts):
+        assert torch.equal(a, b)
+    assert 0 < int(layouts[0][2].sum()) < int(real.sum())

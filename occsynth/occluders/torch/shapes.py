@@ -486,6 +486,8 @@ class _PiecesOp(_Op):
         [0, W - w] less the union of the column intervals of the placed pieces whose row band
         holds y (a sweep over the intervals sorted by start); then the row holding the (t+1)-th,
         and in that row alone, the column."""
+        if ctx.device.type in LAYOUT_NUMPY_DEVICES:
+            return _layout_numpy(ctx, bw, bh, real)
         b, N = bw.shape
         W, H = ctx.width, ctx.height
         dev = ctx.device
@@ -521,6 +523,69 @@ class _PiecesOp(_Op):
             ok[:, j] = (total > 0) & real[:, j]
             y[:, j], x[:, j] = pos // W, pos % W
         return x, y, ok
+
+
+# Devices where a pieces layout runs in NumPy on the tensors' memory (_layout_numpy): on CPU its
+# comparisons of [b, H, j] and [b, j, W] against broadcast operands ran several times faster there
+# (see _ops._at_most). Tests empty it to run the torch layout on CPU.
+LAYOUT_NUMPY_DEVICES = ("cpu",)
+
+
+def _layout_numpy(ctx, bw: Tensor, bh: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """_PiecesOp._layout in NumPy, step for step: the same integers, and the same draws
+    (ctx.rand, float64). The row bands are [b, j, H] (the torch layout's [b, H, j] transposed:
+    NumPy's loops run along the last axis, and j is a handful), int32 where torch has int64
+    (the same small integers). A sorted row's searchsorted (left) is the count of its values
+    below the one searched."""
+    b, N = bw.shape
+    W, H = ctx.width, ctx.height
+    bw, bh, real = bw.numpy().astype(np.int32), bh.numpy().astype(np.int32), real.numpy()
+    ys = np.arange(H, dtype=np.int32)
+    xs = np.arange(W, dtype=np.int32)
+    x = np.zeros((b, N), dtype=np.int32)
+    y = np.zeros_like(x)
+    ok = np.zeros((b, N), dtype=bool)
+    ar = np.arange(b)
+    for j in range(N):
+        w, h = bw[:, j : j + 1], bh[:, j : j + 1]
+        xmax = np.minimum(W - w, W - 1)  # [b, 1]
+        ymax = np.minimum(H - h, H - 1)
+        s = np.maximum(x[:, :j] - w, 0)  # [b, j]
+        e = np.minimum(x[:, :j] + bw[:, :j], xmax)
+        band = (ys >= (y[:, :j] - h)[:, :, None]) & (ys <= (y[:, :j] + bh[:, :j])[:, :, None])  # [b, j, H]
+        band &= ok[:, :j, None]
+        free = np.maximum(xmax + 1, 0) - _covered_numpy(s, e, band)  # [b, H]
+        free = np.where(ys <= ymax, free, 0)
+        seen = np.cumsum(free, 1)
+        total = seen[:, -1]
+        t = np.floor(ctx.rand(b).numpy() * total.astype(np.int32)).astype(np.int64)
+        row = np.minimum(np.count_nonzero(seen < (t + 1)[:, None], axis=1), H - 1)
+        before = np.where(row > 0, seen[ar, np.maximum(row - 1, 0)], 0)
+        barred = band[ar, :, row][:, :, None] & (xs >= s[:, :, None]) & (xs <= e[:, :, None])  # [b, j, W]
+        line = (xs <= xmax) & ~barred.any(1)
+        cols = np.cumsum(line, 1, dtype=np.int32)
+        col = np.count_nonzero(cols < (t + 1 - before)[:, None], axis=1)
+        pos = np.where(total > 0, row * W + col, H * W - 1)
+        ok[:, j] = (total > 0) & real[:, j]
+        y[:, j], x[:, j] = pos // W, pos % W
+    return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(ok)
+
+
+def _covered_numpy(s: np.ndarray, e: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """_covered in NumPy, band [b, j, H]: the same sweep, interval by interval in the order of a
+    stable sort by start (torch's order), each step over [b, H] (NumPy's accumulate along the
+    short middle axis, and gathers along it, ran ~5x slower)."""
+    b, j, H = band.shape
+    covered = np.zeros((b, H), dtype=np.int32)
+    reach = np.full((b, H), -1, dtype=np.int32)  # the furthest end so far, per row
+    order = np.argsort(s, axis=1, kind="stable")
+    ar = np.arange(b)
+    for i in range(j):
+        k = order[:, i]
+        end = np.where(band[ar, k], e[ar, k][:, None], np.int32(-1))
+        covered += np.maximum(end - np.maximum(s[ar, k][:, None], reach + 1) + 1, 0)
+        np.maximum(reach, end, out=reach)
+    return covered
 
 
 def _covered(s: Tensor, e: Tensor, band: Tensor) -> Tensor:
