@@ -2,7 +2,7 @@
 
     python benchmarks/speed_table.py [--results benchmarks/results] [--out benchmarks/results/speed.md]
 
-Reads the JSON that floor.py, build_speed.py and occluders.py wrote (nothing is typed in by
+Reads the JSON that floor.py, build_speed.py, occluders.py and fit_area_bounds.py wrote (nothing is typed in by
 hand). One table per machine (the CPU model each file records), newest machine first: a slower
 machine's seconds say nothing of the build on a faster one, and the ratios of one are not
 hidden by another's. Within a machine, each benchmark's figures come from its newest file by the
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("floor", "build_speed", "occluders")
+KINDS = ("floor", "build_speed", "occluders", "fit_area_bounds")
 WALL = " wall s (2 workers)"  # build_speed's targets: "<build> wall s (2 workers)"
 # The targets come from the results (each benchmark records its own), but for two the issue
 # words without a number: item 4's "at least as fast" and item 5's "keep it so" (our block was
@@ -158,6 +158,15 @@ def rows(found: dict, gpu: list) -> list[tuple[str, str, str, str, str, str]]:
             out.append(
                 ("2", what, f">= {cpu_target:,.0f}/s/core", figure, _met(value, cpu_target), _source(path, result))
             )
+    path, result = newest(found["fit_area_bounds"], lambda r: "fit_area_known_size" in r["rates"])
+    if path is not None:  # the ceiling of any search: fit_area with the size it finds given
+        known = result["rates"]["fit_area_known_size"]
+        target = result["target"]["value"]
+        figure = f"{known['median']:,.0f} images/s/core ({known['over_object']:.3f} of object harmonize=false)"
+        what = "fit_area, object harmonize=false, size known (no search: the ceiling of any sizing)"
+        out.append(
+            ("2", what, f">= {target:,.0f}/s/core", figure, _met(known["median"], target), _source(path, result))
+        )
     for name in walls:
         if name in builds:
             path, result = builds[name]

@@ -144,6 +144,22 @@ def test_each_machine_gets_its_own_table_and_the_gpu_rows_come_from_any(tmp_path
         assert rows[("4", "torch GPU, batch 1,024: shapes")][3:5] == ["61,000 images/s (H200)", "met"]
 
 
+def test_the_fit_area_ceiling_row_comes_from_the_bounds_benchmark(tmp_path):
+    """fit_area_bounds.py's known-size rate (no search) is set against the fit_area target, on
+    its machine's table, with its ratio to the object it sizes."""
+    rates = {
+        "object": {"median": 3200.0, "over_object": 1.0},
+        "fit_area_known_size": {"median": 2150.0, "over_object": 0.672},
+    }
+    bounds = _result("fit_area_bounds", "2026-12-03T10:00:00", "Intel Xeon", rates=rates, target={"value": 5000.0})
+    (tmp_path / "bounds.json").write_text(json.dumps(bounds))
+    out = tmp_path / "speed.md"
+    assert _module().main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    (row,) = [row for row in _sections(out.read_text())["Intel Xeon"] if "size known" in row[1]]
+    assert row[0] == "2" and row[2] == ">= 5,000/s/core" and row[4] == "**not met**"
+    assert row[3] == "2,150 images/s/core (0.672 of object harmonize=false)" and row[5].startswith("`bounds.json`")
+
+
 def test_a_folder_without_results_is_one_error_line(tmp_path, capsys):
     assert _module().main(["--results", str(tmp_path), "--out", str(tmp_path / "speed.md")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
