@@ -525,9 +525,10 @@ class _PiecesOp(_Op):
         return x, y, ok
 
 
-# Devices where a pieces layout runs in NumPy on the tensors' memory (_layout_numpy): on CPU its
-# comparisons of [b, H, j] and [b, j, W] against broadcast operands ran several times faster there
-# (see _ops._at_most). Tests empty it to run the torch layout on CPU.
+# Devices where a pieces layout runs in NumPy on the tensors' memory (_layout_numpy): on CPU 3.2x
+# faster than the torch layout (31 -> 10 ms for 256 samples of 5 pieces; the torch layout's
+# [b, H, j] arrays moved to NumPy as they were gained nothing: the short axis must not be last).
+# Tests empty it to run the torch layout on CPU.
 LAYOUT_NUMPY_DEVICES = ("cpu",)
 
 
