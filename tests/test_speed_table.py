@@ -144,6 +144,34 @@ def test_each_machine_gets_its_own_table_and_the_gpu_rows_come_from_any(tmp_path
         assert rows[("4", "torch GPU, batch 1,024: shapes")][3:5] == ["61,000 images/s (H200)", "met"]
 
 
+def test_a_rerun_of_the_default_build_alone_keeps_the_older_no_harmonize_figure(tmp_path):
+    targets = {"lfw-occ-0.43 wall s (2 workers)": 10, "end_to_end_per_core_over_in_process": 0.8}
+    both = {"end_to_end_w2": 49.0, "end_to_end_w2_no_harmonize": 26.4, "floor_x2": 11.1}
+    older = _result(
+        "build_speed",
+        "2026-12-02T10:00:00",
+        "Intel Xeon",
+        targets=targets,
+        summary={"lfw-occ-0.43": {"median_seconds": both}},
+    )
+    newer = _result(
+        "build_speed",
+        "2026-12-03T10:00:00",
+        "Intel Xeon",
+        targets=targets,
+        summary={"lfw-occ-0.43": {"median_seconds": {"end_to_end_w2": 54.0, "floor_x2": 12.1}}},
+    )
+    for name, result in (("older.json", older), ("newer.json", newer)):
+        (tmp_path / name).write_text(json.dumps(result))
+    out = tmp_path / "speed.md"
+    assert _module().main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    rows = {row[1]: row for row in _sections(out.read_text())["Intel Xeon"]}
+    default = rows["lfw-occ-0.43 end to end, 2 workers, default build"]
+    legacy = rows["lfw-occ-0.43 end to end, 2 workers, --no-harmonize (the build when the target was set)"]
+    assert default[3].startswith("54.0 s (floor on 2 processes 12.1 s)") and default[5].startswith("`newer.json`")
+    assert legacy[3].startswith("26.4 s (floor on 2 processes 11.1 s)") and legacy[5].startswith("`older.json`")
+
+
 def test_the_fit_area_ceiling_row_comes_from_the_bounds_benchmark(tmp_path):
     """fit_area_bounds.py's known-size rate (no search) is set against the fit_area target, on
     its machine's table, with its ratio to the object it sizes."""
