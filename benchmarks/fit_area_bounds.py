@@ -52,8 +52,7 @@ def known_size_search(found: dict, estimate: bool):
     def search(self, image, mask, landmarks, name, base_params, param, target, seed, render=True):
         points = np.asarray(landmarks, dtype=np.float64)
         proto = self._template_proto(name, image, points, base_params)
-        inner_seed = int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1))
-        inner = np.random.Generator(np.random.PCG64(inner_seed))
+        inner_seed, inner = fitting.inner_generator(seed)
         sizes = proto.sized(image, points, inner)
 
         def place(factor):
@@ -62,13 +61,7 @@ def known_size_search(found: dict, estimate: bool):
         if estimate:
             self._alpha_factor(image, place, target)
         factor, area = found[seed]
-
-        def finish(params):
-            template, matrix, concrete = place(factor)
-            occluder = self._variant(name, image, landmarks, params, param, factor)
-            out, own, concrete, _ = occluder.finish(image, points, inner, template, matrix, concrete)
-            return occluder.result(image, mask, out, own, concrete, inner_seed)
-
+        finish = self._finisher(image, mask, landmarks, name, param, factor, place, inner, inner_seed)
         return None, None, {"fit_factor": factor, "area": area}, finish
 
     return search

@@ -139,6 +139,13 @@ def secant_search(area, target, factor, current, lo, hi, tolerance, steps, gap) 
     return best[0], factor
 
 
+def inner_generator(seed: int) -> tuple[int, np.random.Generator]:
+    """(the seed, the generator) Occluder.__call__ gives the inner occluder's apply() when
+    called with Generator(PCG64(seed)): what a full attempt from `seed` renders with."""
+    inner_seed = int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1))
+    return inner_seed, np.random.Generator(np.random.PCG64(inner_seed))
+
+
 def _base_params(inner: dict, param: str) -> dict:
     """The inner occluder's parameters with its size parameter made explicit (its default when
     not given): what fit_area scales, when searching and when replaying."""
@@ -348,8 +355,7 @@ class FitArea(Occluder):
             # Template occluders count their mask without compositing, drawing from the same
             # generators as a full attempt (Occluder.__call__: a seed from the attempt's
             # generator, then apply's generator from that seed, reset before each trial).
-            inner_seed = int(np.random.Generator(np.random.PCG64(seed)).integers(0, 2**63 - 1))
-            inner = np.random.Generator(np.random.PCG64(inner_seed))
+            inner_seed, inner = inner_generator(seed)
             start = inner.bit_generator.state
             pixels = image.shape[0] * image.shape[1]
             if param == proto.size_param:  # the draws before the size made once, not per trial
@@ -394,16 +400,23 @@ class FitArea(Occluder):
         if render or proto is None:
             return (*attempt(factor), None)  # a template occluder's one full render
 
+        finish = self._finisher(image, mask, landmarks, name, param, factor, place, inner, inner_seed)
+        return None, None, {"fit_factor": factor, "area": area(factor)}, finish
+
+    def _finisher(self, image, mask, landmarks, name, param, factor, place, inner, inner_seed):
+        """`finish(params)`: the render a full attempt at `factor` makes, with the inner `params`
+        (the search's or the harmonising ones: same geometry), without making its generator
+        again: place() (`place(factor)`, from the search's generator `inner`, made from
+        `inner_seed`) leaves it where apply()'s is after its place()."""
+        points = np.asarray(landmarks, dtype=np.float64)
+
         def finish(params: dict):
-            """The render a full attempt at `factor` makes, with the inner `params` (the search's
-            or the harmonising ones: same geometry), without making its generator again: place()
-            from the search's generator leaves it where apply()'s is after its place()."""
             template, matrix, concrete = place(factor)
             occluder = self._variant(name, image, landmarks, params, param, factor)
             out, own, concrete, _ = occluder.finish(image, points, inner, template, matrix, concrete)
             return occluder.result(image, mask, out, own, concrete, inner_seed)
 
-        return None, None, {"fit_factor": factor, "area": area(factor)}, finish
+        return finish
 
     def _alpha_factor(self, image, place, target):
         """(the size factor whose estimated area (`estimated_area`) is the target, the
