@@ -233,6 +233,65 @@ def test_tone_keeps_the_hue_of_a_bright_colour():
     assert out.max() <= 1.0 and out[1] / out[0] == pytest.approx(0.75 / 1.3, rel=1e-5)
 
 
+def test_shoulder_and_tone_are_their_plain_formulas_bit_for_bit():
+    """`shoulder` takes tanh only above the knee and `_tone` divides only when a channel passes
+    1: the same float32 values as the formulas written over every element (NaN included), for
+    every length (NumPy's SIMD loops have tails) and for 0-d input."""
+    rng = np.random.default_rng(3)
+    top = np.float32(1.0 - hz.KNEE)
+
+    def shoulder_plain(v):
+        v = np.asarray(v, dtype=np.float32)
+        return np.where(v <= hz.KNEE, v, hz.KNEE + top * np.tanh((v - hz.KNEE) / top)).astype(np.float32)
+
+    def tone_plain(rgb):
+        y = hz.luma(rgb)
+        out = rgb * (shoulder_plain(y) / np.maximum(y, np.float32(1e-6)))[..., None]
+        return np.clip(out / np.maximum(out.max(axis=-1), np.float32(1.0))[..., None], 0.0, 1.0)
+
+    for n in [*range(0, 40), 255, 256, 257, 4099]:
+        for scale in (0.8, 1.5, 3.0):
+            v = (rng.random(n) * scale).astype(np.float32)
+            if n > 5:
+                v[::5] = np.nan
+            got, ref = hz.shoulder(v), shoulder_plain(v)
+            assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), (n, scale)
+            rgb = (rng.random((n + 1, 1, 3)) * scale).astype(np.float32)
+            got, ref = hz._tone(rgb), tone_plain(rgb)
+            assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), (n, scale)
+    # a channel just past 1 on a dark pixel (the shoulder leaves it): only the division brings it back
+    for red in (1.0, 1.01, 1.05, 1.1):
+        rgb = np.array([[[red, 0.2, 0.1], [0.5, 0.5, 0.5]]], np.float32)
+        got, ref = hz._tone(rgb), tone_plain(rgb)
+        assert got.tobytes() == ref.tobytes(), red
+    for x in (np.float32(0.3), np.float32(0.95), 5.0):
+        got, ref = hz.shoulder(x), shoulder_plain(x)
+        assert got.shape == ref.shape == () and got.tobytes() == ref.tobytes()
+
+
+def test_the_light_fields_quadratic_is_the_design_matrix_product():
+    """`_quadratic` sums the six terms in NumPy instead of `_design(u, v) @ coeffs` (a BLAS
+    product whose summation order is the machine's): equal to a few float64 ulps, and the
+    float32 light field `shading` keeps is the same but for a rare last-bit rounding."""
+    rng = np.random.default_rng(4)
+    for trial in range(50):
+        coeffs = rng.normal(0, [1.0, 0.5, 0.5, 0.2, 0.2, 0.2])
+        coeffs[0] = rng.uniform(3, 5.5)  # log luma of a face
+        dtype = (np.float64, np.float32)[trial % 2]  # shading's clamped float64; the fit's float32 coordinates
+        u = rng.uniform(-0.9, 0.9, 4000).astype(dtype)
+        v = rng.uniform(-0.6, 1.4, 4000).astype(dtype)
+        ref = hz._design(u, v).astype(np.float64) @ coeffs
+        got = hz._quadratic(coeffs, u, v)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, ref, rtol=0, atol=16 * np.finfo(np.float64).eps * np.abs(ref).max())
+        mean_log = float(ref.mean())
+        field_ref = np.clip(np.exp(ref - mean_log), *hz.SHADE_LIMITS).astype(np.float32)
+        field = np.clip(np.exp(got - mean_log), *hz.SHADE_LIMITS).astype(np.float32)
+        differ = field != field_ref  # a float64 ulp flips a float32 rounding about once in 1e8
+        assert differ.mean() < 1e-4
+        assert np.array_equal(field[differ], np.nextafter(field_ref[differ], field[differ]))
+
+
 def test_shading_follows_the_light_on_the_face():
     # a face lit from the image left: luma falls by e^-1 per eye distance to the right
     uv = hz.face_coords((112, 112), LANDMARKS)
@@ -527,9 +586,13 @@ def test_fast_percentiles_and_median_are_numpys_bit_for_bit():
             rng.integers(0, 6, n).astype(np.float32),
             (rng.standard_normal(n) * 40 + 100).astype(np.float32),
         ][trial % 3]
-        for q in (0.5, 99.5, 99.0, 0.0, 100.0, float(rng.uniform(0, 100))):
+        qs = (0.5, 99.5, 99.0, 0.0, 100.0, float(rng.uniform(0, 100)))
+        for q in qs:
             ref, got = np.percentile(x, q), hz.percentile32(x, q)
             assert ref.dtype == got.dtype and ref.tobytes() == got.tobytes(), (n, q)
+        # several quantiles from one partition: each the single one's bits
+        for ref, got in zip([np.percentile(x, q) for q in qs], hz.percentiles32(x, qs)):
+            assert ref.dtype == got.dtype and ref.tobytes() == got.tobytes(), (n, qs)
         ref, got = np.percentile(x, [15.0, 97.0]), hz.percentiles64(x, (15.0, 97.0))
         assert list(ref) == got and all(type(v) is np.float64 for v in got)  # the type decides comparisons
         # ... with a float32 array: a Python float would be rounded to float32 first (NEP 50)

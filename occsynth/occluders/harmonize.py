@@ -157,23 +157,33 @@ def replayed(value: Any) -> Any:
 # ----------------------------------------------------------------------------- measures
 
 
-def _order_stats(values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """(the two order statistics around the q-th percentile, its interpolation weight), as
-    NumPy's 'linear' percentile finds them: index (n - 1) q / 100 in float64."""
+def _order_stats(values: np.ndarray, qs: tuple[float, ...]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per quantile q: (the two order statistics around the q-th percentile, its interpolation
+    weight), as NumPy's 'linear' percentile finds them: index (n - 1) q / 100 in float64. One
+    partition for all of them (each kth lands where a full sort would put it)."""
     n = values.size
-    index = (n - 1) * (q / 100)
-    lo = min(max(math.floor(index), 0), n - 1)
-    hi = min(lo + 1, n - 1)
-    part = np.partition(values, (lo, hi) if hi != lo else lo)
-    return part[lo], part[hi], index - lo
+    found = []
+    for q in qs:
+        index = (n - 1) * (q / 100)
+        lo = min(max(math.floor(index), 0), n - 1)
+        found.append((lo, min(lo + 1, n - 1), index - lo))
+    part = np.partition(values, sorted({k for lo, hi, _ in found for k in (lo, hi)}))
+    return [(part[lo], part[hi], t) for lo, hi, t in found]
 
 
 def percentile32(values: np.ndarray, q: float) -> np.float32:
     """np.percentile(values, q) bit for bit for a float32 array and a scalar q (its float32
     arithmetic: the weight is a weak Python float), without its ~0.3 ms of overhead."""
-    a, b, t = _order_stats(np.ravel(values), q)
-    diff = b - a
-    return b - diff * np.float32(1 - t) if t >= 0.5 else a + diff * np.float32(t)
+    return percentiles32(values, (q,))[0]
+
+
+def percentiles32(values: np.ndarray, qs: tuple[float, ...]) -> list[np.float32]:
+    """[percentile32(values, q) for q in qs] from one partition."""
+    out = []
+    for a, b, t in _order_stats(np.ravel(values), qs):
+        diff = b - a
+        out.append(b - diff * np.float32(1 - t) if t >= 0.5 else a + diff * np.float32(t))
+    return out
 
 
 def percentiles64(values: np.ndarray, qs: tuple[float, ...]) -> list[np.float64]:
@@ -182,8 +192,7 @@ def percentiles64(values: np.ndarray, qs: tuple[float, ...]) -> list[np.float64]
     Python floats: compared with a float32 array a Python float is cast to float32 first
     (NEP 50), a float64 scalar is not, and the comparisons decide which pixels count."""
     out = []
-    for q in qs:
-        a, b, t = _order_stats(np.ravel(values), q)
+    for a, b, t in _order_stats(np.ravel(values), qs):
         diff = float(b - a)  # the difference in float32, the rest in float64
         out.append(np.float64(float(b) - diff * (1 - t) if t >= 0.5 else float(a) + diff * t))
     return out
@@ -424,6 +433,25 @@ def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
 
 
+def _quadratic(coeffs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """`_design(u, v).astype(np.float64) @ coeffs`, term by term in NumPy: the terms as
+    `_design` makes them (the products in the inputs' dtype: float32 coordinates give float32
+    squares), then c0 + c1 u + c2 v + c3 u^2 + c4 uv + c5 v^2 in float64, left to right. The
+    matrix product went through the BLAS kernel of the machine (its summation order and fused
+    multiply-adds are the kernel's) after building an Nx6 array, 4x slower; the two sums differ
+    by a few float64 ulps, below what survives the float32 light field (the locks rebuild
+    identical)."""
+    c0, c1, c2, c3, c4, c5 = (float(c) for c in coeffs)
+    out = np.asarray(u, dtype=np.float64) * c1
+    out += c0
+    out += np.asarray(v, dtype=np.float64) * c2
+    for c, term in ((c3, u * u), (c4, u * v), (c5, v * v)):
+        term = term.astype(np.float64, copy=False)
+        term *= c
+        out += term
+    return out
+
+
 def estimate_look(
     image: np.ndarray,
     landmarks: np.ndarray,
@@ -449,7 +477,8 @@ def estimate_look(
             design = _design(uv[:, 0], uv[:, 1]).astype(np.float64)
             target = np.log(gray[keep].astype(np.float64) + 1.0)
             coeffs = np.linalg.solve(design.T @ design + 1e-9 * np.eye(6), design.T @ target)
-            fitted = _design(coords[visible][:, 0], coords[visible][:, 1]).astype(np.float64) @ coeffs
+            at = coords[visible]
+            fitted = _quadratic(coeffs, at[:, 0], at[:, 1])
             mean_log = float(fitted.mean())
             # the light comes from the brighter side: the fit's gradient at the face centre, in image terms
             _, ax, ay = face_axes(landmarks)
@@ -466,8 +495,8 @@ def estimate_look(
                 d = w * grad / np.hypot(*grad) + (1 - w) * above
                 d[1] = min(d[1], -0.3)  # light from below is rare: keep it above the horizon
                 light = d / max(np.hypot(*d), 1e-9)
-    black = float(min(percentile32(gray, 0.5), BLACK_MAX))
-    white = float(percentile32(gray, 99.5))
+    black, white = percentiles32(gray, (0.5, 99.5))
+    black, white = float(min(black, BLACK_MAX)), float(white)
     if visible.sum() >= MIN_PIXELS:  # the light on the face: its highlights (a face in shade
         # before a bright background must not get a white occluder at the background's white)
         white = min(white, HIGHLIGHT_GAIN * float(percentile32(gray[visible], 99.0)) + HIGHLIGHT_LIFT)
@@ -505,7 +534,13 @@ def shoulder(value: np.ndarray) -> np.ndarray:
     tanh shoulder toward 1, so a lit white layer keeps its folds instead of clipping flat."""
     v = np.asarray(value, dtype=np.float32)
     top = np.float32(1.0 - KNEE)
-    return np.where(v <= KNEE, v, KNEE + top * np.tanh((v - KNEE) / top)).astype(np.float32)
+    out = v.copy()
+    high = ~(v <= KNEE)  # NaN too, as np.where(v <= KNEE, v, ...) had it
+    if high.any():  # the shoulder only where it applies (tanh is element-wise: the same values)
+        rolled = v[high] - KNEE
+        rolled /= top
+        out[high] = KNEE + top * np.tanh(rolled)
+    return out
 
 
 def _tone(rgb: np.ndarray) -> np.ndarray:
@@ -513,9 +548,13 @@ def _tone(rgb: np.ndarray) -> np.ndarray:
     brightest channel would pass 1 scaled down whole (clipping channels one by one would turn
     a lit orange yellow)."""
     y = luma(rgb)
-    out = rgb * _channels(shoulder(y) / np.maximum(y, np.float32(1e-6)))
+    gain = shoulder(y)
+    gain /= np.maximum(y, np.float32(1e-6))
+    out = rgb * _channels(gain)
     top = np.maximum(np.maximum(out[..., 0], out[..., 1]), out[..., 2])  # out.max(axis=-1), faster
-    return np.clip(out / _channels(np.maximum(top, np.float32(1.0))), 0.0, 1.0)
+    if (top > 1.0).any():  # elsewhere the divisor is 1 and x / 1 is x: divide only when it counts
+        out /= _channels(np.maximum(top, np.float32(1.0)))
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def shading(look: Look, coords: np.ndarray) -> np.ndarray:
@@ -525,8 +564,9 @@ def shading(look: Look, coords: np.ndarray) -> np.ndarray:
     (u0, u1), (v0, v1) = SHADE_BOX
     u = np.clip(coords[..., 0], u0, u1).astype(np.float64)
     v = np.clip(coords[..., 1], v0, v1).astype(np.float64)
-    log = _design(u, v) @ look.coeffs - look.mean_log
-    return np.clip(np.exp(log), *SHADE_LIMITS).astype(np.float32)
+    log = _quadratic(look.coeffs, u, v)
+    log -= look.mean_log
+    return np.clip(np.exp(log, out=log), *SHADE_LIMITS).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the paste
@@ -739,9 +779,10 @@ def harmonized_paste(
         base = base * _channels(1.0 - shadow)
 
     # 4. image quality: draws after every geometric draw of the occluder
-    noise = _channels(rng.standard_normal(box_shape, dtype=np.float32)) + 0.3 * rng.standard_normal(
-        box_shape + (3,), dtype=np.float32
-    )
+    shared = _channels(rng.standard_normal(box_shape, dtype=np.float32))
+    noise = rng.standard_normal(box_shape + (3,), dtype=np.float32)
+    noise *= 0.3  # in place, the same values as `shared + 0.3 * noise` (+ and x commute)
+    noise += shared
     noise *= np.float32(look.noise)
     weight3 = _channels(weight)
     premultiplied = colour * weight3
@@ -750,17 +791,24 @@ def harmonized_paste(
         if sigma > 0:  # out of focus: colour and alpha blurred together
             premult = cv2.GaussianBlur(premultiplied, (0, 0), sigma)
             w = cv2.GaussianBlur(weight, (0, 0), sigma)
-            col = premult / _channels(np.maximum(w, 1e-4))
+            layer = premult / _channels(np.maximum(w, 1e-4))
+            layer += noise
             w3 = _channels(w)
         else:
-            col, w3 = colour, weight3
+            layer, w3 = colour + noise, weight3
+        # base (1 - w) + (layer + noise) w, then the JPEG round trip blended back by w: the
+        # same float32 operations as written out, in place (fewer temporaries)
         rest = 1.0 - w3
-        comp = base * rest + (col + noise) * w3
+        comp = base * rest
+        layer *= w3
+        comp += layer
         if look.jpeg is not None:
             rgb = np.clip(np.round(comp), 0, 255).astype(np.uint8)
             decoded = cv2.cvtColor(_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), look.jpeg), cv2.COLOR_BGR2RGB)
-            comp = comp * rest + decoded.astype(np.float32) * w3
-        return np.clip(np.round(comp), 0, 255).astype(np.uint8)
+            comp *= rest
+            comp += decoded * w3  # uint8 x float32 computes in float32, as .astype(float32) did
+        np.round(comp, out=comp)
+        return np.clip(comp, 0, 255, out=comp).astype(np.uint8)
 
     def ratio(out: np.ndarray) -> float | None:
         value = blur_scale(luma(out), outline)
