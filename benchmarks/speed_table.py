@@ -189,6 +189,20 @@ def rows(found: dict, gpu: list) -> list[tuple[str, str, str, str, str, str]]:
                     _source(path, result),
                 )
             )
+            pipeline = summary.get("end_to_end_w2_over_in_process_x2")
+            if pipeline is not None:  # the two parts of that ratio (build_speed.py, in_process_x2)
+                two = summary.get("in_process_x2_per_core_over_in_process")
+                out.append(
+                    (
+                        "3",
+                        f"{name}: end to end over the same shard work on 2 processes at once (the pipeline's own "
+                        "cost); that work per core over in-process (two busy processes on this machine)",
+                        "(diagnostic)",
+                        f"{pipeline:.3f}; {two:.3f}",
+                        "-",
+                        _source(path, result),
+                    )
+                )
     path, result = newest(found["occluders"], lambda r: bool(r["torch_cpu_over_per_image_paired"]))
     if path is not None:
         for case, r in result["torch_cpu_over_per_image_paired"].items():

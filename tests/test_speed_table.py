@@ -188,6 +188,39 @@ def test_the_fit_area_ceiling_row_comes_from_the_bounds_benchmark(tmp_path):
     assert row[3] == "2,150 images/s/core (0.672 of object harmonize=false)" and row[5].startswith("`bounds.json`")
 
 
+def test_item_3_splits_into_the_pipelines_cost_and_two_busy_processes_when_measured(tmp_path):
+    """build_speed's in_process_x2 (the shard work on 2 processes at once) splits item 3's ratio
+    in two: a diagnostic row beside it, only for results that have it."""
+    targets = {"lfw-occ-0.43 wall s (2 workers)": 10, "end_to_end_per_core_over_in_process": 0.8}
+    seconds = {"end_to_end_w2": 42.7, "floor_x2": 10.2, "in_process_x2": 35.8, "in_process": 64.2}
+    summary = {
+        "median_seconds": seconds,
+        "end_to_end_w2_per_core_over_in_process": 0.755,
+        "end_to_end_w2_over_in_process_x2": 0.839,
+        "in_process_x2_per_core_over_in_process": 0.897,
+    }
+    new = _result(
+        "build_speed", "2026-12-03T10:00:00", "Intel Xeon", targets=targets, summary={"lfw-occ-0.43": summary}
+    )
+    old = _result(
+        "build_speed",
+        "2026-12-02T10:00:00",
+        "AMD EPYC",
+        targets=targets,
+        summary={"lfw-occ-0.43": {"median_seconds": seconds, "end_to_end_w2_per_core_over_in_process": 0.9}},
+    )
+    for name, result in (("new.json", new), ("old.json", old)):
+        (tmp_path / name).write_text(json.dumps(result))
+    out = tmp_path / "speed.md"
+    assert _module().main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    sections = _sections(out.read_text())
+    (main,) = [r for r in sections["Intel Xeon"] if r[0] == "3" and r[1].endswith("per core over in-process")]
+    assert main[3:5] == ["0.755", "**not met**"]
+    (split,) = [r for r in sections["Intel Xeon"] if r[0] == "3" and "pipeline's own cost" in r[1]]
+    assert split[2:5] == ["(diagnostic)", "0.839; 0.897", "-"] and split[5].startswith("`new.json`")
+    assert not [r for r in sections["AMD EPYC"] if "pipeline's own cost" in r[1]]
+
+
 def test_a_folder_without_results_is_one_error_line(tmp_path, capsys):
     assert _module().main(["--results", str(tmp_path), "--out", str(tmp_path / "speed.md")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
