@@ -260,7 +260,7 @@ def test_shoulder_and_tone_are_their_plain_formulas_bit_for_bit():
             got, ref = hz._tone(rgb), tone_plain(rgb)
             assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), (n, scale)
     # a channel just past 1 on a dark pixel (the shoulder leaves it): only the division brings it back
-    for red in (1.0, 1.01, 1.05, 1.1):
+    for red in (1.0, 1.01, 1.05, 1.1, np.nan):
         rgb = np.array([[[red, 0.2, 0.1], [0.5, 0.5, 0.5]]], np.float32)
         got, ref = hz._tone(rgb), tone_plain(rgb)
         assert got.tobytes() == ref.tobytes(), red

@@ -552,7 +552,7 @@ def _tone(rgb: np.ndarray) -> np.ndarray:
     gain /= np.maximum(y, np.float32(1e-6))
     out = rgb * _channels(gain)
     top = np.maximum(np.maximum(out[..., 0], out[..., 1]), out[..., 2])  # out.max(axis=-1), faster
-    if (top > 1.0).any():  # elsewhere the divisor is 1 and x / 1 is x: divide only when it counts
+    if not (top <= 1.0).all():  # else every divisor is 1 and x / 1 is x (NaN: divide, as before)
         out /= _channels(np.maximum(top, np.float32(1.0)))
     return np.clip(out, 0.0, 1.0, out=out)
 
