@@ -796,8 +796,8 @@ def harmonized_paste(
             w3 = _channels(w)
         else:
             layer, w3 = colour + noise, weight3
-        # base (1 - w) + (layer + noise) w, then the JPEG round trip blended back by w: the
-        # same float32 operations as written out, in place (fewer temporaries)
+        # base (1 - w) + layer w (the layer with its noise added), then the JPEG round trip
+        # blended back by w: the same float32 operations as written out, in place
         rest = 1.0 - w3
         comp = base * rest
         layer *= w3
